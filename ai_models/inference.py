@@ -1,0 +1,285 @@
+"""The inference worker: ``ai_inference`` jobs, batched per model, to SR/SEG in Orthanc.
+
+A job names one series and one model version.  The worker that takes a job
+fills a batch with other queued jobs of the same model (up to the manifest's
+batch size, waiting at most ``RDC_AI_BATCH_WAIT_MS``), highest priority first,
+so STAT studies are read before routine ones.  Claimed jobs keep their own
+broker messages until they are finished, so a worker killed mid-batch loses
+nothing: the jobs are found running-but-stale, or their messages arrive at
+another worker, and run again.
+
+Every result is written idempotently: the SR and SEG UIDs are derived from
+(series, model, version), Orthanc keeps the first copy of a UID, and the
+``ai_results`` row is unique on the same triple.  A rerun therefore never
+produces a second result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ai_models.dicom_outputs import build_seg, build_sr, deterministic_uid
+from ai_models.manifest import Manifest
+from ai_models.pipelines import get_pipeline
+from ai_models.pipelines.base import NotApplicable, Pipeline, Prepared, Result
+from ai_models.preread import inference_key
+from ai_models.registry import get_model
+from ai_models.runtime import SESSIONS, LoadedModel
+from core import audit, jobs
+from core.db import Database
+from core.models import AIFinding, AIResult, Job, Study
+from core.orthanc_client import OrthancClient, OrthancNotFound, OrthancUnavailable
+from core.settings import Settings, get_settings
+from core.states import JobState
+
+log = logging.getLogger(__name__)
+
+#: Worklist priority of a study with an unverified critical AI finding: below a
+#: STAT request (9), above urgent (7) and routine (5).
+AI_CRITICAL_PRIORITY = 8
+
+
+@dataclass
+class Item:
+    job_id: int
+    study_id: int
+    series_uid: str
+    leader: bool
+    prepared: Prepared | None = None
+    outcome: JobState = JobState.RUNNING
+    error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def fetch_series(client: OrthancClient, series_uid: str) -> list[Dataset]:
+    """The series' instances from Orthanc, parsed (pixel data decoded later)."""
+    orthanc_id = client.find_series(series_uid)
+    if orthanc_id is None:
+        raise LookupError(f"series {series_uid} is not in Orthanc")
+    datasets: list[Dataset] = []
+    for instance in client.series_instances(orthanc_id):
+        data = client.instance_file(instance)
+        try:
+            datasets.append(dcmread(BytesIO(data)))
+        except (InvalidDicomError, ValueError, EOFError) as e:
+            raise NotApplicable(f"instance {instance} of the series cannot be parsed: {e}"
+                                ) from e
+    return datasets
+
+
+def _fill_batch(db: Database, leader: Job, manifest: Manifest, wait_s: float) -> list[int]:
+    want = manifest.batch_size - 1
+    prefix = inference_key(manifest.name, manifest.version, "")
+    claimed: list[int] = []
+    deadline = time.monotonic() + wait_s
+    while True:
+        claimed += jobs.claim_queued(db, "ai_inference", prefix, want - len(claimed),
+                                     exclude={leader.id, *claimed})
+        if len(claimed) >= want or time.monotonic() >= deadline:
+            return claimed
+        time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
+
+
+def _load_items(db: Database, leader: Job, follower_ids: list[int]) -> list[Item]:
+    assert leader.study_id is not None
+    items = [Item(leader.id, leader.study_id, str(leader.params["series_uid"]), True)]
+    with db.session() as s:
+        for job in s.scalars(select(Job).where(Job.id.in_(follower_ids))):
+            if job.study_id is None:
+                items.append(Item(job.id, 0, "", False, outcome=JobState.FAILED,
+                                  error="ai_inference job has no study"))
+                continue
+            items.append(Item(job.id, job.study_id, str(job.params["series_uid"]), False))
+    return items
+
+
+class BatchRunner:
+    """Runs one batch of items through a pipeline and stores the results."""
+
+    def __init__(self, db: Database, settings: Settings, loaded: LoadedModel,
+                 pipeline: Pipeline) -> None:
+        self.db = db
+        self.settings = settings
+        self.loaded = loaded
+        self.pipeline = pipeline
+        self.manifest = loaded.manifest
+        self.batch_len = 1
+
+    def run(self, items: Sequence[Item]) -> None:
+        with OrthancClient.from_settings(self.settings, retries=2) as client:
+            for item in items:
+                if item.outcome == JobState.RUNNING:
+                    self._prepare(client, item)
+            ready = [i for i in items if i.prepared is not None]
+            jobs.touch(self.db, [i.job_id for i in items])
+            if ready:
+                self._predict_and_store(client, ready)
+
+    def _prepare(self, client: OrthancClient, item: Item) -> None:
+        started = time.perf_counter()
+        try:
+            datasets = fetch_series(client, item.series_uid)
+            self.pipeline.check(datasets)
+            item.prepared = self.pipeline.preprocess(datasets)
+        except NotApplicable as e:
+            item.outcome, item.error = JobState.SKIPPED, str(e)
+        except (OrthancUnavailable, OrthancNotFound) as e:
+            item.outcome, item.error = JobState.QUEUED, f"Orthanc: {e}"
+        except Exception as e:
+            log.exception("ai.prepare_failed job_id=%s", item.job_id)
+            item.outcome, item.error = JobState.FAILED, f"{type(e).__name__}: {e}"
+        item.timings["prepare_ms"] = (time.perf_counter() - started) * 1000
+
+    def _predict_and_store(self, client: OrthancClient, ready: list[Item]) -> None:
+        started = time.perf_counter()
+        prepared = [i.prepared for i in ready if i.prepared is not None]
+        try:
+            outputs = self.pipeline.predict(prepared, self.loaded.run)
+        except Exception as e:
+            log.exception("ai.predict_failed model=%s", self.manifest.ref)
+            for item in ready:
+                item.outcome, item.error = JobState.FAILED, f"inference: {e}"
+            return
+        predict_ms = (time.perf_counter() - started) * 1000 / len(ready)
+        self.batch_len = len(ready)
+        jobs.touch(self.db, [i.job_id for i in ready])
+        for item, output in zip(ready, outputs, strict=True):
+            item.timings["predict_ms"] = predict_ms
+            try:
+                self._store(client, item, output)
+                item.outcome = JobState.SUCCEEDED
+            except OrthancUnavailable as e:
+                item.outcome, item.error = JobState.QUEUED, f"Orthanc: {e}"
+            except Exception as e:
+                log.exception("ai.store_failed job_id=%s", item.job_id)
+                item.outcome, item.error = JobState.FAILED, f"{type(e).__name__}: {e}"
+
+    def _store(self, client: OrthancClient, item: Item, output: np.ndarray) -> None:
+        assert item.prepared is not None
+        started = time.perf_counter()
+        result = self.pipeline.postprocess(item.prepared, output)
+        m = self.manifest
+        key = (item.series_uid, m.name, m.version)
+        source = item.prepared.datasets
+        seg_ds = None
+        if "seg" in m.outputs and result.mask is not None and result.mask.any():
+            label = next(f.label for f in result.findings if f.positive) \
+                if any(f.positive for f in result.findings) else m.labels[0].name
+            seg_ds = build_seg(source, m, result.mask, label=label,
+                               series_uid=deterministic_uid(*key, "seg-series"),
+                               sop_uid=deterministic_uid(*key, "seg"))
+            _upload(client, seg_ds)
+        sr_ds = build_sr(source, m, result.findings,
+                         series_uid=deterministic_uid(*key, "sr-series"),
+                         sop_uid=deterministic_uid(*key, "sr"), device=self.loaded.provider,
+                         seg=seg_ds)
+        _upload(client, sr_ds)
+        item.timings["store_ms"] = (time.perf_counter() - started) * 1000
+        record_result(self.db, item, m, result, device=self.loaded.provider,
+                      batch_size=self.batch_len,
+                      sr_uid=str(sr_ds.SOPInstanceUID),
+                      seg_uid=str(seg_ds.SOPInstanceUID) if seg_ds is not None else None)
+
+
+def _upload(client: OrthancClient, ds: Dataset) -> None:
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    answer = client.upload_instance(buf.getvalue())
+    log.info("ai.uploaded sop=%s status=%s", ds.SOPInstanceUID, answer.get("Status"))
+
+
+def record_result(db: Database, item: Item, manifest: Manifest, result: Result, *,
+                  device: str, batch_size: int, sr_uid: str, seg_uid: str | None) -> bool:
+    """Write the run's result and findings once; returns False if it already existed."""
+    critical = any(f.critical for f in result.findings)
+    duration = sum(item.timings.values())
+    with db.session() as s:
+        exists = s.scalar(select(AIResult.id).where(
+            AIResult.series_uid == item.series_uid, AIResult.model_name == manifest.name,
+            AIResult.model_version == manifest.version))
+        if exists is not None:
+            log.info("ai.result_exists series=%s model=%s", item.series_uid, manifest.ref)
+            return False
+        row = AIResult(job_id=item.job_id, study_id=item.study_id, series_uid=item.series_uid,
+                       model_name=manifest.name, model_version=manifest.version,
+                       device=device, batch_size=batch_size, duration_ms=duration,
+                       sr_sop_uid=sr_uid, seg_sop_uid=seg_uid, critical=critical)
+        try:
+            with s.begin_nested():
+                s.add(row)
+                s.flush()
+        except IntegrityError:
+            log.info("ai.result_raced series=%s model=%s", item.series_uid, manifest.ref)
+            return False
+        for f in result.findings:
+            label = manifest.label(f.label)
+            s.add(AIFinding(result_id=row.id, study_id=item.study_id, label=f.label,
+                            probability=f.probability, threshold=label.threshold,
+                            positive=f.positive, critical=f.critical, volume_ml=f.volume_ml))
+        if critical:
+            _raise_priority(s, item.study_id)
+        audit.append(s, actor=f"ai:{manifest.ref}", action="ai.result", object_type="study",
+                     object_id=str(item.study_id), detail={
+                         "series_uid": item.series_uid, "job_id": item.job_id,
+                         "device": device, "critical": critical, "sr": sr_uid, "seg": seg_uid,
+                         "positive": [f.label for f in result.findings if f.positive]})
+    return True
+
+
+def _raise_priority(s: Session, study_id: int) -> None:
+    study = s.get(Study, study_id, with_for_update=True)
+    if study is None:
+        return
+    study.ai_critical = True
+    study.priority = max(study.priority, AI_CRITICAL_PRIORITY)
+    s.execute(update(Job).where(Job.study_id == study_id, Job.queue.in_(jobs.HUMAN_QUEUES),
+                                Job.priority < AI_CRITICAL_PRIORITY)
+              .values(priority=AI_CRITICAL_PRIORITY))
+
+
+@jobs.db_handler("ai_inference")
+def run_inference_job(db: Database, job: Job) -> None:
+    settings = get_settings()
+    name, version = str(job.params["model"]), str(job.params["version"])
+    with db.session() as session:
+        row = get_model(session, name, version)
+        if not row.enabled:
+            raise jobs.SkipJob(f"model {name}@{version} is disabled")
+        manifest = Manifest.model_validate(row.manifest)
+        folder = Path(row.path)
+    loaded = SESSIONS.get(folder, manifest, settings.ai_device, settings.ai_threads)
+    pipeline = get_pipeline(manifest)
+    followers = _fill_batch(db, job, manifest, settings.ai_batch_wait_ms / 1000)
+    items = _load_items(db, job, followers)
+    try:
+        BatchRunner(db, settings, loaded, pipeline).run(items)
+    except BaseException:
+        # Hand claimed jobs back (their messages are still in the broker) before the
+        # leader's own failure is recorded.
+        for item in items[1:]:
+            jobs.finish_claimed(db, item.job_id, JobState.QUEUED, "batch interrupted")
+        raise
+    for item in items[1:]:
+        jobs.finish_claimed(db, item.job_id, item.outcome, item.error)
+    log.info("ai.batch model=%s provider=%s size=%s outcomes=%s", manifest.ref,
+             loaded.provider, len(items), [str(i.outcome) for i in items])
+    leader = items[0]
+    if leader.outcome == JobState.SKIPPED:
+        raise jobs.SkipJob(leader.error or "not applicable")
+    if leader.outcome == JobState.QUEUED:
+        raise jobs.TransientJobError(leader.error or "try again")
+    if leader.outcome == JobState.FAILED:
+        raise RuntimeError(leader.error or "failed")

@@ -1,0 +1,224 @@
+"""Lung nodule segmentation on an axial CT series → a nodule finding with its volume
+and a mask on the source slices (for the DICOM SEG).
+
+The slices are ordered along the slice normal and stacked in HU; the volume
+is resampled to the manifest's spacing, windowed and segmented window by
+window (MONAI's sliding-window inference, each window one ONNX run).  The
+foreground is split into connected components, specks below a minimum volume
+are dropped, and what is kept is resampled back onto the source grid.
+
+The volume stays in acquisition order (slice, row, column) rather than being
+reoriented: only axial series are accepted, the phantoms are trained with
+flips along every axis, and the mask can then go back to the source slices
+without an orientation round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from math import prod
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.inferers import sliding_window_inference
+from monai.transforms import Spacing, SpatialResample
+from pydicom.dataset import Dataset
+
+from ai_models.manifest import Manifest
+from ai_models.pipelines.base import Finding, NotApplicable, Predict, Prepared, Result
+from ai_models.pipelines.common import (
+    check_applies_to,
+    check_decodable,
+    connected_components,
+    describe,
+    modality_pixels,
+    window,
+)
+
+#: Windows per ONNX run, and how much neighbouring windows overlap.
+SW_BATCH = 4
+SW_OVERLAP = 0.25
+#: Components smaller than this (mL) are noise, not nodules: 30 mm³ is a sphere of
+#: about 4 mm diameter, below what the phantom ever plants.
+MIN_COMPONENT_ML = 0.03
+#: |normal · z| at least this: axial, allowing a few degrees of gantry tilt.
+AXIAL_COSINE = 0.99
+
+
+def _floats(ds: Dataset, keyword: str, count: int) -> np.ndarray:
+    value = ds.get(keyword)
+    if value is None or len(value) != count:
+        raise NotApplicable(f"{describe(ds)} has no {keyword}, so the slices cannot be "
+                            "put in order and measured")
+    try:
+        return np.asarray([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise NotApplicable(f"{describe(ds)}: {keyword} {value} is not numeric") from e
+
+
+def sorted_slices(datasets: Sequence[Dataset]) -> tuple[list[Dataset], tuple[float, ...]]:
+    """The slices in order along their normal, and the voxel spacing (slice, row, column).
+
+    Refuses series whose slices differ in size, spacing or orientation, are
+    not axial, share a position, or are unevenly spaced (a missing slice would
+    otherwise be silently bridged and every volume measured wrong).
+    """
+    sizes = sorted({(int(ds.Rows), int(ds.Columns)) for ds in datasets})
+    if len(sizes) > 1:
+        shown = ", ".join(f"{r}x{c}" for r, c in sizes)
+        raise NotApplicable(f"the slices differ in size ({shown}); one volume cannot be "
+                            "built from them")
+    orientation = _floats(datasets[0], "ImageOrientationPatient", 6)
+    pixel_spacing = _floats(datasets[0], "PixelSpacing", 2)
+    for ds in datasets:
+        if not np.allclose(_floats(ds, "ImageOrientationPatient", 6), orientation, atol=1e-3):
+            raise NotApplicable(f"{describe(ds)} is oriented differently from the first "
+                                "slice; the series is not one stack of parallel slices")
+        if not np.allclose(_floats(ds, "PixelSpacing", 2), pixel_spacing, rtol=1e-3):
+            raise NotApplicable(f"{describe(ds)} has pixel spacing "
+                                f"{list(ds.PixelSpacing)}, unlike the first slice "
+                                f"({list(pixel_spacing)})")
+    normal = np.cross(orientation[:3], orientation[3:])
+    if abs(normal[2]) < AXIAL_COSINE * float(np.linalg.norm(normal)):
+        raise NotApplicable(f"the slices are not axial (ImageOrientationPatient "
+                            f"{[round(v, 3) for v in orientation]}); this model reads "
+                            "axial CT only")
+    positions = [float(_floats(ds, "ImagePositionPatient", 3) @ normal) for ds in datasets]
+    order = np.argsort(positions, kind="stable")
+    ordered = [datasets[i] for i in order]
+    where = np.asarray(positions)[order]
+    gaps = np.diff(where)
+    if gaps.size and gaps.min() < 1e-3:
+        i = int(np.argmin(gaps))
+        raise NotApplicable(f"{describe(ordered[i])} and {describe(ordered[i + 1])} are at "
+                            f"the same position ({where[i]:.2f} mm along the normal)")
+    step = float(np.median(gaps)) if gaps.size else float(
+        datasets[0].get("SliceThickness", 1.0) or 1.0)
+    if gaps.size and (gaps.max() > 1.5 * step or gaps.min() < 0.5 * step):
+        raise NotApplicable(f"the slice spacing is not uniform ({gaps.min():.2f} to "
+                            f"{gaps.max():.2f} mm, typically {step:.2f} mm): a slice may be "
+                            "missing")
+    return ordered, (step, float(pixel_spacing[0]), float(pixel_spacing[1]))
+
+
+def _affine(spacing: Sequence[float], origin: Sequence[float] = (0.0, 0.0, 0.0)
+            ) -> torch.Tensor:
+    affine = np.diag([*map(float, spacing), 1.0])
+    affine[:3, 3] = origin
+    return torch.from_numpy(affine)
+
+
+def resample(volume: np.ndarray, spacing: Sequence[float], target: Sequence[float],
+             mode: str = "bilinear") -> np.ndarray:
+    """(D, H, W) on ``spacing`` → the same field of view on ``target`` (mm), with MONAI."""
+    image = MetaTensor(torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None],
+                       affine=_affine(spacing))
+    out = Spacing(pixdim=tuple(target), mode=mode)(image)
+    return np.asarray(out.detach().numpy()[0], dtype=np.float32)
+
+
+def to_network_input(hu: np.ndarray, spacing: Sequence[float], target: Sequence[float],
+                     low_high: tuple[float, float]) -> np.ndarray:
+    """HU volume → (1, D', H', W') float32 in 0..1 on the model's spacing."""
+    return window(resample(hu, spacing, target), low_high)[None]
+
+
+def softmax_foreground(logits: np.ndarray) -> np.ndarray:
+    """Foreground probability from (2, ...) logits, computed stably."""
+    diff = logits[1].astype(np.float64) - logits[0].astype(np.float64)
+    out: np.ndarray = (1.0 / (1.0 + np.exp(-diff))).astype(np.float32)
+    return out
+
+
+class CtNoduleSegPipeline:
+    """``pipeline: ct_nodule_seg`` in model.yaml (task segmentation, one label)."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        spec = manifest.input
+        if (manifest.task != "segmentation" or len(spec.size) != 3 or spec.spacing is None
+                or len(spec.spacing) != 3 or len(manifest.labels) != 1):
+            raise ValueError(f"{manifest.ref}: ct_nodule_seg needs a segmentation model "
+                             "with a 3-D ROI size, a 3-D spacing and one label")
+        self.manifest = manifest
+        self.spacing: tuple[float, ...] = tuple(spec.spacing)
+
+    def check(self, datasets: Sequence[Dataset]) -> None:
+        check_applies_to(self.manifest, datasets)
+        sorted_slices(datasets)
+        check_decodable(datasets)
+
+    def preprocess(self, datasets: Sequence[Dataset]) -> Prepared:
+        ordered, spacing = sorted_slices(datasets)
+        hu = np.stack([modality_pixels(ds) for ds in ordered])
+        array = to_network_input(hu, spacing, self.spacing, self.manifest.input.window)
+        return Prepared(array=array, datasets=ordered,
+                        meta={"source_shape": hu.shape, "source_spacing": spacing})
+
+    def predict(self, prepared: Sequence[Prepared], run: Predict) -> list[np.ndarray]:
+        roi = tuple(self.manifest.input.size)
+
+        def network(x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(np.asarray(run(x.numpy().astype(np.float32, copy=False))))
+
+        outputs = []
+        for p in prepared:
+            with torch.no_grad():
+                logits = sliding_window_inference(
+                    torch.from_numpy(p.array[None]), roi_size=roi, sw_batch_size=SW_BATCH,
+                    predictor=network, overlap=SW_OVERLAP, mode="gaussian")
+            outputs.append(np.asarray(torch.as_tensor(logits)[0], dtype=np.float32))
+        return outputs
+
+    def postprocess(self, prepared: Prepared, output: np.ndarray) -> Result:
+        label = self.manifest.labels[0]
+        foreground = softmax_foreground(output)
+        components, count = connected_components(foreground > 0.5)
+        voxel_ml = prod(self.spacing) / 1000.0
+        sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
+        keep = [i + 1 for i in range(count) if sizes[i] * voxel_ml >= MIN_COMPONENT_ML]
+        shape = tuple(prepared.meta["source_shape"])
+        if not keep:
+            finding = Finding(label=label.name, probability=0.0, positive=False,
+                              critical=False)
+            return Result(findings=[finding], mask=np.zeros(shape, dtype=bool))
+        largest = max(keep, key=lambda k: int(sizes[k - 1]))
+        probability = float(foreground[components == largest].max())
+        kept = np.isin(components, keep)
+        positive = probability >= label.threshold
+        volume = float(sum(int(sizes[k - 1]) for k in keep) * voxel_ml)
+        finding = Finding(label=label.name, probability=probability, positive=positive,
+                          critical=positive and label.critical,
+                          volume_ml=volume if positive else None)
+        mask = (self._to_source(np.where(kept, foreground, 0.0), prepared) if positive
+                else np.zeros(shape, dtype=bool))
+        return Result(findings=[finding], mask=mask)
+
+    def _to_source(self, probability: np.ndarray, prepared: Prepared) -> np.ndarray:
+        """Resample the kept probability onto the source slices and threshold it.
+
+        Only the bounding box of what was kept (plus a margin) is resampled, so
+        a 300-slice 512² series costs a small crop rather than the whole grid.
+        """
+        shape = tuple(int(s) for s in prepared.meta["source_shape"])
+        source = tuple(float(s) for s in prepared.meta["source_spacing"])
+        mask = np.zeros(shape, dtype=bool)
+        where = np.nonzero(probability > 0)
+        lo = [max(int(w.min()) - 2, 0) for w in where]
+        hi = [min(int(w.max()) + 3, n) for w, n in zip(where, probability.shape, strict=True)]
+        crop = probability[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        src_lo = [max(int(np.floor(lo[a] * self.spacing[a] / source[a])), 0) for a in range(3)]
+        src_hi = [min(int(np.ceil((hi[a] - 1) * self.spacing[a] / source[a])) + 1, shape[a])
+                  for a in range(3)]
+        size = [h - low for low, h in zip(src_lo, src_hi, strict=True)]
+        if min(size) <= 0:
+            return mask
+        image = MetaTensor(torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[None],
+                           affine=_affine(self.spacing, [lo[a] * self.spacing[a]
+                                                         for a in range(3)]))
+        back = SpatialResample(mode="bilinear", padding_mode="zeros")(
+            image, dst_affine=_affine(source, [src_lo[a] * source[a] for a in range(3)]),
+            spatial_size=size)
+        mask[src_lo[0]:src_hi[0], src_lo[1]:src_hi[1], src_lo[2]:src_hi[2]] = \
+            np.asarray(torch.as_tensor(back)[0]) > 0.5
+        return mask

@@ -1,0 +1,382 @@
+"""Train the demonstration models on synthetic phantoms, export ONNX, write model.yaml.
+
+    python -m ai_models.train {cxr,ct,all} [--seed N] [--out DIR] [--quick]
+
+Everything is drawn from the seed (phantoms, initial weights, batch order), the
+CPU thread count is fixed and torch runs its deterministic kernels, so the same
+seed on the same machine gives the same ONNX file, byte for byte; the manifest
+records the seed and the weights' SHA-256.  ``--quick`` trains for a few
+seconds, to show that the script runs, not to produce a useful model.
+
+The weights are DEMONSTRATION WEIGHTS: they have only ever seen phantoms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from rich.console import Console
+from torch import nn
+
+from ai_models.export import export_onnx, onnx_session, parity
+from ai_models.manifest import (
+    MANIFEST_NAME,
+    AppliesTo,
+    Code,
+    InputSpec,
+    Label,
+    Manifest,
+    Training,
+    Weights,
+    sha256_file,
+)
+from ai_models.networks import ct_unet, cxr_densenet
+from ai_models.phantoms import ct_phantoms, cxr_phantoms
+from ai_models.pipelines.base import Prepared
+from ai_models.pipelines.ct_nodule_seg import CtNoduleSegPipeline, resample, to_network_input
+from ai_models.pipelines.cxr_triage import sigmoid
+from ai_models.pipelines.cxr_triage import to_network_input as cxr_input
+
+SHIPPED = Path(__file__).resolve().parent / "shipped"
+SCRIPT = "ai_models/train.py"
+WEIGHTS_FILE = "model.onnx"
+#: Largest |torch - ONNX Runtime| accepted on the held-out inputs at export.
+PARITY_TOLERANCE = 1e-3
+#: Threads for training: fixed, so that a seed means one result on one machine.
+TRAIN_THREADS = 2
+
+INTENDED_USE = (
+    "DEMONSTRATION WEIGHTS trained on synthetic phantoms, NOT FOR CLINICAL USE. "
+    "They show the center's AI pre-read path (registry, batching, SR/SEG outputs, "
+    "worklist priority) end to end on the phantoms of core.samples; they have never seen a "
+    "patient image and say nothing about patients.")
+
+CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+CXR_INPUT = InputSpec(size=[224, 224], window=(0.0, 4095.0))
+CXR_LABELS = [
+    # A pneumothorax is critical: it raises the study on the worklist, so its
+    # threshold leans to sensitivity.
+    Label(name="pneumothorax", threshold=0.4, critical=True,
+          code=Code(value="36118008", scheme="SCT", meaning="Pneumothorax")),
+    Label(name="lung_opacity", threshold=0.5, critical=False,
+          code=Code(value="263930000", scheme="SCT", meaning="Opacity of lung")),
+]
+CT_INPUT = InputSpec(size=[64, 64, 64], spacing=[1.5, 1.5, 1.5], window=(-1000.0, 400.0))
+#: Share of training ROIs centred on a nodule; the others are centred anywhere in the
+#: middle of the field, where the lungs, and the tissue between them that looks most
+#: like a nodule where the lungs nearly meet, are.
+CT_NODULE_CROPS = 0.6
+CT_LABELS = [Label(name="lung_nodule", threshold=0.5, critical=False,
+                   code=Code(value="786838002", scheme="SCT", meaning="Pulmonary nodule"))]
+
+
+@dataclass
+class Report:
+    """What a training run produced, for the console and the manifest."""
+
+    name: str
+    folder: Path
+    seconds: float = 0.0
+    parity: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _configure(seed: int) -> None:
+    torch.manual_seed(seed)
+    torch.set_num_threads(TRAIN_THREADS)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _manifest(*, name: str, task: str, pipeline: str, description: str,
+              applies_to: AppliesTo, spec: InputSpec, labels: list[Label],
+              outputs: list[str], batch_size: int, sha256: str, seed: int,
+              data: str) -> Manifest:
+    return Manifest.model_validate({
+        "schema": 1, "name": name, "version": "1.0.0", "task": task, "pipeline": pipeline,
+        "description": description, "applies_to": applies_to, "input": spec,
+        "labels": labels, "outputs": outputs, "batch_size": batch_size,
+        "weights": Weights(file=WEIGHTS_FILE, sha256=sha256), "intended_use": INTENDED_USE,
+        "demonstration": True, "training": Training(script=SCRIPT, seed=seed, data=data)})
+
+
+def _write(folder: Path, manifest: Manifest) -> None:
+    (folder / MANIFEST_NAME).write_text(manifest.to_yaml(), encoding="utf-8")
+
+
+# --- chest radiograph triage ---------------------------------------------------------
+
+def _cxr_arrays(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for phantom in cxr_phantoms(seed, n):
+        xs.append(cxr_input(phantom.image, CXR_INPUT.window, CXR_INPUT.size))
+        ys.append([float(phantom.labels[lab.name]) for lab in CXR_LABELS])
+    return np.stack(xs), np.asarray(ys, dtype=np.float32)
+
+
+def train_cxr(seed: int, out: Path, *, quick: bool, console: Console) -> Report:
+    """DenseNet121 on radiograph phantoms: independent pneumothorax and opacity labels."""
+    started = time.perf_counter()
+    _configure(seed)
+    n_train, n_val, epochs, batch = (16, 8, 1, 8) if quick else (480, 200, 3, 8)
+    console.print(f"cxr: drawing {n_train} training and {n_val} held-out phantoms "
+                  f"(seed {seed})")
+    x_train, y_train = _cxr_arrays(seed, n_train)
+    x_val, y_val = _cxr_arrays(seed + 100_000, n_val)
+    model = cxr_densenet(len(CXR_LABELS))
+    steps = epochs * (n_train // batch)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
+    loss_fn = nn.BCEWithLogitsLoss()
+    order = torch.Generator().manual_seed(seed)
+    model.train()
+    for epoch in range(1, epochs + 1):
+        perm = torch.randperm(n_train, generator=order).numpy()
+        losses = []
+        for i in range(0, n_train - batch + 1, batch):
+            idx = perm[i:i + batch]
+            logits = model(torch.from_numpy(x_train[idx]))
+            loss = loss_fn(logits, torch.from_numpy(y_train[idx]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+        console.print(f"cxr: epoch {epoch}/{epochs} loss {np.mean(losses):.4f} "
+                      f"({time.perf_counter() - started:.0f} s)")
+    out.mkdir(parents=True, exist_ok=True)
+    path = export_onnx(model, torch.from_numpy(x_val[:1]), out / WEIGHTS_FILE,
+                       dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"},
+                                     "logits": {0: "batch"}})
+    diff = parity(model, path, x_val[:4])
+    if diff > PARITY_TOLERANCE:
+        raise RuntimeError(f"cxr: ONNX differs from torch by {diff:.2e} "
+                           f"(> {PARITY_TOLERANCE:.0e})")
+    session = onnx_session(path)
+    probs = np.concatenate([sigmoid(session.run(None, {"input": x_val[i:i + 16]})[0])
+                            for i in range(0, n_val, 16)])
+    metrics = {}
+    for k, lab in enumerate(CXR_LABELS):
+        metrics[f"{lab.name}_accuracy"] = float(np.mean((probs[:, k] >= lab.threshold)
+                                                        == (y_val[:, k] > 0.5)))
+    held_out = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+    manifest = _manifest(
+        name="cxr-triage", task="classification", pipeline="cxr_triage",
+        description=("Frontal chest radiograph triage (DenseNet121, 1 channel, 224x224): "
+                     "pneumothorax (critical) and lung opacity. Held-out phantom accuracy: "
+                     f"{held_out} ({n_val} phantoms)."),
+        applies_to=AppliesTo(modalities=["CR", "DX"], body_parts=["CHEST"],
+                             sop_classes=[CR_STORAGE, DX_PRESENTATION], max_slices=1),
+        spec=CXR_INPUT, labels=CXR_LABELS, outputs=["sr"], batch_size=8,
+        sha256=sha256_file(path), seed=seed,
+        data=(f"{n_train} synthetic chest radiograph phantoms (ai_models.phantoms."
+              "cxr_phantoms: the core.samples DX phantom with varied geometry, levels and "
+              "noise, 256-1024 px), each with an independent 50% pneumothorax and 50% lung "
+              f"opacity; {epochs} epochs, batch {batch}, Adam with one-cycle LR"))
+    _write(out, manifest)
+    return Report("cxr-triage", out, time.perf_counter() - started, diff, metrics)
+
+
+# --- CT nodule segmentation ----------------------------------------------------------
+
+@dataclass
+class _Volume:
+    image: np.ndarray  # (1, D, H, W) network input
+    label: np.ndarray  # (D, H, W) uint8
+    source_spacing: tuple[float, float, float]
+    source_shape: tuple[int, int, int]
+
+
+def _ct_volumes(seed: int, n: int) -> list[_Volume]:
+    target = CT_INPUT.spacing or []
+    volumes = []
+    for phantom in ct_phantoms(seed, n):
+        image = to_network_input(phantom.hu, phantom.spacing, target, CT_INPUT.window)
+        label = (resample(phantom.mask.astype(np.float32), phantom.spacing, target)
+                 > 0.5).astype(np.uint8)
+        volumes.append(_Volume(image, label, phantom.spacing, phantom.hu.shape))
+    return volumes
+
+
+def _crop(vol: _Volume, center: Sequence[int], roi: Sequence[int]
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """An ROI around ``center``, zero-padded (0 is air after windowing) at the edges."""
+    image = np.zeros((1, *roi), dtype=np.float32)
+    label = np.zeros(tuple(roi), dtype=np.uint8)
+    src, dst = [], []
+    for c, r, n in zip(center, roi, vol.label.shape, strict=True):
+        start = int(c) - r // 2
+        lo, hi = max(start, 0), min(start + r, n)
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - start, hi - start))
+    image[(slice(None), *dst)] = vol.image[(slice(None), *src)]
+    label[tuple(dst)] = vol.label[tuple(src)]
+    return image, label
+
+
+def _ct_batch(volumes: list[_Volume], rng: np.random.Generator, batch: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random ROIs, most of them on a nodule, flipped at random along z and x.
+
+    A nodule may sit anywhere in its ROI, cut by the border too: sliding-window
+    inference cuts nodules at window borders, and a network that has only seen
+    centred nodules misses the cut halves.
+    """
+    roi = CT_INPUT.size
+    images, labels = [], []
+    for _ in range(batch):
+        vol = volumes[int(rng.integers(len(volumes)))]
+        fg = np.argwhere(vol.label > 0)
+        if fg.size and rng.random() < CT_NODULE_CROPS:
+            center = fg[int(rng.integers(len(fg)))] + rng.integers(-30, 31, size=3)
+        else:
+            d, h, w = vol.label.shape
+            center = np.asarray([int(rng.integers(d)), int(rng.integers(h // 5, h - h // 5)),
+                                 int(rng.integers(w // 5, w - w // 5))])
+        image, label = _crop(vol, center, roi)
+        for axis in (0, 2):
+            if rng.random() < 0.5:
+                image, label = np.flip(image, axis + 1), np.flip(label, axis)
+        images.append(np.ascontiguousarray(image))
+        labels.append(np.ascontiguousarray(label)[None])
+    return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels))
+
+
+def _evaluate_ct(path: Path, volumes: list[_Volume], manifest: Manifest) -> dict[str, float]:
+    """Detection accuracy, Dice and volume error through the pipeline's own predict and
+    post-process (sliding windows on ONNX Runtime)."""
+    session = onnx_session(path)
+    pipeline = CtNoduleSegPipeline(manifest)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, {"input": x})[0])
+
+    voxel_ml = float(np.prod(CT_INPUT.spacing or [1.0])) / 1000
+    correct, dices, errors = 0, [], []
+    for vol in volumes:
+        prepared = Prepared(array=vol.image, datasets=[],
+                            meta={"source_shape": vol.source_shape,
+                                  "source_spacing": vol.source_spacing})
+        [output] = pipeline.predict([prepared], run)
+        finding = pipeline.postprocess(prepared, output).findings[0]
+        truth = vol.label > 0
+        correct += int(finding.positive == bool(truth.any()))
+        if truth.any():
+            pred = np.argmax(output, axis=0) > 0
+            dices.append(2 * float((pred & truth).sum()) / float(pred.sum() + truth.sum()))
+            true_ml = float(truth.sum()) * voxel_ml
+            errors.append(abs((finding.volume_ml or 0.0) - true_ml) / true_ml)
+    return {"detection_accuracy": correct / len(volumes),
+            "mean_dice": float(np.mean(dices)) if dices else float("nan"),
+            "mean_volume_error": float(np.mean(errors)) if errors else float("nan")}
+
+
+def train_ct(seed: int, out: Path, *, quick: bool, console: Console) -> Report:
+    """A small 3-D U-Net on CT phantoms, on ROIs at the model's spacing."""
+    started = time.perf_counter()
+    _configure(seed)
+    n_train, n_val, steps, batch = (2, 1, 3, 2) if quick else (16, 8, 800, 4)
+    console.print(f"ct: drawing {n_train} training and {n_val} held-out phantom series "
+                  f"(seed {seed})")
+    volumes = _ct_volumes(seed, n_train)
+    held_out = _ct_volumes(seed + 100_000, n_val)
+    console.print(f"ct: phantoms ready ({time.perf_counter() - started:.0f} s)")
+    model = ct_unet()
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=4e-3, total_steps=steps)
+    loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
+    rng = np.random.default_rng(seed)
+    report_every = max(1, steps // 10)
+    model.train()
+    losses = []
+    for step in range(1, steps + 1):
+        images, labels = _ct_batch(volumes, rng, batch)
+        loss = loss_fn(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if step % report_every == 0 or step == steps:
+            console.print(f"ct: step {step}/{steps} loss {np.mean(losses):.4f} "
+                          f"({time.perf_counter() - started:.0f} s)")
+            losses = []
+    out.mkdir(parents=True, exist_ok=True)
+    roi = CT_INPUT.size
+    example = torch.zeros((1, 1, *roi))
+    path = export_onnx(model, example, out / WEIGHTS_FILE)
+    probe = np.stack([_crop(held_out[0], [n // 2 for n in held_out[0].label.shape], roi)[0]])
+    diff = parity(model, path, probe)
+    if diff > PARITY_TOLERANCE:
+        raise RuntimeError(f"ct: ONNX differs from torch by {diff:.2e} "
+                           f"(> {PARITY_TOLERANCE:.0e})")
+
+    def build(sha: str, metrics: dict[str, float]) -> Manifest:
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+        return _manifest(
+            name="ct-nodule-seg", task="segmentation", pipeline="ct_nodule_seg",
+            description=("Lung nodule segmentation on axial chest CT (3-D U-Net, 1.5 mm "
+                         "isotropic, 64^3 sliding windows) with the nodule volume. "
+                         + (f"Held-out phantom series ({n_val}): {shown}." if shown else "")),
+            applies_to=AppliesTo(modalities=["CT"], body_parts=["CHEST", "LUNG"],
+                                 sop_classes=[CT_STORAGE], min_slices=16),
+            spec=CT_INPUT, labels=CT_LABELS, outputs=["sr", "seg"], batch_size=2,
+            sha256=sha, seed=seed,
+            data=(f"{n_train} synthetic chest CT phantom series (ai_models.phantoms."
+                  "ct_phantoms: core.samples.ct_phantom_slice stacks of 40-320 slices, "
+                  "192-512 px, 75% with one nodule of random position and radius inside a "
+                  f"lung) resampled to 1.5 mm; {steps} steps of {batch} 64^3 ROIs (60% on "
+                  "a nodule placed anywhere in the ROI, random z/x flips), Dice + "
+                  "cross-entropy, Adam with one-cycle LR"))
+
+    sha = sha256_file(path)
+    metrics = _evaluate_ct(path, held_out, build(sha, {}))
+    _write(out, build(sha, metrics))
+    return Report("ct-nodule-seg", out, time.perf_counter() - started, diff, metrics)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ai_models.train",
+        description="Train the demonstration models on synthetic phantoms (NOT FOR CLINICAL "
+                    "USE), export ONNX and write model.yaml.")
+    parser.add_argument("model", choices=["cxr", "ct", "all"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="model folder for cxr or ct (default ai_models/shipped/<name>/"
+                             "<version>); for all, the folder that gets <name>/<version>/")
+    parser.add_argument("--quick", action="store_true",
+                        help="train for seconds: proves the script runs, not a usable model")
+    args = parser.parse_args(argv)
+    console = Console()
+    jobs = [("cxr", "cxr-triage", train_cxr), ("ct", "ct-nodule-seg", train_ct)]
+    reports = []
+    for key, name, train in jobs:
+        if args.model not in (key, "all"):
+            continue
+        if args.out is None:
+            folder = SHIPPED / name / "1.0.0"
+        elif args.model == "all":
+            folder = args.out / name / "1.0.0"
+        else:
+            folder = args.out
+        reports.append(train(args.seed, folder, quick=args.quick, console=console))
+    for r in reports:
+        size_mb = (r.folder / WEIGHTS_FILE).stat().st_size / 1e6
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in r.metrics.items())
+        console.print(f"{r.name}: {r.seconds:.0f} s, {size_mb:.1f} MB ONNX, parity "
+                      f"{r.parity:.1e}, held-out {shown} → {r.folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,800 @@
+"""Ingest throughput of the gateway against DCMTK and Orthanc, measured in one run.
+
+One synthetic CT series (512x512, 16 bit) is sent with DCMTK ``storescu`` by
+1 and by 4 concurrent senders to:
+
+(a) DCMTK ``storescp`` writing to disk: the ceiling of this machine;
+(b) the center's Orthanc directly, on its own DICOM port: the baseline;
+(c) the gateway, counting acknowledged instances (until every storescu exits);
+(d) the gateway, until every instance is stored in Orthanc (all receipts in
+    state ``stored``, polled from the gateway's database).
+
+(c) and (d) are two clocks on the same send: both start when the senders are
+launched.  Every scenario gets a fresh center home (its own Orthanc storage,
+index and SQLite database) so that every instance is really stored, never
+answered "AlreadyStored".  Only 127.0.0.1 is ever contacted.
+
+Run from the repository root::
+
+    .venv/bin/python -m benchmarks.ingest [--instances 400] [--senders 1,4] [--out DIR] [--keep]
+
+Results go to ``ingest.json`` and ``ingest.png`` under ``--out``
+(``benchmarks/results`` by default).  The targets are printed with PASS/FAIL;
+the exit status is 0 either way and non-zero only when something failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from sqlalchemy import func, select
+
+from core.db import Database, get_database
+from core.errors import RDCError
+from core.models import Instance
+from core.orthanc_client import OrthancClient, OrthancError
+from core.samples import write_ct_series
+from core.settings import Settings
+from core.sites import SiteSpec, add_site
+from core.states import InstanceState
+from pacs_gateway.dcmtk import nodelay_env, require, start_storescp
+from rdc.orthanc_runner import start_orthanc, stop_process
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO / "benchmarks" / "results"
+LOOPBACK = "127.0.0.1"
+
+CALLING_AE = "RDC_BENCH_SCU"
+STORESCP_AE = "RDC_BENCH_SCP"
+GATEWAY_AE = "RDC_CENTER"
+ORTHANC_AE = "RDC_ARCHIVE"
+SITE_ID = "benchmark"
+SERIES_SEED = 4242
+
+TARGETS: dict[str, str] = {
+    "storescp": "(a) DCMTK storescp (ceiling)",
+    "orthanc": "(b) Orthanc direct",
+    "gateway_ack": "(c) gateway, acknowledged",
+    "gateway_stored": "(d) gateway, stored in Orthanc",
+}
+#: Labels short enough for an 80-column table.
+SHORT: dict[str, str] = {
+    "storescp": "(a) storescp (ceiling)",
+    "orthanc": "(b) Orthanc direct",
+    "gateway_ack": "(c) gateway, acked",
+    "gateway_stored": "(d) gateway, in Orthanc",
+}
+#: (numerator, denominator, sender count the target applies to (None: all), target ratio)
+RATIO_TARGETS: list[tuple[str, str, int | None, float]] = [
+    ("gateway_ack", "orthanc", 4, 2.0),
+    ("gateway_stored", "orthanc", None, 1.0),
+]
+
+_ACK_SUCCESS = b"Received Store Response (Success"
+_ACK_ANY = b"Received Store Response ("
+
+
+class BenchError(Exception):
+    """A scenario could not be measured; the message says why."""
+
+
+# Small helpers -------------------------------------------------------------------
+def free_port(taken: set[int]) -> int:
+    """A free TCP port on the loopback, distinct from ``taken`` (which it joins)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind((LOOPBACK, 0))
+            port = int(s.getsockname()[1])
+        if port not in taken:
+            taken.add(port)
+            return port
+    raise BenchError("no free TCP port found on 127.0.0.1")
+
+
+def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None,
+              what: str = "server", log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"{what} exited with code {proc.returncode} before listening on "
+                             f"port {port}{_tail_text(log)}")
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex((LOOPBACK, port)) == 0:
+                return
+        time.sleep(0.1)
+    raise BenchError(f"{what} did not listen on port {port} within {timeout:.0f} s"
+                     f"{_tail_text(log)}")
+
+
+def _tail_text(path: Path | None, lines: int = 20) -> str:
+    if path is None:
+        return ""
+    try:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return f"\n--- last lines of {path}:\n" + "\n".join(text)
+
+
+def split(items: Sequence[Path], parts: int) -> list[list[Path]]:
+    """``items`` in ``parts`` contiguous runs whose lengths differ by at most one."""
+    size, extra = divmod(len(items), parts)
+    out: list[list[Path]] = []
+    start = 0
+    for i in range(parts):
+        end = start + size + (1 if i < extra else 0)
+        out.append(list(items[start:end]))
+        start = end
+    return [p for p in out if p]
+
+
+def count_files(folder: Path) -> int:
+    try:
+        with os.scandir(folder) as it:
+            return sum(1 for e in it if e.is_file())
+    except FileNotFoundError:
+        return 0
+
+
+# Results ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Measurement:
+    target: str
+    senders: int
+    instances: int
+    bytes: int
+    seconds: float
+
+    @property
+    def instances_per_s(self) -> float:
+        return self.instances / self.seconds if self.seconds > 0 else float("inf")
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / self.seconds if self.seconds > 0 else float("inf")
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "label": TARGETS[self.target],
+                "instances_per_s": round(self.instances_per_s, 2),
+                "mb_per_s": round(self.mb_per_s, 2)}
+
+
+@dataclass(frozen=True)
+class Ratio:
+    numerator: str
+    denominator: str
+    senders: int
+    value: float
+    target: float | None
+
+    @property
+    def name(self) -> str:
+        return f"{TARGETS[self.numerator][:3]}/{TARGETS[self.denominator][:3]}"
+
+    @property
+    def passed(self) -> bool | None:
+        return None if self.target is None else self.value >= self.target
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "numerator": self.numerator, "denominator": self.denominator,
+                "senders": self.senders, "value": round(self.value, 3), "target": self.target,
+                "pass": self.passed}
+
+
+def ratios(results: Sequence[Measurement], sender_counts: Sequence[int]) -> list[Ratio]:
+    by_key = {(m.target, m.senders): m for m in results}
+    out: list[Ratio] = []
+    for numerator, denominator in (("gateway_ack", "orthanc"), ("gateway_stored", "orthanc")):
+        for n in sender_counts:
+            num, den = by_key.get((numerator, n)), by_key.get((denominator, n))
+            if num is None or den is None:
+                continue
+            target = next((t for tn, td, ts, t in RATIO_TARGETS
+                           if (tn, td) == (numerator, denominator) and ts in (None, n)), None)
+            out.append(Ratio(numerator, denominator, n,
+                             num.instances_per_s / den.instances_per_s, target))
+    return out
+
+
+# The senders -----------------------------------------------------------------------
+class Senders:
+    """Concurrent ``storescu`` processes, one per part of the series, timed to the exit."""
+
+    def __init__(self, parts: Sequence[Sequence[Path]], *, port: int, called_ae: str,
+                 log_dir: Path) -> None:
+        self.parts = [list(p) for p in parts]
+        self.port = port
+        self.called_ae = called_ae
+        self.log_dir = log_dir
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []
+        self.started = 0.0
+        self._ended: list[float | None] = []
+        self._waiters: list[threading.Thread] = []
+        self._offsets: list[int] = []
+        self._acks = 0
+
+    def start(self) -> float:
+        """Launch every sender; returns the start time (``time.perf_counter``)."""
+        storescu = require("storescu")
+        env = nodelay_env()  # TCP_NODELAY=1 for DCMTK; the receivers get it too
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.started = time.perf_counter()
+        for i, part in enumerate(self.parts):
+            log = self.log_dir / f"storescu-{i + 1}.log"
+            cmd = [storescu, "-v", "-nh", "-R", "-aet", CALLING_AE, "-aec", self.called_ae,
+                   "-to", "30", "-ta", "30", "-td", "120", LOOPBACK, str(self.port),
+                   *[str(f) for f in part]]
+            with open(log, "wb") as fh:
+                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh,
+                                        stderr=subprocess.STDOUT, env=env)
+            self.procs.append(proc)
+            self.logs.append(log)
+            self._ended.append(None)
+            self._offsets.append(0)
+            waiter = threading.Thread(target=self._wait, args=(i,), daemon=True)
+            waiter.start()
+            self._waiters.append(waiter)
+        return self.started
+
+    def _wait(self, i: int) -> None:
+        self.procs[i].wait()
+        self._ended[i] = time.perf_counter()
+
+    def done(self) -> bool:
+        return all(t is not None for t in self._ended)
+
+    def acknowledged(self) -> int:
+        """Successful C-STORE responses so far (read incrementally from the logs)."""
+        for i, log in enumerate(self.logs):
+            try:
+                with open(log, "rb") as fh:
+                    fh.seek(self._offsets[i])
+                    chunk = fh.read()
+            except OSError:
+                continue
+            cut = chunk.rfind(b"\n") + 1
+            self._acks += chunk[:cut].count(_ACK_SUCCESS)
+            self._offsets[i] += cut
+        return self._acks
+
+    def seconds(self) -> float:
+        ends = [t for t in self._ended if t is not None]
+        if len(ends) != len(self._ended):
+            raise BenchError("senders still running")
+        return max(ends) - self.started
+
+    def wait(self, timeout: float, on_tick: Callable[[int], None]) -> float:
+        deadline = time.monotonic() + timeout
+        while not self.done():
+            if time.monotonic() > deadline:
+                raise BenchError(f"storescu did not finish within {timeout:g} s")
+            on_tick(self.acknowledged())
+            time.sleep(0.05)
+        for t in self._waiters:
+            t.join()
+        on_tick(self.acknowledged())
+        return self.seconds()
+
+    def check(self, target: str) -> int:
+        """Raise unless every sender exited 0 and every file was acknowledged with Success."""
+        total = 0
+        for part, proc, log in zip(self.parts, self.procs, self.logs, strict=True):
+            out = log.read_bytes()
+            ok = out.count(_ACK_SUCCESS)
+            answered = out.count(_ACK_ANY)
+            if proc.returncode != 0 or ok != len(part):
+                reason = "association rejected" if b"Association Rejected" in out else \
+                    f"{ok} of {len(part)} acknowledged with Success, {answered - ok} refused"
+                raise BenchError(f"{TARGETS[target]}: storescu exited with code "
+                                 f"{proc.returncode}: {reason}{_tail_text(log)}")
+            total += ok
+        return total
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            stop_process(proc, 5.0)
+
+
+# The center ---------------------------------------------------------------------------
+@dataclass
+class Center:
+    """One throw-away center: its own home, ports and SQLite database."""
+
+    home: Path
+    config: Path
+    ports: set[int]
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.values: dict[str, str] = {
+            "home": str(self.home),
+            "gateway_ae": GATEWAY_AE,
+            "gateway_host": LOOPBACK,
+            "gateway_port": str(free_port(self.ports)),
+            "orthanc_aet": ORTHANC_AE,
+            "orthanc_http_port": str(free_port(self.ports)),
+            "orthanc_dicom_port": str(free_port(self.ports)),
+            "web_host": LOOPBACK,
+            "web_port": str(free_port(self.ports)),
+            "database_url": f"sqlite:///{self.home / 'rdc.sqlite3'}",
+            "broker_url": "filesystem://",
+            **self.extra,
+        }
+        init: dict[str, Any] = dict(self.values)
+        self.settings = Settings(**init)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in nodelay_env().items() if not k.startswith("RDC_")}
+        env.update({f"RDC_{k.upper()}": v for k, v in self.values.items()})
+        env.update({"RDC_CONFIG": str(self.config), "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
+        return env
+
+    def orthanc(self) -> OrthancClient:
+        return OrthancClient.from_settings(self.settings, retries=1)
+
+
+def _isolate_environment(config: Path, console: Console) -> None:
+    """Keep the user's center configuration out of the benchmark's throw-away centers."""
+    inherited = sorted(k for k in os.environ if k.startswith("RDC_"))
+    if inherited:
+        console.print(f"[yellow]note:[/yellow] ignoring {', '.join(inherited)}: the benchmark "
+                      "runs its own temporary centers")
+    for key in inherited:
+        del os.environ[key]
+    # An empty rdc.toml, so that no ./rdc.toml or ~/.rdc/rdc.toml is read either.
+    config.write_text("# the ingest benchmark passes every setting explicitly\n")
+    os.environ["RDC_CONFIG"] = str(config)
+    # Every DCMTK end must run with TCP_NODELAY=1 (start_orthanc() sets it for Orthanc;
+    # this covers anything else started from this process).
+    os.environ["TCP_NODELAY"] = "1"
+
+
+# Scenarios -------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, files: Sequence[Path], root: Path, progress: Progress, keep: bool,
+                 timeout_s: float, gateway_processes: int = 0) -> None:
+        self.gateway_extra = {"gateway_processes": str(gateway_processes)} \
+            if gateway_processes else {}
+        self.files = list(files)
+        self.total_bytes = sum(f.stat().st_size for f in self.files)
+        self.root = root
+        self.progress = progress
+        self.keep = keep
+        self.timeout_s = timeout_s
+        self.config = root / "rdc.toml"
+        self.ports: set[int] = set()
+
+    def _workdir(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir(parents=True)
+        return path
+
+    def _done_with(self, path: Path) -> None:
+        if not self.keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _measure(self, target: str, senders: int, seconds: float) -> Measurement:
+        return Measurement(target, senders, len(self.files), self.total_bytes, seconds)
+
+    def _send(self, stack: ExitStack, label: str, senders: int, port: int, called_ae: str,
+              work: Path, target: str) -> tuple[Senders, float]:
+        task = self.progress.add_task(f"{label}, {senders} sender(s): acknowledged",
+                                      total=len(self.files))
+        run = Senders(split(self.files, senders), port=port, called_ae=called_ae,
+                      log_dir=work / "senders")
+        stack.callback(run.stop)
+        run.start()
+        seconds = run.wait(self.timeout_s,
+                           lambda n: self.progress.update(task, completed=n))
+        run.check(target)
+        return run, seconds
+
+    def storescp(self, senders: int) -> Measurement:
+        work = self._workdir(f"storescp-{senders}")
+        port = free_port(self.ports)
+        received = work / "received"
+        with ExitStack() as stack:
+            proc = start_storescp(received, port, STORESCP_AE)  # --fork, TCP_NODELAY=1
+            stack.callback(stop_process, proc)
+            wait_port(port, 30, proc, "storescp")
+            _, seconds = self._send(stack, TARGETS["storescp"], senders, port, STORESCP_AE,
+                                    work, "storescp")
+            written = count_files(received)
+            if written != len(self.files):
+                raise BenchError(f"{TARGETS['storescp']}: {written} files written, "
+                                 f"expected {len(self.files)}")
+        self._done_with(work)
+        return self._measure("storescp", senders, seconds)
+
+    def orthanc(self, senders: int) -> Measurement:
+        work = self._workdir(f"orthanc-{senders}")
+        center = Center(work / "home", self.config, self.ports, self.gateway_extra)
+        s = center.settings
+        with ExitStack() as stack:
+            task = self.progress.add_task(f"starting Orthanc ({senders} sender(s))", total=None)
+            proc = start_orthanc(s)
+            stack.callback(stop_process, proc)
+            client = stack.enter_context(center.orthanc())
+            # The generated config only lets the gateway's AE store: register ours, on
+            # 127.0.0.1 (DicomCheckModalityHost is on), for the life of this home.
+            client.put_modality("benchmark", CALLING_AE, LOOPBACK, free_port(self.ports))
+            wait_port(s.orthanc_dicom_port, 30, proc, "Orthanc DICOM")
+            self.progress.remove_task(task)
+            before = int(client.statistics()["CountInstances"])
+            if before:
+                raise BenchError(f"fresh Orthanc already holds {before} instances")
+            _, seconds = self._send(stack, TARGETS["orthanc"], senders, s.orthanc_dicom_port,
+                                    s.orthanc_aet, work, "orthanc")
+            stored = int(client.statistics()["CountInstances"])
+            if stored != len(self.files):
+                raise BenchError(f"{TARGETS['orthanc']}: Orthanc holds {stored} instances "
+                                 f"after the send, expected {len(self.files)}")
+            client.delete_modality("benchmark")
+        self._done_with(work)
+        return self._measure("orthanc", senders, seconds)
+
+    def gateway(self, senders: int) -> tuple[Measurement, Measurement]:
+        work = self._workdir(f"gateway-{senders}")
+        center = Center(work / "home", self.config, self.ports, self.gateway_extra)
+        s = center.settings
+        gateway_log = work / "gateway.out"
+        db: Database | None = None
+        with ExitStack() as stack:
+            task = self.progress.add_task(f"starting Orthanc and the gateway "
+                                          f"({senders} sender(s))", total=None)
+            orthanc_proc = start_orthanc(s)
+            stack.callback(stop_process, orthanc_proc)
+            client = stack.enter_context(center.orthanc())
+            db = get_database(s.database_url)
+            stack.callback(db.dispose)
+            with db.session() as session:
+                add_site(session, SiteSpec(
+                    id=SITE_ID, name="ingest benchmark sender", ae_title=CALLING_AE,
+                    host=LOOPBACK, port=free_port(self.ports),
+                    allowed_addresses=(f"{LOOPBACK}/32",)), actor="benchmark")
+            with open(gateway_log, "wb") as out:
+                gw = subprocess.Popen([sys.executable, "-m", "rdc", "gateway"], env=center.env,
+                                      cwd=REPO, stdin=subprocess.DEVNULL, stdout=out,
+                                      stderr=subprocess.STDOUT)
+            stack.callback(stop_process, gw, 30.0)  # SIGTERM: the gateway stops cleanly
+            wait_port(s.gateway_port, 60, gw, "the gateway", gateway_log)
+            self.progress.remove_task(task)
+
+            acked = self.progress.add_task(f"{TARGETS['gateway_ack']}, {senders} sender(s)",
+                                           total=len(self.files))
+            stored_task = self.progress.add_task(
+                f"{TARGETS['gateway_stored']}, {senders} sender(s)", total=len(self.files))
+            run = Senders(split(self.files, senders), port=s.gateway_port, called_ae=GATEWAY_AE,
+                          log_dir=work / "senders")
+            stack.callback(run.stop)
+            start = run.start()
+            deadline = time.monotonic() + self.timeout_s
+            stored_at: float | None = None
+            while True:
+                if gw.poll() is not None:
+                    raise BenchError(f"the gateway exited with code {gw.returncode} during "
+                                     f"the send{_tail_text(gateway_log)}")
+                counts = instance_states(db)
+                now = time.perf_counter()  # after the query: never early for the gateway
+                stored = counts.get(InstanceState.STORED, 0)
+                failed = counts.get(InstanceState.FAILED, 0)
+                self.progress.update(acked, completed=run.acknowledged())
+                self.progress.update(stored_task, completed=stored)
+                if failed:
+                    raise BenchError(f"{failed} receipts failed to upload to Orthanc"
+                                     f"{_tail_text(s.log_dir / 'gateway.log')}")
+                if stored_at is None and stored >= len(self.files):
+                    stored_at = now
+                if stored_at is not None and run.done():
+                    break
+                if time.monotonic() > deadline:
+                    raise BenchError(
+                        f"after {self.timeout_s:.0f} s: {run.acknowledged()} acknowledged, "
+                        f"{stored} of {len(self.files)} stored in Orthanc"
+                        f"{_tail_text(s.log_dir / 'gateway.log')}")
+                time.sleep(0.05)
+            ack_seconds = run.wait(10, lambda n: self.progress.update(acked, completed=n))
+            run.check("gateway_ack")
+            stored_seconds = stored_at - start
+            in_orthanc = int(client.statistics()["CountInstances"])
+            if in_orthanc != len(self.files):
+                raise BenchError(f"{TARGETS['gateway_stored']}: Orthanc holds {in_orthanc} "
+                                 f"instances, expected {len(self.files)}")
+        get_database.cache_clear()
+        self._done_with(work)
+        return (self._measure("gateway_ack", senders, ack_seconds),
+                self._measure("gateway_stored", senders, stored_seconds))
+
+
+def instance_states(db: Database) -> dict[str, int]:
+    with db.session() as s:
+        rows = s.execute(select(Instance.state, func.count()).group_by(Instance.state)).all()
+    return {str(state): int(n) for state, n in rows}
+
+
+def generate(out: Path, instances: int, progress: Progress) -> list[Path]:
+    """The synthetic CT series (write_ct_series), with a progress bar while it is written."""
+    task = progress.add_task(f"generating {instances} CT slices (512x512, 16 bit)",
+                             total=instances)
+    result: list[list[Path]] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            study = write_ct_series(out, slices=instances, seed=SERIES_SEED,
+                                    announce_count=False)
+            result.append(study.paths)
+        except BaseException as e:  # handed to the main thread
+            errors.append(e)
+
+    thread = threading.Thread(target=work, name="generate", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        progress.update(task, completed=count_files(out))
+        thread.join(0.25)
+    if errors:
+        raise BenchError(f"generating the series failed: {errors[0]!r}") from errors[0]
+    progress.update(task, completed=instances)
+    return result[0]
+
+
+# Machine, output ---------------------------------------------------------------------------
+def _first_line(cmd: Sequence[str]) -> str:
+    try:
+        proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=10,
+                              check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def machine_info(work_root: Path) -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kb = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    orthanc = shutil.which("Orthanc", path=os.pathsep.join(
+        [os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"]))
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_model": model or platform.processor(),
+        "memory_gib": round(mem_kb / 2**20, 1) if mem_kb else None,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "orthanc": _first_line([orthanc, "--version"]) if orthanc else "",
+        "dcmtk": _first_line([require("storescu"), "--version"]),
+        "work_dir": str(work_root),
+    }
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def write_chart(path: Path, results: Sequence[Measurement], instances: int,
+                sender_counts: Sequence[int]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = [t for t in TARGETS if any(m.target == t for m in results)]
+    width = 0.8 / max(1, len(sender_counts))
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    for j, n in enumerate(sender_counts):
+        xs, ys = [], []
+        for i, t in enumerate(targets):
+            m = next((m for m in results if m.target == t and m.senders == n), None)
+            if m is not None:
+                xs.append(i + (j - (len(sender_counts) - 1) / 2) * width)
+                ys.append(m.instances_per_s)
+        bars = ax.bar(xs, ys, width, label=f"{n} sender{'s' if n != 1 else ''}")
+        ax.bar_label(bars, fmt="%.0f", fontsize=8)
+    ax.set_xticks(range(len(targets)), [TARGETS[t] for t in targets], fontsize=8)
+    ax.set_ylabel("instances / s")
+    ax.set_title(f"Ingest of {instances} CT instances (512x512, 16 bit) over DICOM, storescu")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def print_report(console: Console, results: Sequence[Measurement], found: Sequence[Ratio],
+                 total_bytes: int) -> None:
+    instances = results[0].instances if results else 0
+    table = Table(title=f"Ingest throughput ({instances} instances, "
+                        f"{total_bytes / 1e6:.1f} MB per run)")
+    for col in ("target", "senders", "seconds", "instances/s", "MB/s"):
+        table.add_column(col, justify="left" if col == "target" else "right", no_wrap=True)
+    for m in results:
+        table.add_row(SHORT[m.target], str(m.senders), f"{m.seconds:.2f}",
+                      f"{m.instances_per_s:.1f}", f"{m.mb_per_s:.1f}")
+    console.print(table)
+    rt = Table(title="Ratios (instances/s)")
+    for col in ("ratio", "senders", "value", "target", "verdict"):
+        rt.add_column(col, justify="left" if col == "ratio" else "right")
+    for r in found:
+        verdict = "-" if r.passed is None else ("[green]PASS[/green]" if r.passed
+                                                else "[red]FAIL[/red]")
+        rt.add_row(r.name, str(r.senders), f"{r.value:.2f}x",
+                   "-" if r.target is None else f">= {r.target:.1f}x", verdict)
+    console.print(rt)
+
+
+# Entry point -----------------------------------------------------------------------------
+def parse_senders(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from e
+    if not counts or any(n < 1 or n > 64 for n in counts):
+        raise argparse.ArgumentTypeError("sender counts must be between 1 and 64")
+    return sorted(set(counts))
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.ingest",
+                                description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--instances", type=int, default=400,
+                   help="instances in the CT series (512x512, 16 bit; default 400)")
+    p.add_argument("--senders", type=parse_senders, default=[1, 4],
+                   help="comma-separated concurrent sender counts (default 1,4)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help=f"folder for ingest.json and ingest.png (default {DEFAULT_OUT})")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the temporary folders (series, homes, logs) and print where")
+    p.add_argument("--gateway-processes", type=int, default=0,
+                   help="gateway processes sharing the port (default: the center's default)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds allowed per send (default 120 + 0.5 s per instance)")
+    args = p.parse_args(argv)
+    if args.instances < 1:
+        p.error("--instances must be at least 1")
+    if args.instances < max(args.senders):
+        p.error("--instances must be at least the largest sender count")
+    return args
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="rdc-bench-ingest-"))
+    results: list[Measurement] = []
+    try:
+        _isolate_environment(root / "rdc.toml", console)
+        machine = machine_info(root)
+        timeout = args.timeout or 120 + 0.5 * args.instances
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn())
+        with Progress(*columns, console=console) as progress:
+            files = generate(root / "series", args.instances, progress)
+            bench = Bench(files, root, progress, args.keep, timeout, args.gateway_processes)
+            for n in args.senders:
+                results.append(bench.storescp(n))
+            for n in args.senders:
+                results.append(bench.orthanc(n))
+            for n in args.senders:
+                results.extend(bench.gateway(n))
+        machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        order = list(TARGETS)
+        results.sort(key=lambda m: (order.index(m.target), m.senders))
+        found = ratios(results, args.senders)
+        print_report(console, results, found, bench.total_bytes)
+        return {
+            "benchmark": "ingest",
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.ingest",
+                                 *sys.argv[1:]]),
+            "machine": machine,
+            "parameters": {
+                "instances": args.instances, "rows": 512, "columns": 512, "bits_allocated": 16,
+                "transfer_syntax": "1.2.840.10008.1.2.1 (explicit VR little endian)",
+                "senders": args.senders, "bytes_per_run": bench.total_bytes,
+                "mean_instance_bytes": round(bench.total_bytes / len(files)),
+                "sender": "DCMTK storescu -nh -R, TCP_NODELAY=1, one association per sender",
+                "mb": "10^6 bytes",
+            },
+            "notes": [
+                "(c) and (d) are two clocks on the same gateway send, both from the launch of "
+                "the senders: (c) stops when the last storescu exits, (d) when every receipt "
+                "is 'stored' in the gateway database (polled every 50 ms).",
+                "every scenario uses a fresh home (Orthanc storage, index, SQLite), so every "
+                "instance is really stored",
+                "storescp does not fsync; Orthanc (SyncStorageArea) and the gateway (spool "
+                "fsync, SQLite synchronous=FULL) do",
+            ],
+            "results": [m.as_json() for m in results],
+            "ratios": [r.as_json() for r in found],
+        }
+    except BaseException:
+        if results:
+            console.print("[yellow]measured before the failure:[/yellow]")
+            for m in results:
+                console.print(f"  {TARGETS[m.target]}, {m.senders} sender(s): "
+                              f"{m.instances_per_s:.1f} instances/s, {m.mb_per_s:.1f} MB/s")
+        raise
+    finally:
+        if args.keep:
+            console.print(f"kept the temporary folders under {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        data = run(args, console)
+        out: Path = args.out
+        write_json(out / "ingest.json", data)
+        results = [Measurement(r["target"], r["senders"], r["instances"], r["bytes"],
+                               r["seconds"]) for r in data["results"]]
+        write_chart(out / "ingest.png", results, args.instances, args.senders)
+        console.print(f"wrote {out / 'ingest.json'} and {out / 'ingest.png'}")
+        return 0
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/red]; stopped every process the benchmark started")
+        return 130
+    except (BenchError, RDCError, OrthancError, OSError, subprocess.SubprocessError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

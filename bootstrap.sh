@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Set up the regional diagnostic center on a fresh Debian machine, then run it.
+#
+#   ./bootstrap.sh up     install everything, then start the whole center (rdc up)
+#   ./bootstrap.sh test   install everything, then run the full test suite
+#   ./bootstrap.sh setup  install only
+#
+# Installs, when missing: Debian packages (Orthanc and its DICOMweb, WSI and
+# PostgreSQL plugins, DCMTK), a virtual environment at .venv with the Python
+# dependencies, and the npm dependencies of the front end when it has any.
+set -euo pipefail
+
+cd "$(dirname "$0")"
+mode="${1:-setup}"
+case "$mode" in
+  up|test|setup) ;;
+  *) echo "usage: $0 up|test|setup" >&2; exit 2 ;;
+esac
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+# Debian packages ---------------------------------------------------------------
+apt_packages=(orthanc orthanc-dicomweb orthanc-wsi orthanc-postgresql dcmtk)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  say "installing Debian packages: ${missing[*]}"
+  sudo_cmd=()
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "need root or sudo to install ${missing[*]}" >&2; exit 1; }
+    sudo_cmd=(sudo)
+  fi
+  "${sudo_cmd[@]}" apt-get update -qq
+  # The packages' own service is not used: the center starts Orthanc itself.
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}"
+  # Installing the package starts Debian's own Orthanc service; the center does
+  # not use it, so the one this script just installed is stopped and disabled.
+  if [[ " ${missing[*]} " == *" orthanc "* ]] && [ -d /run/systemd/system ]; then
+    "${sudo_cmd[@]}" systemctl disable --now orthanc || true
+  fi
+fi
+
+# Python ----------------------------------------------------------------------------
+python_bin="${PYTHON:-python3.11}"
+command -v "$python_bin" >/dev/null || python_bin=python3
+"$python_bin" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || {
+  echo "Python 3.11 is required (found $("$python_bin" --version 2>&1))" >&2; exit 1; }
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  "$python_bin" -m venv .venv
+fi
+stamp=.venv/.rdc-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  say "installing Python dependencies"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[test]'
+  touch "$stamp"
+fi
+
+# npm -------------------------------------------------------------------------------
+if [ -f viewer/package.json ]; then
+  say "installing front-end dependencies"
+  (cd viewer && npm ci --no-audit --no-fund)
+fi
+
+case "$mode" in
+  setup)
+    say "set up; start the center with: .venv/bin/rdc up" ;;
+  up)
+    say "starting the center (Ctrl-C stops it)"
+    exec .venv/bin/rdc up ;;
+  test)
+    say "ruff"
+    .venv/bin/ruff check .
+    say "mypy"
+    .venv/bin/mypy
+    say "pytest"
+    exec .venv/bin/pytest -q ;;
+esac

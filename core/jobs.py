@@ -1,0 +1,286 @@
+"""Jobs: creation keyed by what they process, and their execution protocol.
+
+Domain packages register a handler per job kind; the worker task only loads
+the job by ID, moves it through its state machine and calls the handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core import audit
+from core.db import Database
+from core.models import Job
+from core.states import JobState, check_transition
+
+log = logging.getLogger(__name__)
+
+#: Queues whose jobs are done by people (worklists), not by workers.
+HUMAN_QUEUES = frozenset({"reading"})
+
+
+class TransientJobError(Exception):
+    """The job may succeed if tried again later (a service was down)."""
+
+
+class SkipJob(Exception):
+    """The job does not apply to its object; the message says why, for people."""
+
+
+Handler = Callable[[Session, Job], None]
+_HANDLERS: dict[str, Handler] = {}
+
+
+DbHandler = Callable[[Database, Job], None]
+_DB_HANDLERS: dict[str, DbHandler] = {}
+
+
+def db_handler(kind: str) -> Callable[[DbHandler], DbHandler]:
+    """Register a handler that opens its own sessions (it gets a detached job).
+
+    For work that commits as it goes, such as a batch that claims and finishes
+    other jobs: on SQLite, a long transaction held open around those commits
+    would see a stale snapshot and could not write the job's state afterwards.
+    The handler's own writes must then be idempotent, since the job's state is
+    recorded in a separate transaction.
+    """
+
+    def deco(fn: DbHandler) -> DbHandler:
+        _DB_HANDLERS[kind] = fn
+        return fn
+
+    return deco
+
+
+def handler(kind: str) -> Callable[[Handler], Handler]:
+    """Register the function that runs jobs of ``kind``."""
+
+    def deco(fn: Handler) -> Handler:
+        _HANDLERS[kind] = fn
+        return fn
+
+    return deco
+
+
+@dataclass(frozen=True)
+class NewJob:
+    key: str
+    kind: str
+    queue: str
+    study_id: int | None = None
+    priority: int = 5
+    rule: str = ""
+    params: dict[str, Any] | None = None
+
+
+def create_job(session: Session, spec: NewJob) -> tuple[Job, bool]:
+    """Create the job unless one with the same key exists; returns (job, created)."""
+    existing = session.scalar(select(Job).where(Job.key == spec.key))
+    if existing is not None:
+        return existing, False
+    job = Job(key=spec.key, kind=spec.kind, queue=spec.queue, study_id=spec.study_id,
+              priority=spec.priority, rule=spec.rule, params=spec.params or {},
+              state=JobState.QUEUED)
+    try:
+        with session.begin_nested():
+            session.add(job)
+            session.flush()
+    except IntegrityError:
+        # Another process created it between our look-up and insert.
+        found = session.scalar(select(Job).where(Job.key == spec.key))
+        assert found is not None
+        return found, False
+    audit.append(session, actor="system", action="job.create", object_type="job",
+                 object_id=str(job.id), detail={"key": job.key, "kind": job.kind,
+                                                "queue": job.queue, "rule": job.rule})
+    return job, True
+
+
+def _move(job: Job, new: JobState) -> None:
+    check_transition(JobState, job.state, new)
+    job.state = new
+    job.updated_at = datetime.now(UTC)
+
+
+BUSY = "busy"
+
+
+def _held(job: Job, lease_s: float | None) -> bool:
+    """A running job touched within its lease is being worked on by someone."""
+    if lease_s is None or job.state != JobState.RUNNING:
+        return False
+    updated = job.updated_at
+    if updated.tzinfo is None:  # SQLite hands back naive UTC
+        updated = updated.replace(tzinfo=UTC)
+    return datetime.now(UTC) - updated < timedelta(seconds=lease_s)
+
+
+def execute(db: Database, job_id: int, max_attempts: int = 5,
+            expected_key: str | None = None, lease_s: float | None = None) -> str:
+    """Run one job by ID.  Safe to call again for the same job: a finished job is skipped.
+
+    A message whose key does not match the job with that ID was meant for
+    another database (a broker shared or reused by another center) and is
+    dropped; so is a message for a job that people, not workers, do.
+    Returns the job's final state for this attempt.
+    """
+    with db.session() as s:
+        job = s.get(Job, job_id, with_for_update=True)
+        if job is None:
+            log.warning("job.missing job_id=%s", job_id)
+            return "missing"
+        if expected_key is not None and job.key != expected_key:
+            log.error("job.foreign_message job_id=%s key=%r ours=%r", job_id, expected_key,
+                      job.key)
+            return "foreign"
+        if job.queue in HUMAN_QUEUES:
+            log.error("job.human_job_on_queue job_id=%s queue=%s", job_id, job.queue)
+            return "not-for-workers"
+        if job.state in (JobState.SUCCEEDED, JobState.SKIPPED, JobState.DEAD):
+            log.info("job.skip job_id=%s state=%s", job_id, job.state)
+            return str(job.state)
+        if _held(job, lease_s):
+            log.info("job.busy job_id=%s", job_id)
+            return BUSY
+        if job.state == JobState.FAILED:
+            _move(job, JobState.QUEUED)
+        if job.state == JobState.QUEUED:
+            _move(job, JobState.RUNNING)
+        job.updated_at = datetime.now(UTC)
+        job.attempts += 1
+        kind = job.kind
+    if kind in _DB_HANDLERS:
+        return _execute_self_managed(db, job_id, kind, max_attempts)
+    fn = _HANDLERS.get(kind)
+    with db.session() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        try:
+            if fn is None:
+                raise LookupError(f"no handler registered for job kind {kind!r}")
+            with s.begin_nested():
+                fn(s, job)
+            error = None
+        except Exception as e:
+            error = e
+        outcome = _record(s, job, kind, error, max_attempts)
+    log.info("job.done job_id=%s kind=%s state=%s", job_id, kind, outcome)
+    return str(outcome)
+
+
+def _record(s: Session, job: Job, kind: str, error: Exception | None,
+            max_attempts: int) -> JobState:
+    """Move ``job`` to the state its handler's outcome calls for, with an audit record."""
+    if error is None:
+        outcome = JobState.SUCCEEDED
+        job.error = None
+    elif isinstance(error, SkipJob):
+        job.error = f"skipped: {error}"
+        outcome = JobState.SKIPPED
+        log.info("job.skipped job_id=%s kind=%s reason=%s", job.id, kind, error)
+    elif isinstance(error, TransientJobError):
+        job.error = f"transient: {error}"
+        outcome = JobState.QUEUED if job.attempts < max_attempts else JobState.DEAD
+    else:
+        job.error = "".join(traceback.format_exception_only(error)).strip()
+        log.error("job.failed job_id=%s kind=%s", job.id, kind, exc_info=error)
+        outcome = JobState.FAILED
+    _move(job, outcome)
+    audit.append(s, actor="worker", action=f"job.{outcome}", object_type="job",
+                 object_id=str(job.id), detail={"kind": kind, "error": job.error})
+    return outcome
+
+
+def _execute_self_managed(db: Database, job_id: int, kind: str, max_attempts: int) -> str:
+    with db.session() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        s.expunge(job)
+    try:
+        _DB_HANDLERS[kind](db, job)
+        error: Exception | None = None
+    except Exception as e:
+        error = e
+    with db.session() as s:
+        current = s.get(Job, job_id, with_for_update=True)
+        assert current is not None
+        if current.state != JobState.RUNNING:  # finished meanwhile by a duplicate run
+            log.info("job.already_finished job_id=%s state=%s", job_id, current.state)
+            return str(current.state)
+        outcome = _record(s, current, kind, error, max_attempts)
+    log.info("job.done job_id=%s kind=%s state=%s", job_id, kind, outcome)
+    return str(outcome)
+
+
+def claim_queued(db: Database, kind: str, key_prefix: str, limit: int,
+                 exclude: set[int]) -> list[int]:
+    """Move up to ``limit`` queued jobs of ``kind`` whose key starts with ``key_prefix``
+    to running, highest priority and oldest first; returns their IDs.
+
+    This is how a worker fills a batch: the jobs' own messages stay in the broker
+    and find the jobs finished when they arrive, so nothing is acknowledged early.
+    Each claim is one conditional UPDATE, so two workers never claim the same job.
+    """
+    if limit <= 0:
+        return []
+    with db.session() as s:
+        candidates = list(s.scalars(
+            select(Job.id).where(Job.kind == kind, Job.state == JobState.QUEUED,
+                                 Job.key.startswith(key_prefix, autoescape=True),
+                                 Job.id.not_in(exclude or {-1}))
+            .order_by(Job.priority.desc(), Job.id).limit(limit * 2)))
+    claimed: list[int] = []
+    for job_id in candidates:
+        if len(claimed) >= limit:
+            break
+        with db.session() as s:
+            moved = s.execute(
+                update(Job).where(Job.id == job_id, Job.state == JobState.QUEUED)
+                .values(state=JobState.RUNNING, attempts=Job.attempts + 1,
+                        updated_at=datetime.now(UTC)))
+            if getattr(moved, "rowcount", 0) == 1:
+                claimed.append(job_id)
+    return claimed
+
+
+def finish_claimed(db: Database, job_id: int, outcome: JobState, error: str | None) -> None:
+    """Record the outcome of a job a batch claimed (see :func:`claim_queued`)."""
+    with db.session() as s:
+        job = s.get(Job, job_id, with_for_update=True)
+        if job is None or job.state != JobState.RUNNING:
+            return
+        _move(job, outcome)
+        job.error = error
+        audit.append(s, actor="worker", action=f"job.{outcome}", object_type="job",
+                     object_id=str(job_id), detail={"kind": job.kind, "error": error,
+                                                    "batched": True})
+
+
+def touch(db: Database, job_ids: list[int]) -> None:
+    """Keep long-running jobs from looking stale (see :func:`stale_jobs`)."""
+    with db.session() as s:
+        s.execute(update(Job).where(Job.id.in_(job_ids), Job.state == JobState.RUNNING)
+                  .values(updated_at=datetime.now(UTC)))
+
+
+def stale_jobs(session: Session, older_than_s: float) -> list[Job]:
+    """Machine jobs queued or running for too long: their message may have been lost."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
+    rows = session.scalars(
+        select(Job).where(Job.state.in_([JobState.QUEUED, JobState.RUNNING]),
+                          Job.updated_at < cutoff, Job.queue.not_in(HUMAN_QUEUES))
+    ).all()
+    for job in rows:
+        if job.state == JobState.RUNNING:
+            _move(job, JobState.QUEUED)
+        job.updated_at = datetime.now(UTC)
+    return list(rows)

@@ -1,0 +1,209 @@
+"""The one settings object of the center.
+
+Everything configurable lives here, read from ``RDC_*`` environment variables
+or from an ``rdc.toml`` (``$RDC_CONFIG``, else ``$RDC_HOME/rdc.toml``, else
+``./rdc.toml``).  All data lives under ``home`` so that two centers with
+different homes and ports can run side by side on one machine.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_HOME = Path("~/.rdc")
+
+
+def _config_file() -> Path | None:
+    """Locate ``rdc.toml``; the home itself may only come from the environment."""
+    explicit = os.environ.get("RDC_CONFIG")
+    if explicit:
+        return Path(explicit).expanduser()
+    home = Path(os.environ.get("RDC_HOME", str(DEFAULT_HOME))).expanduser()
+    for candidate in (home / "rdc.toml", Path.cwd() / "rdc.toml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+class Settings(BaseSettings):
+    """Center configuration.  Paths are derived from ``home`` unless given."""
+
+    model_config = SettingsConfigDict(env_prefix="RDC_", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    home: Path = DEFAULT_HOME
+
+    center_name: str = "Regional Diagnostic Center"
+    gateway_ae: str = Field(default="RDC_CENTER", min_length=1, max_length=16)
+    gateway_host: str = "0.0.0.0"
+    gateway_port: int = Field(default=11112, ge=1, le=65535)
+    #: Processes sharing the gateway port (SO_REUSEPORT); 0 means one per CPU, up to 4.
+    gateway_processes: int = Field(default=0, ge=0, le=64)
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=8000, ge=1, le=65535)
+
+    orthanc_binary: str = "Orthanc"
+    orthanc_plugins_dir: Path = Path("/usr/share/orthanc/plugins")
+    orthanc_aet: str = Field(default="RDC_ARCHIVE", min_length=1, max_length=16)
+    # Not Orthanc's own 8042/4242: Debian's orthanc package starts a system
+    # service there, and the center runs its own Orthanc beside it.
+    orthanc_http_port: int = Field(default=8043, ge=1, le=65535)
+    orthanc_dicom_port: int = Field(default=4243, ge=1, le=65535)
+    orthanc_user: str = "rdc"
+    orthanc_password: str = ""
+    orthanc_timeout_s: float = 30.0
+    #: PostgreSQL URL for a shared Orthanc index (several Orthanc instances).
+    orthanc_index_url: str = ""
+
+    database_url: str = ""
+    broker_url: str = ""
+
+    #: Below this much free disk in the spool the gateway answers 0xA700.
+    spool_min_free_mb: int = Field(default=512, ge=0)
+    upload_workers: int = Field(default=4, ge=1, le=64)
+    upload_retry_max_s: float = Field(default=30.0, gt=0)
+    #: Default inactivity window after which a study counts as complete.
+    study_inactivity_s: float = Field(default=120.0, gt=0)
+    monitor_interval_s: float = Field(default=2.0, gt=0)
+    routing_rules: Path | None = None
+    #: A job queued or running longer than this is handed to the queue again.
+    job_stale_after_s: float = Field(default=900.0, gt=0)
+    job_time_limit_s: int = Field(default=600, gt=0)
+    #: A running job touched more recently than this belongs to a live worker (a
+    #: batch claimed it); its message waits.  After it, the job may be run again.
+    job_lease_s: float = Field(default=60.0, gt=0)
+    #: Where inference runs: ``auto`` takes TensorRT, then CUDA, then the CPU,
+    #: whichever ONNX Runtime has; ``cuda`` refuses to start without a GPU.
+    ai_device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: CPU threads per ONNX Runtime session; 0 takes the cores this process may use.
+    ai_threads: int = Field(default=0, ge=0, le=256)
+    #: How long an inference worker waits for more jobs of the same model to fill a batch.
+    ai_batch_wait_ms: int = Field(default=50, ge=0, le=10_000)
+    #: Register the models shipped with the project (demonstration weights) on first
+    #: use.  In production they are registered disabled; an operator enables a model.
+    ai_register_shipped: bool = True
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml = _config_file()
+        if toml is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+    @model_validator(mode="after")
+    def _derive(self) -> Settings:
+        self.home = self.home.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'rdc.sqlite3'}"
+        if not self.broker_url:
+            self.broker_url = "filesystem://"
+        if self.environment == "production":
+            self._refuse_insecure_defaults()
+        return self
+
+    def _refuse_insecure_defaults(self) -> None:
+        problems = []
+        if self.database_url.startswith("sqlite"):
+            problems.append("RDC_DATABASE_URL must point at PostgreSQL in production")
+        if self.broker_url.startswith("filesystem"):
+            problems.append("RDC_BROKER_URL must point at Redis or RabbitMQ in production")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    # Derived locations -------------------------------------------------
+    @property
+    def spool_dir(self) -> Path:
+        return self.home / "spool"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def orthanc_dir(self) -> Path:
+        return self.home / "orthanc"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.home / "broker"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.home / "secrets"
+
+    @property
+    def gateway_process_count(self) -> int:
+        if self.gateway_processes:
+            return self.gateway_processes
+        return max(1, min(4, os.cpu_count() or 1))
+
+    @property
+    def orthanc_url(self) -> str:
+        return f"http://127.0.0.1:{self.orthanc_http_port}"
+
+    def routing_rules_path(self) -> Path:
+        if self.routing_rules is not None:
+            return self.routing_rules.expanduser()
+        return Path(__file__).resolve().parent.parent / "pacs_gateway" / "routing_rules.toml"
+
+    def ensure_dirs(self) -> None:
+        for d in (self.home, self.spool_dir, self.orthanc_dir, self.broker_dir, self.log_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def orthanc_credentials(self) -> tuple[str, str]:
+        """The Orthanc password: configured, or generated once and kept under home."""
+        if self.orthanc_password:
+            return self.orthanc_user, self.orthanc_password
+        self.ensure_dirs()
+        path = self.secrets_dir / "orthanc-password"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(24))
+        self.orthanc_password = path.read_text().strip()
+        return self.orthanc_user, self.orthanc_password
+
+    def public_summary(self) -> dict[str, Any]:
+        """Settings safe to print (no secrets)."""
+        data = self.model_dump(mode="json", exclude={"orthanc_password"})
+        data["database_url"] = _redact(self.database_url)
+        data["broker_url"] = _redact(self.broker_url)
+        return data
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings; tests call ``get_settings.cache_clear()``."""
+    return Settings()

@@ -1,0 +1,125 @@
+"""Registry of county sites: who may send, and where results go back."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core import audit
+from core.errors import Conflict, InvalidInput, NotFound
+from core.models import Site, Study
+
+_SITE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# PS3.5 AE title: up to 16 chars of the default repertoire, no backslash or control chars.
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    id: str
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    allowed_addresses: tuple[str, ...]
+    accepts_results: bool = False
+    inactivity_s: float | None = None
+
+
+def validate_ae_title(value: str) -> str:
+    ae = value.strip()
+    if not ae or not _AE_TITLE.match(ae):
+        raise InvalidInput(f"invalid AE title {value!r}: 1-16 printable characters, no backslash")
+    return ae
+
+
+def _validate(spec: SiteSpec) -> SiteSpec:
+    if not _SITE_ID.match(spec.id):
+        raise InvalidInput(f"invalid site id {spec.id!r}: lowercase letters, digits, '-' or '_'")
+    if not spec.name.strip():
+        raise InvalidInput("site name must not be empty")
+    if not 1 <= spec.port <= 65535:
+        raise InvalidInput(f"invalid port {spec.port}")
+    if not spec.allowed_addresses:
+        raise InvalidInput("at least one allowed peer address (IP or CIDR network) is required")
+    for addr in spec.allowed_addresses:
+        try:
+            ipaddress.ip_network(addr, strict=False)
+        except ValueError as e:
+            raise InvalidInput(f"invalid allowed address {addr!r}: {e}") from e
+    if spec.inactivity_s is not None and spec.inactivity_s <= 0:
+        raise InvalidInput("inactivity window must be positive")
+    return SiteSpec(
+        id=spec.id, name=spec.name.strip(), ae_title=validate_ae_title(spec.ae_title),
+        host=spec.host, port=spec.port, allowed_addresses=tuple(spec.allowed_addresses),
+        accepts_results=spec.accepts_results, inactivity_s=spec.inactivity_s,
+    )
+
+
+def add_site(session: Session, spec: SiteSpec, actor: str) -> Site:
+    spec = _validate(spec)
+    if session.get(Site, spec.id) is not None:
+        raise Conflict(f"site {spec.id!r} already exists")
+    clash = session.scalar(select(Site).where(Site.ae_title == spec.ae_title))
+    if clash is not None:
+        raise Conflict(f"AE title {spec.ae_title!r} is already used by site {clash.id!r}")
+    site = Site(
+        id=spec.id, name=spec.name, ae_title=spec.ae_title, host=spec.host, port=spec.port,
+        allowed_addresses=list(spec.allowed_addresses), accepts_results=spec.accepts_results,
+        inactivity_s=spec.inactivity_s, enabled=True,
+    )
+    session.add(site)
+    session.flush()
+    audit.append(session, actor=actor, action="site.add", object_type="site", object_id=site.id,
+                 detail={"ae_title": site.ae_title, "host": site.host, "port": site.port,
+                         "allowed_addresses": site.allowed_addresses,
+                         "accepts_results": site.accepts_results})
+    return site
+
+
+def list_sites(session: Session) -> list[Site]:
+    return list(session.scalars(select(Site).order_by(Site.id)))
+
+
+def remove_site(session: Session, site_id: str, actor: str) -> str:
+    """Remove a site so that it can no longer send.
+
+    A site that has sent studies is only disabled: its studies, receipts and
+    audit trail must keep pointing at it.  Returns ``"deleted"`` or ``"disabled"``.
+    """
+    site = session.get(Site, site_id)
+    if site is None or not site.enabled:
+        raise NotFound(f"no such site {site_id!r}")
+    has_studies = session.scalar(select(Study.id).where(Study.site_id == site_id).limit(1))
+    outcome = "disabled" if has_studies is not None else "deleted"
+    if has_studies is not None:
+        site.enabled = False
+    else:
+        session.delete(site)
+    audit.append(session, actor=actor, action="site.remove", object_type="site",
+                 object_id=site_id, detail={"outcome": outcome})
+    return outcome
+
+
+def address_allowed(site: Site, peer_address: str) -> bool:
+    try:
+        peer = ipaddress.ip_address(peer_address)
+    except ValueError:
+        return False
+    if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
+        peer = peer.ipv4_mapped
+    return any(peer in ipaddress.ip_network(net, strict=False) for net in site.allowed_addresses)
+
+
+def find_sender(session: Session, calling_ae: str, peer_address: str) -> Site | None:
+    """The enabled site whose AE title and addresses both match, else ``None``."""
+    site = session.scalar(
+        select(Site).where(Site.ae_title == calling_ae.strip(), Site.enabled.is_(True))
+    )
+    if site is None or not address_allowed(site, peer_address):
+        return None
+    return site

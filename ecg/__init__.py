@@ -1,0 +1,1 @@
+"""12-lead ECG: waveform readers, signal quality, measurements, the cardiologists' queue."""

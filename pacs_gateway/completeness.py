@@ -1,0 +1,95 @@
+"""Study completeness: ours to decide, Orthanc's "stable" is not the same thing.
+
+A study is complete when the number of instances the sender announced
+(Number of Study Related Instances) is stored, or when the site's inactivity
+window has passed with nothing left in the spool.  Completion moves the study
+to ``complete``, bumps its generation and queues a ``route`` job by ID.  A
+late instance reopens the study (see :mod:`pacs_gateway.receipts`).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from functools import partial
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+from core import audit, jobs
+from core.db import after_commit
+from core.models import Instance, Site, Study
+from core.queue import enqueue_job
+from core.states import InstanceState, StudyState, check_transition
+
+log = logging.getLogger(__name__)
+
+
+def _aware(ts: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything we store is UTC.
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
+def _receipt_counts(session: Session, study_ids: list[int],
+                    ) -> dict[int, tuple[int, int, int, datetime | None]]:
+    """{study: (received, stored, spooled, last received)} from the receipts."""
+    stored = case((Instance.state == InstanceState.STORED, 1), else_=0)
+    spooled = case((Instance.state == InstanceState.SPOOLED, 1), else_=0)
+    out: dict[int, tuple[int, int, int, datetime | None]] = {}
+    for start in range(0, len(study_ids), 500):
+        chunk = study_ids[start:start + 500]
+        for sid, n, n_stored, n_spooled, last in session.execute(
+            select(Instance.study_id, func.count(), func.sum(stored), func.sum(spooled),
+                   func.max(Instance.received_at))
+            .where(Instance.study_id.in_(chunk)).group_by(Instance.study_id)):
+            out[sid] = (int(n), int(n_stored or 0), int(n_spooled or 0), last)
+    return out
+
+
+def complete_ready_studies(session: Session, default_window_s: float,
+                           now: datetime | None = None) -> list[int]:
+    """Refresh the counts of open studies and complete those that are ready."""
+    now = now or datetime.now(UTC)
+    open_states = [StudyState.RECEIVED, StudyState.REOPENED]
+    rows = session.execute(
+        select(Study, Site.inactivity_s).join(Site, Site.id == Study.site_id)
+        .where(Study.state.in_(open_states))
+    ).all()
+    counts = _receipt_counts(session, [study.id for study, _ in rows])
+    done: list[int] = []
+    for study, site_window in rows:
+        received, stored, spooled, last = counts.get(study.id, (0, 0, 0, None))
+        if (received, stored) != (study.received_instances, study.stored_instances):
+            study.received_instances, study.stored_instances = received, stored
+        if last is not None and _aware(last) > _aware(study.last_received_at):
+            study.last_received_at = _aware(last)
+        if spooled:
+            continue
+        window = timedelta(seconds=site_window or default_window_s)
+        announced = study.expected_instances is not None and \
+            study.stored_instances >= study.expected_instances
+        quiet = now - _aware(study.last_received_at) >= window
+        if not (announced or quiet):
+            continue
+        _complete(session, study, "announced count reached" if announced else "inactivity")
+        done.append(study.id)
+    return done
+
+
+def _complete(session: Session, study: Study, why: str) -> None:
+    check_transition(StudyState, study.state, StudyState.COMPLETE)
+    study.state = StudyState.COMPLETE
+    study.generation += 1
+    study.completed_at = datetime.now(UTC)
+    job, created = jobs.create_job(session, jobs.NewJob(
+        key=f"route:study-{study.id}:gen-{study.generation}", kind="route", queue="routing",
+        study_id=study.id, priority=max(5, study.priority)))
+    audit.append(session, actor="gateway", action="study.complete", object_type="study",
+                 object_id=str(study.id), detail={
+                     "study_uid": study.study_uid, "site": study.site_id, "why": why,
+                     "generation": study.generation, "stored": study.stored_instances,
+                     "expected": study.expected_instances, "route_job": job.id})
+    log.info("study.complete study=%s site=%s why=%r generation=%s", study.id, study.site_id,
+             why, study.generation)
+    if created:
+        after_commit(session, partial(enqueue_job, job.id, job.key, "routing", job.priority))

@@ -1,0 +1,157 @@
+"""Read what the gateway needs from an encoded dataset, without decoding pixels.
+
+Only identifiers are taken from the dataset; they go into database rows,
+never into file paths.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from io import BytesIO
+
+from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+# PS3.5 9.1: digits and dots, at most 64 characters.  Leading zeros in a
+# component are tolerated because real modalities send them.
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_INVALID_UID = 0xC001
+STATUS_MISSING_UID = 0xC002
+STATUS_SOP_CLASS_MISMATCH = 0xA900
+
+
+class InvalidDataset(Exception):
+    """The dataset is refused; ``status`` is the C-STORE failure status to answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax: str
+    modality: str
+    patient_id: str
+    expected_study_instances: int | None
+
+
+def valid_uid(value: str) -> bool:
+    return 0 < len(value) <= 64 and _UID.match(value) is not None
+
+
+def _uid(ds: Dataset, keyword: str) -> str:
+    raw = ds.get(keyword)
+    if raw is None or str(raw) == "":
+        raise InvalidDataset(STATUS_MISSING_UID, f"{keyword} is missing")
+    value = str(raw)
+    if not valid_uid(value):
+        raise InvalidDataset(STATUS_INVALID_UID, f"{keyword} is not a valid UID: {value[:80]!r}")
+    return value
+
+
+def _text(ds: Dataset, keyword: str, limit: int) -> str:
+    try:
+        return str(ds.get(keyword, "") or "")[:limit]
+    except Exception:
+        return ""
+
+
+_UNDEFINED = 0xFFFFFFFF
+_SEQ_DELIMITER = {True: b"\xfe\xff\xdd\xe0", False: b"\xff\xfe\xe0\xdd"}
+
+
+def dataset_offset(data: bytes) -> int:
+    """Where the encoded dataset starts, after the preamble and the file meta group."""
+    fp = BytesIO(data)
+    read_preamble(fp, force=False)
+    _read_file_meta_info(fp)
+    return fp.tell()
+
+
+def _check_encoding(ds: Dataset, data: bytes) -> None:
+    """Refuse a dataset whose VR encoding contradicts its transfer syntax.
+
+    pydicom reads such a stream with a warning; Orthanc refuses it.  Accepting it
+    would acknowledge an instance that can never reach the archive.
+    """
+    tsyntax = ds.file_meta.get("TransferSyntaxUID")
+    if tsyntax is None or tsyntax.is_implicit_VR or tsyntax.is_deflated:
+        return
+    start = dataset_offset(data)
+    vr = data[start + 4:start + 6]
+    if len(vr) == 2 and not all(0x40 < b < 0x5B for b in vr):
+        raise ValueError(f"transfer syntax {tsyntax} says explicit VR but the dataset is "
+                         "encoded with implicit VR")
+
+
+def _check_lengths(ds: Dataset, data: bytes) -> None:
+    """Refuse a stream cut short: pydicom would silently hand back short values.
+
+    Checks, before any value is decoded, that every top-level element's declared
+    length fits in the stream and that undefined-length elements are closed by
+    their sequence delimiter.  Deflated streams are checked by zlib instead
+    (offsets there refer to inflated data).
+    """
+    if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        return
+    delimiter = _SEQ_DELIMITER[ds.is_little_endian is not False]
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
+        if not isinstance(raw, RawDataElement) or raw.value_tell is None:
+            continue
+        if raw.length == _UNDEFINED:
+            end = raw.value_tell + len(raw.value or b"")
+            if data[end:end + 8] != delimiter + b"\0\0\0\0":
+                raise ValueError(f"element {tag} ends without its sequence delimiter")
+        elif raw.value_tell + raw.length > len(data):
+            raise ValueError(f"element {tag} declares {raw.length} bytes but the stream "
+                             f"ends after {len(data) - raw.value_tell}")
+
+
+def inspect_encoded(data: bytes) -> InstanceInfo:
+    """Parse a Part 10 byte stream (file meta + dataset) and validate its identifiers."""
+    try:
+        ds = dcmread(BytesIO(data), force=False)
+        _check_lengths(ds, data)
+        _check_encoding(ds, data)
+        # Touch every top-level element so that a garbled value fails here,
+        # not later in Orthanc.
+        for elem in ds:
+            _ = elem.VR
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError) as e:
+        raise InvalidDataset(STATUS_CANNOT_UNDERSTAND, f"dataset cannot be parsed: {e}") from e
+    except Exception as e:
+        raise InvalidDataset(STATUS_CANNOT_UNDERSTAND,
+                             f"dataset cannot be parsed: {type(e).__name__}: {e}") from e
+    try:
+        tsyntax = str(ds.file_meta.TransferSyntaxUID)
+    except AttributeError as e:
+        raise InvalidDataset(STATUS_CANNOT_UNDERSTAND, "transfer syntax is missing") from e
+    expected: int | None
+    try:
+        n = ds.get("NumberOfStudyRelatedInstances")
+        expected = int(n) if n not in (None, "") and int(n) > 0 else None
+    except (TypeError, ValueError):
+        expected = None
+    return InstanceInfo(
+        sop_class_uid=_uid(ds, "SOPClassUID"),
+        sop_instance_uid=_uid(ds, "SOPInstanceUID"),
+        study_uid=_uid(ds, "StudyInstanceUID"),
+        series_uid=_uid(ds, "SeriesInstanceUID"),
+        transfer_syntax=tsyntax,
+        modality=_text(ds, "Modality", 16),
+        patient_id=_text(ds, "PatientID", 64),
+        expected_study_instances=expected,
+    )

@@ -1,0 +1,127 @@
+"""Receipt rows and study bookkeeping for received instances."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core import audit
+from core.models import Instance, Study
+from core.states import InstanceState, StudyState, check_transition
+from pacs_gateway.inspect import InstanceInfo
+
+STAT_PRIORITY = 9
+
+
+def _study_for(session: Session, site_id: str, info: InstanceInfo) -> Study:
+    found = session.scalar(
+        select(Study).where(Study.site_id == site_id, Study.study_uid == info.study_uid)
+    )
+    if found is not None:
+        return found
+    study = Study(site_id=site_id, study_uid=info.study_uid, patient_id=info.patient_id,
+                  modalities=[], state=StudyState.RECEIVED, generation=0)
+    try:
+        with session.begin_nested():
+            session.add(study)
+            session.flush()
+    except IntegrityError:
+        # Another association of the same site created it a moment ago.
+        again = session.scalar(
+            select(Study).where(Study.site_id == site_id, Study.study_uid == info.study_uid)
+        )
+        assert again is not None
+        return again
+    return study
+
+
+def record_receipt(
+    session: Session, *, receipt_id: str, site_id: str, info: InstanceInfo, size: int,
+    calling_ae: str, peer_address: str, urgent: bool = False,
+) -> str:
+    """Record one spooled instance; reopen its study if it was complete.
+
+    This runs before every C-STORE answer, so the common case (an instance of
+    a known, open study that changes nothing about it) costs one indexed
+    look-up and one insert, without the ORM.  The study row is written only
+    when something about the study changes (first instance, reopening, a new
+    modality, an announced count, STAT); counts and the time of the last
+    instance are derived from the receipts by the completeness monitor.
+    """
+    now = datetime.now(UTC)
+    row = session.execute(
+        select(Study.id, Study.state, Study.expected_instances, Study.priority, Study.modalities)
+        .where(Study.site_id == site_id, Study.study_uid == info.study_uid)
+    ).first()
+    unchanged = row is not None and row.state != StudyState.COMPLETE and (
+        info.expected_study_instances is None
+        or row.expected_instances == info.expected_study_instances) and (
+        not urgent or row.priority >= STAT_PRIORITY) and (
+        not info.modality or info.modality in row.modalities)
+    study_id = row.id if row is not None and unchanged else \
+        _update_study(session, site_id, info, urgent, now)
+    session.execute(insert(Instance).values(
+        id=receipt_id, site_id=site_id, study_id=study_id, series_uid=info.series_uid,
+        sop_instance_uid=info.sop_instance_uid, sop_class_uid=info.sop_class_uid,
+        transfer_syntax=info.transfer_syntax, modality=info.modality, size_bytes=size,
+        state=InstanceState.SPOOLED, orthanc_id=None, attempts=0, last_error=None,
+        calling_ae=calling_ae, peer_address=peer_address, received_at=now, stored_at=None,
+    ))
+    return receipt_id
+
+
+def _update_study(session: Session, site_id: str, info: InstanceInfo, urgent: bool,
+                  now: datetime) -> int:
+    study = _study_for(session, site_id, info)
+    if info.expected_study_instances is not None and \
+            study.expected_instances != info.expected_study_instances:
+        study.expected_instances = info.expected_study_instances
+    if urgent and study.priority < STAT_PRIORITY:
+        # C-STORE priority HIGH: the sender asks for a STAT read.
+        study.priority = STAT_PRIORITY
+    if info.modality and info.modality not in study.modalities:
+        study.modalities = [*study.modalities, info.modality]
+    if study.state == StudyState.COMPLETE:
+        check_transition(StudyState, study.state, StudyState.REOPENED)
+        study.state = StudyState.REOPENED
+        study.last_received_at = now
+        audit.append(session, actor=f"site:{site_id}", action="study.reopen",
+                     object_type="study", object_id=str(study.id),
+                     detail={"study_uid": info.study_uid, "late_instance": info.sop_instance_uid})
+    session.flush()
+    return study.id
+
+
+def mark_stored(session: Session, receipt_id: str, orthanc_id: str, study_id: int,
+                orthanc_study: str | None = None, note: str | None = None) -> bool:
+    """Note that Orthanc confirmed the instance (and, once, its study's Orthanc ID).
+
+    False if it was already noted.
+    """
+    if orthanc_study:
+        session.execute(update(Study).where(Study.id == study_id, Study.orthanc_id.is_(None))
+                        .values(orthanc_id=orthanc_study))
+    result = session.execute(
+        update(Instance).where(Instance.id == receipt_id, Instance.state != InstanceState.STORED)
+        .values(state=InstanceState.STORED, orthanc_id=orthanc_id, stored_at=datetime.now(UTC),
+                attempts=Instance.attempts + 1, last_error=note)
+    )
+    return bool(cast(CursorResult[Any], result).rowcount)
+
+
+def mark_attempt_failed(session: Session, receipt_id: str, error: str, *, final: bool) -> None:
+    inst = session.get(Instance, receipt_id)
+    if inst is None or inst.state == InstanceState.STORED:
+        return
+    inst.attempts += 1
+    inst.last_error = error[:2000]
+    if final and inst.state != InstanceState.FAILED:
+        check_transition(InstanceState, inst.state, InstanceState.FAILED)
+        inst.state = InstanceState.FAILED
+        audit.append(session, actor="gateway", action="instance.upload_failed",
+                     object_type="instance", object_id=receipt_id,
+                     detail={"sop_instance_uid": inst.sop_instance_uid, "error": error[:500]})

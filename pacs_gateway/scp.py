@@ -1,0 +1,319 @@
+"""The C-ECHO / C-STORE SCP that county sites send to.
+
+Handlers are adapters: check who is calling, make the encoded bytes durable
+(spool file + receipt row), answer.  Upload, completeness and routing happen
+elsewhere.  Every handler is wrapped so that an unexpected error becomes a
+defined failure status and a log line, and the gateway keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    AllTransferSyntaxes,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom import AE, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from core import audit
+from core.db import Database
+from core.group_commit import GroupCommitter
+from core.settings import Settings
+from core.sites import find_sender
+from pacs_gateway.inspect import (
+    STATUS_SOP_CLASS_MISMATCH,
+    InvalidDataset,
+    inspect_encoded,
+)
+from pacs_gateway.receipts import record_receipt
+from pacs_gateway.spool import Spool, SpoolFull
+
+log = logging.getLogger(__name__)
+
+STATUS_SUCCESS = 0x0000
+PRIORITY_HIGH = 0x0001  # C-STORE-RQ Priority (PS3.7 9.1.1.1.7): 0 medium, 1 high, 2 low
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_PROCESSING_FAILURE = 0x0110
+
+# A-ASSOCIATE-RJ (result, source, diagnostic) of PS3.8 9.3.4
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)
+
+
+@dataclass
+class _AssocState:
+    site_id: str
+    calling_ae: str
+    peer: str
+    stored: int = 0
+    refused: int = 0
+    refusals: dict[str, int] = field(default_factory=dict)
+
+
+def _failure(status: int, comment: str) -> Dataset:
+    ds = Dataset()
+    ds.Status = status
+    # ErrorComment is LO: 64 characters at most.
+    ds.ErrorComment = comment.replace("\\", "/")[:64]
+    return ds
+
+
+class _ReusePortServer(ThreadedAssociationServer):
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True when nothing (not even another SO_REUSEPORT gateway) listens on ``port``."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # SO_REUSEADDR: connections of an earlier run in TIME_WAIT do not count,
+        # a listening socket (with or without SO_REUSEPORT) still does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def preferred_transfer_syntaxes() -> list[str]:
+    """Every transfer syntax, in the order the gateway prefers them.
+
+    pynetdicom picks the acceptor's first match, so a sender that offers its
+    file's own compressed syntax next to uncompressed ones gets the compressed
+    one: the object is stored exactly as encoded, and a sender without a codec
+    never has to convert.  Explicit VR is preferred over implicit.
+    """
+    last = [ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,
+            ImplicitVRLittleEndian]
+    encapsulated = [uid for uid in AllTransferSyntaxes if uid not in last]
+    return [*encapsulated, *last]
+
+
+class GatewaySCP:
+    """Owns the pynetdicom AE and the handler bindings."""
+
+    def __init__(self, settings: Settings, db: Database, spool: Spool,
+                 committer: GroupCommitter, on_spooled: Any = None) -> None:
+        self.settings = settings
+        self.db = db
+        self.spool = spool
+        #: Receipts are committed in groups across concurrent associations.
+        self.committer = committer
+        #: Called with the receipt ID after each durable receipt (wakes the uploader).
+        self.on_spooled = on_spooled
+        self._assocs: dict[int, _AssocState] = {}
+        self._lock = threading.Lock()
+        self.server: ThreadedAssociationServer | None = None
+
+    # Set-up ---------------------------------------------------------------
+    def _make_ae(self) -> AE:
+        ae = AE(ae_title=self.settings.gateway_ae)
+        ae.require_called_aet = True
+        ae.maximum_associations = 32
+        ae.maximum_pdu_size = 0
+        ae.acse_timeout = 30
+        ae.dimse_timeout = 120
+        ae.network_timeout = 120
+        ts = preferred_transfer_syntaxes()
+        ae.add_supported_context(Verification, ts)
+        for cx in AllStoragePresentationContexts:
+            assert cx.abstract_syntax is not None
+            ae.add_supported_context(cx.abstract_syntax, ts)
+        return ae
+
+    def start(self, reuse_port: bool = False) -> ThreadedAssociationServer:
+        """Listen.  With ``reuse_port`` several gateway processes share the port and
+        the kernel spreads associations over them (pynetdicom is bound by the GIL)."""
+        handlers: list[Any] = [
+            (evt.EVT_CONN_OPEN, self._on_conn_open),
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_RELEASED, self._on_closed),
+            (evt.EVT_ABORTED, self._on_closed),
+        ]
+        ae = self._make_ae()
+        address = (self.settings.gateway_host, self.settings.gateway_port)
+        server_class = _ReusePortServer if reuse_port else ThreadedAssociationServer
+        server = ae.make_server(address, evt_handlers=handlers, server_class=server_class)
+        thread = threading.Thread(target=server.serve_forever, name="gateway-acceptor",
+                                  daemon=True)
+        thread.start()
+        # What ae.start_server() does too: the server's shutdown() expects it.
+        ae._servers.append(server)
+        self.server = server
+        log.info("gateway.listening ae=%s port=%s", self.settings.gateway_ae,
+                 self.settings.gateway_port)
+        return server
+
+    def stop(self) -> None:
+        """Stop listening and abort associations still open.
+
+        An aborted sender gets no acknowledgement for what it has not been told is
+        stored, so it sends again later; what was acknowledged is already durable.
+        Aborting also ends pynetdicom's non-daemon DUL threads, which would otherwise
+        keep the process alive until the peer's own timeout.
+        """
+        if self.server is not None:
+            server, self.server = self.server, None
+            server.shutdown()
+            for assoc in list(server.active_associations):
+                try:
+                    assoc.abort()
+                except Exception:  # pragma: no cover - best effort on the way out
+                    log.debug("gateway.abort_failed", exc_info=True)
+
+    # Handlers -------------------------------------------------------------
+    def _on_conn_open(self, event: evt.Event) -> None:
+        try:
+            assoc_sock = event.assoc.dul.socket
+            sock = assoc_sock.socket if assoc_sock is not None else None
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except Exception:  # pragma: no cover - best effort
+            log.debug("gateway.nodelay_failed", exc_info=True)
+
+    def _audit(self, action: str, object_id: str, detail: dict[str, Any],
+               actor: str = "gateway") -> None:
+        try:
+            with self.db.session() as s:
+                audit.append(s, actor=actor, action=action, object_type="association",
+                             object_id=object_id, detail=detail)
+        except Exception:
+            log.exception("gateway.audit_failed action=%s", action)
+
+    def _on_requested(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        rq = assoc.requestor.primitive
+        assert rq is not None  # EVT_REQUESTED fires only after an A-ASSOCIATE-RQ
+        calling = str(rq.calling_ae_title).strip()
+        called = str(rq.called_ae_title).strip()
+        peer = str(assoc.requestor.address)
+        detail = {"calling_ae": calling, "called_ae": called, "peer": peer}
+        reject: tuple[int, int, int] | None = None
+        reason = ""
+        if called != self.settings.gateway_ae:
+            reject, reason = REJECT_CALLED_AE, "called AE title not recognised"
+        else:
+            try:
+                with self.db.session() as s:
+                    site = find_sender(s, calling, peer)
+                    site_id = site.id if site is not None else None
+            except Exception:
+                log.exception("gateway.site_lookup_failed")
+                site_id = None
+                # Transient, service-provider: the site may try again.
+                reject, reason = (0x02, 0x03, 0x01), "center temporarily unavailable"
+            if reject is None and site_id is None:
+                reject, reason = REJECT_CALLING_AE, "calling AE title / address not registered"
+            if reject is None and site_id is not None:
+                with self._lock:
+                    self._assocs[id(assoc)] = _AssocState(site_id, calling, peer)
+                return
+        assert reject is not None
+        log.warning("gateway.association_rejected reason=%r calling=%s called=%s peer=%s",
+                    reason, calling, called, peer)
+        self._audit("association.reject", f"{calling}@{peer}", {**detail, "reason": reason,
+                                                               "rsd": list(reject)})
+        assoc.acse.send_reject(*reject)
+        assoc.is_rejected = True
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        # As pynetdicom's own reject path: kill() waits for the DUL to send the
+        # A-ASSOCIATE-RJ, otherwise the socket closes first and the peer only
+        # sees a dropped connection instead of the reason.
+        assoc.kill()
+
+    def _on_accepted(self, event: evt.Event) -> None:
+        state = self._assocs.get(id(event.assoc))
+        if state is None:
+            return
+        refused = sorted({str(cx.abstract_syntax) for cx in event.assoc.rejected_contexts})
+        detail: dict[str, Any] = {"calling_ae": state.calling_ae, "peer": state.peer}
+        if refused:
+            detail["refused_sop_classes"] = refused
+            log.warning("gateway.contexts_refused site=%s sop_classes=%s", state.site_id, refused)
+        self._audit("association.accept", state.site_id, detail, actor=f"site:{state.site_id}")
+
+    def _on_echo(self, event: evt.Event) -> int:
+        return STATUS_SUCCESS
+
+    def _on_store(self, event: evt.Event) -> int | Dataset:
+        state = self._assocs.get(id(event.assoc))
+        if state is None:  # cannot happen: unknown senders never get an association
+            return _failure(STATUS_PROCESSING_FAILURE, "association not authorised")
+        try:
+            return self._store(event, state)
+        except Exception as e:  # safety net: a defined failure and a log line
+            log.exception("gateway.store_crashed site=%s", state.site_id)
+            state.refused += 1
+            return _failure(STATUS_PROCESSING_FAILURE, f"internal error: {type(e).__name__}")
+
+    def _store(self, event: evt.Event, state: _AssocState) -> int | Dataset:
+        data = event.encoded_dataset(include_meta=True)
+        try:
+            info = inspect_encoded(data)
+            if info.sop_class_uid != str(event.context.abstract_syntax):
+                raise InvalidDataset(STATUS_SOP_CLASS_MISMATCH,
+                                     "SOP Class UID does not match the presentation context")
+            requested = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
+            if requested and requested != info.sop_instance_uid:
+                raise InvalidDataset(STATUS_SOP_CLASS_MISMATCH,
+                                     "SOP Instance UID differs from the C-STORE request")
+        except InvalidDataset as e:
+            state.refused += 1
+            key = f"0x{e.status:04X}"
+            state.refusals[key] = state.refusals.get(key, 0) + 1
+            log.warning("gateway.store_refused site=%s status=%s reason=%s", state.site_id, key, e)
+            return _failure(e.status, str(e))
+        try:
+            receipt_id = self.spool.write(data)
+        except SpoolFull as e:
+            state.refused += 1
+            log.error("gateway.spool_full site=%s %s", state.site_id, e)
+            return _failure(STATUS_OUT_OF_RESOURCES, f"out of resources: {e}")
+        except OSError as e:
+            state.refused += 1
+            log.exception("gateway.spool_write_failed site=%s", state.site_id)
+            return _failure(STATUS_OUT_OF_RESOURCES, f"cannot write spool: {e.strerror}")
+        try:
+            self.committer.run(partial(
+                record_receipt, receipt_id=receipt_id, site_id=state.site_id, info=info,
+                size=len(data), calling_ae=state.calling_ae, peer_address=state.peer,
+                urgent=getattr(event.request, "Priority", 0) == PRIORITY_HIGH))
+        except Exception:
+            # No receipt: the sender will hear a failure, so the file must go too.
+            self.spool.remove(receipt_id)
+            raise
+        state.stored += 1
+        if self.on_spooled is not None:
+            self.on_spooled(receipt_id)
+        return STATUS_SUCCESS
+
+    def _on_closed(self, event: evt.Event) -> None:
+        with self._lock:
+            state = self._assocs.pop(id(event.assoc), None)
+        if state is None:
+            return
+        how = "release" if event.event is evt.EVT_RELEASED else "abort"
+        self._audit(f"association.{how}", state.site_id,
+                    {"calling_ae": state.calling_ae, "peer": state.peer, "stored": state.stored,
+                     "refused": state.refused, "refusals": state.refusals},
+                    actor=f"site:{state.site_id}")
+

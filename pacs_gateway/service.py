@@ -1,0 +1,128 @@
+"""The gateway process: SCP + spool + uploader + completeness monitor.
+
+pynetdicom handles each association in a thread, so one process is bound by
+the GIL.  The gateway therefore runs as one *primary* process and a few
+*listener* processes that share the DICOM port (SO_REUSEPORT): every process
+receives, spools and uploads what it received; only the primary recovers the
+spool at start-up, watches study completeness and re-queues stale work.
+Listeners die with the primary (PR_SET_PDEATHSIG), so a killed gateway never
+leaves a process behind that still answers on its port.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from functools import partial
+
+from core.db import Database, after_commit, get_database
+from core.errors import ConfigurationError
+from core.group_commit import GroupCommitter
+from core.jobs import stale_jobs
+from core.orthanc_client import OrthancClient
+from core.process import die_with_parent
+from core.queue import enqueue_job
+from core.settings import Settings
+from pacs_gateway.completeness import complete_ready_studies
+from pacs_gateway.scp import GatewaySCP, port_is_free
+from pacs_gateway.spool import Spool
+from pacs_gateway.uploader import Uploader
+
+log = logging.getLogger(__name__)
+
+class Gateway:
+    def __init__(self, settings: Settings, db: Database | None = None,
+                 primary: bool = True) -> None:
+        settings.ensure_dirs()
+        self.settings = settings
+        self.primary = primary
+        self.db = db or get_database(settings.database_url)
+        self.spool = Spool(settings.spool_dir, settings.spool_min_free_mb * 2**20)
+        self.orthanc = OrthancClient.from_settings(settings, retries=2)
+        self.committer = GroupCommitter(self.db, name="gateway-commit")
+        self.uploader = Uploader(self.db, self.spool, self.orthanc, self.committer,
+                                 workers=settings.upload_workers,
+                                 retry_max_s=settings.upload_retry_max_s)
+        self.scp = GatewaySCP(settings, self.db, self.spool, self.committer,
+                              on_spooled=self.uploader.submit)
+        self._stop = threading.Event()
+        self._monitor: threading.Thread | None = None
+        self._listeners: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        processes = self.settings.gateway_process_count
+        if self.primary:
+            if not port_is_free(self.settings.gateway_host, self.settings.gateway_port):
+                raise ConfigurationError(
+                    f"port {self.settings.gateway_port} is already in use (another gateway?)")
+            self.uploader.recover()
+        self.uploader.start()
+        self.scp.start(reuse_port=processes > 1)
+        if self.primary:
+            for _ in range(processes - 1):
+                self._listeners.append(self._spawn_listener())
+            self._monitor = threading.Thread(target=self._monitor_loop, name="gateway-monitor",
+                                             daemon=True)
+            self._monitor.start()
+        log.info("gateway.started role=%s processes=%s", "primary" if self.primary
+                 else "listener", processes)
+
+    def _spawn_listener(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "rdc", "gateway", "--listener"],
+                                stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for proc in self._listeners:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        self.scp.stop()
+        for proc in self._listeners:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.uploader.stop()
+        if self._monitor is not None:
+            self._monitor.join(10)
+        self.committer.stop()
+        self.orthanc.close()
+
+    def wait(self) -> None:
+        while not self._stop.wait(1.0):
+            pass
+
+    def monitor_once(self) -> list[int]:
+        with self.db.session() as s:
+            completed = complete_ready_studies(s, self.settings.study_inactivity_s)
+        with self.db.session() as s:
+            for job in stale_jobs(s, self.settings.job_stale_after_s):
+                log.warning("job.requeue_stale job_id=%s kind=%s", job.id, job.kind)
+                after_commit(s, partial(enqueue_job, job.id, job.key, job.queue, job.priority))
+        return completed
+
+    def _check_listeners(self) -> None:
+        for i, proc in enumerate(self._listeners):
+            if proc.poll() is not None and not self._stop.is_set():
+                log.error("gateway.listener_died code=%s; restarting", proc.returncode)
+                self._listeners[i] = self._spawn_listener()
+
+    def _monitor_loop(self) -> None:
+        last_sweep = time.monotonic()
+        while not self._stop.wait(self.settings.monitor_interval_s):
+            try:
+                self._check_listeners()
+                self.monitor_once()
+                if time.monotonic() - last_sweep > 30:
+                    # Receipts a dead listener left behind: old enough that no live
+                    # process is still uploading them.
+                    cutoff = datetime.now(UTC) - timedelta(seconds=60)
+                    self.uploader.resubmit_spooled(older_than=cutoff)
+                    last_sweep = time.monotonic()
+            except Exception:
+                log.exception("gateway.monitor_failed")

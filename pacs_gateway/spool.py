@@ -1,0 +1,117 @@
+"""Durable spool: an acknowledged instance is on disk before the sender hears "success".
+
+File names come from UUIDs generated here, never from DICOM content.  A write
+goes to ``tmp/``, is fsynced, renamed into ``ready/`` and the directory is
+fsynced, so after a crash a file in ``ready/`` is whole and one in ``tmp/``
+was never acknowledged and can be dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+
+
+class SpoolFull(Exception):
+    """Free disk space is below the watermark; the gateway answers 0xA700."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _checked_id(receipt_id: str) -> str:
+    # Only a canonical UUID may become part of a path.
+    return str(uuid.UUID(receipt_id))
+
+
+class Spool:
+    def __init__(self, root: Path, min_free_bytes: int) -> None:
+        self.root = root
+        self.tmp = root / "tmp"
+        self.ready = root / "ready"
+        self.min_free_bytes = min_free_bytes
+        self._free_lock = threading.Lock()
+        self._free = 0
+        self._free_at = -1e9
+        self._written_since = 0
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.ready.mkdir(parents=True, exist_ok=True)
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def has_room(self, size: int) -> bool:
+        """Free space minus ``size`` stays above the watermark.
+
+        statvfs per instance is costly on some file systems, so the figure is
+        re-read every half second or 64 MiB, and our own writes are subtracted
+        in between: the estimate only errs on the safe side for our writes.
+        """
+        now = time.monotonic()
+        with self._free_lock:
+            if now - self._free_at > 0.5 or self._written_since > 64 * 2**20:
+                self._free = self.free_bytes()
+                self._free_at, self._written_since = now, 0
+            self._written_since += size
+            return self._free - self._written_since >= self.min_free_bytes
+
+    def write(self, data: bytes) -> str:
+        """Make ``data`` durable and return its new receipt ID (a UUID)."""
+        if not self.has_room(len(data)):
+            raise SpoolFull(f"less than {self.min_free_bytes // 2**20} MiB free in the spool")
+        receipt_id = str(uuid.uuid4())
+        tmp_path = self.tmp / f"{receipt_id}.part"
+        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp_path.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        os.replace(tmp_path, self.path(receipt_id))
+        _fsync_dir(self.ready)
+        return receipt_id
+
+    def path(self, receipt_id: str) -> Path:
+        return self.ready / f"{_checked_id(receipt_id)}.dcm"
+
+    def read(self, receipt_id: str) -> bytes:
+        return self.path(receipt_id).read_bytes()
+
+    def exists(self, receipt_id: str) -> bool:
+        return self.path(receipt_id).exists()
+
+    def remove(self, receipt_id: str) -> None:
+        self.path(receipt_id).unlink(missing_ok=True)
+
+    def pending(self) -> list[str]:
+        """Receipt IDs of every whole file waiting for upload, oldest first."""
+        entries = []
+        for p in self.ready.glob("*.dcm"):
+            try:
+                entries.append((p.stat().st_mtime, _checked_id(p.stem)))
+            except (ValueError, FileNotFoundError):
+                continue
+        return [rid for _, rid in sorted(entries)]
+
+    def drop_partial(self) -> int:
+        """Remove half-written files left by a crash; none was ever acknowledged."""
+        n = 0
+        for p in self.tmp.glob("*.part"):
+            p.unlink(missing_ok=True)
+            n += 1
+        return n

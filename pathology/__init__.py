@@ -1,0 +1,1 @@
+"""Pathology: whole-slide image ingest, tiles, slide quality, case routing."""

@@ -1,0 +1,3 @@
+from rdc.cli import main
+
+main()

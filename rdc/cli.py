@@ -1,0 +1,322 @@
+"""``rdc``: run and manage the regional diagnostic center."""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from core.db import get_database
+from core.errors import RDCError
+from core.settings import Settings, get_settings
+from rdc.models_cli import models_app
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
+sites_app = typer.Typer(help="Manage county sites that send studies and receive results.",
+                        no_args_is_help=True)
+audit_app = typer.Typer(help="Inspect the hash-chained audit log.", no_args_is_help=True)
+app.add_typer(sites_app, name="sites")
+app.add_typer(audit_app, name="audit")
+app.add_typer(models_app, name="models")
+
+#: Piped output (logs, scripts, tests) gets wide tables rather than 80 columns of wrapping.
+console = Console() if sys.stdout.isatty() else Console(width=200)
+err = Console(stderr=True)
+
+
+def setup_logging(settings: Settings, name: str, level: str = "INFO") -> None:
+    settings.ensure_dirs()
+    fmt = "%(asctime)s %(levelname)s %(name)s " + f"proc={name} " + "%(message)s"
+    handlers: list[logging.Handler] = [
+        logging.StreamHandler(sys.stderr),
+        logging.FileHandler(settings.log_dir / f"{name}.log"),
+    ]
+    logging.basicConfig(level=level, format=fmt, handlers=handlers, force=True)
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except Exception as e:  # pydantic validation: show the message, not a trace
+        err.print(f"[red]configuration error:[/red] {e}")
+        raise typer.Exit(2) from e
+
+
+def fail(e: RDCError) -> typer.Exit:
+    err.print(f"[red]error:[/red] {e}")
+    return typer.Exit(e.exit_code)
+
+
+def _on_term(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_within(stop: Callable[[], None], log_file: Path, deadline_s: float = 20.0) -> None:
+    """Run a service's ``stop`` and exit the process, even if something hangs.
+
+    Everything the gateway acknowledged is durable before the acknowledgement, so a
+    forced exit loses nothing; a gateway that never exits, though, keeps its port
+    and blocks a restart.  If ``stop`` overruns, the stacks of all threads go to the
+    service's log (to find the cause) and the process exits with status 1.
+    """
+    with open(log_file, "a") as f:
+        faulthandler.dump_traceback_later(deadline_s, exit=True, file=f)
+        try:
+            stop()
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+    stuck = [t.name for t in threading.enumerate()
+             if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if stuck:
+        logging.getLogger("rdc").warning("shutdown.threads_left names=%s", stuck)
+        logging.shutdown()
+        os._exit(0)
+
+
+# Services -------------------------------------------------------------------
+@app.command()
+def orthanc() -> None:
+    """Run the center's Orthanc (generated config, loopback only) in the foreground."""
+    from rdc.orthanc_runner import start_orthanc, stop_process
+
+    s = _settings()
+    setup_logging(s, "orthanc")
+    signal.signal(signal.SIGTERM, _on_term)
+    try:
+        proc = start_orthanc(s)
+    except RDCError as e:
+        raise fail(e) from e
+    console.print(f"orthanc: HTTP http://127.0.0.1:{s.orthanc_http_port} (loopback, "
+                  f"authenticated), DICOM AE {s.orthanc_aet} port {s.orthanc_dicom_port}")
+    try:
+        code = proc.wait()
+        err.print(f"[red]Orthanc exited with code {code}[/red]; see {s.log_dir / 'orthanc.log'}")
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        stop_process(proc)
+
+
+@app.command()
+def gateway(
+    listener: Annotated[bool, typer.Option(
+        "--listener", hidden=True, help="Internal: an extra process on the shared port.")] = False,
+) -> None:
+    """Run the DICOM gateway (C-ECHO/C-STORE SCP, spool, uploader) in the foreground."""
+    from pacs_gateway.service import Gateway
+
+    s = _settings()
+    setup_logging(s, "gateway-listener" if listener else "gateway")
+    signal.signal(signal.SIGTERM, _on_term)
+    gw = Gateway(s, primary=not listener)
+    try:
+        gw.start()
+    except RDCError as e:
+        gw.stop()
+        raise fail(e) from e
+    except OSError as e:
+        gw.stop()
+        err.print(f"[red]error:[/red] cannot listen on port {s.gateway_port}: {e.strerror}")
+        raise typer.Exit(1) from e
+    if not listener:
+        console.print(f"gateway: DICOM AE {s.gateway_ae} on {s.gateway_host}:{s.gateway_port} "
+                      f"({s.gateway_process_count} processes)")
+    try:
+        gw.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _stop_within(gw.stop, s.log_dir / ("gateway-listener.log" if listener
+                                           else "gateway.log"))
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option(help="Comma-separated queues to consume.")] =
+        "routing,inference,delivery",
+    concurrency: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 2,
+) -> None:
+    """Run a Celery worker for the center's queues in the foreground."""
+    s = _settings()
+    setup_logging(s, "worker")
+    import ai_models.inference  # registers the ai_inference handler
+    import ai_models.preread  # noqa: F401  (registers the ai_preread handler)
+    import pacs_gateway.routing  # noqa: F401  (registers the route handler)
+    from ai_models.runtime import cpu_threads
+    from core.tasks import app as celery_app
+
+    if "inference" in queues.split(",") and s.ai_threads == 0 and concurrency > 1:
+        # One ONNX Runtime session per worker process: share the cores between them.
+        os.environ["RDC_AI_THREADS"] = str(max(1, cpu_threads() // concurrency))
+        get_settings.cache_clear()
+
+    console.print(f"worker: queues {queues} on {s.public_summary()['broker_url']}")
+    celery_app.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "--loglevel=INFO",
+                            "-n", f"rdc-{s.gateway_port}@%h", "--without-gossip",
+                            "--without-mingle"])
+
+
+@app.command()
+def web() -> None:
+    """Run the web app (FastAPI) in the foreground."""
+    import uvicorn
+
+    s = _settings()
+    setup_logging(s, "web")
+    console.print(f"web: http://{s.web_host}:{s.web_port} (API docs at /docs)")
+    uvicorn.run("viewer.app:create_app", factory=True, host=s.web_host, port=s.web_port,
+                log_level="info")
+
+
+@app.command()
+def up() -> None:
+    """Start Orthanc, the gateway, a worker and the web app; Ctrl-C stops them all."""
+    from rdc.supervisor import run_all
+
+    s = _settings()
+    setup_logging(s, "up")
+    try:
+        code = run_all(s, console)
+    except RDCError as e:
+        raise fail(e) from e
+    raise typer.Exit(code)
+
+
+# Sites ------------------------------------------------------------------------
+@sites_app.command("add")
+def sites_add(
+    site_id: Annotated[str, typer.Argument(help="Short id, e.g. 'county-a'.")],
+    name: Annotated[str, typer.Option(help="Display name.")],
+    ae_title: Annotated[str, typer.Option("--ae-title", help="The site's calling AE title.")],
+    host: Annotated[str, typer.Option(help="Where results go back (host of the site's SCP).")],
+    port: Annotated[int, typer.Option(help="Port of the site's SCP for results.")] = 104,
+    allow: Annotated[list[str] | None, typer.Option(
+        help="Peer address or CIDR allowed to send (repeatable); defaults to --host.")] = None,
+    accepts_results: Annotated[bool, typer.Option(
+        "--accepts-results/--no-results", help="Whether signed results are sent back.")] = False,
+    inactivity: Annotated[float | None, typer.Option(
+        help="Seconds of silence after which a study counts as complete.")] = None,
+) -> None:
+    """Register a county site.  Unknown senders are refused by default."""
+    from core.sites import SiteSpec, add_site
+
+    s = _settings()
+    db = get_database(s.database_url)
+    spec = SiteSpec(id=site_id, name=name, ae_title=ae_title, host=host, port=port,
+                    allowed_addresses=tuple(allow or [host]), accepts_results=accepts_results,
+                    inactivity_s=inactivity)
+    try:
+        with db.session() as sess:
+            site = add_site(sess, spec, actor="cli")
+            console.print(f"site {site.id!r} added: AE {site.ae_title}, "
+                          f"allowed {', '.join(site.allowed_addresses)}")
+    except RDCError as e:
+        raise fail(e) from e
+
+
+@sites_app.command("list")
+def sites_list() -> None:
+    """List registered sites."""
+    from core.sites import list_sites
+
+    s = _settings()
+    db = get_database(s.database_url)
+    table = Table("id", "name", "AE title", "results to", "allowed senders", "results back",
+                  "enabled")
+    with db.session() as sess:
+        for site in list_sites(sess):
+            table.add_row(site.id, site.name, site.ae_title, f"{site.host}:{site.port}",
+                          ", ".join(site.allowed_addresses), "yes" if site.accepts_results
+                          else "no", "yes" if site.enabled else "no")
+    console.print(table)
+
+
+@sites_app.command("remove")
+def sites_remove(site_id: Annotated[str, typer.Argument(help="Site id.")]) -> None:
+    """Stop accepting studies from a site (its history is kept)."""
+    from core.sites import remove_site
+
+    s = _settings()
+    db = get_database(s.database_url)
+    try:
+        with db.session() as sess:
+            outcome = remove_site(sess, site_id, actor="cli")
+    except RDCError as e:
+        raise fail(e) from e
+    console.print(f"site {site_id!r} {outcome}")
+
+
+# Status, audit, demo --------------------------------------------------------------
+@app.command()
+def status() -> None:
+    """Per site: instances received, spooled, in Orthanc, failed; studies by state."""
+    from rdc.status import print_status
+
+    s = _settings()
+    print_status(s, console)
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check the audit chain; report the first broken record."""
+    from core.audit import verify
+
+    s = _settings()
+    db = get_database(s.database_url)
+    with db.session() as sess:
+        result = verify(sess)
+    if result.ok:
+        console.print(f"audit log intact: {result.checked} records verified")
+        return
+    err.print(f"[red]audit log broken at record {result.first_broken_seq}:[/red] "
+              f"{result.reason} ({result.checked} records before it verified)")
+    raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    ct_slices: Annotated[int, typer.Option(min=1, max=2000, help="Slices of the CT.")] = 300,
+    timeout: Annotated[float, typer.Option(
+        help="Seconds to wait for Orthanc, and again for the AI pre-reads.")] = 600,
+    ai: Annotated[bool, typer.Option("--ai/--no-ai",
+                                     help="Wait for the AI pre-reads and show them.")] = True,
+) -> None:
+    """Register a demo county site, send sample studies with DCMTK storescu, and show
+    the AI pre-reads of the chest radiograph and the CT."""
+    from rdc.demo import run_demo
+
+    s = _settings()
+    try:
+        code = run_demo(s, console, ct_slices=ct_slices, timeout=timeout, ai=ai)
+    except RDCError as e:
+        raise fail(e) from e
+    raise typer.Exit(code)
+
+
+@app.command()
+def config() -> None:
+    """Show the effective settings (secrets hidden)."""
+    s = _settings()
+    for k, v in sorted(s.public_summary().items()):
+        console.print(f"{k} = {v}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
+

@@ -1,0 +1,39 @@
+"""``rdc status``: what each site sent and where it is now."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from core.db import get_database
+from core.orthanc_client import OrthancClient
+from core.settings import Settings
+from core.stats import job_counts, site_status
+
+
+def print_status(settings: Settings, console: Console) -> None:
+    db = get_database(settings.database_url)
+    with db.session() as s:
+        rows = site_status(s)
+        jobs = job_counts(s)
+    table = Table("site", "name", "received", "spooled", "in Orthanc", "failed", "studies",
+                  title="Instances per site")
+    for r in rows:
+        studies = ", ".join(f"{k} {v}" for k, v in sorted(r.studies.items())) or "-"
+        table.add_row(r.site_id + ("" if r.enabled else " (removed)"), r.name, str(r.received),
+                      str(r.spooled), str(r.stored),
+                      f"[red]{r.failed}[/red]" if r.failed else "0", studies)
+    console.print(table)
+    if jobs:
+        jt = Table("job kind", "states", title="Jobs")
+        for kind, states in sorted(jobs.items()):
+            jt.add_row(kind, ", ".join(f"{k} {v}" for k, v in sorted(states.items())))
+        console.print(jt)
+    with OrthancClient.from_settings(settings, retries=0, timeout=3.0) as client:
+        if client.is_alive():
+            st = client.statistics()
+            console.print(f"Orthanc: up, {st.get('CountStudies')} studies, "
+                          f"{st.get('CountInstances')} instances, "
+                          f"{st.get('TotalDiskSizeMB')} MB")
+        else:
+            console.print(f"[yellow]Orthanc: not reachable at {settings.orthanc_url}[/yellow]")
