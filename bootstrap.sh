@@ -20,7 +20,9 @@ esac
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 # Debian packages ---------------------------------------------------------------
-apt_packages=(orthanc orthanc-dicomweb orthanc-wsi orthanc-postgresql dcmtk)
+# fonts-wqy-zenhei: Chinese text in report PDFs; poppler-utils: the tests read PDFs back.
+apt_packages=(orthanc orthanc-dicomweb orthanc-wsi orthanc-postgresql dcmtk fonts-wqy-zenhei
+  poppler-utils)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

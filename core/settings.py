@@ -95,6 +95,20 @@ class Settings(BaseSettings):
     #: use.  In production they are registered disabled; an operator enables a model.
     ai_register_shipped: bool = True
 
+    #: Algorithm of new reader keys and of the center's CA: SM2 with SM3 (Chinese
+    #: national algorithms), Ed25519, or ECDSA P-256 (both with SHA-256).
+    signing_algorithm: Literal["sm2", "ed25519", "ecdsa-p256"] = "ed25519"
+    #: Lifetime of a reader certificate issued by the center's CA.
+    reader_cert_days: int = Field(default=730, ge=1, le=3650)
+    #: Delivery of signed results: first retry after this, doubling up to the cap,
+    #: and given up (dead-letter list) once a delivery is older than the age limit.
+    delivery_retry_base_s: float = Field(default=30.0, gt=0)
+    delivery_retry_max_s: float = Field(default=3600.0, gt=0)
+    delivery_max_age_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    #: How long a delivery keeps the association open for the site's storage
+    #: commitment report (N-EVENT-REPORT) after its N-ACTION request.
+    delivery_commit_wait_s: float = Field(default=10.0, ge=0)
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -131,6 +145,11 @@ class Settings(BaseSettings):
             raise ValueError("; ".join(problems))
 
     # Derived locations -------------------------------------------------
+    @property
+    def ca_dir(self) -> Path:
+        """The center's certificate authority (its key readable by the center only)."""
+        return self.secrets_dir / "ca"
+
     @property
     def spool_dir(self) -> Path:
         return self.home / "spool"

@@ -16,6 +16,8 @@ from core.models import Site, Study
 _SITE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # PS3.5 AE title: up to 16 chars of the default repertoire, no backslash or control chars.
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+#: Result formats a site may take besides DICOM SR + PDF, which every site gets.
+RESULT_FORMATS = frozenset({"hl7", "fhir"})
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,10 @@ class SiteSpec:
     allowed_addresses: tuple[str, ...]
     accepts_results: bool = False
     inactivity_s: float | None = None
+    storage_commitment: bool = False
+    hl7_host: str | None = None
+    hl7_port: int | None = None
+    result_formats: tuple[str, ...] = ()
 
 
 def validate_ae_title(value: str) -> str:
@@ -53,10 +59,20 @@ def _validate(spec: SiteSpec) -> SiteSpec:
             raise InvalidInput(f"invalid allowed address {addr!r}: {e}") from e
     if spec.inactivity_s is not None and spec.inactivity_s <= 0:
         raise InvalidInput("inactivity window must be positive")
+    unknown = set(spec.result_formats) - RESULT_FORMATS
+    if unknown:
+        raise InvalidInput(f"unknown result formats {sorted(unknown)}: known are "
+                           f"{sorted(RESULT_FORMATS)}")
+    if "hl7" in spec.result_formats and not (spec.hl7_host and spec.hl7_port):
+        raise InvalidInput("results as HL7 need the site's HL7 endpoint (host and port)")
+    if spec.hl7_port is not None and not 1 <= spec.hl7_port <= 65535:
+        raise InvalidInput(f"invalid HL7 port {spec.hl7_port}")
     return SiteSpec(
         id=spec.id, name=spec.name.strip(), ae_title=validate_ae_title(spec.ae_title),
         host=spec.host, port=spec.port, allowed_addresses=tuple(spec.allowed_addresses),
         accepts_results=spec.accepts_results, inactivity_s=spec.inactivity_s,
+        storage_commitment=spec.storage_commitment, hl7_host=spec.hl7_host,
+        hl7_port=spec.hl7_port, result_formats=tuple(spec.result_formats),
     )
 
 
@@ -71,13 +87,17 @@ def add_site(session: Session, spec: SiteSpec, actor: str) -> Site:
         id=spec.id, name=spec.name, ae_title=spec.ae_title, host=spec.host, port=spec.port,
         allowed_addresses=list(spec.allowed_addresses), accepts_results=spec.accepts_results,
         inactivity_s=spec.inactivity_s, enabled=True,
+        storage_commitment=spec.storage_commitment, hl7_host=spec.hl7_host,
+        hl7_port=spec.hl7_port, result_formats=list(spec.result_formats),
     )
     session.add(site)
     session.flush()
     audit.append(session, actor=actor, action="site.add", object_type="site", object_id=site.id,
                  detail={"ae_title": site.ae_title, "host": site.host, "port": site.port,
                          "allowed_addresses": site.allowed_addresses,
-                         "accepts_results": site.accepts_results})
+                         "accepts_results": site.accepts_results,
+                         "storage_commitment": site.storage_commitment,
+                         "result_formats": site.result_formats})
     return site
 
 

@@ -34,6 +34,23 @@ class JobState(StrEnum):
     SKIPPED = "skipped"
 
 
+class ReportState(StrEnum):
+    """State of a report version (and of the report, which follows its newest version)."""
+
+    DRAFT = "draft"  # AI prefill or a reader's work in progress; unverified
+    PRELIMINARY = "preliminary"  # shared before signing, still editable
+    FINAL = "final"  # signed and frozen
+    AMENDED = "amended"  # a report whose final version has a signed addendum
+
+
+class DeliveryState(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"  # the site's SCP answered success to every C-STORE
+    COMMITTED = "committed"  # the site confirmed storage commitment
+    FAILED = "failed"  # the last attempt failed; another is scheduled
+    DEAD = "dead"  # retries ran out: on the dead-letter list until resent
+
+
 _TRANSITIONS: dict[type[StrEnum], dict[str, set[str]]] = {
     StudyState: {
         "received": {"complete"},
@@ -54,6 +71,21 @@ _TRANSITIONS: dict[type[StrEnum], dict[str, set[str]]] = {
         "succeeded": set(),
         "skipped": set(),
         "dead": {"queued"},
+    },
+    ReportState: {
+        "draft": {"draft", "preliminary", "final"},
+        "preliminary": {"preliminary", "draft", "final"},
+        # A final version is never edited; the report moves on by an addendum.
+        "final": {"amended"},
+        "amended": {"amended"},
+    },
+    DeliveryState: {
+        "pending": {"sent", "failed", "dead"},
+        "failed": {"sent", "failed", "dead", "pending"},
+        "sent": {"committed", "failed"},
+        "committed": set(),
+        # An operator's resend puts a dead delivery back in line.
+        "dead": {"pending"},
     },
 }
 

@@ -29,6 +29,7 @@ from core.process import die_with_parent
 from core.queue import enqueue_job
 from core.settings import Settings
 from pacs_gateway.completeness import complete_ready_studies
+from pacs_gateway.delivery import requeue_due
 from pacs_gateway.scp import GatewaySCP, port_is_free
 from pacs_gateway.spool import Spool
 from pacs_gateway.uploader import Uploader
@@ -104,6 +105,10 @@ class Gateway:
             for job in stale_jobs(s, self.settings.job_stale_after_s):
                 log.warning("job.requeue_stale job_id=%s kind=%s", job.id, job.kind)
                 after_commit(s, partial(enqueue_job, job.id, job.key, job.queue, job.priority))
+        with self.db.session() as s:
+            # Failed deliveries whose backoff has run out get a new attempt, even
+            # after a broker or worker restart lost the message that would retry them.
+            requeue_due(s)
         return completed
 
     def _check_listeners(self) -> None:

@@ -20,6 +20,7 @@ from core.db import get_database
 from core.errors import RDCError
 from core.settings import Settings, get_settings
 from rdc.models_cli import models_app
+from rdc.reports_cli import deliveries_app, keys_app, reports_app
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,6 +30,9 @@ audit_app = typer.Typer(help="Inspect the hash-chained audit log.", no_args_is_h
 app.add_typer(sites_app, name="sites")
 app.add_typer(audit_app, name="audit")
 app.add_typer(models_app, name="models")
+app.add_typer(keys_app, name="keys")
+app.add_typer(reports_app, name="reports")
+app.add_typer(deliveries_app, name="deliveries")
 
 #: Piped output (logs, scripts, tests) gets wide tables rather than 80 columns of wrapping.
 console = Console() if sys.stdout.isatty() else Console(width=200)
@@ -153,6 +157,7 @@ def worker(
     setup_logging(s, "worker")
     import ai_models.inference  # registers the ai_inference handler
     import ai_models.preread  # noqa: F401  (registers the ai_preread handler)
+    import pacs_gateway.delivery
     import pacs_gateway.routing  # noqa: F401  (registers the route handler)
     from ai_models.runtime import cpu_threads
     from core.tasks import app as celery_app
@@ -208,22 +213,40 @@ def sites_add(
         "--accepts-results/--no-results", help="Whether signed results are sent back.")] = False,
     inactivity: Annotated[float | None, typer.Option(
         help="Seconds of silence after which a study counts as complete.")] = None,
+    storage_commitment: Annotated[bool, typer.Option(
+        help="The site's SCP answers storage commitment for delivered results.")] = False,
+    hl7: Annotated[str | None, typer.Option(
+        help="HOST:PORT of the site's HL7 v2 (MLLP) endpoint for ORU^R01 results.")] = None,
+    result_format: Annotated[list[str] | None, typer.Option(
+        "--result-format", help="Also send results as 'hl7' (repeatable).")] = None,
 ) -> None:
     """Register a county site.  Unknown senders are refused by default."""
     from core.sites import SiteSpec, add_site
 
     s = _settings()
     db = get_database(s.database_url)
-    spec = SiteSpec(id=site_id, name=name, ae_title=ae_title, host=host, port=port,
-                    allowed_addresses=tuple(allow or [host]), accepts_results=accepts_results,
-                    inactivity_s=inactivity)
     try:
+        hl7_host, hl7_port = _host_port(hl7) if hl7 else (None, None)
+        spec = SiteSpec(id=site_id, name=name, ae_title=ae_title, host=host, port=port,
+                        allowed_addresses=tuple(allow or [host]),
+                        accepts_results=accepts_results, inactivity_s=inactivity,
+                        storage_commitment=storage_commitment, hl7_host=hl7_host,
+                        hl7_port=hl7_port, result_formats=tuple(result_format or ()))
         with db.session() as sess:
             site = add_site(sess, spec, actor="cli")
             console.print(f"site {site.id!r} added: AE {site.ae_title}, "
                           f"allowed {', '.join(site.allowed_addresses)}")
     except RDCError as e:
         raise fail(e) from e
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    from core.errors import InvalidInput
+
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise InvalidInput(f"expected HOST:PORT, got {value!r}")
+    return host, int(port)
 
 
 @sites_app.command("list")

@@ -26,6 +26,20 @@ DEMO_SITE = SiteSpec(id="demo-county", name="Demo County Hospital", ae_title="DE
                      accepts_results=True, inactivity_s=15)
 
 
+class _Note:
+    """Progress as plain lines every few seconds when the output is not a terminal
+    (scripts, CI logs), where rich's live progress bars are not drawn."""
+
+    def __init__(self, console: Console, every_s: float = 10.0) -> None:
+        self.console, self.every_s = console, every_s
+        self.last = time.monotonic()
+
+    def __call__(self, text: str) -> None:
+        if not self.console.is_terminal and time.monotonic() - self.last >= self.every_s:
+            self.console.print(text)
+            self.last = time.monotonic()
+
+
 def _ensure_site(settings: Settings, console: Console) -> None:
     db = get_database(settings.database_url)
     with db.session() as s:
@@ -82,12 +96,14 @@ def run_demo(settings: Settings, console: Console, *, ct_slices: int, timeout: f
         wait = progress.add_task("waiting for Orthanc", total=sent_ok)
         deadline = time.monotonic() + timeout
         stored = 0
+        note = _Note(console)
         while time.monotonic() < deadline:
             with db.session() as s:
                 stored = s.scalar(select(func.count()).select_from(Instance).where(
                     Instance.site_id == DEMO_SITE.id, Instance.state == "stored",
                     Instance.received_at >= started)) or 0
             progress.update(wait, completed=min(stored, sent_ok))
+            note(f"waiting for Orthanc: {stored} of {sent_ok} stored")
             if stored >= sent_ok:
                 break
             time.sleep(0.5)
@@ -134,9 +150,11 @@ def _show_ai(settings: Settings, console: Console, study_uids: list[str],
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("AI pre-reads (studies complete after the site's "
                                  "inactivity window)", total=None)
+        note = _Note(console)
         while True:
             done, total, bad = _ai_state(settings, study_uids)
             progress.update(task, completed=done, total=total)
+            note(f"AI pre-reads: {done} of {total or '?'} jobs finished")
             if total and done >= total:
                 break
             if time.monotonic() > deadline:

@@ -239,3 +239,28 @@ def test_worker_drops_foreign_messages_and_human_jobs(db: Database) -> None:
         assert {j.state for j in s.scalars(select(Job))} == {"queued"}
     assert jobs.execute(db, mine.id, expected_key=mine.key) == "succeeded"
     assert ran == [mine.id]
+
+
+def test_migrations_match_the_models(db: Database) -> None:
+    """The schema Alembic builds is the one the models describe, on both databases."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from core.models import Base
+
+    with db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == [], diff
+
+
+def test_report_and_delivery_state_machines() -> None:
+    from core.states import DeliveryState, ReportState
+
+    check_transition(ReportState, "draft", "final")
+    check_transition(ReportState, "final", "amended")
+    with pytest.raises(InvalidTransition):
+        check_transition(ReportState, "final", "draft")
+    check_transition(DeliveryState, "failed", "dead")
+    check_transition(DeliveryState, "dead", "pending")
+    with pytest.raises(InvalidTransition):
+        check_transition(DeliveryState, "committed", "pending")

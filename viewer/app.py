@@ -5,12 +5,15 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from core.db import get_database
+from core.errors import RDCError
 from core.settings import get_settings
 from core.stats import job_counts, site_status
 from viewer.auth import require_operator
+from viewer.reports_api import router as reports_router
 
 Operator = Annotated[str, Depends(require_operator)]
 
@@ -19,6 +22,12 @@ def create_app() -> FastAPI:
     settings = get_settings()
     app = FastAPI(title=settings.center_name, version="0.1.0",
                   description="Regional imaging and diagnostic center API.")
+
+    @app.exception_handler(RDCError)
+    def rdc_error(_request: Request, exc: RDCError) -> JSONResponse:
+        # The one place where domain errors become HTTP answers.
+        return JSONResponse({"detail": str(exc), "error": type(exc).__name__},
+                            status_code=exc.http_status)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:
@@ -32,4 +41,5 @@ def create_app() -> FastAPI:
         with db.session() as s:
             return {"sites": [asdict(r) for r in site_status(s)], "jobs": job_counts(s)}
 
+    app.include_router(reports_router)
     return app

@@ -1,0 +1,406 @@
+"""The signed report as a sealed PDF, and that PDF as a DICOM Encapsulated PDF.
+
+The PDF is what a county clinician prints or attaches to the patient's file, so
+it must say who signed, when and with which certificate, and it must check on
+its own: :func:`render_pdf` appends to the finished PDF a trailer
+
+    ``\\n%RDC-SIGNATURE-1 <base64 of the envelope>\\n%%EOF\\n``
+
+whose envelope seals every byte before the trailer.  The trailer is a PDF
+comment followed by an end-of-file marker, so viewers ignore it, and
+:func:`sealed_content_of_pdf` can split it off again without parsing PDF.
+
+Chinese text needs a CJK font embedded in the PDF: the center uses WenQuanYi Zen
+Hei from the Debian package ``fonts-wqy-zenhei``.  Without it the PDF would show
+empty boxes where the findings are, so a missing font is a configuration error,
+never a silent fallback to a Latin font.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+from xml.sax.saxutils import escape
+
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    EncapsulatedPDFStorage,
+    ExplicitVRLittleEndian,
+)
+from reportlab.lib import colors
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.styles import ParagraphStyle
+from reportlab.lib.units import mm
+from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.ttfonts import TTFont
+from reportlab.pdfgen.canvas import Canvas
+from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+
+from core.errors import ConfigurationError
+from core.reports.document import ReportDocument, Sealer
+from core.reports.sr import (
+    MalformedReportFileError,
+    ReportRenderError,
+    UnsealedReportError,
+    evidence_header,
+    sealed_content_of_sr,
+)
+
+__all__ = [
+    "CJK_FONT_PACKAGE",
+    "CJK_FONT_PATH",
+    "PDF_SERIES_NUMBER",
+    "SIGNATURE_MARKER",
+    "MissingFontError",
+    "encapsulated_pdf_dataset",
+    "pdf_from_dataset",
+    "render_pdf",
+    "sealed_content_of_encapsulated_pdf",
+    "sealed_content_of_file",
+    "sealed_content_of_pdf",
+]
+
+CJK_FONT_PATH: Final = Path("/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc")
+CJK_FONT_PACKAGE: Final = "fonts-wqy-zenhei"
+_FONT_NAME: Final = "RDC-WQY-ZenHei"
+
+#: Comment keyword that opens the seal trailer.
+SIGNATURE_MARKER: Final = b"%RDC-SIGNATURE-1"
+_TRAILER_RE: Final = re.compile(rb"\n%RDC-SIGNATURE-1 ([A-Za-z0-9+/]+={0,2})\n%%EOF\n\Z")
+
+#: Series number of the Encapsulated PDF (the SR is 9901).
+PDF_SERIES_NUMBER: Final = 9902
+
+
+class MissingFontError(ConfigurationError):
+    """The CJK font the PDF needs is not installed."""
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _register_font() -> str:
+    """Register the CJK font once per process; refuse to render without it."""
+    if not CJK_FONT_PATH.is_file():  # checked every time: the package can be removed
+        raise MissingFontError(
+            f"the CJK font {CJK_FONT_PATH} is missing: install the Debian package "
+            f"{CJK_FONT_PACKAGE} (apt-get install {CJK_FONT_PACKAGE}); reports are "
+            "not rendered without it, since Chinese text would not show"
+        )
+    if _FONT_NAME in pdfmetrics.getRegisteredFontNames():
+        return _FONT_NAME
+    try:
+        pdfmetrics.registerFont(TTFont(_FONT_NAME, str(CJK_FONT_PATH), subfontIndex=0))
+    except Exception as exc:  # reportlab raises TTFError and plain errors alike
+        raise MissingFontError(
+            f"the CJK font {CJK_FONT_PATH} cannot be loaded ({exc}); reinstall {CJK_FONT_PACKAGE}"
+        ) from exc
+    return _FONT_NAME
+
+
+def _aware(moment: datetime) -> datetime:
+    """The repository stores naive datetimes as UTC (SQLite drops the zone)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _markup(text: str) -> str:
+    """Reader text as Paragraph markup: XML-escaped, line breaks kept."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return "<br/>".join(escape(line) for line in lines)
+
+
+def _styles(font: str) -> dict[str, ParagraphStyle]:
+    # wordWrap="CJK" lets Chinese lines break between any two characters.
+    base = ParagraphStyle("rdc-body", fontName=font, fontSize=10.5, leading=15, wordWrap="CJK")
+    return {
+        "center": ParagraphStyle("rdc-center", parent=base, fontSize=12, leading=16,
+                                 alignment=1),
+        "title": ParagraphStyle("rdc-title", parent=base, fontSize=16, leading=22,
+                                alignment=1, spaceAfter=4),
+        "heading": ParagraphStyle("rdc-heading", parent=base, fontSize=12.5, leading=18,
+                                  spaceBefore=8, spaceAfter=2),
+        "body": base,
+        "cell": ParagraphStyle("rdc-cell", parent=base, fontSize=9, leading=12),
+        "mono": ParagraphStyle("rdc-mono", parent=base, fontSize=8, leading=11),
+        "note": ParagraphStyle("rdc-note", parent=base, fontSize=7.5, leading=10,
+                               textColor=colors.grey),
+    }
+
+
+def _table(rows: list[tuple[str, str]], styles: dict[str, ParagraphStyle],
+           value_style: str = "cell") -> Table:
+    data = [
+        [Paragraph(escape(label), styles["cell"]), Paragraph(_markup(value), styles[value_style])]
+        for label, value in rows
+    ]
+    table = Table(data, colWidths=[38 * mm, None], hAlign="LEFT")
+    table.setStyle(TableStyle([
+        ("VALIGN", (0, 0), (-1, -1), "TOP"),
+        ("TEXTCOLOR", (0, 0), (0, -1), colors.HexColor("#444444")),
+        ("LINEBELOW", (0, -1), (-1, -1), 0.5, colors.grey),
+        ("TOPPADDING", (0, 0), (-1, -1), 1.5),
+        ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5),
+    ]))
+    return table
+
+
+def _story(doc: ReportDocument, styles: dict[str, ParagraphStyle]) -> list[Any]:
+    signer = doc.signer
+    header = [
+        ("Center", doc.center_name),
+        ("Site", f"{doc.site_name} ({doc.site_id})"),
+        ("Patient", f"{doc.patient_name} (ID {doc.patient_id})"),
+        ("Study", doc.study_uid),
+        ("Accession", doc.accession_number),
+        ("Modality", doc.modality),
+        ("Report", f"{doc.report_id} version {doc.version}"
+                   + (" (addendum)" if doc.kind == "addendum" else "")),
+    ]
+    if doc.kind == "addendum" and doc.predecessor_sr_uid:
+        header.append(("Amends SR", doc.predecessor_sr_uid))
+    story: list[Any] = [
+        Paragraph(escape(doc.center_name), styles["center"]),
+        Paragraph(escape(doc.title), styles["title"]),
+        _table(header, styles),
+        Spacer(1, 4 * mm),
+    ]
+    for section in doc.sections:
+        story.append(Paragraph(escape(section.title), styles["heading"]))
+        story.append(Paragraph(_markup(section.text), styles["body"]))
+    story.append(Spacer(1, 6 * mm))
+    story.append(Paragraph("Electronic signature", styles["heading"]))
+    story.append(_table([
+        ("Signed by", f"{signer.name} ({signer.reader_id})"),
+        ("Signed at", _aware(signer.signed_at).isoformat()),
+        ("Algorithm", signer.algorithm),
+        ("Certificate fingerprint (SHA-256)", signer.fingerprint),
+        (f"Content hash ({doc.hash_algorithm})", doc.content_hash),
+    ], styles, value_style="mono"))
+    story.append(Spacer(1, 2 * mm))
+    story.append(Paragraph(
+        "This file carries an electronic seal; check it with "
+        "<font face='Courier'>rdc reports verify FILE</font>. "
+        "Any change to the file makes the check fail.",
+        styles["note"],
+    ))
+    return story
+
+
+def _pdf_bytes(doc: ReportDocument) -> bytes:
+    font = _register_font()
+    styles = _styles(font)
+    stamp = _aware(doc.signer.signed_at).astimezone(UTC).strftime("D:%Y%m%d%H%M%S+00'00'")
+
+    def first_page(canvas: Canvas, _template: Any) -> None:
+        # Creation date = signature time, not the render time (see invariant below).
+        canvas.setDateFormatter(lambda *_: stamp)
+
+    def every_page(canvas: Canvas, template: Any) -> None:
+        canvas.saveState()
+        canvas.setFont(font, 7.5)
+        canvas.setFillColor(colors.grey)
+        canvas.drawString(
+            18 * mm, 10 * mm,
+            f"{doc.center_name} · {doc.accession_number} · page {template.page}",
+        )
+        canvas.restoreState()
+
+    def first(canvas: Canvas, template: Any) -> None:
+        first_page(canvas, template)
+        every_page(canvas, template)
+
+    out = io.BytesIO()
+    template = SimpleDocTemplate(
+        out,
+        pagesize=A4,
+        leftMargin=18 * mm, rightMargin=18 * mm, topMargin=16 * mm, bottomMargin=18 * mm,
+        title=doc.title,
+        author=doc.signer.name,
+        subject=f"{doc.accession_number} {doc.study_uid}",
+        creator=doc.center_name,
+        # No random document ID or render clock: the bytes depend on the document only.
+        invariant=1,
+    )
+    template.build(_story(doc, styles), onFirstPage=first, onLaterPages=every_page)
+    return out.getvalue()
+
+
+def render_pdf(doc: ReportDocument, seal: Sealer) -> bytes:
+    """The report as a PDF, sealed: everything before the trailer is what ``seal`` saw."""
+    pdf = _pdf_bytes(doc)
+    if not pdf.rstrip().endswith(b"%%EOF"):
+        raise ReportRenderError("reportlab produced a PDF without a final %%EOF")
+    envelope = seal(pdf)
+    if not envelope:
+        raise ReportRenderError("the sealer returned an empty envelope")
+    return pdf + b"\n" + SIGNATURE_MARKER + b" " + base64.b64encode(envelope) + b"\n%%EOF\n"
+
+
+def sealed_content_of_pdf(data: bytes) -> tuple[bytes, bytes]:
+    """(signed bytes, envelope bytes) of a delivered PDF, for the verifier.
+
+    Strict on purpose: exactly one trailer, at the very end, after a complete PDF.
+    """
+    if not data.startswith(b"%PDF-"):
+        raise MalformedReportFileError("not a PDF file (no %PDF- header)")
+    count = data.count(SIGNATURE_MARKER)
+    if count == 0:
+        raise UnsealedReportError("the PDF carries no RDC report signature")
+    if count > 1:
+        raise MalformedReportFileError(
+            f"the PDF carries {count} RDC signature trailers; expected exactly one"
+        )
+    match = _TRAILER_RE.search(data)
+    if match is None:
+        raise MalformedReportFileError(
+            "the RDC signature trailer of the PDF is damaged or not at the very end of the file"
+        )
+    signed = data[: match.start()]
+    if not signed.rstrip().endswith(b"%%EOF"):
+        raise MalformedReportFileError("the RDC signature trailer does not follow a complete PDF")
+    try:
+        envelope = base64.b64decode(match.group(1), validate=True)
+    except ValueError as exc:
+        raise MalformedReportFileError(f"the RDC signature trailer is not base64: {exc}") from exc
+    return signed, envelope
+
+
+# --------------------------------------------------------------------------- DICOM
+
+
+def _da(moment: datetime) -> str:
+    return moment.strftime("%Y%m%d")
+
+
+def _tm(moment: datetime) -> str:
+    return moment.strftime("%H%M%S.%f")
+
+
+_PATIENT_STUDY: Final = (
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
+    "AccessionNumber", "StudyDescription",
+)
+
+
+def encapsulated_pdf_dataset(pdf: bytes, doc: ReportDocument, evidence: Dataset) -> Dataset:
+    """An Encapsulated PDF Storage instance of ``pdf`` filed with the reported study.
+
+    Built by hand because the installed highdicom has no Encapsulated Document
+    class; it has every Type 1 and Type 2 attribute of the Encapsulated PDF IOD.
+    The PDF carries its own seal; the DICOM header around it is not sealed.
+    """
+    for what, value in (("PDF SOP Instance UID", doc.pdf_sop_uid),
+                        ("PDF Series Instance UID", doc.pdf_series_uid)):
+        if not value or not pydicom.uid.UID(value).is_valid:
+            raise ReportRenderError(f"{what} {value!r} is not a valid DICOM UID")
+    if not pdf.startswith(b"%PDF-"):
+        raise ReportRenderError("encapsulated_pdf_dataset needs the bytes of a PDF")
+    header = evidence_header(doc, evidence)
+    signed_at = _aware(doc.signer.signed_at)
+
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    # SOP Common
+    ds.SOPClassUID = EncapsulatedPDFStorage
+    ds.SOPInstanceUID = doc.pdf_sop_uid
+    ds.InstanceCreationDate = _da(signed_at)
+    ds.InstanceCreationTime = _tm(signed_at)
+    ds.TimezoneOffsetFromUTC = signed_at.strftime("%z")
+    # Patient and General Study (Type 2 ones present, possibly empty)
+    for keyword in _PATIENT_STUDY:
+        if keyword in header:
+            setattr(ds, keyword, header[keyword].value)
+    # Encapsulated Document Series
+    ds.Modality = "DOC"
+    ds.SeriesInstanceUID = doc.pdf_series_uid
+    ds.SeriesNumber = PDF_SERIES_NUMBER
+    ds.SeriesDescription = doc.title[:64]
+    # General Equipment / SC Equipment
+    ds.Manufacturer = doc.center_name[:64]
+    ds.InstitutionName = doc.center_name[:64]
+    ds.ConversionType = "WSD"  # workstation: the document was made here, not scanned
+    # Encapsulated Document
+    ds.InstanceNumber = doc.version
+    ds.ContentDate = _da(signed_at)
+    ds.ContentTime = _tm(signed_at)
+    ds.AcquisitionDateTime = signed_at.strftime("%Y%m%d%H%M%S.%f%z")
+    ds.BurnedInAnnotation = "YES"  # the PDF shows patient identity
+    ds.DocumentTitle = doc.title
+    code = Dataset()
+    code.CodeValue = "18748-4"
+    code.CodingSchemeDesignator = "LN"
+    code.CodeMeaning = "Diagnostic imaging report"
+    ds.ConceptNameCodeSequence = [code]
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.EncapsulatedDocument = pdf
+    ds.EncapsulatedDocumentLength = len(pdf)  # the value is padded to even length
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = EncapsulatedPDFStorage
+    meta.MediaStorageSOPInstanceUID = pydicom.uid.UID(doc.pdf_sop_uid)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta = meta
+    return ds
+
+
+def pdf_from_dataset(ds: Dataset) -> bytes:
+    """The exact PDF bytes of an Encapsulated PDF instance, without the pad byte.
+
+    DICOM pads odd-length values with a NUL; the PDF seal covers the unpadded
+    bytes, so the length comes from Encapsulated Document Length when present.
+    """
+    mime = str(ds.get("MIMETypeOfEncapsulatedDocument", "")).strip()
+    if mime != "application/pdf" or "EncapsulatedDocument" not in ds:
+        raise MalformedReportFileError(
+            f"the DICOM object is not an encapsulated PDF (MIME type {mime!r})"
+        )
+    value = ds.EncapsulatedDocument
+    if not isinstance(value, bytes):
+        raise MalformedReportFileError("the Encapsulated Document value is not bytes")
+    length = ds.get("EncapsulatedDocumentLength")
+    if length is not None:
+        length = int(length)
+        if not 0 <= len(value) - length <= 1:
+            raise MalformedReportFileError(
+                f"Encapsulated Document Length {length} does not match the "
+                f"{len(value)} bytes of the encapsulated document"
+            )
+        return bytes(value[:length])
+    if len(value) % 2 == 0 and value.endswith(b"\x00"):
+        return bytes(value[:-1])  # a PDF never ends in NUL: this is the pad byte
+    return bytes(value)
+
+
+def sealed_content_of_encapsulated_pdf(data: bytes) -> tuple[bytes, bytes]:
+    """(signed bytes, envelope bytes) of the PDF inside an Encapsulated PDF file."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+    except Exception as exc:
+        raise MalformedReportFileError(f"not a readable DICOM file: {exc}") from exc
+    return sealed_content_of_pdf(pdf_from_dataset(ds))
+
+
+def sealed_content_of_file(data: bytes) -> tuple[bytes, bytes]:
+    """(signed bytes, envelope bytes) of any delivered report file: PDF, Encapsulated
+    PDF or SR, told apart by content, so that ``rdc reports verify`` takes any of them.
+    """
+    if data.startswith(b"%PDF-"):
+        return sealed_content_of_pdf(data)
+    if data[128:132] == b"DICM":
+        try:
+            sop_class = pydicom.dcmread(
+                io.BytesIO(data), stop_before_pixels=True, specific_tags=["SOPClassUID"]
+            ).get("SOPClassUID")
+        except Exception as exc:
+            raise MalformedReportFileError(f"not a readable DICOM file: {exc}") from exc
+        if sop_class == EncapsulatedPDFStorage:
+            return sealed_content_of_encapsulated_pdf(data)
+    return sealed_content_of_sr(data)

@@ -1,0 +1,344 @@
+"""Reports over the database: drafts, versions, signing, addenda.
+
+A report belongs to one reported object (a study here; later an ECG, a slide
+case or a lab order) and moves draft → preliminary → final (signed) → amended.
+A signed version is frozen: its canonical bytes, hash and signature are never
+rewritten; an addendum is a new version that points at the last signed one and
+is signed in its own right.  Every change, signature and refusal that changed
+nothing is in the audit log.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from io import BytesIO
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core import audit
+from core.errors import Conflict, InvalidInput, NotFound
+from core.models import (
+    AIFinding,
+    AIResult,
+    ReaderKey,
+    Report,
+    ReportVersion,
+    Site,
+    Study,
+)
+from core.orthanc_client import OrthancClient
+from core.reports import fhir, hl7, keys, pdf, sr
+from core.reports.canonical import canonical_bytes, normalize_text
+from core.reports.crypto import digest, hash_algorithm
+from core.reports.document import ReportDocument, Section, SignerInfo
+from core.reports.envelope import make_sealer
+from core.reports.templates import Template, get_template, template_for
+from core.settings import Settings
+from core.states import ReportState, check_transition
+
+log = logging.getLogger(__name__)
+
+#: UID root for objects the center makes; UIDs are derived from what they are so
+#: that a retried signing writes the same objects, never a second copy.
+_UID_PREFIX = "1.2.826.0.1.3680043.10.1245."
+EDITABLE = (ReportState.DRAFT, ReportState.PRELIMINARY)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def template_of(report: Report) -> Template:
+    return get_template(report.template_id, report.template_version)
+
+
+def current_version(session: Session, report: Report) -> ReportVersion:
+    version = session.scalar(select(ReportVersion).where(ReportVersion.report_id == report.id)
+                             .order_by(ReportVersion.number.desc()).limit(1))
+    if version is None:
+        raise NotFound(f"report {report.id} has no version")
+    return version
+
+
+def get_report(session: Session, report_id: int) -> Report:
+    report = session.get(Report, report_id)
+    if report is None:
+        raise NotFound(f"no report {report_id}")
+    return report
+
+
+def versions(session: Session, report: Report) -> list[ReportVersion]:
+    return list(session.scalars(select(ReportVersion).where(ReportVersion.report_id == report.id)
+                                .order_by(ReportVersion.number)))
+
+
+def _ai_prefill(session: Session, study: Study) -> str:
+    """Accepted AI findings as text; AI output a reader has not accepted stays out."""
+    rows = session.execute(
+        select(AIFinding, AIResult).join(AIResult, AIFinding.result_id == AIResult.id)
+        .where(AIFinding.study_id == study.id, AIFinding.review == "accepted")
+        .order_by(AIFinding.id)).all()
+    lines = []
+    for finding, result in rows:
+        volume = f", volume {finding.volume_ml:.1f} mL" if finding.volume_ml else ""
+        lines.append(f"{finding.label.replace('_', ' ')} (AI pre-read {result.model_name} "
+                     f"{result.model_version}, probability {finding.probability:.2f}{volume}, "
+                     "accepted by the reader)")
+    return "\n".join(lines)
+
+
+def review_finding(session: Session, finding_id: int, decision: str, actor: str) -> AIFinding:
+    """A reader accepts or rejects one AI finding; only accepted ones reach a report."""
+    if decision not in ("accepted", "rejected"):
+        raise InvalidInput(f"decision must be 'accepted' or 'rejected', not {decision!r}")
+    finding = session.get(AIFinding, finding_id)
+    if finding is None:
+        raise NotFound(f"no AI finding {finding_id}")
+    finding.review = decision
+    audit.append(session, actor=actor, action=f"ai_finding.{decision}", object_type="ai_finding",
+                 object_id=str(finding.id), detail={"study_id": finding.study_id,
+                                                    "label": finding.label})
+    return finding
+
+
+def create_report(session: Session, study_id: int, actor: str,
+                  template_id: str | None = None) -> Report:
+    """The study's report, created with a first draft from its template if it has none."""
+    study = session.get(Study, study_id)
+    if study is None:
+        raise NotFound(f"no study {study_id}")
+    existing = session.scalar(select(Report).where(Report.subject_type == "study",
+                                                   Report.subject_id == str(study.id)))
+    if existing is not None:
+        return existing
+    template = get_template(template_id) if template_id else template_for(study.modalities)
+    report = Report(subject_type="study", subject_id=str(study.id), study_id=study.id,
+                    site_id=study.site_id, template_id=template.id,
+                    template_version=template.version, state=ReportState.DRAFT)
+    session.add(report)
+    session.flush()
+    fields = {f.key: f.default for f in template.fields}
+    prefill = _ai_prefill(session, study)
+    for f in template.fields:
+        if f.ai_prefill and prefill:
+            fields[f.key] = prefill
+    session.add(ReportVersion(report_id=report.id, number=1, kind="report",
+                              state=ReportState.DRAFT, fields=fields, author=actor))
+    session.flush()
+    audit.append(session, actor=actor, action="report.create", object_type="report",
+                 object_id=str(report.id), detail={"study_id": study.id,
+                                                   "template": f"{template.id}@{template.version}"})
+    return report
+
+
+def update_draft(session: Session, report_id: int, fields: dict[str, str], actor: str,
+                 state: str | None = None) -> ReportVersion:
+    """Change the fields of the current, unsigned version (and optionally its state)."""
+    report = get_report(session, report_id)
+    version = current_version(session, report)
+    if version.state not in EDITABLE:
+        raise Conflict(f"report {report.id} version {version.number} is {version.state}: a "
+                       "signed version is never edited; add an addendum instead")
+    template = template_of(report)
+    for key, value in fields.items():
+        template.field(key)
+        if not isinstance(value, str):
+            raise InvalidInput(f"field {key!r} must be text")
+    if state is not None:
+        if state not in EDITABLE:
+            raise InvalidInput(f"state must be draft or preliminary here (sign to make it "
+                               f"final), not {state!r}")
+        check_transition(ReportState, version.state, state)
+        version.state = state
+        if version.kind == "report":
+            report.state = state
+    version.fields = {**version.fields, **fields}
+    version.updated_at = report.updated_at = _now()
+    audit.append(session, actor=actor, action="report.update", object_type="report",
+                 object_id=str(report.id),
+                 detail={"version": version.number, "fields": sorted(fields),
+                         "state": version.state})
+    return version
+
+
+def add_addendum(session: Session, report_id: int, fields: dict[str, str],
+                 actor: str) -> ReportVersion:
+    """Start an addendum to a signed report: a new draft version after the last signed one."""
+    report = get_report(session, report_id)
+    last = current_version(session, report)
+    if last.state in EDITABLE:
+        raise Conflict(f"report {report.id} version {last.number} is not signed yet: edit it "
+                       "instead of adding an addendum")
+    template = template_of(report)
+    for key in fields:
+        template.field(key)
+    version = ReportVersion(report_id=report.id, number=last.number + 1, kind="addendum",
+                            state=ReportState.DRAFT, fields={**last.fields, **fields},
+                            author=actor, predecessor_id=last.id)
+    session.add(version)
+    session.flush()
+    audit.append(session, actor=actor, action="report.addendum", object_type="report",
+                 object_id=str(report.id), detail={"version": version.number,
+                                                   "predecessor": last.number})
+    return version
+
+
+@dataclass(frozen=True)
+class _Subject:
+    study: Study
+    site: Site
+    evidence: Dataset
+
+
+def _subject(session: Session, settings: Settings, report: Report) -> _Subject:
+    study = session.get(Study, report.study_id) if report.study_id else None
+    if study is None:
+        raise NotFound(f"report {report.id} has no study")
+    site = session.get(Site, study.site_id)
+    assert site is not None
+    with OrthancClient.from_settings(settings) as client:
+        found = [x for x in client.lookup(study.study_uid) if x.get("Type") == "Study"]
+        if not found:
+            raise NotFound(f"study {study.study_uid} is not in Orthanc")
+        instances = client.study_instances(str(found[0]["ID"]))
+        # Any instance carries the patient and study attributes the outputs copy.
+        data = client.instance_file(str(instances[0]["ID"]))
+    evidence = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
+    return _Subject(study, site, evidence)
+
+
+def _content(report: Report, version: ReportVersion, template: Template, subject: _Subject,
+             predecessor: ReportVersion | None) -> dict[str, Any]:
+    sections = [[f.key, f.title, normalize_text(version.fields.get(f.key, ""))]
+                for f in template.fields]
+    return {
+        "report_id": report.id, "version": version.number, "kind": version.kind,
+        "subject": {"type": report.subject_type, "id": report.subject_id},
+        "study_uid": subject.study.study_uid, "patient_id": subject.study.patient_id,
+        "site_id": subject.site.id, "template": [template.id, template.version],
+        "sections": sections, "author": version.author,
+        "predecessor": None if predecessor is None else {
+            "version": predecessor.number, "content_hash": predecessor.content_hash},
+    }
+
+
+def sign(session: Session, settings: Settings, report_id: int, *, reader_id: str,
+         passphrase: str, key_id: int | None = None, version_number: int | None = None,
+         actor: str | None = None) -> ReportVersion:
+    """Sign the report's current version with the reader's own key.
+
+    Refused, with nothing changed, when the version is already signed, required
+    fields are unresolved, the key is revoked or not the reader's, or the
+    passphrase is wrong.  On success the version is frozen, its SR and PDF are
+    stored in Orthanc and its HL7 ORU and FHIR DiagnosticReport recorded; the
+    caller schedules delivery to the originating site in the same transaction
+    (``pacs_gateway.delivery.schedule_result_deliveries``), which keeps the core
+    free of the gateway.
+    """
+    actor = actor or reader_id
+    report = get_report(session, report_id)
+    version = current_version(session, report)
+    if version_number is not None and version_number != version.number:
+        raise Conflict(f"report {report.id} version {version_number} is not the current one "
+                       f"(current: {version.number}, {version.state})")
+    if version.state not in EDITABLE:
+        raise Conflict(f"report {report.id} version {version.number} is already signed by "
+                       f"{version.signed_by} at {version.signed_at}")
+    template = template_of(report)
+    unresolved = template.unresolved(version.fields)
+    if unresolved:
+        raise InvalidInput(f"report {report.id} cannot be signed: required fields unresolved "
+                           f"(empty or with a {{{{placeholder}}}}): {', '.join(unresolved)}")
+    material = keys.unlock_for_signing(session, reader_id=reader_id, passphrase=passphrase,
+                                       key_id=key_id)
+    predecessor = session.get(ReportVersion, version.predecessor_id) \
+        if version.predecessor_id else None
+    subject = _subject(session, settings, report)
+    signed_at = _now().replace(microsecond=0)
+    content = canonical_bytes(_content(report, version, template, subject, predecessor))
+    hash_alg = hash_algorithm(material.key.algorithm)
+    content_hash = digest(hash_alg, content).hex()
+    seal = make_sealer(material.private_key, material.key.cert_pem.encode(),
+                       material.key.algorithm, signed_at)
+    envelope = seal(content)
+    doc = _document(settings, report, version, template, subject, predecessor, material.key,
+                    signed_at, content_hash, hash_alg)
+    sr_ds = sr.build_signed_sr(doc, subject.evidence, seal)
+    pdf_bytes = pdf.render_pdf(doc, seal)
+    pdf_ds = pdf.encapsulated_pdf_dataset(pdf_bytes, doc, subject.evidence)
+    with OrthancClient.from_settings(settings) as client:
+        for ds in (sr_ds, pdf_ds):
+            # An earlier attempt that stored its objects but could not commit left
+            # orphans with these UIDs; Orthanc would keep them instead of the new ones.
+            orphan = client.find_instance(str(ds.SOPInstanceUID))
+            if orphan is not None:
+                client.delete("instances", orphan)
+            buf = BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            client.upload_instance(buf.getvalue())
+    version.hl7_message = hl7.oru_r01(doc, sending_facility=settings.gateway_ae,
+                                      receiving_facility=subject.site.ae_title,
+                                      message_id=f"RDC{report.id}V{version.number}")
+    version.fhir_report = fhir.diagnostic_report(doc, pdf=pdf_bytes)
+    check_transition(ReportState, version.state, ReportState.FINAL)
+    version.state = ReportState.FINAL
+    version.signed_by, version.signer_key_id, version.signed_at = (
+        reader_id, material.key.id, signed_at)
+    version.canonical = content.decode("utf-8")
+    version.hash_algorithm, version.content_hash = hash_alg, content_hash
+    version.envelope = envelope.decode("ascii")
+    version.sr_sop_uid, version.sr_series_uid = doc.sr_sop_uid, doc.sr_series_uid
+    version.pdf_sop_uid, version.pdf_series_uid = doc.pdf_sop_uid, doc.pdf_series_uid
+    version.updated_at = report.updated_at = _now()
+    report.state = ReportState.AMENDED if version.kind == "addendum" else ReportState.FINAL
+    session.flush()
+    audit.append(session, actor=actor, action="report.sign", object_type="report",
+                 object_id=str(report.id),
+                 detail={"version": version.number, "key_fingerprint": material.key.fingerprint,
+                         "algorithm": material.key.algorithm, "content_hash": content_hash,
+                         "sr": doc.sr_sop_uid, "pdf": doc.pdf_sop_uid})
+    log.info("report.signed report_id=%s version=%s reader=%s alg=%s", report.id,
+             version.number, reader_id, material.key.algorithm)
+    return version
+
+
+def _document(settings: Settings, report: Report, version: ReportVersion, template: Template,
+              subject: _Subject, predecessor: ReportVersion | None, key: ReaderKey,
+              signed_at: datetime, content_hash: str, hash_alg: str) -> ReportDocument:
+    ev = subject.evidence
+
+    # The CA's fingerprint makes the UIDs differ between centers whose report ids
+    # overlap; the rest makes them the same for every attempt at this version.
+    center = keys.center_ca(settings).fingerprint
+
+    def uid(what: str) -> str:
+        return generate_uid(prefix=_UID_PREFIX,
+                            entropy_srcs=[center, str(report.id), str(version.number), what])
+
+    extra: dict[str, str] = {}
+    if predecessor is not None and predecessor.sr_series_uid:
+        extra["predecessor_sr_series_uid"] = predecessor.sr_series_uid
+    return ReportDocument(
+        report_id=report.id, version=version.number, kind=version.kind, title=template.title,
+        center_name=settings.center_name, site_id=subject.site.id, site_name=subject.site.name,
+        patient_id=str(ev.get("PatientID", "")), patient_name=str(ev.get("PatientName", "")),
+        study_uid=subject.study.study_uid, accession_number=str(ev.get("AccessionNumber", "")),
+        modality="/".join(subject.study.modalities) or str(ev.get("Modality", "")),
+        sections=tuple(Section(f.key, f.title, normalize_text(version.fields.get(f.key, "")))
+                       for f in template.fields if version.fields.get(f.key, "").strip()),
+        signer=SignerInfo(name=key.display_name, reader_id=key.reader_id,
+                          fingerprint=key.fingerprint, algorithm=key.algorithm,
+                          signed_at=signed_at),
+        content_hash=content_hash, hash_algorithm=hash_alg,
+        predecessor_sr_uid=predecessor.sr_sop_uid if predecessor else None,
+        sr_sop_uid=uid("sr"), sr_series_uid=uid("sr-series"),
+        pdf_sop_uid=uid("pdf"), pdf_series_uid=uid("pdf-series"), extra=extra)
+
+

@@ -1,0 +1,203 @@
+"""A full round: a study arrives through the gateway, a report is drafted and signed
+through the HTTP API, the signed SR and PDF reach the county site (DCMTK storescp
+standing in for it) through the worker, and ``rdc reports verify`` accepts the
+received files and refuses tampered copies."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from fastapi.testclient import TestClient
+from pydicom.data import get_testdata_file
+from sqlalchemy import func, select
+
+from conftest import REPO, SENDER_AE, Center, free_port, wait_until
+from core.models import AuditRecord, Delivery, ReportVersion, Study
+from core.settings import get_settings
+from pacs_gateway.dcmtk import start_storescp, storescu
+from viewer.app import create_app
+from viewer.auth import api_token
+
+PASSPHRASE = "correct horse battery"
+
+
+@pytest.fixture
+def site_scp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    port, out = free_port(), tmp_path / "county-inbox"
+    proc = start_storescp(out, port, ae_title=SENDER_AE)
+    yield port, out
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def api(center: Center, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    for k, v in center.env.items():
+        if k.startswith("RDC_"):
+            monkeypatch.setenv(k, v)
+    get_settings.cache_clear()
+    with TestClient(create_app()) as c:
+        c.headers["Authorization"] = f"Bearer {api_token(get_settings())}"
+        yield c
+    get_settings.cache_clear()
+
+
+def _receive_study(c: Center) -> int:
+    ct = Path(get_testdata_file("CT_small.dcm"))
+    result = storescu([ct], host="127.0.0.1", port=c.gateway_port, calling_ae=SENDER_AE,
+                      called_ae=c.gateway_ae)
+    assert result.succeeded, result.output
+
+    def stored() -> int | None:
+        with c.db.session() as s:
+            st = s.scalar(select(Study))
+            return st.id if st is not None and st.stored_instances >= 1 else None
+    return int(wait_until(stored, 60, "the study to reach Orthanc"))
+
+
+def _issue(c: Center, reader: str, name: str, alg: str) -> int:
+    env = {**c.env, "RDC_KEY_PASSPHRASE": PASSPHRASE}
+    out = subprocess.run([sys.executable, "-m", "rdc", "keys", "issue", reader, "--name", name,
+                          "--algorithm", alg], env=env, capture_output=True, text=True,
+                         timeout=120, check=False, cwd=REPO)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert alg in out.stdout and "fingerprint" in out.stdout
+    return int(out.stdout.split()[1])
+
+
+def _verify(c: Center, *files: Path) -> subprocess.CompletedProcess[str]:
+    return c.rdc("reports", "verify", *map(str, files))
+
+
+def _flip(src: Path, dst: Path, offset: int) -> Path:
+    data = bytearray(src.read_bytes())
+    data[offset] ^= 0x01
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+@pytest.mark.parametrize("alg", ["sm2", "ed25519"])
+def test_sign_deliver_verify_round_trip(alg: str, center: Center, api: TestClient,
+                                        site_scp: tuple[int, Path], tmp_path: Path) -> None:
+    c = center
+    scp_port, inbox = site_scp
+    c.start_orthanc()
+    c.add_site(port=scp_port, accepts_results=True)
+    c.start_gateway()
+    c.start_worker()
+    study_id = _receive_study(c)
+    _issue(c, "dr.li", "李医生", alg)
+
+    r = api.post(f"/api/studies/{study_id}/report")
+    assert r.status_code == 201, r.text
+    report = r.json()
+    assert report["template"] == "ct-chest@1.0.0" and report["state"] == "draft"
+    rid = report["id"]
+    # The template's placeholder is unresolved: signing is refused, nothing changes.
+    r = api.post(f"/api/reports/{rid}/sign", json={"reader_id": "dr.li",
+                                                    "passphrase": PASSPHRASE})
+    assert r.status_code == 422 and "technique" in r.json()["detail"], r.text
+    fields = {"technique": "Axial CT of the chest without intravenous contrast.",
+              "findings": "右肺上叶见一结节，直径约8毫米。No pleural effusion.",
+              "impression": "右肺上叶结节，建议3个月后复查。"}
+    r = api.put(f"/api/reports/{rid}/draft", json={"fields": fields, "state": "preliminary"})
+    assert r.status_code == 200 and r.json()["state"] == "preliminary", r.text
+    r = api.post(f"/api/reports/{rid}/sign", json={"reader_id": "dr.li",
+                                                    "passphrase": "wrong passphrase"})
+    assert r.status_code == 422 and "passphrase" in r.json()["detail"], r.text
+    r = api.post(f"/api/reports/{rid}/sign", json={"reader_id": "dr.li",
+                                                    "passphrase": PASSPHRASE})
+    assert r.status_code == 200, r.text
+    signed = r.json()
+    assert signed["state"] == "final"
+    v1 = signed["versions"][0]
+    assert v1["state"] == "final" and v1["signed_by"] == "dr.li"
+    assert v1["hash_algorithm"] == ("sm3" if alg == "sm2" else "sha256")
+    assert "ORU^R01" in v1["hl7_message"] and v1["fhir_report"]["status"] == "final"
+
+    # Signing the same version again is refused.
+    r = api.post(f"/api/reports/{rid}/sign", json={"reader_id": "dr.li",
+                                                    "passphrase": PASSPHRASE})
+    assert r.status_code == 409 and "already signed" in r.json()["detail"]
+
+    # The worker delivers SR + PDF to the county site.
+    received = wait_until(lambda: sorted(p for p in inbox.rglob("*") if p.is_file())
+                          if len([p for p in inbox.rglob("*") if p.is_file()]) >= 2 else None,
+                          90, "the SR and PDF at the county site")
+    sops = {str(pydicom.dcmread(p).SOPInstanceUID): p for p in received}
+    assert set(sops) == {v1["sr_sop_uid"], v1["pdf_sop_uid"]}
+    with c.db.session() as s:
+        delivery = s.scalar(select(Delivery))
+        assert delivery is not None and delivery.state in ("sent", "committed")
+        attempts = s.scalar(select(func.count()).select_from(AuditRecord).where(
+            AuditRecord.object_type == "delivery"))
+        assert attempts and attempts >= 1
+
+    ok = _verify(c, *received)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.count("OK ") == 2 and "李医生" in ok.stdout and alg in ok.stdout
+
+    sr_file, pdf_file = sops[v1["sr_sop_uid"]], sops[v1["pdf_sop_uid"]]
+    sr_text = sr_file.read_bytes()
+    offset = sr_text.index("右肺上叶".encode())
+    bad_sr = _flip(sr_file, tmp_path / "tampered-sr.dcm", offset + 1)
+    out = _verify(c, bad_sr)
+    assert out.returncode == 5 and "content hash does not match" in out.stderr, out.stderr
+    pdf_bytes = pdf_file.read_bytes()
+    bad_pdf = _flip(pdf_file, tmp_path / "tampered-pdf.dcm", len(pdf_bytes) // 2)
+    out = _verify(c, bad_pdf)
+    assert out.returncode == 5 and "FAILED" in out.stderr, out.stderr
+
+    # An addendum is a new version, signed again, pointing at the first.
+    r = api.post(f"/api/reports/{rid}/addenda",
+                 json={"fields": {"impression": "右肺上叶结节；补充：无淋巴结肿大。"}})
+    assert r.status_code == 201, r.text
+    r = api.post(f"/api/reports/{rid}/sign", json={"reader_id": "dr.li",
+                                                    "passphrase": PASSPHRASE})
+    assert r.status_code == 200 and r.json()["state"] == "amended", r.text
+    with c.db.session() as s:
+        v2 = s.scalar(select(ReportVersion).where(ReportVersion.number == 2))
+        assert v2 is not None and v2.predecessor_id is not None and v2.state == "final"
+        first = s.get(ReportVersion, v2.predecessor_id)
+        assert first is not None and first.canonical and first.envelope  # frozen, kept
+
+
+def test_signing_refusals_change_nothing(center: Center, api: TestClient) -> None:
+    c = center
+    c.start_orthanc()
+    c.add_site(accepts_results=False)
+    c.start_gateway()
+    study_id = _receive_study(c)
+    li = _issue(c, "dr.li", "Dr Li", "ed25519")
+    wang = _issue(c, "dr.wang", "Dr Wang", "ecdsa-p256")
+    rid = api.post(f"/api/studies/{study_id}/report").json()["id"]
+    api.put(f"/api/reports/{rid}/draft", json={"fields": {
+        "technique": "Axial CT.", "findings": "Normal.", "impression": "Normal study."}})
+
+    def sign(**kw: object) -> tuple[int, str]:
+        r = api.post(f"/api/reports/{rid}/sign",
+                     json={"reader_id": "dr.li", "passphrase": PASSPHRASE, **kw})
+        return r.status_code, r.json().get("detail", "")
+
+    code, detail = sign(key_id=wang)
+    assert code == 403 and "belongs to 'dr.wang'" in detail
+    revoked = c.rdc("keys", "revoke", str(li), "--reason", "left the hospital")
+    assert revoked.returncode == 0, revoked.stderr
+    code, detail = sign()
+    assert code == 409 and "no active signing key" in detail
+    code, detail = sign(key_id=li)
+    assert code == 409 and "revoked" in detail
+    with c.db.session() as s:
+        v = s.scalar(select(ReportVersion))
+        assert v is not None and v.state == "draft" and v.signed_at is None
+        assert not s.scalar(select(func.count()).select_from(AuditRecord).where(
+            AuditRecord.action == "report.sign"))
+    # A new key for the same reader signs; the report verifies against the center's CA.
+    _issue(c, "dr.li", "Dr Li", "sm2")
+    code, _ = sign()
+    assert code == 200

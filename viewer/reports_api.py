@@ -1,0 +1,192 @@
+"""HTTP API of reports, AI finding review and deliveries (screens come with the viewer).
+
+Thin endpoints: authentication and schemas here, the logic in
+:mod:`core.reports.service` and :mod:`pacs_gateway.delivery`.  Every read of a
+report is audited; every change is audited by the service it calls.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, Field
+
+from core import audit
+from core.db import get_database
+from core.models import Delivery, Report, ReportVersion
+from core.reports import service
+from core.settings import get_settings
+from pacs_gateway import delivery
+from viewer.auth import require_operator
+
+Operator = Annotated[str, Depends(require_operator)]
+router = APIRouter(prefix="/api", tags=["reports"])
+
+
+class VersionOut(BaseModel):
+    number: int
+    kind: str
+    state: str
+    fields: dict[str, str]
+    author: str
+    signed_by: str | None
+    signed_at: datetime | None
+    hash_algorithm: str | None
+    content_hash: str | None
+    sr_sop_uid: str | None
+    pdf_sop_uid: str | None
+    hl7_message: str | None = None
+    fhir_report: dict[str, Any] | None = None
+
+
+class ReportOut(BaseModel):
+    id: int
+    study_id: int | None
+    site_id: str
+    template: str
+    state: str
+    versions: list[VersionOut]
+
+
+class DeliveryOut(BaseModel):
+    id: int
+    report_version_id: int
+    site_id: str
+    channel: str
+    state: str
+    attempts: int
+    last_error: str | None
+    next_attempt_at: datetime | None
+    sent_at: datetime | None
+    committed_at: datetime | None
+
+
+class DraftIn(BaseModel):
+    fields: dict[str, str] = Field(default_factory=dict,
+                                   description="Template field key → text.")
+    state: Literal["draft", "preliminary"] | None = None
+
+
+class SignIn(BaseModel):
+    reader_id: str = Field(min_length=1, max_length=128)
+    passphrase: str = Field(min_length=1, repr=False,
+                            description="Unlocks the reader's private key; never stored.")
+    key_id: int | None = Field(default=None, description="A specific key of the reader.")
+    version: int | None = Field(default=None, description="Refuse unless this is current.")
+
+
+class ReviewIn(BaseModel):
+    decision: Literal["accepted", "rejected"]
+
+
+def _version_out(v: ReportVersion, full: bool) -> VersionOut:
+    return VersionOut(number=v.number, kind=v.kind, state=v.state, fields=dict(v.fields),
+                      author=v.author, signed_by=v.signed_by, signed_at=v.signed_at,
+                      hash_algorithm=v.hash_algorithm, content_hash=v.content_hash,
+                      sr_sop_uid=v.sr_sop_uid, pdf_sop_uid=v.pdf_sop_uid,
+                      hl7_message=v.hl7_message if full else None,
+                      fhir_report=v.fhir_report if full else None)
+
+
+def _report_out(session: Any, report: Report, full: bool = False) -> ReportOut:
+    return ReportOut(id=report.id, study_id=report.study_id, site_id=report.site_id,
+                     template=f"{report.template_id}@{report.template_version}",
+                     state=report.state,
+                     versions=[_version_out(v, full) for v in service.versions(session, report)])
+
+
+def _delivery_out(d: Delivery) -> DeliveryOut:
+    return DeliveryOut(id=d.id, report_version_id=d.report_version_id, site_id=d.site_id,
+                       channel=d.channel, state=d.state, attempts=d.attempts,
+                       last_error=d.last_error, next_attempt_at=d.next_attempt_at,
+                       sent_at=d.sent_at, committed_at=d.committed_at)
+
+
+def _db() -> Any:
+    return get_database(get_settings().database_url)
+
+
+@router.get("/reports")
+def list_reports(actor: Operator, state: str | None = None,
+                 site: str | None = None) -> list[ReportOut]:
+    """Reports, newest first, optionally by state or site."""
+    from sqlalchemy import select
+
+    with _db().session() as s:
+        q = select(Report).order_by(Report.id.desc())
+        if state:
+            q = q.where(Report.state == state)
+        if site:
+            q = q.where(Report.site_id == site)
+        return [_report_out(s, r) for r in s.scalars(q.limit(500))]
+
+
+@router.post("/studies/{study_id}/report", status_code=201)
+def create_report(study_id: int, actor: Operator,
+                  template: Annotated[str | None, Query()] = None) -> ReportOut:
+    """The study's report; created with a draft from the template if it has none."""
+    with _db().session() as s:
+        return _report_out(s, service.create_report(s, study_id, actor, template))
+
+
+@router.get("/reports/{report_id}")
+def get_report(report_id: int, actor: Operator) -> ReportOut:
+    """One report with all its versions, HL7 and FHIR outputs included (audited)."""
+    with _db().session() as s:
+        report = service.get_report(s, report_id)
+        audit.append(s, actor=actor, action="report.view", object_type="report",
+                     object_id=str(report.id))
+        return _report_out(s, report, full=True)
+
+
+@router.put("/reports/{report_id}/draft")
+def update_draft(report_id: int, body: DraftIn, actor: Operator) -> ReportOut:
+    """Change the current unsigned version; a signed version answers 409."""
+    with _db().session() as s:
+        service.update_draft(s, report_id, body.fields, actor, body.state)
+        return _report_out(s, service.get_report(s, report_id))
+
+
+@router.post("/reports/{report_id}/sign")
+def sign_report(report_id: int, body: SignIn, actor: Operator) -> ReportOut:
+    """Sign the current version with the reader's key; its outputs go to the site."""
+    settings = get_settings()
+    with _db().session() as s:
+        version = service.sign(s, settings, report_id, reader_id=body.reader_id,
+                               passphrase=body.passphrase, key_id=body.key_id,
+                               version_number=body.version,
+                               actor=f"{actor}:{body.reader_id}")
+        delivery.schedule_result_deliveries(s, version)
+        return _report_out(s, service.get_report(s, report_id), full=True)
+
+
+@router.post("/reports/{report_id}/addenda", status_code=201)
+def add_addendum(report_id: int, body: DraftIn, actor: Operator) -> ReportOut:
+    """Start an addendum to a signed report (a new draft version to sign)."""
+    with _db().session() as s:
+        service.add_addendum(s, report_id, body.fields, actor)
+        return _report_out(s, service.get_report(s, report_id))
+
+
+@router.post("/ai-findings/{finding_id}/review")
+def review_finding(finding_id: int, body: ReviewIn, actor: Operator) -> dict[str, Any]:
+    """Accept or reject an AI finding; accepted ones prefill new reports."""
+    with _db().session() as s:
+        f = service.review_finding(s, finding_id, body.decision, actor)
+        return {"id": f.id, "label": f.label, "review": f.review}
+
+
+@router.get("/deliveries", tags=["deliveries"])
+def list_deliveries(actor: Operator, state: str | None = None) -> list[DeliveryOut]:
+    """Deliveries of signed results; ``state=dead`` is the dead-letter list."""
+    with _db().session() as s:
+        return [_delivery_out(d) for d in delivery.list_deliveries(s, state)]
+
+
+@router.post("/deliveries/{delivery_id}/resend", tags=["deliveries"])
+def resend(delivery_id: int, actor: Operator, force: bool = False) -> DeliveryOut:
+    """Put a failed or dead-lettered delivery back in line (``force`` resends a sent one)."""
+    with _db().session() as s:
+        return _delivery_out(delivery.resend(s, delivery_id, actor, force=force))
