@@ -501,8 +501,11 @@ def test_site_refusing_store_or_association_fails_with_reason(
     # DCMTK's storescp aborting the association after the C-STORE request.
     abort_port = free_port()
     with open(tmp_path / "storescp.log", "wb") as log:
-        proc = subprocess.Popen(["storescp", "-aet", "COUNTY_C", "--abort-after",
-                                 str(abort_port)], stdout=log, stderr=subprocess.STDOUT)
+        # It writes what it received before aborting: into the test's folder, not ours.
+        (tmp_path / "aborting").mkdir()
+        proc = subprocess.Popen(["storescp", "-aet", "COUNTY_C", "--abort-after", "-od",
+                                 str(tmp_path / "aborting"), str(abort_port)],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
         wait_port(abort_port, 30, proc)
         register_site(live, "county-c", "COUNTY_C", abort_port)
