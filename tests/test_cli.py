@@ -8,7 +8,10 @@ from conftest import Center
 
 COMMANDS = [[], ["up"], ["orthanc"], ["gateway"], ["worker"], ["web"], ["demo"], ["status"],
             ["config"], ["sites"], ["sites", "add"], ["sites", "list"], ["sites", "remove"],
-            ["audit"], ["audit", "verify"]]
+            ["audit"], ["audit", "verify"], ["keys"], ["keys", "issue"], ["keys", "list"],
+            ["keys", "revoke"], ["keys", "export"], ["reports"], ["reports", "verify"],
+            ["reports", "list"], ["deliveries"], ["deliveries", "list"],
+            ["deliveries", "resend"]]
 
 
 @pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a) or "rdc")

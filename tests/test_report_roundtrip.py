@@ -138,6 +138,12 @@ def test_sign_deliver_verify_round_trip(alg: str, center: Center, api: TestClien
             AuditRecord.object_type == "delivery"))
         assert attempts and attempts >= 1
 
+    listed = c.rdc("deliveries", "list")
+    assert listed.returncode == 0 and "dicom" in listed.stdout, listed.stdout + listed.stderr
+    assert ("sent" in listed.stdout or "committed" in listed.stdout), listed.stdout
+    reports = c.rdc("reports", "list")
+    assert reports.returncode == 0 and "final" in reports.stdout and "dr.li" in reports.stdout
+
     ok = _verify(c, *received)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert ok.stdout.count("OK ") == 2 and "李医生" in ok.stdout and alg in ok.stdout
@@ -188,6 +194,13 @@ def test_signing_refusals_change_nothing(center: Center, api: TestClient) -> Non
     assert code == 403 and "belongs to 'dr.wang'" in detail
     revoked = c.rdc("keys", "revoke", str(li), "--reason", "left the hospital")
     assert revoked.returncode == 0, revoked.stderr
+    listed = c.rdc("keys", "list", "--reader", "dr.li")
+    assert listed.returncode == 0 and "revoked" in listed.stdout, listed.stdout
+    again = c.rdc("keys", "revoke", str(li))
+    assert again.returncode == 4 and "already revoked" in again.stderr, again.stderr
+    cert = c.rdc("keys", "export", str(li))
+    assert cert.returncode == 0 and cert.stdout.startswith("-----BEGIN CERTIFICATE-----")
+    assert "PRIVATE" not in cert.stdout
     code, detail = sign()
     assert code == 409 and "no active signing key" in detail
     code, detail = sign(key_id=li)

@@ -1,0 +1,104 @@
+"""Report drafts on a real database: templates, AI prefill of accepted findings only,
+editing rules of signed versions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core.db import Database, get_database
+from core.errors import Conflict, InvalidInput
+from core.models import AIFinding, AIResult, Report, Study
+from core.reports import service
+from core.reports.templates import get_template, template_for
+from core.sites import SiteSpec, add_site
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = get_database(f"sqlite:///{tmp_path / 'r.sqlite3'}")
+    with database.session() as s:
+        add_site(s, SiteSpec(id="county-a", name="County A", ae_title="COUNTY_A",
+                             host="127.0.0.1", port=104, allowed_addresses=("127.0.0.1",)),
+                 actor="test")
+    yield database
+    get_database.cache_clear()
+
+
+def _study_with_findings(db: Database) -> int:
+    with db.session() as s:
+        study = Study(site_id="county-a", study_uid="1.2.3.4", patient_id="P1",
+                      modalities=["DX"])
+        s.add(study)
+        s.flush()
+        result = AIResult(study_id=study.id, series_uid="1.2.3.4.1", model_name="cxr-triage",
+                          model_version="1.0.0", device="cpu", duration_ms=10.0,
+                          sr_sop_uid="1.2.3.4.9")
+        s.add(result)
+        s.flush()
+        for label, review in (("pneumothorax", "accepted"), ("lung_opacity", "rejected"),
+                              ("effusion", "unreviewed")):
+            s.add(AIFinding(result_id=result.id, study_id=study.id, label=label,
+                            probability=0.91, threshold=0.5, positive=True,
+                            critical=label == "pneumothorax", review=review))
+        return int(study.id)
+
+
+def test_templates_are_chosen_by_modality_and_versioned() -> None:
+    assert template_for(["CT"]).id == "ct-chest"
+    assert template_for(["DX"]).id == "cr-chest"
+    assert template_for(["MR"]).id == "generic"
+    t = get_template("ct-chest", "1.0.0")
+    assert t.unresolved({"technique": "Axial CT of the chest, {{contrast: with / without}}",
+                         "findings": "x", "impression": "y"}) == ["technique"]
+    assert t.unresolved({"technique": "Axial CT.", "findings": " ", "impression": "y"}) == [
+        "findings"]
+    with pytest.raises(InvalidInput, match="no field 'bogus'"):
+        t.field("bogus")
+
+
+def test_only_accepted_ai_findings_prefill_the_draft(db: Database) -> None:
+    study_id = _study_with_findings(db)
+    with db.session() as s:
+        report = service.create_report(s, study_id, actor="dr.li")
+        draft = service.current_version(s, report)
+        findings = draft.fields["findings"]
+        assert "pneumothorax" in findings and "cxr-triage 1.0.0" in findings
+        assert "lung opacity" not in findings and "effusion" not in findings
+        assert report.template_id == "cr-chest" and draft.state == "draft"
+        # Asking again gives the same report, not a second one.
+        assert service.create_report(s, study_id, actor="dr.li").id == report.id
+        assert s.query(Report).count() == 1
+
+
+def test_review_decisions_are_checked(db: Database) -> None:
+    _study_with_findings(db)
+    with db.session() as s:
+        finding = s.query(AIFinding).filter_by(label="effusion").one()
+        with pytest.raises(InvalidInput, match="accepted' or 'rejected"):
+            service.review_finding(s, finding.id, "maybe", actor="dr.li")
+        assert service.review_finding(s, finding.id, "accepted", "dr.li").review == "accepted"
+
+
+def test_drafts_are_edited_and_addenda_need_a_signed_version(db: Database) -> None:
+    study_id = _study_with_findings(db)
+    with db.session() as s:
+        report = service.create_report(s, study_id, actor="dr.li")
+        v = service.update_draft(s, report.id, {"impression": "No acute findings."}, "dr.li",
+                                 state="preliminary")
+        assert v.state == "preliminary" and v.fields["impression"] == "No acute findings."
+        with pytest.raises(InvalidInput, match="no field"):
+            service.update_draft(s, report.id, {"nonsense": "x"}, "dr.li")
+        with pytest.raises(InvalidInput, match="sign to make it final"):
+            service.update_draft(s, report.id, {}, "dr.li", state="final")
+        with pytest.raises(Conflict, match="not signed yet"):
+            service.add_addendum(s, report.id, {}, "dr.li")
+        v.state = "final"  # as signing leaves it
+        s.flush()
+        with pytest.raises(Conflict, match="never edited"):
+            service.update_draft(s, report.id, {"impression": "changed"}, "dr.li")
+        addendum = service.add_addendum(s, report.id, {"impression": "Addendum."}, "dr.li")
+        assert addendum.number == 2 and addendum.predecessor_id == v.id
+        assert addendum.kind == "addendum" and addendum.state == "draft"
