@@ -54,6 +54,8 @@ class Site(Base):
     hl7_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
     #: Output kinds the site takes back besides DICOM: "hl7", "fhir".
     result_formats: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: Agreed turnaround from completion to signed report, in minutes (routine work).
+    turnaround_target_min: Mapped[int] = mapped_column(Integer, default=240)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -78,6 +80,12 @@ class Study(Base):
     #: An AI pre-read found a critical label above its threshold (unverified).
     ai_critical: Mapped[bool] = mapped_column(Boolean, default=False)
     orthanc_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: The reader who holds the study (claim/lock), so two never read the same one.
+    claimed_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: First time a reader opened it (turnaround: complete → opened).
+    first_opened_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                             nullable=True)
     first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -333,3 +341,69 @@ class Delivery(Base):
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     committed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
                                                           nullable=True)
+
+
+class User(Base):
+    """A person who signs in to the web app.  Password (argon2 hash) plus TOTP."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(128), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    password_hash: Mapped[str] = mapped_column(Text)
+    #: The TOTP secret, encrypted with the center's secret key (never in clear at rest).
+    totp_secret: Mapped[str] = mapped_column(Text)
+    #: Last TOTP time step accepted, so a code is never accepted twice.
+    totp_last_step: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: admin, radiologist, cardiologist, pathologist, lab_reviewer, site_user.
+    roles: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: Sees every site's work (center staff); otherwise only ``user_sites``.
+    all_sites: Mapped[bool] = mapped_column(Boolean, default=False)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class UserSite(Base):
+    """A site whose studies, reports and links a user may see."""
+
+    __tablename__ = "user_sites"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"), primary_key=True)
+
+
+class WebSession(Base):
+    """A server-side session: the cookie holds a random token, this row its hash.
+    Deleting or revoking the row ends the session at once (logout, disable)."""
+
+    __tablename__ = "web_sessions"
+    __table_args__ = (Index("ix_web_sessions_user", "user_id"),)
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    client: Mapped[str] = mapped_column(String(255), default="")
+
+
+class ShareLink(Base):
+    """A "cloud film" link to one final report: expiring, revocable, every open audited.
+    Only the token's hash is stored."""
+
+    __tablename__ = "share_links"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    report_version_id: Mapped[int] = mapped_column(ForeignKey("report_versions.id"))
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    opens: Mapped[int] = mapped_column(Integer, default=0)
