@@ -19,6 +19,13 @@ class ConfigurationError(RDCError):
     exit_code = 2
 
 
+class Forbidden(RDCError):
+    """The caller is known but may not do this (another reader's key, a wrong role)."""
+
+    http_status = 403
+    exit_code = 6
+
+
 class NotFound(RDCError):
     http_status = 404
     exit_code = 3

@@ -63,12 +63,25 @@ class Study(Base):
     """A study as received from one site; completeness is decided here, not by Orthanc."""
 
     __tablename__ = "studies"
-    __table_args__ = (UniqueConstraint("site_id", "study_uid", name="uq_study_site_uid"),)
+    __table_args__ = (
+        UniqueConstraint("site_id", "study_uid", name="uq_study_site_uid"),
+        # The worklist's order: STAT, AI-critical, then the time left.
+        Index("ix_studies_worklist", "state", "priority", "ai_critical", "due_at"),
+        Index("ix_studies_patient", "patient_id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"))
     study_uid: Mapped[str] = mapped_column(String(64))
     patient_id: Mapped[str] = mapped_column(String(64), default="")
+    patient_name: Mapped[str] = mapped_column(String(200), default="")
+    patient_birth_date: Mapped[str] = mapped_column(String(8), default="")
+    issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
+    description: Mapped[str] = mapped_column(String(200), default="")
+    study_date: Mapped[str] = mapped_column(String(8), default="")
+    accession_number: Mapped[str] = mapped_column(String(32), default="")
+    #: When the signed report is due: completion + the site's turnaround target.
+    due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     modalities: Mapped[list[str]] = mapped_column(JSON, default=list)
     state: Mapped[str] = mapped_column(String(16), default="received")
     #: How many times the study has been completed; job keys include it.
@@ -261,8 +274,8 @@ class Report(Base):
     order), with its versions in :class:`ReportVersion`."""
 
     __tablename__ = "reports"
-    __table_args__ = (UniqueConstraint("subject_type", "subject_id",
-                                       name="uq_reports_subject"),)
+    __table_args__ = (UniqueConstraint("subject_type", "subject_id", name="uq_reports_subject"),
+                      Index("ix_reports_study", "study_id"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     subject_type: Mapped[str] = mapped_column(String(16), default="study")

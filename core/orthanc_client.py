@@ -133,6 +133,13 @@ class OrthancClient:
     def get_metadata(self, level: str, orthanc_id: str, name: str) -> str:
         return self._request("GET", f"/{level}/{orthanc_id}/metadata/{name}").text
 
+    def get(self, path: str, *, params: dict[str, str] | None = None,
+            accept: str | None = None) -> httpx.Response:
+        """A GET under Orthanc's API (DICOMweb, previews) with the response as it came,
+        for the web app's authenticated proxy.  Errors are typed as for every call."""
+        headers = {"Accept": accept} if accept else None
+        return self._request("GET", path, params=params, headers=headers)
+
     def instance_file(self, orthanc_id: str) -> bytes:
         return self._request("GET", f"/instances/{orthanc_id}/file").content
 

@@ -109,6 +109,20 @@ class Settings(BaseSettings):
     #: commitment report (N-EVENT-REPORT) after its N-ACTION request.
     delivery_commit_wait_s: float = Field(default=10.0, ge=0)
 
+    #: Web sign-in.  A session ends after this long without a request (idle) ...
+    session_idle_timeout_s: float = Field(default=30 * 60.0, gt=0)
+    #: ... and in any case this long after sign-in (absolute lifetime), so a stolen
+    #: cookie or a workstation left signed in is good for a bounded time only.
+    session_max_age_s: float = Field(default=12 * 3600.0, gt=0)
+    #: After this many failed sign-ins in a row an account is locked for
+    #: ``login_lockout_s``; this bounds password and TOTP guessing per account.
+    login_max_failures: int = Field(default=5, ge=1, le=100)
+    login_lockout_s: float = Field(default=15 * 60.0, gt=0)
+    #: ``Secure`` flag of the session cookie.  Unset: on in production (served over
+    #: HTTPS behind the reverse proxy), off in development, where the web app listens
+    #: on plain http://127.0.0.1 and a browser would never send back a Secure cookie.
+    session_cookie_secure: bool | None = None
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -173,6 +187,13 @@ class Settings(BaseSettings):
     @property
     def secrets_dir(self) -> Path:
         return self.home / "secrets"
+
+    @property
+    def cookie_secure(self) -> bool:
+        """Whether the session cookie carries ``Secure`` (see ``session_cookie_secure``)."""
+        if self.session_cookie_secure is not None:
+            return self.session_cookie_secure
+        return self.environment == "production"
 
     @property
     def gateway_process_count(self) -> int:

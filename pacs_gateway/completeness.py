@@ -21,6 +21,7 @@ from core.db import after_commit
 from core.models import Instance, Site, Study
 from core.queue import enqueue_job
 from core.states import InstanceState, StudyState, check_transition
+from pacs_gateway.receipts import STAT_PRIORITY
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,11 @@ def _complete(session: Session, study: Study, why: str) -> None:
     study.state = StudyState.COMPLETE
     study.generation += 1
     study.completed_at = datetime.now(UTC)
+    site = session.get(Site, study.site_id)
+    target_min = site.turnaround_target_min if site is not None else 240
+    if study.priority >= STAT_PRIORITY:
+        target_min = max(15, target_min // 4)  # STAT: a quarter of the routine target
+    study.due_at = study.completed_at + timedelta(minutes=target_min)
     job, created = jobs.create_job(session, jobs.NewJob(
         key=f"route:study-{study.id}:gen-{study.generation}", kind="route", queue="routing",
         study_id=study.id, priority=max(5, study.priority)))

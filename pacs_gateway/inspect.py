@@ -45,6 +45,13 @@ class InstanceInfo:
     modality: str
     patient_id: str
     expected_study_instances: int | None
+    #: What readers see on the worklist and what matches priors across sites.
+    patient_name: str = ""
+    patient_birth_date: str = ""
+    issuer_of_patient_id: str = ""
+    study_description: str = ""
+    study_date: str = ""
+    accession_number: str = ""
 
 
 def valid_uid(value: str) -> bool:
@@ -154,4 +161,10 @@ def inspect_encoded(data: bytes) -> InstanceInfo:
         modality=_text(ds, "Modality", 16),
         patient_id=_text(ds, "PatientID", 64),
         expected_study_instances=expected,
+        patient_name=_text(ds, "PatientName", 200),
+        patient_birth_date=_text(ds, "PatientBirthDate", 8),
+        issuer_of_patient_id=_text(ds, "IssuerOfPatientID", 64),
+        study_description=_text(ds, "StudyDescription", 200),
+        study_date=_text(ds, "StudyDate", 8),
+        accession_number=_text(ds, "AccessionNumber", 32),
     )

@@ -24,6 +24,10 @@ def _study_for(session: Session, site_id: str, info: InstanceInfo) -> Study:
     if found is not None:
         return found
     study = Study(site_id=site_id, study_uid=info.study_uid, patient_id=info.patient_id,
+                  patient_name=info.patient_name, patient_birth_date=info.patient_birth_date,
+                  issuer_of_patient_id=info.issuer_of_patient_id,
+                  description=info.study_description, study_date=info.study_date,
+                  accession_number=info.accession_number,
                   modalities=[], state=StudyState.RECEIVED, generation=0)
     try:
         with session.begin_nested():

@@ -21,6 +21,7 @@ from core.errors import RDCError
 from core.settings import Settings, get_settings
 from rdc.models_cli import models_app
 from rdc.reports_cli import deliveries_app, keys_app, reports_app
+from rdc.users_cli import users_app
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
@@ -33,6 +34,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
 app.add_typer(reports_app, name="reports")
 app.add_typer(deliveries_app, name="deliveries")
+app.add_typer(users_app, name="users")
 
 #: Piped output (logs, scripts, tests) gets wide tables rather than 80 columns of wrapping.
 console = Console() if sys.stdout.isatty() else Console(width=200)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
+import pyotp
 import pytest
 from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
@@ -20,10 +21,12 @@ from conftest import REPO, SENDER_AE, Center, free_port, wait_until
 from core.models import AuditRecord, Delivery, ReportVersion, Study
 from core.settings import get_settings
 from pacs_gateway.dcmtk import start_storescp, storescu
+from viewer.accounts import add_user
 from viewer.app import create_app
 from viewer.auth import api_token
 
 PASSPHRASE = "correct horse battery"
+PASSWORD = "a long enough password 1"
 
 
 @pytest.fixture
@@ -42,9 +45,20 @@ def api(center: Center, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]
             monkeypatch.setenv(k, v)
     get_settings.cache_clear()
     with TestClient(create_app()) as c:
-        c.headers["Authorization"] = f"Bearer {api_token(get_settings())}"
         yield c
     get_settings.cache_clear()
+
+
+def sign_in(c: Center, api: TestClient, username: str, roles: list[str] | None = None) -> None:
+    """Create the reader's account and sign in with password + TOTP, as a person would."""
+    with c.db.session() as s:
+        _, uri = add_user(s, get_settings(), username=username, display_name=username,
+                          password=PASSWORD, roles=roles or ["radiologist"], all_sites=True,
+                          actor="test")
+    r = api.post("/api/auth/login", json={"username": username, "password": PASSWORD,
+                                          "totp": pyotp.parse_uri(uri).now()})
+    assert r.status_code == 200, r.text
+    api.headers["X-CSRF-Token"] = r.json()["csrf_token"]
 
 
 def _receive_study(c: Center) -> int:
@@ -92,6 +106,7 @@ def test_sign_deliver_verify_round_trip(alg: str, center: Center, api: TestClien
     c.start_worker()
     study_id = _receive_study(c)
     _issue(c, "dr.li", "李医生", alg)
+    sign_in(c, api, "dr.li")
 
     r = api.post(f"/api/studies/{study_id}/report")
     assert r.status_code == 201, r.text
@@ -99,19 +114,16 @@ def test_sign_deliver_verify_round_trip(alg: str, center: Center, api: TestClien
     assert report["template"] == "ct-chest@1.0.0" and report["state"] == "draft"
     rid = report["id"]
     # The template's placeholder is unresolved: signing is refused, nothing changes.
-    r = api.post(f"/api/reports/{rid}/sign", json={"reader_id": "dr.li",
-                                                    "passphrase": PASSPHRASE})
+    r = api.post(f"/api/reports/{rid}/sign", json={"passphrase": PASSPHRASE})
     assert r.status_code == 422 and "technique" in r.json()["detail"], r.text
     fields = {"technique": "Axial CT of the chest without intravenous contrast.",
               "findings": "右肺上叶见一结节，直径约8毫米。No pleural effusion.",
               "impression": "右肺上叶结节，建议3个月后复查。"}
     r = api.put(f"/api/reports/{rid}/draft", json={"fields": fields, "state": "preliminary"})
     assert r.status_code == 200 and r.json()["state"] == "preliminary", r.text
-    r = api.post(f"/api/reports/{rid}/sign", json={"reader_id": "dr.li",
-                                                    "passphrase": "wrong passphrase"})
+    r = api.post(f"/api/reports/{rid}/sign", json={"passphrase": "wrong passphrase"})
     assert r.status_code == 422 and "passphrase" in r.json()["detail"], r.text
-    r = api.post(f"/api/reports/{rid}/sign", json={"reader_id": "dr.li",
-                                                    "passphrase": PASSPHRASE})
+    r = api.post(f"/api/reports/{rid}/sign", json={"passphrase": PASSPHRASE})
     assert r.status_code == 200, r.text
     signed = r.json()
     assert signed["state"] == "final"
@@ -121,8 +133,7 @@ def test_sign_deliver_verify_round_trip(alg: str, center: Center, api: TestClien
     assert "ORU^R01" in v1["hl7_message"] and v1["fhir_report"]["status"] == "final"
 
     # Signing the same version again is refused.
-    r = api.post(f"/api/reports/{rid}/sign", json={"reader_id": "dr.li",
-                                                    "passphrase": PASSPHRASE})
+    r = api.post(f"/api/reports/{rid}/sign", json={"passphrase": PASSPHRASE})
     assert r.status_code == 409 and "already signed" in r.json()["detail"]
 
     # The worker delivers SR + PDF to the county site.
@@ -163,8 +174,7 @@ def test_sign_deliver_verify_round_trip(alg: str, center: Center, api: TestClien
     r = api.post(f"/api/reports/{rid}/addenda",
                  json={"fields": {"impression": "右肺上叶结节；补充：无淋巴结肿大。"}})
     assert r.status_code == 201, r.text
-    r = api.post(f"/api/reports/{rid}/sign", json={"reader_id": "dr.li",
-                                                    "passphrase": PASSPHRASE})
+    r = api.post(f"/api/reports/{rid}/sign", json={"passphrase": PASSPHRASE})
     assert r.status_code == 200 and r.json()["state"] == "amended", r.text
     with c.db.session() as s:
         v2 = s.scalar(select(ReportVersion).where(ReportVersion.number == 2))
@@ -181,13 +191,17 @@ def test_signing_refusals_change_nothing(center: Center, api: TestClient) -> Non
     study_id = _receive_study(c)
     li = _issue(c, "dr.li", "Dr Li", "ed25519")
     wang = _issue(c, "dr.wang", "Dr Wang", "ecdsa-p256")
-    rid = api.post(f"/api/studies/{study_id}/report").json()["id"]
+    # The operator token manages the center but never signs.
+    token = {"Authorization": f"Bearer {api_token(get_settings())}"}
+    rid = api.post(f"/api/studies/{study_id}/report", headers=token).json()["id"]
+    r = api.post(f"/api/reports/{rid}/sign", json={"passphrase": PASSPHRASE}, headers=token)
+    assert r.status_code == 403 and "operator token" in r.json()["detail"], r.text
+    sign_in(c, api, "dr.li")
     api.put(f"/api/reports/{rid}/draft", json={"fields": {
         "technique": "Axial CT.", "findings": "Normal.", "impression": "Normal study."}})
 
     def sign(**kw: object) -> tuple[int, str]:
-        r = api.post(f"/api/reports/{rid}/sign",
-                     json={"reader_id": "dr.li", "passphrase": PASSPHRASE, **kw})
+        r = api.post(f"/api/reports/{rid}/sign", json={"passphrase": PASSPHRASE, **kw})
         return r.status_code, r.json().get("detail", "")
 
     code, detail = sign(key_id=wang)

@@ -13,7 +13,10 @@ from core.errors import RDCError
 from core.settings import get_settings
 from core.stats import job_counts, site_status
 from viewer.auth import require_operator
+from viewer.auth_api import router as auth_router
+from viewer.dicomweb_proxy import router as dicomweb_router
 from viewer.reports_api import router as reports_router
+from viewer.worklist_api import router as worklist_router
 
 Operator = Annotated[str, Depends(require_operator)]
 
@@ -41,5 +44,8 @@ def create_app() -> FastAPI:
         with db.session() as s:
             return {"sites": [asdict(r) for r in site_status(s)], "jobs": job_counts(s)}
 
+    app.include_router(auth_router)
+    app.include_router(worklist_router)
     app.include_router(reports_router)
+    app.include_router(dicomweb_router)
     return app

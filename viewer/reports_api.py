@@ -10,19 +10,32 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
+from sqlalchemy import select
 
 from core import audit
 from core.db import get_database
-from core.models import Delivery, Report, ReportVersion
+from core.models import AIFinding, Delivery, Report, ReportVersion
 from core.reports import service
 from core.settings import get_settings
 from pacs_gateway import delivery
-from viewer.auth import require_operator
+from viewer.auth import CurrentUser, UserContext, check_site, require_roles
+from viewer.worklist import READER_ROLES, get_visible_study
 
-Operator = Annotated[str, Depends(require_operator)]
 router = APIRouter(prefix="/api", tags=["reports"])
+Reader = Annotated[UserContext, Depends(require_roles(*READER_ROLES))]
+Admin = Annotated[UserContext, Depends(require_roles("admin"))]
+
+
+def _signer(user: Reader) -> UserContext:
+    """Signing is a person's act: the operator token never signs."""
+    if not user.is_person:
+        raise HTTPException(403, "signing needs a signed-in reader, not the operator token")
+    return user
+
+
+Signer = Annotated[UserContext, Depends(_signer)]
 
 
 class VersionOut(BaseModel):
@@ -70,10 +83,9 @@ class DraftIn(BaseModel):
 
 
 class SignIn(BaseModel):
-    reader_id: str = Field(min_length=1, max_length=128)
     passphrase: str = Field(min_length=1, repr=False,
                             description="Unlocks the reader's private key; never stored.")
-    key_id: int | None = Field(default=None, description="A specific key of the reader.")
+    key_id: int | None = Field(default=None, description="A specific key of the signer.")
     version: int | None = Field(default=None, description="Refuse unless this is current.")
 
 
@@ -109,84 +121,104 @@ def _db() -> Any:
 
 
 @router.get("/reports")
-def list_reports(actor: Operator, state: str | None = None,
+def list_reports(user: CurrentUser, state: str | None = None,
                  site: str | None = None) -> list[ReportOut]:
-    """Reports, newest first, optionally by state or site."""
-    from sqlalchemy import select
-
+    """Reports of the sites the caller may see, newest first, by state or site."""
     with _db().session() as s:
         q = select(Report).order_by(Report.id.desc())
         if state:
             q = q.where(Report.state == state)
         if site:
             q = q.where(Report.site_id == site)
+        if not user.all_sites:
+            q = q.where(Report.site_id.in_(sorted(user.site_ids)))
         return [_report_out(s, r) for r in s.scalars(q.limit(500))]
 
 
+def _visible_report(s: Any, user: UserContext, report_id: int) -> Report:
+    report = service.get_report(s, report_id)
+    check_site(user, report.site_id)
+    return report
+
+
 @router.post("/studies/{study_id}/report", status_code=201)
-def create_report(study_id: int, actor: Operator,
+def create_report(study_id: int, user: Reader,
                   template: Annotated[str | None, Query()] = None) -> ReportOut:
     """The study's report; created with a draft from the template if it has none."""
     with _db().session() as s:
-        return _report_out(s, service.create_report(s, study_id, actor, template))
+        get_visible_study(s, user, study_id)
+        return _report_out(s, service.create_report(s, study_id, user.username, template))
 
 
 @router.get("/reports/{report_id}")
-def get_report(report_id: int, actor: Operator) -> ReportOut:
+def get_report(report_id: int, user: CurrentUser) -> ReportOut:
     """One report with all its versions, HL7 and FHIR outputs included (audited)."""
     with _db().session() as s:
-        report = service.get_report(s, report_id)
-        audit.append(s, actor=actor, action="report.view", object_type="report",
+        report = _visible_report(s, user, report_id)
+        audit.append(s, actor=user.username, action="report.view", object_type="report",
                      object_id=str(report.id))
         return _report_out(s, report, full=True)
 
 
 @router.put("/reports/{report_id}/draft")
-def update_draft(report_id: int, body: DraftIn, actor: Operator) -> ReportOut:
+def update_draft(report_id: int, body: DraftIn, user: Reader) -> ReportOut:
     """Change the current unsigned version; a signed version answers 409."""
     with _db().session() as s:
-        service.update_draft(s, report_id, body.fields, actor, body.state)
+        _visible_report(s, user, report_id)
+        service.update_draft(s, report_id, body.fields, user.username, body.state)
         return _report_out(s, service.get_report(s, report_id))
 
 
 @router.post("/reports/{report_id}/sign")
-def sign_report(report_id: int, body: SignIn, actor: Operator) -> ReportOut:
-    """Sign the current version with the reader's key; its outputs go to the site."""
+def sign_report(report_id: int, body: SignIn, user: Signer) -> ReportOut:
+    """Sign the current version with the signed-in reader's own key; its outputs go
+    back to the originating site."""
     settings = get_settings()
     with _db().session() as s:
-        version = service.sign(s, settings, report_id, reader_id=body.reader_id,
+        _visible_report(s, user, report_id)
+        version = service.sign(s, settings, report_id, reader_id=user.username,
                                passphrase=body.passphrase, key_id=body.key_id,
-                               version_number=body.version,
-                               actor=f"{actor}:{body.reader_id}")
+                               version_number=body.version, actor=user.username)
         delivery.schedule_result_deliveries(s, version)
         return _report_out(s, service.get_report(s, report_id), full=True)
 
 
 @router.post("/reports/{report_id}/addenda", status_code=201)
-def add_addendum(report_id: int, body: DraftIn, actor: Operator) -> ReportOut:
+def add_addendum(report_id: int, body: DraftIn, user: Reader) -> ReportOut:
     """Start an addendum to a signed report (a new draft version to sign)."""
     with _db().session() as s:
-        service.add_addendum(s, report_id, body.fields, actor)
+        _visible_report(s, user, report_id)
+        service.add_addendum(s, report_id, body.fields, user.username)
         return _report_out(s, service.get_report(s, report_id))
 
 
 @router.post("/ai-findings/{finding_id}/review")
-def review_finding(finding_id: int, body: ReviewIn, actor: Operator) -> dict[str, Any]:
+def review_finding(finding_id: int, body: ReviewIn, user: Reader) -> dict[str, Any]:
     """Accept or reject an AI finding; accepted ones prefill new reports."""
     with _db().session() as s:
-        f = service.review_finding(s, finding_id, body.decision, actor)
+        finding = s.get(AIFinding, finding_id)
+        if finding is None:
+            raise HTTPException(404, "not found")
+        get_visible_study(s, user, finding.study_id)
+        f = service.review_finding(s, finding_id, body.decision, user.username)
         return {"id": f.id, "label": f.label, "review": f.review}
 
 
 @router.get("/deliveries", tags=["deliveries"])
-def list_deliveries(actor: Operator, state: str | None = None) -> list[DeliveryOut]:
+def list_deliveries(user: CurrentUser, state: str | None = None,
+                    report_id: int | None = None) -> list[DeliveryOut]:
     """Deliveries of signed results; ``state=dead`` is the dead-letter list."""
     with _db().session() as s:
-        return [_delivery_out(d) for d in delivery.list_deliveries(s, state)]
+        found = delivery.list_deliveries(s, state)
+        if report_id is not None:
+            versions = set(s.scalars(select(ReportVersion.id).where(
+                ReportVersion.report_id == report_id)))
+            found = [d for d in found if d.report_version_id in versions]
+        return [_delivery_out(d) for d in found if user.can_see_site(d.site_id)]
 
 
 @router.post("/deliveries/{delivery_id}/resend", tags=["deliveries"])
-def resend(delivery_id: int, actor: Operator, force: bool = False) -> DeliveryOut:
+def resend(delivery_id: int, user: Admin, force: bool = False) -> DeliveryOut:
     """Put a failed or dead-lettered delivery back in line (``force`` resends a sent one)."""
     with _db().session() as s:
-        return _delivery_out(delivery.resend(s, delivery_id, actor, force=force))
+        return _delivery_out(delivery.resend(s, delivery_id, user.username, force=force))

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from core import audit
 from core.db import get_database
-from core.errors import Conflict, NotFound, RDCError
+from core.errors import Conflict, Forbidden, NotFound
 from core.models import ReaderKey
 from core.reports import pki
 from core.reports.crypto import PrivateKey
@@ -26,13 +26,6 @@ from core.settings import Settings
 
 log = logging.getLogger(__name__)
 MIN_PASSPHRASE = 8
-
-
-class Forbidden(RDCError):
-    """The caller may not use this object (e.g. another reader's key)."""
-
-    http_status = 403
-    exit_code = 6
 
 
 def _aware(t: datetime) -> datetime:

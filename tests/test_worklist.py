@@ -1,0 +1,199 @@
+"""The worklist's order, filters, paging, claims and site visibility; priors;
+turnaround figures — on real SQLite and PostgreSQL databases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from conftest import _create_pg_database, _drop_pg_database
+from core.db import Database, get_database
+from core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from core.models import AIFinding, AIResult, Report, ReportVersion, Study, User
+from core.sites import SiteSpec, add_site
+from viewer import dashboard, studies, worklist
+from viewer.auth import UserContext
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path, pg_admin: str) -> Iterator[Database]:
+    if request.param == "sqlite":
+        database = get_database(f"sqlite:///{tmp_path / 'w.sqlite3'}")
+        name = None
+    else:
+        name, url = _create_pg_database(pg_admin)
+        database = get_database(url)
+    with database.session() as s:
+        for site in ("county-a", "county-b"):
+            add_site(s, SiteSpec(id=site, name=f"{site} hospital", ae_title=site.upper(),
+                                 host="127.0.0.1", port=104, allowed_addresses=("127.0.0.1",)),
+                     actor="test")
+        for i, name_ in enumerate(("li", "wang")):
+            s.add(User(id=i + 1, username=f"dr.{name_}", display_name=f"Dr {name_}",
+                       password_hash="x", totp_secret="x", roles=["radiologist"]))
+    yield database
+    database.dispose()
+    get_database.cache_clear()
+    if name is not None:
+        _drop_pg_database(pg_admin, name)
+
+
+def ctx(user_id: int | None, sites: set[str] | None, roles: set[str] | None = None,
+        ) -> UserContext:
+    return UserContext(user_id=user_id, username=f"user{user_id}", display_name="x",
+                       roles=frozenset(roles or {"radiologist"}), all_sites=sites is None,
+                       site_ids=frozenset(sites or ()), csrf_token=None)
+
+
+LI, WANG = ctx(1, None), ctx(2, None)
+SITE_A_USER = ctx(3, {"county-a"}, {"site_user"})
+
+
+def add_study(db: Database, site: str, uid: str, *, priority: int = 5, critical: bool = False,
+              due_in_min: float = 60, modality: str = "CT", patient: str = "P1",
+              name: str = "DOE^JANE", birth: str = "19600101", state: str = "complete",
+              date: str = "20261120") -> int:
+    with db.session() as s:
+        st = Study(site_id=site, study_uid=uid, patient_id=patient, patient_name=name,
+                   patient_birth_date=birth, description=f"{modality} chest", study_date=date,
+                   modalities=[modality], state=state, priority=priority, ai_critical=critical,
+                   completed_at=NOW - timedelta(minutes=30),
+                   first_received_at=NOW - timedelta(minutes=40),
+                   due_at=NOW + timedelta(minutes=due_in_min))
+        s.add(st)
+        s.flush()
+        return int(st.id)
+
+
+def test_order_is_stat_then_ai_critical_then_time_left(db: Database) -> None:
+    late = add_study(db, "county-a", "1.1", due_in_min=-10)
+    soon = add_study(db, "county-a", "1.2", due_in_min=5)
+    critical = add_study(db, "county-b", "1.3", critical=True, due_in_min=300)
+    stat = add_study(db, "county-b", "1.4", priority=9, due_in_min=50)
+    add_study(db, "county-a", "1.5", state="received")  # not complete: not on the worklist
+    with db.session() as s:
+        total, items = worklist.query_worklist(s, LI, now=NOW)
+    assert total == 4
+    assert [i.study_id for i in items] == [stat, critical, late, soon]
+    assert items[2].seconds_left == -600 and items[3].seconds_left == 300
+    assert items[0].status == "unread" and items[0].patient_name == "DOE^JANE"
+
+
+def test_filters_and_paging(db: Database) -> None:
+    ids = [add_study(db, "county-a", f"2.{i}", due_in_min=i, modality="CT" if i % 2 else "DX")
+           for i in range(1, 8)]
+    add_study(db, "county-b", "2.99", modality="CT")
+    with db.session() as s:
+        total, page1 = worklist.query_worklist(s, LI, site="county-a", page_size=3, now=NOW)
+        _, page3 = worklist.query_worklist(s, LI, site="county-a", page=3, page_size=3,
+                                           now=NOW)
+        assert total == 7 and [i.study_id for i in page1] == ids[:3]
+        assert [i.study_id for i in page3] == ids[6:]
+        total_dx, dx = worklist.query_worklist(s, LI, modality="dx", now=NOW)
+        assert total_dx == 3 and all(i.modalities == ["DX"] for i in dx)
+        with pytest.raises(InvalidInput, match="unknown status"):
+            worklist.query_worklist(s, LI, status="bogus")
+        with pytest.raises(InvalidInput, match="page_size"):
+            worklist.query_worklist(s, LI, page_size=1000)
+
+
+def test_claim_is_exclusive_and_release_is_the_holders(db: Database) -> None:
+    sid = add_study(db, "county-a", "3.1")
+    with db.session() as s:
+        item = worklist.claim(s, LI, sid)
+        assert item.status == "claimed" and item.claimed_by == "dr.li"
+    with db.session() as s:
+        assert worklist.claim(s, LI, sid).claimed_by == "dr.li"  # again: still theirs
+    with db.session() as s, pytest.raises(Conflict, match="being read by Dr li"):
+        worklist.claim(s, WANG, sid)
+    with db.session() as s, pytest.raises(Forbidden, match="only they or an admin"):
+        worklist.release(s, WANG, sid)
+    with db.session() as s:
+        _, mine = worklist.query_worklist(s, LI, mine=True, now=NOW)
+        assert [i.study_id for i in mine] == [sid]
+        _, claimed = worklist.query_worklist(s, WANG, status="claimed", now=NOW)
+        assert [i.study_id for i in claimed] == [sid]
+    with db.session() as s:
+        assert worklist.release(s, LI, sid).status == "unread"
+    with db.session() as s:
+        assert worklist.claim(s, WANG, sid).claimed_by == "dr.wang"
+    with db.session() as s, pytest.raises(Forbidden, match="signed-in reader"):
+        worklist.claim(s, SITE_A_USER, sid)
+
+
+def test_status_follows_the_report(db: Database) -> None:
+    sid = add_study(db, "county-a", "4.1")
+    with db.session() as s:
+        report = Report(subject_type="study", subject_id=str(sid), study_id=sid,
+                        site_id="county-a", template_id="generic", template_version="1.0.0",
+                        state="draft")
+        s.add(report)
+        s.flush()
+        s.add(ReportVersion(report_id=report.id, number=1, state="draft", fields={}))
+    with db.session() as s:
+        assert worklist.query_worklist(s, LI, now=NOW)[1][0].status == "reported"
+        s.get(Report, report.id).state = "final"  # type: ignore[union-attr]
+    with db.session() as s:
+        assert worklist.query_worklist(s, LI, now=NOW)[0] == 0  # signed: off the open list
+        _, signed = worklist.query_worklist(s, LI, status="signed", now=NOW)
+        assert [i.study_id for i in signed] == [sid]
+
+
+def test_another_sites_study_is_not_found(db: Database) -> None:
+    a = add_study(db, "county-a", "5.1")
+    b = add_study(db, "county-b", "5.2")
+    with db.session() as s:
+        total, items = worklist.query_worklist(s, SITE_A_USER, now=NOW)
+        assert total == 1 and items[0].study_id == a
+        with pytest.raises(NotFound):
+            worklist.work_item(s, SITE_A_USER, b)
+        with pytest.raises(NotFound):
+            worklist.get_visible_study(s, SITE_A_USER, b)
+        assert worklist.work_item(s, SITE_A_USER, a).study_id == a
+
+
+def test_priors_by_id_and_by_name_and_birth_date(db: Database) -> None:
+    current = add_study(db, "county-a", "6.1", patient="P1", date="20261120")
+    by_id = add_study(db, "county-b", "6.2", patient="P1", date="20250101")
+    by_name = add_study(db, "county-b", "6.3", patient="OTHER-ID", date="20240101")
+    add_study(db, "county-b", "6.4", patient="P2", name="ROE^RICHARD", date="20240101")
+    with db.session() as s:
+        study = s.get(Study, current)
+        assert study is not None
+        found = studies.priors(s, LI, study)
+        assert [(p["study_id"], p["match"]) for p in found] == [
+            (by_id, "id"), (by_name, "name+birthdate")]
+        assert studies.priors(s, SITE_A_USER, study) == []  # county-b is not theirs
+
+
+def test_ai_flags_and_turnaround(db: Database) -> None:
+    sid = add_study(db, "county-a", "7.1", critical=True)
+    with db.session() as s:
+        r = AIResult(study_id=sid, series_uid="7.1.1", model_name="cxr-triage",
+                     model_version="1.0.0", device="cpu", duration_ms=5.0, sr_sop_uid="7.1.9",
+                     created_at=NOW - timedelta(minutes=20))
+        s.add(r)
+        s.flush()
+        s.add(AIFinding(result_id=r.id, study_id=sid, label="pneumothorax", probability=0.9,
+                        threshold=0.5, positive=True, critical=True))
+        s.add(AIFinding(result_id=r.id, study_id=sid, label="lung_opacity", probability=0.8,
+                        threshold=0.5, positive=True, critical=False, review="rejected"))
+        st = s.get(Study, sid)
+        assert st is not None
+        st.first_received_at = datetime.now(UTC) - timedelta(minutes=40)
+        st.completed_at = datetime.now(UTC) - timedelta(minutes=30)
+        st.first_opened_at = datetime.now(UTC) - timedelta(minutes=10)
+    with db.session() as s:
+        item = worklist.query_worklist(s, LI, now=NOW)[1][0]
+        assert item.ai_flags == ["pneumothorax"] and item.ai_critical
+        data = dashboard.turnaround(s, LI, days=7)
+    rows = {r["interval"]: r for r in data["rows"]}
+    assert rows["received->complete"]["p50_min"] == pytest.approx(10, abs=0.1)
+    assert rows["complete->ai_done"]["count"] == 1
+    assert "opened->signed" not in rows  # not signed yet: left out, not zero
+    assert dashboard.chart_png(data).startswith(b"\x89PNG")
