@@ -20,9 +20,10 @@ esac
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 # Debian packages ---------------------------------------------------------------
-# fonts-wqy-zenhei: Chinese text in report PDFs; poppler-utils: the tests read PDFs back.
+# fonts-wqy-zenhei: Chinese text in report PDFs; poppler-utils: the tests read PDFs back;
+# chromium: the browser tests (driven by Playwright, never a downloaded browser).
 apt_packages=(orthanc orthanc-dicomweb orthanc-wsi orthanc-postgresql dcmtk fonts-wqy-zenhei
-  poppler-utils)
+  poppler-utils chromium)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -63,8 +64,16 @@ fi
 
 # npm -------------------------------------------------------------------------------
 if [ -f viewer/package.json ]; then
-  say "installing front-end dependencies"
-  (cd viewer && npm ci --no-audit --no-fund)
+  command -v npm >/dev/null || { echo "Node.js >= 20.19 with npm is required for the web front end" >&2; exit 1; }
+  node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a==20&&b>=19)?0:1)' || {
+    echo "Node.js >= 20.19 is required to build the web front end (found $(node --version))" >&2; exit 1; }
+  lock_stamp=viewer/node_modules/.rdc-installed
+  if [ ! -f "$lock_stamp" ] || [ viewer/package-lock.json -nt "$lock_stamp" ]; then
+    say "installing front-end dependencies"
+    (cd viewer && npm ci --no-audit --no-fund) && touch "$lock_stamp"
+  fi
+  say "building the web front end"
+  (cd viewer && npm run build --silent)
 fi
 
 case "$mode" in

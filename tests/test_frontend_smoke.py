@@ -1,0 +1,429 @@
+"""The built web front end in a real browser (Debian's Chromium driven by Playwright).
+
+The SPA is served by :func:`viewer.frontend_routes.mount_frontend` from a tiny FastAPI
+app whose API routes are stand-ins (the real ones are tested elsewhere): the login page
+shows without console errors, server messages are shown as text (never as HTML), and
+the study viewer really draws a DICOM image through Cornerstone3D's wadors loader.
+
+Missing pieces fail loudly, never skip: build the front end with ``./bootstrap.sh``
+(``npm ci && npm run build`` in ``viewer/``), ``apt-get install chromium``,
+``pip install playwright`` (never ``playwright install``: the system Chromium is used).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.testclient import TestClient
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from viewer.frontend_routes import mount_frontend
+
+REPO = Path(__file__).resolve().parent.parent
+VIEWER = REPO / "viewer"
+STATIC = VIEWER / "static"
+CHROMIUM = Path(os.environ.get("RDC_CHROMIUM", "/usr/bin/chromium"))
+SCREENSHOTS = Path(os.environ.get("RDC_SCREENSHOT_DIR", REPO / "var" / "screenshots"))
+
+XSS_NAME = "<img src=x onerror=\"window.__xss=1\">^<script>window.__xss=2</script>"
+STUDY_UID = "1.2.826.0.1.3680043.8.498.1"
+SERIES_UID = "1.2.826.0.1.3680043.8.498.1.1"
+SLICES = 5
+SIZE = 64
+
+
+# Build and browser -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def static_dir() -> Path:
+    """The built front end; built here only when viewer/static/index.html is missing."""
+    if not (STATIC / "index.html").is_file():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.fail("npm is required to build the front end: run ./bootstrap.sh")
+        if not (VIEWER / "node_modules").is_dir():
+            subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=VIEWER, check=True,
+                           timeout=600)
+        subprocess.run([npm, "run", "build"], cwd=VIEWER, check=True, timeout=600)
+    if not (STATIC / "index.html").is_file():
+        pytest.fail("npm run build did not produce viewer/static/index.html")
+    return STATIC
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (./bootstrap.sh)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is missing: .venv/bin/pip install playwright "
+                    "(the system Chromium is used; never run 'playwright install')")
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            # Headless machines have no GPU: WebGL through SwiftShader.
+            args=["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
+                  "--ignore-gpu-blocklist"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Server:
+    """uvicorn on a free loopback port, in a thread."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> _Server:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+# A stand-in API with one synthetic CT study ---------------------------------------------
+def _slice(n: int) -> tuple[Dataset, bytes]:
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = f"{SERIES_UID}.{n + 1}"
+    ds.StudyInstanceUID = STUDY_UID
+    ds.SeriesInstanceUID = SERIES_UID
+    ds.FrameOfReferenceUID = f"{STUDY_UID}.9"
+    ds.Modality = "CT"
+    ds.PatientName = XSS_NAME
+    ds.PatientID = "P-001"
+    ds.InstanceNumber = n + 1
+    ds.Rows = ds.Columns = SIZE
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.PixelSpacing = [0.7, 0.7]
+    ds.SliceThickness = 2.0
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImagePositionPatient = [0.0, 0.0, 2.0 * n]
+    ds.RescaleIntercept = -1024
+    ds.RescaleSlope = 1
+    ds.WindowCenter = 40
+    ds.WindowWidth = 400
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    disc = (xx - SIZE / 2) ** 2 + (yy - SIZE / 2) ** 2 < (SIZE / 3) ** 2
+    pixels = np.where(disc, 1064 + 20 * n, 24).astype("<i2")  # 40 HU disc in air
+    return ds, pixels.tobytes()
+
+
+SLICE_DATA = [_slice(n) for n in range(SLICES)]
+
+
+def _png(width: int = 8, height: int = 8) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+    raw = b"".join(b"\x00" + bytes([128]) * width for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0,
+                                                             0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def _stub_app(static_dir: Path) -> FastAPI:
+    app = FastAPI()
+    user = {"id": 1, "username": "reader", "display_name": "Dr Reader", "roles": ["radiologist"],
+            "sites": "all", "csrf_token": "csrf-1"}
+    study: dict[str, Any] = {
+        "study_id": 1, "study_uid": STUDY_UID, "site_id": "county-a", "site_name": "County A",
+        "patient_id": "P-001", "patient_name": XSS_NAME, "description": "CT head <b>bold</b>",
+        "modalities": ["CT"], "instances": SLICES, "priority": "stat", "ai_critical": True,
+        "ai_flags": ["hemorrhage"], "status": "claimed", "claimed_by": "reader",
+        "completed_at": "2026-01-01T10:00:00Z", "due_at": "2026-01-01T11:00:00Z",
+        "seconds_left": 1800, "report_id": None,
+        "series": [{"series_uid": SERIES_UID, "modality": "CT", "description": "Axial",
+                    "number": 1, "kind": "image",
+                    "instances": [ds.SOPInstanceUID for ds, _ in SLICE_DATA]}],
+        "ai_findings": [{"id": 7, "label": "intracranial hemorrhage", "probability": 0.93,
+                         "threshold": 0.5, "positive": True, "critical": True,
+                         "volume_ml": 12.5, "review": None, "model": "ich-net",
+                         "version": "1.2.0"}],
+        "priors": [{"study_id": 2, "study_uid": "1.2.3", "site_id": "county-b",
+                    "date": "20250101", "description": "CT head", "match": "name+birthdate"}],
+    }
+    report: dict[str, Any] = {
+        "id": 3, "study_id": 1, "site_id": "county-a", "template": "ct-head@1", "state": "draft",
+        "versions": [{"number": 1, "kind": "original", "state": "draft",
+                      "fields": {"findings": "", "impression": ""}, "author": "reader",
+                      "signed_by": None, "signed_at": None, "hash_algorithm": None,
+                      "content_hash": None, "sr_sop_uid": None, "pdf_sop_uid": None}]}
+    seen: dict[str, Any] = {}
+
+    @app.post("/api/auth/login")
+    def login() -> JSONResponse:
+        return JSONResponse({"detail": "Wrong code <img src=x onerror=\"window.__xss=3\">"},
+                            status_code=401)
+
+    @app.get("/api/auth/me")
+    def me() -> dict[str, Any]:
+        return user
+
+    @app.get("/api/worklist")
+    def worklist(request: Request) -> dict[str, Any]:
+        seen["worklist_query"] = dict(request.query_params)
+        item = {k: v for k, v in study.items() if k not in ("series", "ai_findings", "priors")}
+        return {"total": 1, "page": 1, "page_size": 50,
+                "items": [{**item, "status": "unread", "claimed_by": None}]}
+
+    @app.post("/api/studies/1/claim")
+    def claim(request: Request) -> dict[str, Any]:
+        seen["claim_csrf"] = request.headers.get("x-csrf-token")
+        return study
+
+    @app.get("/api/studies/1")
+    def get_study() -> dict[str, Any]:
+        return study
+
+    @app.post("/api/studies/1/report", status_code=201)
+    def get_report() -> dict[str, Any]:
+        return report
+
+    @app.put("/api/reports/3/draft")
+    async def save(request: Request) -> dict[str, Any]:
+        seen["draft"] = await request.json()
+        seen["draft_csrf"] = request.headers.get("x-csrf-token")
+        report["versions"][0]["fields"] = seen["draft"]["fields"]
+        return report
+
+    @app.post("/api/reports/3/sign")
+    async def sign(request: Request) -> Any:
+        body = await request.json()
+        if body["passphrase"] != "right":
+            return JSONResponse({"detail": "wrong passphrase"}, status_code=403)
+        seen["sign"] = body
+        report["state"] = "final"
+        report["versions"][0].update(state="final", signed_by="reader",
+                                     signed_at="2026-01-01T10:30:00Z")
+        return report
+
+    @app.get("/api/deliveries")
+    def deliveries(report_id: int) -> list[dict[str, Any]]:
+        return [{"id": 1, "report_version_id": 1, "site_id": "county-a", "channel": "dicom",
+                 "state": "sent", "attempts": 1, "last_error": None, "next_attempt_at": None,
+                 "sent_at": "2026-01-01T10:31:00Z", "committed_at": None}]
+
+    @app.post("/api/ai-findings/7/review")
+    async def review(request: Request) -> dict[str, Any]:
+        body = await request.json()
+        seen["review_csrf"] = request.headers.get("x-csrf-token")
+        return {"id": 7, "label": "intracranial hemorrhage", "review": body["decision"]}
+
+    @app.get("/dicom-web/studies/{st}/series/{se}/metadata")
+    def metadata(st: str, se: str) -> Response:
+        return Response(json.dumps([ds.to_json_dict() for ds, _ in SLICE_DATA]),
+                        media_type="application/dicom+json")
+
+    @app.get("/dicom-web/studies/{st}/series/{se}/instances/{sop}/frames/{n}")
+    def frame(st: str, se: str, sop: str, n: int) -> Response:
+        pixels = next(p for ds, p in SLICE_DATA if ds.SOPInstanceUID == sop)
+        boundary = "rdc-test-boundary"
+        body = (f"--{boundary}\r\nContent-Type: application/octet-stream; "
+                f"transfer-syntax={ExplicitVRLittleEndian}\r\n\r\n").encode() + pixels + (
+                    f"\r\n--{boundary}--\r\n").encode()
+        return Response(body, media_type=f"multipart/related; type=\"application/octet-stream\""
+                                         f"; boundary={boundary}")
+
+    @app.get("/dicom-web/studies/{st}/series/{se}/instances/{sop}/rendered")
+    def rendered(st: str, se: str, sop: str, viewport: str = "") -> Response:
+        seen["thumbnail_viewport"] = viewport
+        return Response(_png(), media_type="image/png")
+
+    app.state.seen = seen
+    mount_frontend(app, static_dir)
+    return app
+
+
+def _collect_errors(page: Any) -> list[str]:
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}")
+            if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    return errors
+
+
+# Page scripts run under the app's CSP (no eval): predicates are written as functions.
+
+# Tests -------------------------------------------------------------------------------
+def test_unbuilt_front_end_answers_503(tmp_path: Path) -> None:
+    app = FastAPI()
+    mount_frontend(app, tmp_path / "missing")
+    client = TestClient(app)
+    for path in ("/", "/assets/index.js"):
+        r = client.get(path)
+        assert r.status_code == 503, path
+        assert "not built" in r.text and "./bootstrap.sh" in r.text
+
+
+def test_headers_of_the_built_front_end(static_dir: Path) -> None:
+    client = TestClient(_stub_app(static_dir))
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self' 'wasm-unsafe-eval'" in csp
+    assert "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp.split("style-src-attr")[0]
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["referrer-policy"] == "no-referrer"
+    assert "<script>" not in r.text, "no inline scripts"
+    wasm = next((static_dir / "assets").glob("*.wasm"))
+    r = client.get(f"/assets/{wasm.name}")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/wasm"
+    assert "immutable" in r.headers["cache-control"]
+    assert client.get("/assets/nope.js").status_code == 404
+
+
+def test_login_page_renders_without_console_errors(static_dir: Path, browser: Any) -> None:
+    with _Server(_stub_app(static_dir)) as server:
+        page = browser.new_page()
+        errors = _collect_errors(page)
+        page.goto(f"{server.url}/#/login")
+        page.wait_for_selector("[data-testid=login-form]", state="visible", timeout=15_000)
+        for testid in ("login-username", "login-password", "login-totp", "login-submit"):
+            assert page.get_by_test_id(testid).is_visible(), testid
+        page.wait_for_timeout(300)
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shot = SCREENSHOTS / "login.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 1000
+        assert errors == []
+
+        # The API's message is shown as text, never interpreted as HTML.
+        page.get_by_test_id("login-username").fill("reader")
+        page.get_by_test_id("login-password").fill("secret")
+        page.get_by_test_id("login-totp").fill("123456")
+        page.get_by_test_id("login-submit").click()
+        error = page.get_by_test_id("login-error")
+        error.wait_for(state="visible", timeout=10_000)
+        assert "Wrong code <img" in error.inner_text()
+        assert page.evaluate("window.__xss") is None
+        page.close()
+
+
+def test_worklist_rows_countdown_and_claim(static_dir: Path, browser: Any) -> None:
+    app = _stub_app(static_dir)
+    with _Server(app) as server:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors = _collect_errors(page)
+        page.goto(f"{server.url}/#/worklist")
+        row = page.locator("[data-testid=worklist-row][data-study-id='1']")
+        row.wait_for(timeout=15_000)
+        assert row.get_by_test_id("worklist-patient").inner_text().startswith("<img")
+        assert row.get_by_test_id("worklist-ai-critical").is_visible()
+        countdown = row.get_by_test_id("worklist-countdown")
+        first = countdown.inner_text()
+        page.wait_for_function(
+            "t => document.querySelector('[data-testid=worklist-countdown]').textContent !== t",
+            arg=first, timeout=5_000)
+        page.get_by_test_id("filter-mine").check()
+        page.wait_for_function(
+            "() => document.querySelector('[data-testid=worklist-row]') !== null")
+        row.get_by_test_id("worklist-claim").click()
+        page.wait_for_timeout(500)
+        assert app.state.seen["claim_csrf"] == "csrf-1"
+        assert app.state.seen["worklist_query"]["mine"] == "1"
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "worklist.png"))
+        row.get_by_test_id("worklist-open").click()
+        page.wait_for_selector("[data-testid=viewport][data-rendered=true]", timeout=60_000)
+        assert page.evaluate("window.__xss") is None
+        assert errors == []
+        page.close()
+
+
+def test_study_viewer_renders_an_image(static_dir: Path, browser: Any) -> None:
+    app = _stub_app(static_dir)
+    with _Server(app) as server:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors = _collect_errors(page)
+        page.goto(f"{server.url}/#/study/1")
+        page.wait_for_selector("[data-testid=viewport][data-rendered=true]", timeout=60_000)
+        page.evaluate("window.__rdc.viewportReady")
+        assert page.evaluate("window.__rdc.renderedImageCount") >= 1
+        page.wait_for_function("() => window.__rdc.nonBlankPixelCount() > 100", timeout=20_000)
+
+        # Patient-supplied text is text.
+        assert page.get_by_test_id("study-patient-name").inner_text().startswith("<img")
+        assert page.evaluate("window.__xss") is None
+
+        # Window presets change the VOI; stack scrolling with the keyboard.
+        page.get_by_test_id("wl-preset-lung").click()
+        page.wait_for_function("() => document.querySelector('[data-testid=viewport-wl]')"
+                               ".textContent === 'W 1500 L -600'")
+        before = page.evaluate("window.__rdc.getViewport().getCurrentImageIdIndex()")
+        page.get_by_test_id("viewport").focus()
+        page.keyboard.press("ArrowDown")
+        page.wait_for_function(
+            f"() => window.__rdc.getViewport().getCurrentImageIdIndex() === {before + 1}")
+
+        # Accept an AI finding; edit and save the report (CSRF header on both).
+        page.get_by_test_id("ai-finding-accept").click()
+        page.wait_for_selector("[data-testid=ai-finding][data-review=accepted]")
+        assert page.get_by_test_id("prior-warning").is_visible()
+        page.get_by_test_id("report-field-findings").fill("Left frontal hemorrhage.")
+        page.keyboard.press("Control+s")
+        page.wait_for_function(
+            "() => document.querySelector('[data-testid=report-status]').textContent"
+            ".startsWith('Saved')")
+        assert app.state.seen["draft"]["fields"]["findings"] == "Left frontal hemorrhage."
+        assert app.state.seen["draft_csrf"] == app.state.seen["review_csrf"] == "csrf-1"
+        assert app.state.seen["thumbnail_viewport"] == "128,128"
+
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "study.png"))
+        assert errors == []
+
+        # Sign with the passphrase (Ctrl+Enter); a wrong one is shown, then delivery status.
+        page.keyboard.press("Control+Enter")
+        page.get_by_test_id("sign-passphrase").fill("wrong")
+        page.get_by_test_id("sign-confirm").click()
+        page.get_by_test_id("sign-error").wait_for(state="visible")
+        assert page.get_by_test_id("sign-error").inner_text() == "wrong passphrase"
+        page.get_by_test_id("sign-passphrase").fill("right")
+        page.get_by_test_id("sign-confirm").click()
+        page.wait_for_selector("[data-testid=delivery-item][data-state=sent]", timeout=10_000)
+        assert app.state.seen["sign"] == {"passphrase": "right", "version": 1}
+        assert page.get_by_test_id("report-addendum").is_visible()
+        assert not page.get_by_test_id("report-sign").is_visible()
+        page.close()

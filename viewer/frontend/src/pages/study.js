@@ -1,0 +1,337 @@
+import { ApiError, api, me } from '../api.js';
+import { formatDate, formatDuration, formatPersonName, h, replace } from '../dom.js';
+import { DICOMWEB_BASE, TOOLS, createStackViewer, loadSeriesImageIds } from '../viewer/cornerstone.js';
+import { renderReportPanel } from './report.js';
+
+export const WL_PRESETS = [
+  { id: 'brain', label: 'Brain', width: 80, center: 40, key: '1' },
+  { id: 'lung', label: 'Lung', width: 1500, center: -600, key: '2' },
+  { id: 'bone', label: 'Bone', width: 2000, center: 300, key: '3' },
+  { id: 'abdomen', label: 'Abdomen', width: 400, center: 50, key: '4' },
+];
+
+const TOOL_BUTTONS = [
+  { tool: TOOLS.windowLevel, label: 'W/L', id: 'wl', key: 'w' },
+  { tool: TOOLS.pan, label: 'Pan', id: 'pan', key: 'p' },
+  { tool: TOOLS.zoom, label: 'Zoom', id: 'zoom', key: 'z' },
+  { tool: TOOLS.length, label: 'Length', id: 'length', key: 'l' },
+  { tool: TOOLS.angle, label: 'Angle', id: 'angle', key: 'a' },
+  { tool: TOOLS.ellipse, label: 'Ellipse ROI', id: 'ellipse-roi', key: 'e' },
+  { tool: TOOLS.rectangle, label: 'Rect ROI', id: 'rectangle-roi', key: 'r' },
+];
+
+function seg(v) {
+  return encodeURIComponent(String(v));
+}
+
+/** A fresh test hook for this viewer (see the front end's README section). */
+function resetTestHook() {
+  let resolveReady;
+  const ready = new Promise((resolve) => { resolveReady = resolve; });
+  const hook = {
+    viewportReady: ready,
+    renderedImageCount: 0,
+    getViewport: () => null,
+    /** Pixels of the viewport canvas that are not black: > 0 once an image shows. */
+    nonBlankPixelCount() {
+      const canvas = document.querySelector('[data-testid="viewport"] canvas');
+      if (!canvas) return 0;
+      const ctx = canvas.getContext('2d');
+      if (!ctx) return 0;
+      const { data } = ctx.getImageData(0, 0, canvas.width, canvas.height);
+      let n = 0;
+      for (let i = 0; i < data.length; i += 4) if (data[i] || data[i + 1] || data[i + 2]) n += 1;
+      return n;
+    },
+  };
+  window.__rdc = hook;
+  return { hook, resolveReady };
+}
+
+/** Study page: series, viewer, AI findings, priors, report. Returns a cleanup function. */
+export function renderStudy(root, studyId, { navigate }) {
+  const disposers = [];
+  let viewer = null;
+  let disposed = false;
+  const { hook, resolveReady } = resetTestHook();
+
+  const headerBox = h('section', { class: 'study-header', testid: 'study-header' }, 'Loading study…');
+  const error = h('p', { class: 'error', role: 'alert', testid: 'study-error', hidden: true });
+  const seriesList = h('ul', { class: 'series-list', testid: 'series-list' });
+  const viewportEl = h('div', {
+    class: 'viewport', testid: 'viewport', tabindex: '0',
+    'aria-label': 'Image viewport: wheel or arrow keys scroll, left drag uses the selected tool, middle pans, right zooms',
+  });
+  const overlayPos = h('span', { testid: 'viewport-position' });
+  const overlayWl = h('span', { testid: 'viewport-wl' });
+  const overlayStatus = h('span', { class: 'status', testid: 'viewport-status' });
+  const overlay = h('div', { class: 'viewport-overlay' }, overlayPos, overlayWl, overlayStatus);
+  const findingsBox = h('section', { class: 'panel', testid: 'ai-findings' });
+  const priorsBox = h('section', { class: 'panel', testid: 'priors' });
+  const reportBox = h('section', { class: 'panel report', testid: 'report-panel' });
+
+  const toolButtons = TOOL_BUTTONS.map((t) => h('button', {
+    class: 'btn tool', type: 'button', testid: `tool-${t.id}`, title: `${t.label} (${t.key.toUpperCase()})`,
+    dataset: { tool: t.tool }, onClick: () => selectTool(t.tool),
+  }, t.label));
+  const presetButtons = WL_PRESETS.map((p) => h('button', {
+    class: 'btn preset', type: 'button', testid: `wl-preset-${p.id}`, title: `W ${p.width} / L ${p.center} (${p.key})`,
+    dataset: { width: String(p.width), center: String(p.center) },
+    onClick: () => viewer?.setWindow(p.width, p.center),
+  }, p.label));
+  const toolbar = h('div', { class: 'viewer-toolbar', role: 'toolbar' },
+    h('span', { class: 'group' }, toolButtons),
+    h('span', { class: 'group' }, presetButtons),
+    h('span', { class: 'group' },
+      h('button', { class: 'btn', type: 'button', testid: 'viewer-invert', onClick: () => viewer?.invert() }, 'Invert'),
+      h('button', { class: 'btn', type: 'button', testid: 'viewer-reset', onClick: () => viewer?.reset() }, 'Reset')));
+
+  root.append(
+    headerBox,
+    error,
+    h('div', { class: 'study-layout' },
+      h('aside', { class: 'series-pane' }, h('h3', {}, 'Series'), seriesList),
+      h('section', { class: 'viewer-pane' }, toolbar, h('div', { class: 'viewport-wrap' }, viewportEl, overlay)),
+      h('aside', { class: 'side-pane' }, findingsBox, priorsBox, reportBox)),
+  );
+
+  function showError(text) {
+    replace(error, text);
+    error.hidden = !text;
+  }
+
+  function selectTool(name) {
+    if (!viewer) return;
+    viewer.setPrimaryTool(name);
+    for (const b of toolButtons) b.classList.toggle('active', b.dataset.tool === name);
+  }
+
+  function updateOverlay() {
+    if (!viewer) return;
+    const { index, count } = viewer.position();
+    replace(overlayPos, count ? `Im ${index + 1} / ${count}` : '');
+    const wl = viewer.getWindow();
+    replace(overlayWl, wl ? `W ${Math.round(wl.width)} L ${Math.round(wl.center)}` : '');
+  }
+
+  const onKey = (event) => {
+    if (!viewer || event.ctrlKey || event.metaKey || event.altKey) return;
+    const target = event.target;
+    if (target instanceof HTMLElement && target.closest('input, textarea, select, [contenteditable="true"]')) return;
+    const steps = { ArrowUp: -1, ArrowLeft: -1, ArrowDown: 1, ArrowRight: 1, PageUp: -10, PageDown: 10 };
+    if (event.key in steps) {
+      viewer.scrollBy(steps[event.key]);
+    } else if (event.key === 'Home') {
+      viewer.scrollTo(0);
+    } else if (event.key === 'End') {
+      viewer.scrollTo(Number.MAX_SAFE_INTEGER);
+    } else {
+      const preset = WL_PRESETS.find((p) => p.key === event.key);
+      const tool = TOOL_BUTTONS.find((t) => t.key === event.key.toLowerCase());
+      if (preset) viewer.setWindow(preset.width, preset.center);
+      else if (tool) selectTool(tool.tool);
+      else return;
+    }
+    event.preventDefault();
+  };
+  document.addEventListener('keydown', onKey);
+  disposers.push(() => document.removeEventListener('keydown', onKey));
+
+  async function showSeries(study, series, item) {
+    for (const li of seriesList.children) li.classList.toggle('active', li === item);
+    replace(overlayStatus, 'Loading…');
+    try {
+      if (!viewer) {
+        viewer = await createStackViewer(viewportEl, {
+          onRendered: () => {
+            hook.renderedImageCount += 1;
+            if (viewportEl.dataset.rendered !== 'true') {
+              viewportEl.dataset.rendered = 'true';
+              resolveReady(viewer.viewport);
+            }
+            updateOverlay();
+          },
+        });
+        if (disposed) { viewer.destroy(); return; }
+        hook.getViewport = () => viewer?.viewport ?? null;
+        selectTool(TOOLS.windowLevel);
+      }
+      const imageIds = await loadSeriesImageIds(study.study_uid, series.series_uid, series.instances);
+      if (disposed) return;
+      if (!imageIds.length) throw new Error('this series has no displayable images');
+      viewportEl.dataset.seriesUid = series.series_uid;
+      await viewer.setStack(imageIds, Math.floor(imageIds.length / 2));
+      replace(overlayStatus, '');
+      updateOverlay();
+      viewportEl.focus({ preventScroll: true });
+    } catch (err) {
+      console.warn('viewer: cannot show series', err);
+      replace(overlayStatus, `Cannot display this series: ${err?.message ?? err}`);
+    }
+  }
+
+  function renderSeries(study) {
+    const series = [...(study.series ?? [])].sort((a, b) => (a.number ?? 0) - (b.number ?? 0));
+    let first = null;
+    seriesList.replaceChildren();
+    for (const s of series) {
+      const viewable = (s.kind ?? 'image') === 'image' && (s.instances ?? []).length > 0;
+      const instances = s.instances ?? [];
+      const thumbSop = instances[Math.floor(instances.length / 2)];
+      const thumbBase = `${DICOMWEB_BASE}/studies/${seg(study.study_uid)}/series/${seg(s.series_uid)}/instances/${seg(thumbSop)}`;
+      const img = viewable && thumbSop
+        // Orthanc's DICOMweb answers /rendered (scaled by `viewport`); /thumbnail is the fallback.
+        ? h('img', { src: `${thumbBase}/rendered?viewport=128,128`, alt: '', loading: 'lazy', width: '96', height: '96' })
+        : h('div', { class: 'thumb-kind' }, String(s.kind ?? '').toUpperCase());
+      if (img.tagName === 'IMG') {
+        // Fall back to the thumbnail resource once, then to a blank tile.
+        img.addEventListener('error', () => {
+          if (!img.dataset.fallback) {
+            img.dataset.fallback = '1';
+            img.src = `${thumbBase}/thumbnail`;
+          } else img.classList.add('broken');
+        });
+      }
+      const li = h('li', {
+        class: viewable ? 'series' : 'series disabled', testid: 'series-item',
+        dataset: { seriesUid: s.series_uid, kind: s.kind ?? 'image' }, tabindex: viewable ? '0' : null,
+        title: viewable ? 'Show this series' : `${s.kind} objects are not shown in the image viewer`,
+      },
+      img,
+      h('div', { class: 'series-label' },
+        h('span', { class: 'strong' }, `${s.modality ?? ''} #${s.number ?? ''}`),
+        h('span', {}, s.description ?? ''),
+        h('span', { class: 'muted small' }, `${instances.length} img`)));
+      if (viewable) {
+        li.addEventListener('click', () => showSeries(study, s, li));
+        li.addEventListener('keydown', (e) => { if (e.key === 'Enter') showSeries(study, s, li); });
+        first = first ?? { s, li };
+      }
+      seriesList.append(li);
+    }
+    if (first) showSeries(study, first.s, first.li);
+    else replace(overlayStatus, 'No image series in this study.');
+  }
+
+  function renderHeader(study) {
+    const user = me();
+    const mine = study.claimed_by && study.claimed_by === user?.username;
+    const seconds = typeof study.seconds_left === 'number' ? study.seconds_left : null;
+    const claimBtn = !study.claimed_by
+      ? h('button', { class: 'btn primary', type: 'button', testid: 'study-claim' }, 'Claim')
+      : mine ? h('button', { class: 'btn', type: 'button', testid: 'study-release' }, 'Release') : null;
+    claimBtn?.addEventListener('click', async () => {
+      claimBtn.disabled = true;
+      try {
+        const action = study.claimed_by ? 'release' : 'claim';
+        const item = await api('POST', `/api/studies/${seg(study.study_id)}/${action}`);
+        Object.assign(study, item ?? {});
+        renderHeader(study);
+      } catch (err) {
+        showError(err instanceof ApiError ? err.message : String(err));
+        claimBtn.disabled = false;
+      }
+    });
+    replace(headerBox,
+      h('a', { class: 'btn ghost', href: '#/worklist', testid: 'back-to-worklist' }, '‹ Worklist'),
+      h('div', { class: 'patient' },
+        h('span', { class: 'strong', testid: 'study-patient-name' }, formatPersonName(study.patient_name)),
+        h('span', { class: 'muted' }, ` ${study.patient_id ?? ''}`)),
+      h('div', {}, h('span', { testid: 'study-description' }, study.description ?? ''),
+        h('span', { class: 'muted' }, ` · ${(study.modalities ?? []).join('/')} · ${study.site_name || study.site_id || ''}`)),
+      String(study.priority ?? '') ? h('span', { class: `badge prio prio-${String(study.priority).toLowerCase().replace(/[^a-z]/g, '')}` },
+        String(study.priority).toUpperCase()) : null,
+      study.ai_critical ? h('span', { class: 'badge crit' }, 'AI CRITICAL') : null,
+      h('span', { class: 'muted', testid: 'study-claimed-by' },
+        study.claimed_by ? `claimed by ${study.claimed_by}` : 'unclaimed'),
+      seconds !== null ? h('span', { class: seconds < 0 ? 'overdue' : 'muted' },
+        seconds < 0 ? `overdue ${formatDuration(seconds)}` : `due in ${formatDuration(seconds)}`) : null,
+      claimBtn);
+  }
+
+  function renderFindings(study) {
+    const findings = study.ai_findings ?? [];
+    const list = h('ul', { class: 'findings' });
+    for (const f of findings) {
+      const state = h('span', { class: `badge review-${String(f.review ?? 'pending').replace(/[^a-z]/g, '')}`, testid: 'ai-finding-review' },
+        f.review ?? 'pending');
+      const accept = h('button', { class: 'btn small accept', type: 'button', testid: 'ai-finding-accept' }, 'Accept');
+      const reject = h('button', { class: 'btn small reject', type: 'button', testid: 'ai-finding-reject' }, 'Reject');
+      const li = h('li', {
+        class: f.critical ? 'finding critical' : 'finding', testid: 'ai-finding',
+        dataset: { findingId: String(f.id), review: String(f.review ?? 'pending') },
+      },
+      h('div', { class: 'finding-head' },
+        h('span', { class: 'strong', testid: 'ai-finding-label' }, f.label ?? ''),
+        f.critical ? h('span', { class: 'badge crit', testid: 'ai-finding-critical' }, 'CRITICAL') : null,
+        f.positive === false ? h('span', { class: 'badge' }, 'negative') : null,
+        state),
+      h('div', { class: 'muted small' },
+        typeof f.probability === 'number' ? `p = ${(f.probability * 100).toFixed(1)}%` : '',
+        typeof f.threshold === 'number' ? ` (threshold ${(f.threshold * 100).toFixed(0)}%)` : '',
+        typeof f.volume_ml === 'number' ? ` · ${f.volume_ml.toFixed(1)} mL` : ''),
+      h('div', { class: 'muted small', testid: 'ai-finding-model' }, `${f.model ?? '?'}@${f.version ?? '?'} · unverified AI output`),
+      h('div', { class: 'finding-actions' }, accept, reject));
+      const update = (review) => {
+        li.dataset.review = review;
+        replace(state, review);
+        state.className = `badge review-${String(review).replace(/[^a-z]/g, '')}`;
+        accept.disabled = review === 'accepted';
+        reject.disabled = review === 'rejected';
+      };
+      update(f.review ?? 'pending');
+      const review = async (decision) => {
+        accept.disabled = reject.disabled = true;
+        try {
+          const out = await api('POST', `/api/ai-findings/${seg(f.id)}/review`, { body: { decision } });
+          f.review = out?.review ?? decision;
+        } catch (err) {
+          showError(err instanceof ApiError ? err.message : String(err));
+        }
+        update(f.review ?? 'pending');
+      };
+      accept.addEventListener('click', () => review('accepted'));
+      reject.addEventListener('click', () => review('rejected'));
+      list.append(li);
+    }
+    replace(findingsBox, h('h3', {}, `AI findings (${findings.length})`),
+      findings.length ? list : h('p', { class: 'muted' }, 'No AI findings for this study.'));
+  }
+
+  function renderPriors(study) {
+    const priors = study.priors ?? [];
+    const list = h('ul', { class: 'priors' });
+    for (const p of priors) {
+      const weak = p.match === 'name+birthdate';
+      list.append(h('li', { class: weak ? 'prior weak' : 'prior', testid: 'prior-item', dataset: { match: String(p.match ?? '') } },
+        h('a', { href: `#/study/${seg(p.study_id)}`, testid: 'prior-open' }, `${formatDate(p.date)} ${p.description ?? ''}`),
+        h('span', { class: 'muted small' }, ` · ${p.site_id ?? ''} · matched by ${p.match === 'id' ? 'patient ID' : p.match}`),
+        weak ? h('div', { class: 'warning', role: 'note', testid: 'prior-warning' },
+          '⚠ Matched by name and birth date only — confirm this is the same patient before comparing.') : null));
+    }
+    replace(priorsBox, h('h3', {}, `Priors (${priors.length})`),
+      priors.length ? list : h('p', { class: 'muted' }, 'No prior studies found.'));
+  }
+
+  (async () => {
+    try {
+      const study = await api('GET', `/api/studies/${seg(studyId)}`);
+      if (disposed) return;
+      renderHeader(study);
+      renderFindings(study);
+      renderPriors(study);
+      disposers.push(renderReportPanel(reportBox, study));
+      renderSeries(study);
+    } catch (err) {
+      replace(headerBox, h('a', { class: 'btn ghost', href: '#/worklist' }, '‹ Worklist'));
+      showError(err instanceof ApiError ? err.message : String(err));
+    }
+  })();
+
+  return () => {
+    disposed = true;
+    for (const d of disposers) d();
+    viewer?.destroy();
+    viewer = null;
+  };
+}
