@@ -142,9 +142,13 @@ def test_sign_deliver_verify_round_trip(alg: str, center: Center, api: TestClien
                           90, "the SR and PDF at the county site")
     sops = {str(pydicom.dcmread(p).SOPInstanceUID): p for p in received}
     assert set(sops) == {v1["sr_sop_uid"], v1["pdf_sop_uid"]}
+    # The site has the files a moment before the worker records the outcome.
+    def delivered() -> bool:
+        with c.db.session() as s:
+            d = s.scalar(select(Delivery))
+            return d is not None and d.state in ("sent", "committed")
+    wait_until(delivered, 30, "the delivery to be recorded as sent")
     with c.db.session() as s:
-        delivery = s.scalar(select(Delivery))
-        assert delivery is not None and delivery.state in ("sent", "committed")
         attempts = s.scalar(select(func.count()).select_from(AuditRecord).where(
             AuditRecord.object_type == "delivery"))
         assert attempts and attempts >= 1
