@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import lru_cache
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response
@@ -41,12 +42,19 @@ def _check_study(user: UserContext, study_uid: str) -> None:
         raise HTTPException(404, "not found")
 
 
+@lru_cache(maxsize=4)
+def _client(url: str) -> OrthancClient:
+    """One pooled client per Orthanc for the process: a viewer fetching a stack asks for
+    hundreds of frames, and a new connection for each would cost more than the frame."""
+    return OrthancClient.from_settings(get_settings(), retries=1)
+
+
 def _forward(path: str, request: Request, accept_default: str | None = None) -> Response:
     params = {k: v for k, v in request.query_params.items()}
     accept = request.headers.get("accept") or accept_default
     try:
-        with OrthancClient.from_settings(get_settings(), retries=1) as client:
-            upstream = client.get(f"/dicom-web{path}", params=params, accept=accept)
+        upstream = _client(get_settings().orthanc_url).get(f"/dicom-web{path}", params=params,
+                                                            accept=accept)
     except OrthancNotFound as e:
         raise HTTPException(404, "not found") from e
     except OrthancError as e:
