@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from core.db import get_database
 from core.errors import RDCError
 from core.settings import Settings, get_settings
+from rdc.console import console, err, fail
+from rdc.console import load_settings as _settings
 from rdc.models_cli import models_app
 from rdc.reports_cli import deliveries_app, keys_app, reports_app
 from rdc.users_cli import users_app
@@ -36,9 +37,6 @@ app.add_typer(reports_app, name="reports")
 app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(users_app, name="users")
 
-#: Piped output (logs, scripts, tests) gets wide tables rather than 80 columns of wrapping.
-console = Console() if sys.stdout.isatty() else Console(width=200)
-err = Console(stderr=True)
 
 
 def setup_logging(settings: Settings, name: str, level: str = "INFO") -> None:
@@ -53,17 +51,6 @@ def setup_logging(settings: Settings, name: str, level: str = "INFO") -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def _settings() -> Settings:
-    try:
-        return get_settings()
-    except Exception as e:  # pydantic validation: show the message, not a trace
-        err.print(f"[red]configuration error:[/red] {e}")
-        raise typer.Exit(2) from e
-
-
-def fail(e: RDCError) -> typer.Exit:
-    err.print(f"[red]error:[/red] {e}")
-    return typer.Exit(e.exit_code)
 
 
 def _on_term(*_: Any) -> None:

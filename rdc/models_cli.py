@@ -2,40 +2,26 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
 
 from core.db import get_database
 from core.errors import RDCError
-from core.settings import Settings, get_settings
+from rdc.console import console, err
+from rdc.console import fail as _fail
+from rdc.console import load_settings as _settings
 
 models_app = typer.Typer(help="Register, verify, enable and retire AI models.",
                          no_args_is_help=True)
-#: Piped output (logs, scripts, tests) gets wide tables rather than 80 columns of wrapping.
-console = Console() if sys.stdout.isatty() else Console(width=200)
-err = Console(stderr=True)
 
 VersionOpt = Annotated[str | None, typer.Option(
     "--version", "-v", help="Model version (default: the newest registered).")]
 
 
-def _settings() -> Settings:
-    try:
-        return get_settings()
-    except Exception as e:
-        err.print(f"[red]configuration error:[/red] {e}")
-        raise typer.Exit(2) from e
-
-
-def _fail(e: RDCError) -> typer.Exit:
-    err.print(f"[red]error:[/red] {e}")
-    return typer.Exit(e.exit_code)
 
 
 @models_app.command("list")

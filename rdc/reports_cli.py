@@ -9,33 +9,21 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from core.db import get_database
 from core.errors import InvalidInput, RDCError
-from core.settings import Settings, get_settings
+from rdc.console import console, err
+from rdc.console import fail as _fail
+from rdc.console import load_settings as _settings
 
 keys_app = typer.Typer(help="Issue, list, revoke and export readers' signing keys.",
                        no_args_is_help=True)
 reports_app = typer.Typer(help="Inspect and verify signed reports.", no_args_is_help=True)
 deliveries_app = typer.Typer(help="Deliveries of signed results to county sites.",
                              no_args_is_help=True)
-console = Console() if sys.stdout.isatty() else Console(width=200)
-err = Console(stderr=True)
 
 
-def _settings() -> Settings:
-    try:
-        return get_settings()
-    except Exception as e:
-        err.print(f"[red]configuration error:[/red] {e}")
-        raise typer.Exit(2) from e
-
-
-def _fail(e: RDCError) -> typer.Exit:
-    err.print(f"[red]error:[/red] {e}")
-    return typer.Exit(e.exit_code)
 
 
 def _passphrase(passphrase_file: Path | None, confirm: bool) -> str:

@@ -12,33 +12,20 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from core.db import get_database
 from core.errors import InvalidInput, RDCError
-from core.settings import Settings, get_settings
+from rdc.console import console, err
+from rdc.console import fail as _fail
+from rdc.console import load_settings as _settings
 
 users_app = typer.Typer(
     help="Add, list, disable and enable web app users; reset their TOTP second factor.",
     no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
-#: Piped output (logs, scripts, tests) gets wide tables rather than 80 columns of wrapping.
-console = Console() if sys.stdout.isatty() else Console(width=200)
-err = Console(stderr=True)
 PASSWORD_ENV = "RDC_USER_PASSWORD"  # noqa: S105 (the variable's name, not a password)
 
 
-def _settings() -> Settings:
-    try:
-        return get_settings()
-    except Exception as e:
-        err.print(f"[red]configuration error:[/red] {e}")
-        raise typer.Exit(2) from e
-
-
-def _fail(e: RDCError) -> typer.Exit:
-    err.print(f"[red]error:[/red] {e}")
-    return typer.Exit(e.exit_code)
 
 
 def _password(password_file: Path | None) -> str:
