@@ -3,7 +3,8 @@
 The SPA is served by :func:`viewer.frontend_routes.mount_frontend` from a tiny FastAPI
 app whose API routes are stand-ins (the real ones are tested elsewhere): the login page
 shows without console errors, server messages are shown as text (never as HTML), and
-the study viewer really draws a DICOM image through Cornerstone3D's wadors loader.
+the study viewer really draws a DICOM image through Cornerstone3D's wadors loader, the
+admin page adds and disables accounts, and the turnaround dashboard shows its table and chart.
 
 Missing pieces fail loudly, never skip: build the front end with ``./bootstrap.sh``
 (``npm ci && npm run build`` in ``viewer/``), ``apt-get install chromium``,
@@ -163,9 +164,9 @@ def _png(width: int = 8, height: int = 8) -> bytes:
             + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
-def _stub_app(static_dir: Path) -> FastAPI:
+def _stub_app(static_dir: Path, roles: tuple[str, ...] = ("radiologist",)) -> FastAPI:
     app = FastAPI()
-    user = {"id": 1, "username": "reader", "display_name": "Dr Reader", "roles": ["radiologist"],
+    user = {"id": 1, "username": "reader", "display_name": "Dr Reader", "roles": list(roles),
             "sites": "all", "csrf_token": "csrf-1"}
     study: dict[str, Any] = {
         "study_id": 1, "study_uid": STUDY_UID, "site_id": "county-a", "site_name": "County A",
@@ -270,6 +271,74 @@ def _stub_app(static_dir: Path) -> FastAPI:
     def rendered(st: str, se: str, sop: str, viewport: str = "") -> Response:
         seen["thumbnail_viewport"] = viewport
         return Response(_png(), media_type="image/png")
+
+    # Administration (admin role only, as viewer/auth_api.py).
+    accounts: list[dict[str, Any]] = [
+        {"id": 1, "username": "reader", "display_name": "Dr Reader", "roles": list(roles),
+         "sites": "all", "enabled": True, "locked_until": None,
+         "created_at": "2026-01-01T08:00:00Z", "disabled_at": None},
+        {"id": 2, "username": "tech.b", "display_name": XSS_NAME, "roles": ["site_user"],
+         "sites": ["county-b"], "enabled": True, "locked_until": None,
+         "created_at": "2026-01-02T08:00:00Z", "disabled_at": None}]
+
+    def admin_only() -> JSONResponse | None:
+        if "admin" not in user["roles"]:
+            return JSONResponse({"detail": "requires role admin"}, status_code=403)
+        return None
+
+    @app.get("/api/admin/users")
+    def list_users() -> Any:
+        return admin_only() or accounts
+
+    @app.post("/api/admin/users", status_code=201)
+    async def add_user(request: Request) -> Any:
+        if (denied := admin_only()) is not None:
+            return denied
+        body = await request.json()
+        seen["add_user"] = body
+        seen["add_user_csrf"] = request.headers.get("x-csrf-token")
+        if any(a["username"] == body["username"] for a in accounts):
+            return JSONResponse({"detail": f"username <b>{body['username']}</b> is taken"},
+                                status_code=409)
+        account = {"id": len(accounts) + 1, "username": body["username"],
+                   "display_name": body["display_name"], "roles": sorted(body["roles"]),
+                   "sites": "all" if body["all_sites"] else sorted(body["sites"]),
+                   "enabled": True, "locked_until": None,
+                   "created_at": "2026-01-03T08:00:00Z", "disabled_at": None}
+        accounts.append(account)
+        return {"user": account, "provisioning_uri":
+                f"otpauth://totp/RDC:{body['username']}?secret=JBSWY3DPEHPK3PXP&issuer=RDC"}
+
+    @app.post("/api/admin/users/{user_id}/{action}")
+    def user_action(user_id: int, action: str, request: Request) -> Any:
+        if (denied := admin_only()) is not None:
+            return denied
+        seen.setdefault("admin_actions", []).append(
+            (user_id, action, request.headers.get("x-csrf-token")))
+        account = next(a for a in accounts if a["id"] == user_id)
+        if action == "reset-totp":
+            return {"provisioning_uri": f"otpauth://totp/RDC:{account['username']}?secret=NEW"}
+        account["enabled"] = action == "enable"
+        account["disabled_at"] = None if account["enabled"] else "2026-01-03T09:00:00Z"
+        return account
+
+    # Turnaround dashboard.
+    @app.get("/api/dashboard/turnaround")
+    def turnaround(days: int = 30) -> dict[str, Any]:
+        seen["dashboard_days"] = days
+        rows = [{"site_id": "county-a", "modality": "CT", "interval": name, "count": 12,
+                 "p50_min": 14.5, "p90_min": 41.25, "max_min": 95.0}
+                for name in ("complete->signed", "opened->signed")]
+        if days > 7:
+            rows.append({"site_id": "<i>county-b</i>", "modality": "MR",
+                         "interval": "complete->signed", "count": 3, "p50_min": 60.0,
+                         "p90_min": 120.0, "max_min": 130.5})
+        return {"days": days, "stages": [], "rows": rows}
+
+    @app.get("/api/dashboard/turnaround.png")
+    def turnaround_png(days: int = 30) -> Response:
+        seen["chart_days"] = days
+        return Response(_png(160, 90), media_type="image/png")
 
     app.state.seen = seen
     mount_frontend(app, static_dir)
@@ -426,4 +495,112 @@ def test_study_viewer_renders_an_image(static_dir: Path, browser: Any) -> None:
         assert app.state.seen["sign"] == {"passphrase": "right", "version": 1}
         assert page.get_by_test_id("report-addendum").is_visible()
         assert not page.get_by_test_id("report-sign").is_visible()
+        page.close()
+
+
+_CHART_LOADED = ("() => { const i = document.querySelector('[data-testid=dashboard-chart]');"
+                 " return i && i.complete && i.naturalWidth > 0; }")
+
+
+def test_admin_adds_a_user_and_disables_one(static_dir: Path, browser: Any) -> None:
+    app = _stub_app(static_dir, roles=("admin",))
+    with _Server(app) as server:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors = _collect_errors(page)
+        page.on("dialog", lambda d: d.accept())  # the confirm() before disable / reset
+        page.goto(f"{server.url}/#/worklist")
+        page.get_by_test_id("nav-admin").click()
+        users = page.get_by_test_id("admin-users")
+        users.locator("[data-testid=admin-user-row][data-user-id='2']").wait_for(timeout=15_000)
+        assert page.get_by_test_id("admin-user-row").count() == 2
+        # A display name with markup is text; the admin's own row offers no Disable.
+        other = users.locator("[data-testid=admin-user-row][data-user-id='2']")
+        assert other.get_by_test_id("admin-user-name").inner_text().startswith("<img")
+        own = users.locator("[data-testid=admin-user-row][data-user-id='1']")
+        assert own.get_by_test_id("admin-disable").count() == 0
+
+        # Client-side check first, then a server error shown as text.
+        page.get_by_test_id("admin-add-username").fill("tech.b")
+        page.get_by_test_id("admin-add-display-name").fill("Tech B")
+        page.get_by_test_id("admin-add-password").fill("short")
+        page.get_by_test_id("admin-add-role-site_user").check()
+        page.get_by_test_id("admin-add-submit").click()
+        error = page.get_by_test_id("admin-error")
+        error.wait_for(state="visible")
+        assert "at least 12 characters" in error.inner_text()
+        page.get_by_test_id("admin-add-password").fill("correct horse battery")
+        page.get_by_test_id("admin-add-submit").click()
+        page.wait_for_function("() => document.querySelector('[data-testid=admin-error]')"
+                               ".textContent.includes('is taken')")
+        assert error.inner_text() == "username <b>tech.b</b> is taken"
+
+        # Add a reader with two sites: the provisioning URI is shown once, as text.
+        page.get_by_test_id("admin-add-username").fill("dr.new")
+        page.get_by_test_id("admin-add-display-name").fill("Dr New")
+        page.get_by_test_id("admin-add-role-site_user").uncheck()
+        page.get_by_test_id("admin-add-role-radiologist").check()
+        page.get_by_test_id("admin-add-sites").fill("county-a, county-b")
+        page.get_by_test_id("admin-add-submit").click()
+        uri = page.get_by_test_id("admin-provisioning-uri")
+        uri.wait_for(state="visible", timeout=10_000)
+        assert uri.inner_text().startswith("otpauth://totp/RDC:dr.new?secret=")
+        assert error.is_hidden()
+        assert app.state.seen["add_user"] == {
+            "username": "dr.new", "display_name": "Dr New", "password": "correct horse battery",
+            "roles": ["radiologist"], "sites": ["county-a", "county-b"], "all_sites": False}
+        assert app.state.seen["add_user_csrf"] == "csrf-1"
+        page.locator("[data-testid=admin-user-row][data-username='dr.new']").wait_for()
+        assert page.get_by_test_id("admin-add-username").input_value() == ""
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "admin.png"), full_page=True)
+
+        # Disable, then enable again, with the CSRF header.
+        other.get_by_test_id("admin-disable").click()
+        page.wait_for_selector("[data-testid=admin-user-row][data-user-id='2'][data-state=disabled]")
+        assert app.state.seen["admin_actions"][-1] == (2, "disable", "csrf-1")
+        other.get_by_test_id("admin-enable").click()
+        page.wait_for_selector("[data-testid=admin-user-row][data-user-id='2'][data-state=enabled]")
+        other.get_by_test_id("admin-reset-totp").click()
+        page.wait_for_function("() => document.querySelector('[data-testid=admin-provisioning-uri]')"
+                               ".textContent.endsWith('tech.b?secret=NEW')")
+        assert app.state.seen["admin_actions"] == [
+            (2, "disable", "csrf-1"), (2, "enable", "csrf-1"), (2, "reset-totp", "csrf-1")]
+        assert page.evaluate("window.__xss") is None
+        # Chromium logs every 4xx answer; the one 409 above was asked for.
+        assert [e for e in errors if "status of 409" not in e] == []
+        page.close()
+
+
+def test_dashboard_table_and_chart(static_dir: Path, browser: Any) -> None:
+    app = _stub_app(static_dir)  # a radiologist: the dashboard, not the admin page
+    with _Server(app) as server:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors = _collect_errors(page)
+        page.goto(f"{server.url}/#/worklist")
+        page.get_by_test_id("nav-dashboard").click()
+        page.get_by_test_id("dashboard-row").first.wait_for(timeout=15_000)
+        assert page.get_by_test_id("nav-admin").count() == 0
+        assert page.get_by_test_id("dashboard-row").count() == 3
+        assert app.state.seen["dashboard_days"] == 30
+        first = page.get_by_test_id("dashboard-row").first.inner_text()
+        for text in ("county-a", "CT", "complete \u2192 signed", "12", "14.5", "41.3", "95.0"):
+            assert text in first, text
+        assert "<i>county-b</i>" in page.get_by_test_id("dashboard-table").inner_text()
+        page.wait_for_function(_CHART_LOADED, timeout=10_000)
+        assert app.state.seen["chart_days"] == 30
+
+        page.get_by_test_id("dashboard-days").select_option("7")
+        page.wait_for_function(
+            "() => document.querySelectorAll('[data-testid=dashboard-row]').length === 2")
+        page.wait_for_function(_CHART_LOADED, timeout=10_000)
+        assert app.state.seen["dashboard_days"] == app.state.seen["chart_days"] == 7
+        assert page.get_by_test_id("dashboard-chart").get_attribute("src").endswith("days=7")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "dashboard.png"), full_page=True)
+
+        # The admin page is not offered, and says so when typed in.
+        page.goto(f"{server.url}/#/admin")
+        page.get_by_test_id("page-forbidden").wait_for()
+        assert page.evaluate("window.__xss") is None
+        assert errors == []
         page.close()

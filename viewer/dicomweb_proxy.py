@@ -49,12 +49,23 @@ def _client(url: str) -> OrthancClient:
     return OrthancClient.from_settings(get_settings(), retries=1)
 
 
-def _forward(path: str, request: Request, accept_default: str | None = None) -> Response:
-    params = {k: v for k, v in request.query_params.items()}
-    accept = request.headers.get("accept") or accept_default
+def _accept(path: str, asked: str | None) -> str | None:
+    """Orthanc's rendered endpoint takes only one concrete image type, not a browser's
+    ``image/avif,image/webp,*/*`` list: pick PNG when asked for, else JPEG."""
+    if path.endswith("/rendered"):
+        return "image/png" if asked and "image/png" in asked else "image/jpeg"
+    return asked
+
+
+def _forward(path: str, request: Request, accept_default: str | None = None,
+             query: str | None = None) -> Response:
+    # The query goes on as the client wrote it: Orthanc's DICOMweb plugin does not
+    # decode an escaped comma (viewport=128%2C128), which a re-encoded dict would send.
+    query = request.url.query if query is None else query
+    accept = _accept(path, request.headers.get("accept") or accept_default)
     try:
-        upstream = _client(get_settings().orthanc_url).get(f"/dicom-web{path}", params=params,
-                                                            accept=accept)
+        upstream = _client(get_settings().orthanc_url).get(
+            f"/dicom-web{path}" + (f"?{query}" if query else ""), accept=accept)
     except OrthancNotFound as e:
         raise HTTPException(404, "not found") from e
     except OrthancError as e:
@@ -83,9 +94,13 @@ def search_studies(request: Request, user: CurrentUser) -> Response:
 
 @router.get("/studies/{study}/{rest:path}")
 def study_resource(study: str, rest: str, request: Request, user: CurrentUser) -> Response:
-    """Everything under one study: series/instance search, metadata, frames, rendered."""
+    """Everything under one study: series/instance search, metadata, frames, rendered.
+    ``.../thumbnail`` (which Debian's DICOMweb plugin lacks) is a small rendered image."""
     _check_uid(study, *[p for p in rest.split("/") if p and p[0].isdigit()])
     _check_study(user, study)
+    if rest.endswith("/thumbnail"):
+        rest = rest.removesuffix("/thumbnail") + "/rendered"
+        return _forward(f"/studies/{study}/{rest}", request, query="viewport=128,128")
     return _forward(f"/studies/{study}/{rest}", request)
 
 

@@ -1,4 +1,4 @@
-// Single-page app: hash routes #/login, #/worklist, #/study/<id>.
+// Single-page app: hash routes #/login, #/worklist, #/study/<id>, #/dashboard, #/admin.
 import './styles.css';
 import { ApiError, loadMe, logout, onUnauthorized } from './api.js';
 import { h, replace } from './dom.js';
@@ -26,15 +26,34 @@ function parseRoute() {
   const study = /^\/study\/([^/?]+)$/.exec(path);
   if (study) return { name: 'study', studyId: decodeURIComponent(study[1]) };
   if (path.startsWith('/login')) return { name: 'login' };
+  if (path === '/admin') return { name: 'admin' };
+  if (path === '/dashboard') return { name: 'dashboard' };
   return { name: 'worklist' };
 }
 
-function header(user) {
+/** Roles that may see the turnaround dashboard (viewer/worklist_api.py Manager). */
+const DASHBOARD_ROLES = ['admin', 'radiologist', 'cardiologist', 'pathologist', 'lab_reviewer'];
+
+function hasRole(user, ...roles) {
+  return Array.isArray(user?.roles) && user.roles.some((r) => roles.includes(r));
+}
+
+const canSeeAdmin = (user) => hasRole(user, 'admin');
+const canSeeDashboard = (user) => hasRole(user, ...DASHBOARD_ROLES);
+
+function header(user, current) {
+  const link = (name, href, testid, label) => h('a', {
+    href, testid, class: current === name ? 'active' : null,
+    'aria-current': current === name ? 'page' : null,
+  }, label);
   return h(
     'header',
     { class: 'topbar' },
     h('a', { class: 'brand', href: '#/worklist' }, 'RDC Reading'),
-    h('nav', {}, h('a', { href: '#/worklist', testid: 'nav-worklist' }, 'Worklist')),
+    h('nav', {},
+      link('worklist', '#/worklist', 'nav-worklist', 'Worklist'),
+      canSeeDashboard(user) ? link('dashboard', '#/dashboard', 'nav-dashboard', 'Dashboard') : null,
+      canSeeAdmin(user) ? link('admin', '#/admin', 'nav-admin', 'Admin') : null),
     h('span', { class: 'spacer' }),
     h('span', { class: 'user', testid: 'current-user' }, user.display_name || user.username),
     h(
@@ -84,8 +103,20 @@ async function route() {
   }
   sessionStorage.removeItem('rdc.next');
   const main = h('main', { class: `page page-${r.name}` });
-  replace(app, header(user), main);
-  if (r.name === 'study') {
+  replace(app, header(user, r.name), main);
+  if ((r.name === 'admin' && !canSeeAdmin(user)) || (r.name === 'dashboard' && !canSeeDashboard(user))) {
+    replace(main, h('p', { class: 'error page-error', role: 'alert', testid: 'page-forbidden' },
+      'You are not allowed to see this page.'));
+    return;
+  }
+  if (r.name === 'admin' || r.name === 'dashboard') {
+    // Small pages most users never open: separate chunks, like the viewer.
+    const page = r.name === 'admin'
+      ? (await import('./pages/admin.js')).renderAdmin
+      : (await import('./pages/dashboard.js')).renderDashboard;
+    if (seq !== navSeq) return;
+    disposeCurrent = page(main, { navigate, user });
+  } else if (r.name === 'study') {
     // The viewer (Cornerstone3D, vtk.js, codecs) is a separate chunk: the login page and
     // the worklist stay light.
     const { renderStudy } = await import('./pages/study.js');
