@@ -1,0 +1,115 @@
+"""WFDB (PhysioNet) record reader, through the ``wfdb`` package.
+
+A WFDB record is a text header plus one or more signal files named in it, so the reader
+takes all of them; ``read_ecg`` accepts them as one zip. The header's record line is
+checked here before ``wfdb`` parses it because ``wfdb`` silently substitutes 250 Hz for a
+missing or zero sampling frequency, which would mis-time every interval.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import wfdb
+
+from ecg.errors import InconsistentWaveform, UnreadableWaveform
+from ecg.signal import Ecg12, assemble
+
+_UNIT_TO_MV: dict[str, float] = {"mv": 1.0, "uv": 1e-3, "μv": 1e-3, "µv": 1e-3, "v": 1e3}
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def _record_line(header: str) -> list[str]:
+    for line in header.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            return stripped.split()
+    raise UnreadableWaveform("WFDB header has no record line")
+
+
+def _check_header(header: str) -> tuple[str, int, float, int | None]:
+    fields = _record_line(header)
+    if len(fields) < 2 or not fields[1].isdigit():
+        raise UnreadableWaveform(f"WFDB record line is malformed: {' '.join(fields)!r}")
+    name = fields[0].split("/")[0]
+    n_sig = int(fields[1])
+    if len(fields) < 3:
+        raise InconsistentWaveform("WFDB header gives no sampling frequency")
+    fs_text = re.split(r"[/(]", fields[2])[0]
+    try:
+        fs = float(fs_text)
+    except ValueError as exc:
+        raise InconsistentWaveform(
+            f"WFDB sampling frequency {fields[2]!r} is not a number"
+        ) from exc
+    if not np.isfinite(fs) or fs <= 0:
+        raise InconsistentWaveform(f"WFDB sampling frequency must be > 0 Hz, got {fields[2]!r}")
+    n_samples = int(fields[3]) if len(fields) > 3 and fields[3].isdigit() else None
+    signal_lines = [
+        ln for ln in header.splitlines()[1:] if ln.strip() and not ln.lstrip().startswith("#")
+    ]
+    if len(signal_lines) < n_sig:
+        raise InconsistentWaveform(
+            f"WFDB header declares {n_sig} signals but has {len(signal_lines)} signal lines"
+        )
+    return name, n_sig, fs, n_samples
+
+
+def read_wfdb_record(header: bytes, files: Mapping[str, bytes]) -> Ecg12:
+    """Read a WFDB record from its header bytes and its signal files (name -> bytes).
+
+    Raises :class:`UnreadableWaveform` when the header or a signal file cannot be parsed
+    or is absent, :class:`InconsistentWaveform` when the sampling frequency is not > 0 or
+    a signal file holds fewer samples than the header declares.
+    """
+    try:
+        text = header.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise UnreadableWaveform("WFDB header is not ASCII text") from exc
+    name, n_sig, fs, n_samples = _check_header(text)
+    if not _SAFE_NAME.match(name):
+        raise UnreadableWaveform(f"WFDB record name {name!r} is not a plain file name")
+    with tempfile.TemporaryDirectory(prefix="rdc-wfdb-") as tmp:
+        root = Path(tmp)
+        (root / f"{name}.hea").write_bytes(header)
+        for file_name, content in files.items():
+            base = Path(file_name).name
+            if not _SAFE_NAME.match(base):
+                raise UnreadableWaveform(f"WFDB signal file name {file_name!r} is not plain")
+            (root / base).write_bytes(content)
+        try:
+            record = wfdb.rdrecord(str(root / name), physical=True)
+        except FileNotFoundError as exc:
+            missing = Path(str(exc.filename)).name
+            raise UnreadableWaveform(f"WFDB signal file missing: {missing}") from exc
+        except (ValueError, IndexError, OSError) as exc:
+            raise InconsistentWaveform(f"WFDB record {name!r} cannot be decoded: {exc}") from exc
+    signals = record.p_signal
+    if signals is None or signals.ndim != 2 or signals.shape[1] != n_sig:
+        raise InconsistentWaveform(f"WFDB record {name!r} decoded to no {n_sig}-signal array")
+    if n_samples is not None and signals.shape[0] < n_samples:
+        raise InconsistentWaveform(
+            f"WFDB record {name!r}: header declares {n_samples} samples, "
+            f"signal files hold {signals.shape[0]} (truncated?)"
+        )
+    leads: dict[str, np.ndarray] = {}
+    for i, (label, unit) in enumerate(zip(record.sig_name, record.units, strict=True)):
+        factor = _UNIT_TO_MV.get(str(unit).strip().lower())
+        if factor is None:
+            raise InconsistentWaveform(f"WFDB signal {label!r} has non-voltage unit {unit!r}")
+        leads[str(label)] = signals[:, i] * factor
+    age: float | None = None
+    sex: str | None = None
+    for comment in record.comments or []:
+        if m := re.match(r"\s*age:\s*(\d+)", comment, re.IGNORECASE):
+            age = float(m.group(1))
+        if m := re.match(r"\s*sex:\s*([MF])", comment, re.IGNORECASE):
+            sex = m.group(1).upper()
+    return assemble(
+        leads, fs, patient_id=None, patient_sex=sex, patient_age_years=age,
+        acquisition_time=record.base_datetime, source_format="wfdb",
+    )

@@ -1,0 +1,257 @@
+"""ECG analysis checked against simulated ECGs with known rate, intervals and findings.
+
+Two simulators:
+
+* neurokit2's ``ecg_simulate(method="multileads")`` (ECGSYN, McSharry 2003) at 45/75/130
+  bpm: heart rate must be within +-3 bpm. ECGSYN waves are Gaussians whose centres and
+  widths are set by angles that scale with the rate, so P onset (P centre - 2 sigma) and
+  T end (T centre + 2 sigma) are known analytically; both must be within +-25 ms.
+  Its leads are scaled independently, so axes and voltages are not checked on it.
+* ``synth`` below: raised-cosine waves with exact onsets/offsets on a frontal dipole
+  (Einthoven-consistent limb leads). Tolerances: PR +-20 ms, QRS +-15 ms, QT +-35 ms
+  (the T wave's raised-cosine tail is below any fixed threshold for its last ~20 ms),
+  axes +-10 degrees, ST +-0.03 mV.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import neurokit2 as nk
+import numpy as np
+import pytest
+from pydicom.data import get_testdata_file
+
+from ecg.analyze import Analysis, analyze
+from ecg.readers import read_ecg
+from ecg.signal import LEADS, Ecg12, assemble
+
+LIMB = {"I": 0.0, "II": 60.0, "III": 120.0, "aVR": -150.0, "aVL": -30.0, "aVF": 90.0}
+R_W = [0.2, 0.4, 0.7, 1.0, 1.1, 0.9]
+S_W = [1.4, 1.6, 0.9, 0.4, 0.2, 0.1]
+T_W = [0.1, 0.4, 0.6, 0.6, 0.5, 0.4]
+
+
+def _hann(t: np.ndarray, start: float, stop: float) -> np.ndarray:
+    out = np.zeros_like(t)
+    inside = (t >= start) & (t <= stop)
+    out[inside] = 0.5 - 0.5 * np.cos(2 * np.pi * (t[inside] - start) / (stop - start))
+    return out
+
+
+def synth(hr: float = 75.0, pr: float = 160.0, qrs: float = 90.0, qt: float = 380.0,
+          fs: float = 500.0, duration: float = 10.0, axis: float = 60.0, p_wave: bool = True,
+          st: dict[str, float] | None = None, rr_jitter: float = 0.0, r_scale: float = 1.0,
+          sex: str | None = None, age: float | None = None, seed: int = 0) -> Ecg12:
+    """A 12-lead ECG whose P onset, QRS onset/offset and T end are exact (ms)."""
+    rng = np.random.default_rng(seed)
+    n = int(duration * fs)
+    t = np.arange(n) / fs * 1000.0
+    leads = {name: np.zeros(n) for name in LEADS}
+    st = st or {}
+    onset = 400.0
+    while onset < t[-1] + pr:
+        rel = t - onset
+        p = 0.15 * _hann(rel, -pr, -pr + 100) if p_wave else 0.0 * rel
+        q = -0.1 * _hann(rel, 0, 0.25 * qrs)
+        r = 1.2 * r_scale * _hann(rel, 0.15 * qrs, 0.75 * qrs)
+        s = -0.35 * r_scale * _hann(rel, 0.6 * qrs, qrs)
+        tw = 0.35 * _hann(rel, qrs + 0.35 * (qt - qrs), qt)
+        rise = np.clip((rel - 0.5 * qrs) / (0.5 * qrs), 0, 1)
+        fall = np.clip((qt - rel) / (0.5 * (qt - qrs)), 0, 1)
+        st_shape = np.where(rel > qrs + 0.5 * (qt - qrs), fall, rise)
+        for name, angle in LIMB.items():
+            proj = math.cos(math.radians(angle - axis))
+            t_proj = math.cos(math.radians(angle - (axis - 10)))
+            p_proj = math.cos(math.radians(angle - 55))
+            leads[name] += (p_proj * p + proj * (q + r + s) + t_proj * tw
+                            + st.get(name, 0.0) * st_shape)
+        for i in range(6):
+            name = f"V{i + 1}"
+            leads[name] += (0.5 * p + R_W[i] * r + S_W[i] * s + T_W[i] * tw
+                            + st.get(name, 0.0) * st_shape)
+        onset += 60000.0 / hr * (1 + rr_jitter * rng.uniform(-1, 1))
+    return assemble(leads, fs, patient_sex=sex, patient_age_years=age,
+                    source_format="synthetic")
+
+
+def _nk12(hr: float) -> Ecg12:
+    df = nk.ecg_simulate(duration=10, sampling_rate=500, heart_rate=hr,
+                         method="multileads", random_state=7)
+    return assemble({c: df[c].to_numpy() for c in df.columns}, 500.0, source_format="sim")
+
+
+@pytest.fixture(scope="module", params=[45.0, 75.0, 130.0])
+def nk_case(request: pytest.FixtureRequest) -> tuple[float, Analysis]:
+    hr = float(request.param)
+    return hr, analyze(_nk12(hr))
+
+
+def test_neurokit_multilead_rate_and_wave_boundaries(nk_case: tuple[float, Analysis]) -> None:
+    hr, result = nk_case
+    m = result.measurements
+    assert m is not None
+    assert abs(m.heart_rate_bpm - hr) <= 3.0
+    assert m.p_wave_present and m.pr_ms is not None and m.qt_ms is not None
+    rr = 60.0 / hr * 1000.0
+    f1, f2 = math.sqrt(hr / 60), (hr / 60) ** 0.25  # ECGSYN's rate scaling of angles/widths
+    p_on = -(70 * f2 / 360 * rr + 2 * math.degrees(0.25 * f1) / 360 * rr)
+    t_end = 100 * f2 / 360 * rr + 2 * math.degrees(0.4 * f1) / 360 * rr
+    assert m.fiducials_ms["p_on"] == pytest.approx(p_on, abs=25)
+    assert m.fiducials_ms["t_off"] == pytest.approx(t_end, abs=25)
+    assert m.qrs_ms is not None and 50 <= m.qrs_ms < 120
+    assert m.qtc_bazett_ms == pytest.approx(m.qt_ms / math.sqrt(m.rr_ms / 1000))
+    assert m.qtc_fridericia_ms == pytest.approx(m.qt_ms / (m.rr_ms / 1000) ** (1 / 3))
+    assert set(m.st_j60_mv) == set(LEADS)
+
+
+def test_neurokit_multilead_rate_statements(nk_case: tuple[float, Analysis]) -> None:
+    hr, result = nk_case
+    codes = result.codes
+    assert ("bradycardia" in codes) == (hr < 60)
+    assert ("tachycardia" in codes) == (hr > 100)
+    assert "sinus_rhythm" in codes
+    assert not result.critical  # 45 and 130 bpm are abnormal but not critical rates
+    assert "stemi" not in codes
+    # ECGSYN stretches T with RR: at 45 bpm its QT really is long (T end ~490 ms after R).
+    m = result.measurements
+    assert m is not None and m.qtc_fridericia_ms is not None
+    assert ("long_qt" in codes) == (m.qtc_fridericia_ms >= 460)
+    json.dumps(result.to_dict())
+
+
+def test_pydicom_sample_analyses() -> None:
+    path = get_testdata_file("waveform_ecg.dcm")
+    assert path is not None
+    result = analyze(read_ecg(Path(str(path)).read_bytes()))
+    m = result.measurements
+    assert m is not None and result.quality.grade == "good"
+    assert 55 < m.heart_rate_bpm < 67
+    assert m.pr_ms is not None and 120 <= m.pr_ms <= 200
+    assert m.qrs_ms is not None and 60 <= m.qrs_ms < 110
+    assert m.qt_ms is not None and 320 <= m.qt_ms <= 420
+    assert m.qrs_axis_deg is not None and 0 <= m.qrs_axis_deg <= 90
+    assert "sinus_rhythm" in result.codes and not result.critical
+    doc = json.loads(json.dumps(result.to_dict()))
+    assert doc["metadata"]["patient_id"] == "642341"
+    assert set(doc["timings_ms"]) == {"quality", "measure", "interpret", "total"}
+
+
+@pytest.mark.parametrize(("hr", "pr", "qrs", "qt", "axis"), [
+    (45.0, 180.0, 90.0, 440.0, 60.0),
+    (75.0, 160.0, 100.0, 380.0, -45.0),
+    (130.0, 140.0, 80.0, 300.0, 100.0),
+])
+def test_known_intervals_and_axes(hr: float, pr: float, qrs: float, qt: float,
+                                  axis: float) -> None:
+    m = analyze(synth(hr=hr, pr=pr, qrs=qrs, qt=qt, axis=axis)).measurements
+    assert m is not None
+    assert m.heart_rate_bpm == pytest.approx(hr, abs=1)
+    assert m.pr_ms == pytest.approx(pr, abs=20)
+    assert m.qrs_ms == pytest.approx(qrs, abs=15)
+    assert m.qt_ms == pytest.approx(qt, abs=35)
+    assert m.qrs_axis_deg == pytest.approx(axis, abs=10)
+    assert m.p_axis_deg == pytest.approx(55, abs=10)
+    assert m.t_axis_deg == pytest.approx(axis - 10, abs=10)
+
+
+def test_first_degree_av_block() -> None:
+    result = analyze(synth(pr=260))
+    (stmt,) = [s for s in result.statements if s.code == "first_degree_av_block"]
+    assert stmt.evidence["pr_ms"] == pytest.approx(260, abs=20)
+    assert "sinus_rhythm" in result.codes
+
+
+def test_wide_qrs() -> None:
+    result = analyze(synth(qrs=150, qt=420))
+    assert any(c.startswith("wide_qrs") for c in result.codes)
+
+
+def test_long_qt_and_critical_long_qt() -> None:
+    moderate = analyze(synth(hr=60, qt=480))
+    assert "long_qt" in moderate.codes and not moderate.critical
+    severe = analyze(synth(hr=60, qt=570))
+    assert "long_qt" in severe.codes and severe.critical
+
+
+def test_critical_rates() -> None:
+    slow = analyze(synth(hr=35, qt=440))
+    assert "bradycardia" in slow.codes and slow.critical
+    fast = analyze(synth(hr=165, pr=120, qrs=80, qt=260))
+    assert "tachycardia" in fast.codes and fast.critical
+
+
+def test_stemi_anterior_is_critical_with_evidence() -> None:
+    result = analyze(synth(st={"V2": 0.35, "V3": 0.35, "V4": 0.3}, sex="M", age=60))
+    (stmt,) = [s for s in result.statements if s.code == "stemi"]
+    assert stmt.critical and result.critical
+    assert {"V2", "V3", "V4"} <= set(stmt.evidence["leads"])
+    assert stmt.evidence["st_j60_mv"]["V3"] == pytest.approx(0.35, abs=0.03)
+    assert stmt.evidence["thresholds_mv"]["V2"] == 0.2
+
+
+def test_st_elevation_below_threshold_is_not_stemi() -> None:
+    result = analyze(synth(st={"V2": 0.12, "V3": 0.12}, sex="M", age=60))
+    assert "stemi" not in result.codes and not result.critical
+
+
+def test_lvh_voltage() -> None:
+    result = analyze(synth(r_scale=2.6))
+    (stmt,) = [s for s in result.statements if s.code == "lvh_voltage"]
+    assert stmt.evidence["sokolow_lyon_mv"] >= 3.5
+    assert "lvh_voltage" not in analyze(synth()).codes
+
+
+def test_irregular_rhythm_without_p_suggests_af() -> None:
+    result = analyze(synth(p_wave=False, rr_jitter=0.35, seed=3))
+    assert "atrial_fibrillation_suspected" in result.codes
+    assert "sinus_rhythm" not in result.codes
+
+
+def test_flat_lead_is_flagged_and_lowers_confidence() -> None:
+    ecg = synth()
+    leads = ecg.leads.copy()
+    leads[LEADS.index("V3")] = 0.0
+    result = analyze(Ecg12(leads=leads, sampling_rate=ecg.sampling_rate))
+    v3 = next(q for q in result.quality.leads if q.lead == "V3")
+    assert v3.flat and not v3.usable
+    assert "V3: flat or disconnected" in result.quality.problems
+    assert result.confidence < 1.0
+    assert result.measurements is not None and "V3" not in result.measurements.leads_used
+
+
+def test_noisy_and_saturated_leads_are_flagged() -> None:
+    ecg = synth()
+    leads = ecg.leads.copy()
+    rng = np.random.default_rng(1)
+    leads[LEADS.index("V5")] += rng.normal(0, 0.2, leads.shape[1]).astype(np.float32)
+    leads[LEADS.index("II")] = np.clip(leads[LEADS.index("II")], -0.2, 0.3)
+    result = analyze(Ecg12(leads=leads, sampling_rate=ecg.sampling_rate))
+    by_lead = {q.lead: q for q in result.quality.leads}
+    assert by_lead["V5"].noisy and by_lead["II"].saturated
+    assert result.confidence <= 0.9
+
+
+def test_limb_lead_reversal_is_suspected() -> None:
+    ecg = synth()
+    idx = {name: i for i, name in enumerate(LEADS)}
+    leads = ecg.leads.copy()
+    # RA <-> LA: I inverts, II <-> III, aVR <-> aVL.
+    leads[idx["I"]] = -ecg.leads[idx["I"]]
+    leads[idx["II"]], leads[idx["III"]] = ecg.leads[idx["III"]], ecg.leads[idx["II"]]
+    leads[idx["aVR"]], leads[idx["aVL"]] = ecg.leads[idx["aVL"]], ecg.leads[idx["aVR"]]
+    result = analyze(Ecg12(leads=leads, sampling_rate=ecg.sampling_rate))
+    assert result.quality.limb_reversal_suspected
+    assert "limb_lead_reversal_suspected" in result.codes
+    assert result.confidence < 0.8
+    assert "limb_lead_reversal_suspected" not in analyze(synth()).codes
+
+
+def test_all_flat_ecg_is_reported_not_raised() -> None:
+    result = analyze(Ecg12(leads=np.zeros((12, 5000), np.float32), sampling_rate=500.0))
+    assert result.measurements is None and result.confidence == 0.0
+    assert result.quality.grade == "unusable"
+    assert result.codes == ["not_analysable"]
+    json.dumps(result.to_dict())
