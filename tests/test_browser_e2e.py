@@ -272,6 +272,28 @@ def test_read_and_sign_a_ct_in_the_browser(e2e: E2E, browser: Any) -> None:
             ".../thumbnail through the web app's /dicom-web proxy; see the web log): "
             f"{thumb.get_attribute('src')}")
 
+    # 3b. The AI SEG (ct-nodule-seg, a DICOM SEG in the study) is drawn over the CT as an
+    # overlay: scroll to the nearest slice it marks (the planted nodule is in the middle).
+    try:
+        page.wait_for_function("() => window.__rdc.segSliceIndices().length > 0",
+                               timeout=60_000)
+    except Exception:
+        shot("seg-missing")
+        raise AssertionError(
+            "the AI SEG overlay did not load; label: "
+            f"{page.get_by_test_id('seg-label').all_inner_texts()}; console: {errors}") from None
+    marked = page.evaluate("() => window.__rdc.segSliceIndices()")
+    current = page.evaluate("() => window.__rdc.getViewport().getCurrentImageIdIndex()")
+    target = min(marked, key=lambda i: abs(i - current))
+    page.get_by_test_id("viewport").focus()
+    for _ in range(abs(target - current)):
+        page.keyboard.press("ArrowDown" if target > current else "ArrowUp")
+    page.wait_for_function(
+        f"() => window.__rdc.getViewport().getCurrentImageIdIndex() === {target}")
+    page.wait_for_function("() => window.__rdc.segOverlayPixels() > 0")
+    assert page.get_by_test_id("seg-toggle").is_checked()
+    shot("seg-overlay")
+
     # 4. Change the window.  The phantom's own window is the lung window (W 1500 L -600),
     # so the bone preset comes first to prove the VOI moves, then the lung preset.
     voi = "() => window.__rdc.getViewport().getProperties().voiRange"

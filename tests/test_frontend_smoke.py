@@ -13,6 +13,7 @@ Missing pieces fail loudly, never skip: build the front end with ``./bootstrap.s
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
@@ -46,6 +48,10 @@ SCREENSHOTS = Path(os.environ.get("RDC_SCREENSHOT_DIR", REPO / "var" / "screensh
 XSS_NAME = "<img src=x onerror=\"window.__xss=1\">^<script>window.__xss=2</script>"
 STUDY_UID = "1.2.826.0.1.3680043.8.498.1"
 SERIES_UID = "1.2.826.0.1.3680043.8.498.1.1"
+SEG_SERIES_UID = "1.2.826.0.1.3680043.8.498.1.2"
+SEG_SOP_UID = "1.2.826.0.1.3680043.8.498.1.2.1"
+PRIOR_STUDY_UID = "1.2.826.0.1.3680043.8.498.2"
+PRIOR_SERIES_UID = "1.2.826.0.1.3680043.8.498.2.1"
 SLICES = 5
 SIZE = 64
 
@@ -120,16 +126,17 @@ class _Server:
 
 
 # A stand-in API with one synthetic CT study ---------------------------------------------
-def _slice(n: int) -> tuple[Dataset, bytes]:
+def _slice(n: int, study_uid: str = STUDY_UID, series_uid: str = SERIES_UID,
+           patient_id: str = "P-001") -> tuple[Dataset, bytes]:
     ds = Dataset()
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    ds.SOPInstanceUID = f"{SERIES_UID}.{n + 1}"
-    ds.StudyInstanceUID = STUDY_UID
-    ds.SeriesInstanceUID = SERIES_UID
-    ds.FrameOfReferenceUID = f"{STUDY_UID}.9"
+    ds.SOPInstanceUID = f"{series_uid}.{n + 1}"
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.FrameOfReferenceUID = f"{study_uid}.9"
     ds.Modality = "CT"
     ds.PatientName = XSS_NAME
-    ds.PatientID = "P-001"
+    ds.PatientID = patient_id
     ds.InstanceNumber = n + 1
     ds.Rows = ds.Columns = SIZE
     ds.SamplesPerPixel = 1
@@ -152,6 +159,57 @@ def _slice(n: int) -> tuple[Dataset, bytes]:
 
 
 SLICE_DATA = [_slice(n) for n in range(SLICES)]
+# A prior of "the same" patient from another site, under another local patient ID.
+PRIOR_DATA = [_slice(n, PRIOR_STUDY_UID, PRIOR_SERIES_UID, "B-77") for n in range(SLICES)]
+
+
+def _seg() -> tuple[Dataset, list[bytes]]:
+    """A real DICOM SEG (highdicom, BINARY, one segment) of a small blob in the middle
+    slices of the CT, and its frames bit-packed as a DICOMweb server answers them."""
+    import highdicom as hd
+    from pydicom.pixels import pack_bits
+    from pydicom.sr.codedict import codes
+
+    sources = []
+    for ds, pixels in SLICE_DATA:
+        src = ds.copy()
+        src.PixelData = pixels
+        src.StudyDate, src.StudyTime, src.StudyID = "20260101", "100000", "1"
+        src.AccessionNumber, src.ReferringPhysicianName = "A1", ""
+        src.PatientBirthDate, src.PatientSex = "", ""
+        src.SeriesNumber = 1
+        sources.append(src)
+    mask = np.zeros((SLICES, SIZE, SIZE), dtype=np.uint8)
+    mask[1:4, 20:36, 24:44] = 1  # the middle slice (shown first) has it
+    description = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="nodule",
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Nodule,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name="stand-in", family=codes.cid7162.ArtificialIntelligence, version="1"))
+    seg = hd.seg.Segmentation(
+        source_images=sources, pixel_array=mask,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[description], series_instance_uid=SEG_SERIES_UID,
+        series_number=9002, sop_instance_uid=SEG_SOP_UID, instance_number=1,
+        manufacturer="RDC", manufacturer_model_name="stand-in", software_versions="1",
+        device_serial_number="1", omit_empty_frames=True)
+    buf = io.BytesIO()
+    seg.save_as(buf, enforce_file_format=True)  # as stored: plain pydicom values
+    stored = pydicom.dcmread(io.BytesIO(buf.getvalue()))
+    frames = [pack_bits(frame) for frame in stored.pixel_array.reshape(-1, SIZE, SIZE)]
+    return stored, frames
+
+
+SEG, SEG_FRAMES = _seg()
+
+
+def _metadata_json(ds: Dataset) -> dict[str, Any]:
+    """DICOM JSON as a DICOMweb server's /metadata: the pixel data is left out."""
+    out = ds.to_json_dict()
+    out.pop("7FE00010", None)
+    return out
 
 
 def _png(width: int = 8, height: int = 8) -> bytes:
@@ -177,14 +235,26 @@ def _stub_app(static_dir: Path, roles: tuple[str, ...] = ("radiologist",)) -> Fa
         "seconds_left": 1800, "report_id": None,
         "series": [{"series_uid": SERIES_UID, "modality": "CT", "description": "Axial",
                     "number": 1, "kind": "image",
-                    "instances": [ds.SOPInstanceUID for ds, _ in SLICE_DATA]}],
+                    "instances": [ds.SOPInstanceUID for ds, _ in SLICE_DATA]},
+                   {"series_uid": SEG_SERIES_UID, "modality": "SEG",
+                    "description": "AI segmentation", "number": 9002, "kind": "seg",
+                    "instances": [SEG_SOP_UID]}],
         "ai_findings": [{"id": 7, "label": "intracranial hemorrhage", "probability": 0.93,
                          "threshold": 0.5, "positive": True, "critical": True,
                          "volume_ml": 12.5, "review": None, "model": "ich-net",
                          "version": "1.2.0"}],
-        "priors": [{"study_id": 2, "study_uid": "1.2.3", "site_id": "county-b",
+        "priors": [{"study_id": 2, "study_uid": PRIOR_STUDY_UID, "site_id": "county-b",
                     "date": "20250101", "description": "CT head", "match": "name+birthdate"}],
     }
+    prior: dict[str, Any] = {
+        **{k: v for k, v in study.items() if k not in ("series", "ai_findings", "priors")},
+        "study_id": 2, "study_uid": PRIOR_STUDY_UID, "site_id": "county-b",
+        "site_name": "County B", "patient_id": "B-77", "description": "CT head (prior)",
+        "status": "signed", "claimed_by": None, "ai_critical": False, "ai_flags": [],
+        "series": [{"series_uid": PRIOR_SERIES_UID, "modality": "CT", "description": "Axial",
+                    "number": 1, "kind": "image",
+                    "instances": [ds.SOPInstanceUID for ds, _ in PRIOR_DATA]}],
+        "ai_findings": [], "priors": []}
     report: dict[str, Any] = {
         "id": 3, "study_id": 1, "site_id": "county-a", "template": "ct-head@1", "state": "draft",
         "versions": [{"number": 1, "kind": "original", "state": "draft",
@@ -217,6 +287,11 @@ def _stub_app(static_dir: Path, roles: tuple[str, ...] = ("radiologist",)) -> Fa
     @app.get("/api/studies/1")
     def get_study() -> dict[str, Any]:
         return study
+
+    @app.get("/api/studies/2")
+    def get_prior() -> dict[str, Any]:
+        seen["prior_opened"] = True
+        return prior
 
     @app.post("/api/studies/1/report", status_code=201)
     def get_report() -> dict[str, Any]:
@@ -252,14 +327,27 @@ def _stub_app(static_dir: Path, roles: tuple[str, ...] = ("radiologist",)) -> Fa
         seen["review_csrf"] = request.headers.get("x-csrf-token")
         return {"id": 7, "label": "intracranial hemorrhage", "review": body["decision"]}
 
+    series_data = {SERIES_UID: SLICE_DATA, PRIOR_SERIES_UID: PRIOR_DATA}
+
     @app.get("/dicom-web/studies/{st}/series/{se}/metadata")
     def metadata(st: str, se: str) -> Response:
-        return Response(json.dumps([ds.to_json_dict() for ds, _ in SLICE_DATA]),
+        if se == SEG_SERIES_UID:
+            return Response(json.dumps([_metadata_json(SEG)]), media_type="application/dicom+json")
+        return Response(json.dumps([ds.to_json_dict() for ds, _ in series_data[se]]),
                         media_type="application/dicom+json")
+
+    @app.get("/dicom-web/studies/{st}/series/{se}/instances/{sop}/metadata")
+    def instance_metadata(st: str, se: str, sop: str) -> Response:
+        seen.setdefault("instance_metadata", []).append(sop)
+        assert (st, se, sop) == (STUDY_UID, SEG_SERIES_UID, SEG_SOP_UID)
+        return Response(json.dumps([_metadata_json(SEG)]), media_type="application/dicom+json")
 
     @app.get("/dicom-web/studies/{st}/series/{se}/instances/{sop}/frames/{n}")
     def frame(st: str, se: str, sop: str, n: int) -> Response:
-        pixels = next(p for ds, p in SLICE_DATA if ds.SOPInstanceUID == sop)
+        if sop == SEG_SOP_UID:
+            pixels = SEG_FRAMES[n - 1]
+        else:
+            pixels = next(p for ds, p in SLICE_DATA + PRIOR_DATA if ds.SOPInstanceUID == sop)
         boundary = "rdc-test-boundary"
         body = (f"--{boundary}\r\nContent-Type: application/octet-stream; "
                 f"transfer-syntax={ExplicitVRLittleEndian}\r\n\r\n").encode() + pixels + (
@@ -495,6 +583,100 @@ def test_study_viewer_renders_an_image(static_dir: Path, browser: Any) -> None:
         assert app.state.seen["sign"] == {"passphrase": "right", "version": 1}
         assert page.get_by_test_id("report-addendum").is_visible()
         assert not page.get_by_test_id("report-sign").is_visible()
+        page.close()
+
+
+def test_ai_seg_overlay_and_a_prior_side_by_side(static_dir: Path, browser: Any) -> None:
+    app = _stub_app(static_dir)
+    with _Server(app) as server:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors = _collect_errors(page)
+        page.goto(f"{server.url}/#/study/1")
+        page.wait_for_selector("[data-testid=viewport][data-rendered=true]", timeout=60_000)
+
+        # The AI SEG (a real highdicom SEG, bit-packed frames) is drawn over the middle
+        # slice, follows the stack, and the toggle and opacity slider act on it.
+        page.wait_for_function("() => window.__rdc.segOverlayPixels() > 0", timeout=20_000)
+        assert page.evaluate("window.__rdc.segSliceIndices()") == [1, 2, 3]
+        assert app.state.seen["instance_metadata"] == [SEG_SOP_UID]
+        assert page.get_by_test_id("seg-label").inner_text() == "nodule"
+        shown = page.evaluate("window.__rdc.segOverlayPixels()")
+        page.get_by_test_id("viewport").focus()
+        page.keyboard.press("End")  # the last slice has no mask
+        page.wait_for_function("() => window.__rdc.segOverlayPixels() === 0")
+        page.keyboard.press("ArrowUp")
+        page.wait_for_function("() => window.__rdc.segOverlayPixels() > 0")
+        toggle = page.get_by_test_id("seg-toggle")
+        assert toggle.is_checked()
+        toggle.uncheck()
+        page.wait_for_function("() => window.__rdc.segOverlayPixels() === 0")
+        toggle.check()
+        page.wait_for_function("() => window.__rdc.segOverlayPixels() > 0")
+        page.get_by_test_id("seg-opacity").fill("0")
+        page.wait_for_function("() => window.__rdc.segOverlayPixels() === 0")
+        page.get_by_test_id("seg-opacity").fill("60")
+        page.wait_for_function("() => window.__rdc.segOverlayPixels() > 0")
+        # Zooming in (the camera) makes the mask cover more canvas pixels.
+        page.get_by_test_id("viewport").focus()
+        page.keyboard.press("Home")
+        page.keyboard.press("ArrowDown")
+        page.keyboard.press("ArrowDown")
+        page.wait_for_function(
+            "() => window.__rdc.getViewport().getCurrentImageIdIndex() === 2")
+        page.wait_for_function(f"() => window.__rdc.segOverlayPixels() === {shown}")
+        page.evaluate("() => { const v = window.__rdc.getViewport();"
+                      " v.setZoom(v.getZoom() * 2); v.render(); }")
+        page.wait_for_function(f"() => window.__rdc.segOverlayPixels() > {shown} * 3")
+
+        # The prior (matched by name and birth date only) opens beside the current study.
+        page.get_by_test_id("prior-open").click()
+        panel = page.get_by_test_id("prior-viewport")
+        panel.wait_for(state="visible")
+        warning = panel.get_by_test_id("prior-warning")
+        assert warning.is_visible()
+        assert warning.inner_text().endswith(
+            "matched by name and birth date only: check it is the same patient")
+        title = panel.get_by_test_id("prior-title").inner_text()
+        assert "County B" in title and "2025-01-01" in title and "CT head" in title
+        page.wait_for_selector("[data-testid=prior-viewport-image][data-rendered=true]",
+                               timeout=60_000)
+        page.wait_for_function("() => window.__rdc.priorNonBlankPixelCount() > 100",
+                               timeout=20_000)
+        assert app.state.seen["prior_opened"]
+        assert page.evaluate("window.__rdc.nonBlankPixelCount()") > 100
+        assert page.url.endswith("#/study/1")
+
+        # Each viewport keeps its own slice and window.
+        main_index = page.evaluate("window.__rdc.getViewport().getCurrentImageIdIndex()")
+        prior_index = page.evaluate("window.__rdc.getPriorViewport().getCurrentImageIdIndex()")
+        page.get_by_test_id("prior-viewport-image").click()
+        page.keyboard.press("ArrowDown")
+        page.wait_for_function("() => window.__rdc.getPriorViewport().getCurrentImageIdIndex()"
+                               f" === {prior_index + 1}")
+        page.get_by_test_id("wl-preset-bone").click()
+        page.wait_for_function("() => document.querySelector('[data-testid=prior-viewport-wl]')"
+                               ".textContent === 'W 2000 L 300'")
+        assert page.evaluate(
+            "window.__rdc.getViewport().getCurrentImageIdIndex()") == main_index
+        assert page.get_by_test_id("viewport-wl").inner_text() != "W 2000 L 300"
+        page.get_by_test_id("viewport").click()
+        page.get_by_test_id("wl-preset-lung").click()
+        page.wait_for_function("() => document.querySelector('[data-testid=viewport-wl]')"
+                               ".textContent === 'W 1500 L -600'")
+        assert page.get_by_test_id("prior-viewport-wl").inner_text() == "W 2000 L 300"
+        zoomed = page.evaluate("window.__rdc.segOverlayPixels()")
+        page.get_by_test_id("viewer-reset").click()  # acts on the main viewport only
+        page.wait_for_function(
+            f"() => window.__rdc.segOverlayPixels() > 0 && window.__rdc.segOverlayPixels() < {zoomed}")
+        assert page.get_by_test_id("prior-viewport-wl").inner_text() == "W 2000 L 300"
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "study-prior-seg.png"))
+
+        page.get_by_test_id("prior-close").click()
+        page.wait_for_selector("[data-testid=prior-viewport]", state="detached")
+        assert page.evaluate("window.__rdc.getPriorViewport()") is None
+        assert page.evaluate("window.__xss") is None
+        assert errors == []
         page.close()
 
 

@@ -1,6 +1,7 @@
 import { ApiError, api, me } from '../api.js';
 import { formatDate, formatDuration, formatPersonName, h, replace } from '../dom.js';
 import { DICOMWEB_BASE, TOOLS, createStackViewer, loadSeriesImageIds } from '../viewer/cornerstone.js';
+import { createSegOverlay, loadSegmentations } from '../viewer/segOverlay.js';
 import { renderReportPanel } from './report.js';
 
 export const WL_PRESETS = [
@@ -24,6 +25,18 @@ function seg(v) {
   return encodeURIComponent(String(v));
 }
 
+/** Pixels of the first canvas under `selector` that are not black: > 0 once an image shows. */
+function nonBlankPixels(selector) {
+  const canvas = document.querySelector(`${selector} canvas`);
+  if (!canvas) return 0;
+  const ctx = canvas.getContext('2d');
+  if (!ctx) return 0;
+  const { data } = ctx.getImageData(0, 0, canvas.width, canvas.height);
+  let n = 0;
+  for (let i = 0; i < data.length; i += 4) if (data[i] || data[i + 1] || data[i + 2]) n += 1;
+  return n;
+}
+
 /** A fresh test hook for this viewer (see the front end's README section). */
 function resetTestHook() {
   let resolveReady;
@@ -32,17 +45,15 @@ function resetTestHook() {
     viewportReady: ready,
     renderedImageCount: 0,
     getViewport: () => null,
+    getPriorViewport: () => null,
     /** Pixels of the viewport canvas that are not black: > 0 once an image shows. */
-    nonBlankPixelCount() {
-      const canvas = document.querySelector('[data-testid="viewport"] canvas');
-      if (!canvas) return 0;
-      const ctx = canvas.getContext('2d');
-      if (!ctx) return 0;
-      const { data } = ctx.getImageData(0, 0, canvas.width, canvas.height);
-      let n = 0;
-      for (let i = 0; i < data.length; i += 4) if (data[i] || data[i + 1] || data[i + 2]) n += 1;
-      return n;
-    },
+    nonBlankPixelCount: () => nonBlankPixels('[data-testid="viewport"]'),
+    /** The same for the prior shown side by side (0 when none is open). */
+    priorNonBlankPixelCount: () => nonBlankPixels('[data-testid="prior-viewport"] .viewport'),
+    /** AI SEG overlay pixels drawn for the slice on screen (0 when hidden or none). */
+    segOverlayPixels: () => 0,
+    /** Indices in the stack of the slices the AI SEG marks. */
+    segSliceIndices: () => [],
   };
   window.__rdc = hook;
   return { hook, resolveReady };
@@ -53,6 +64,10 @@ export function renderStudy(root, studyId, { navigate }) {
   const disposers = [];
   let viewer = null;
   let disposed = false;
+  let segOverlay = null;
+  let segments = null; // promise of the study's AI SEG segments, loaded once
+  let prior = null; // {viewer, panel, studyId} of the prior shown side by side
+  let priorActive = false; // the toolbar and keys act on the prior viewport
   const { hook, resolveReady } = resetTestHook();
 
   const headerBox = h('section', { class: 'study-header', testid: 'study-header' }, 'Loading study…');
@@ -66,6 +81,18 @@ export function renderStudy(root, studyId, { navigate }) {
   const overlayWl = h('span', { testid: 'viewport-wl' });
   const overlayStatus = h('span', { class: 'status', testid: 'viewport-status' });
   const overlay = h('div', { class: 'viewport-overlay' }, overlayPos, overlayWl, overlayStatus);
+  const segCanvas = h('canvas', { class: 'seg-overlay', testid: 'seg-overlay', 'aria-hidden': 'true' });
+  const segToggle = h('input', { type: 'checkbox', testid: 'seg-toggle', checked: true });
+  const segOpacity = h('input', {
+    type: 'range', min: '0', max: '100', step: '5', value: '50', testid: 'seg-opacity',
+    'aria-label': 'AI segmentation opacity',
+  });
+  const segLabel = h('span', { class: 'muted small', testid: 'seg-label' });
+  const segControls = h('span', { class: 'group seg-controls', hidden: true },
+    h('label', { title: 'Show the AI segmentation over the images (S)' }, segToggle, ' AI SEG'),
+    segOpacity, segLabel);
+  const mainWrap = h('div', { class: 'viewport-wrap' }, viewportEl, segCanvas, overlay);
+  const viewportsBox = h('div', { class: 'viewports' }, mainWrap);
   const findingsBox = h('section', { class: 'panel', testid: 'ai-findings' });
   const priorsBox = h('section', { class: 'panel', testid: 'priors' });
   const reportBox = h('section', { class: 'panel report', testid: 'report-panel' });
@@ -77,21 +104,22 @@ export function renderStudy(root, studyId, { navigate }) {
   const presetButtons = WL_PRESETS.map((p) => h('button', {
     class: 'btn preset', type: 'button', testid: `wl-preset-${p.id}`, title: `W ${p.width} / L ${p.center} (${p.key})`,
     dataset: { width: String(p.width), center: String(p.center) },
-    onClick: () => viewer?.setWindow(p.width, p.center),
+    onClick: () => activeViewer()?.setWindow(p.width, p.center),
   }, p.label));
   const toolbar = h('div', { class: 'viewer-toolbar', role: 'toolbar' },
     h('span', { class: 'group' }, toolButtons),
     h('span', { class: 'group' }, presetButtons),
     h('span', { class: 'group' },
-      h('button', { class: 'btn', type: 'button', testid: 'viewer-invert', onClick: () => viewer?.invert() }, 'Invert'),
-      h('button', { class: 'btn', type: 'button', testid: 'viewer-reset', onClick: () => viewer?.reset() }, 'Reset')));
+      h('button', { class: 'btn', type: 'button', testid: 'viewer-invert', onClick: () => activeViewer()?.invert() }, 'Invert'),
+      h('button', { class: 'btn', type: 'button', testid: 'viewer-reset', onClick: () => activeViewer()?.reset() }, 'Reset')),
+    segControls);
 
   root.append(
     headerBox,
     error,
     h('div', { class: 'study-layout' },
       h('aside', { class: 'series-pane' }, h('h3', {}, 'Series'), seriesList),
-      h('section', { class: 'viewer-pane' }, toolbar, h('div', { class: 'viewport-wrap' }, viewportEl, overlay)),
+      h('section', { class: 'viewer-pane' }, toolbar, viewportsBox),
       h('aside', { class: 'side-pane' }, findingsBox, priorsBox, reportBox)),
   );
 
@@ -100,10 +128,53 @@ export function renderStudy(root, studyId, { navigate }) {
     error.hidden = !text;
   }
 
+  /** The viewer the toolbar and keys act on: the prior's once it was clicked or focused. */
+  function activeViewer() {
+    return priorActive && prior?.viewer ? prior.viewer : viewer;
+  }
+
+  function setActive(isPrior) {
+    priorActive = isPrior && Boolean(prior);
+    mainWrap.classList.toggle('active', Boolean(prior) && !priorActive);
+    prior?.panel.classList.toggle('active', priorActive);
+  }
+  viewportEl.addEventListener('pointerdown', () => setActive(false));
+  viewportEl.addEventListener('focus', () => setActive(false));
+
   function selectTool(name) {
     if (!viewer) return;
     viewer.setPrimaryTool(name);
+    prior?.viewer?.setPrimaryTool(name);
     for (const b of toolButtons) b.classList.toggle('active', b.dataset.tool === name);
+  }
+
+  // AI segmentation overlay controls.
+  segToggle.addEventListener('change', () => segOverlay?.setVisible(segToggle.checked));
+  segOpacity.addEventListener('input', () => segOverlay?.setOpacity(Number(segOpacity.value) / 100));
+  hook.segOverlayPixels = () => segOverlay?.drawnPixels() ?? 0;
+  hook.segSliceIndices = () => segOverlay?.sliceIndices() ?? [];
+
+  async function attachSegmentations() {
+    if (!segments || !viewer) return;
+    try {
+      const list = await segments;
+      if (disposed || !viewer) return;
+      if (!segOverlay) {
+        segOverlay = createSegOverlay(viewportEl, viewer.viewport, segCanvas);
+        segOverlay.setVisible(segToggle.checked);
+        segOverlay.setOpacity(Number(segOpacity.value) / 100);
+      }
+      segOverlay.setSegments(list);
+      const labels = [...new Set(segOverlay.labels())];
+      replace(segLabel, labels.join(', '));
+      segControls.hidden = !list.length;
+      viewportEl.dataset.segSlices = String(segOverlay.sliceIndices().length);
+    } catch (err) {
+      console.warn('viewer: cannot show the AI segmentation', err);
+      segControls.hidden = false;
+      segToggle.disabled = segOpacity.disabled = true;
+      replace(segLabel, `AI SEG not shown: ${err?.message ?? err}`);
+    }
   }
 
   function updateOverlay() {
@@ -118,17 +189,21 @@ export function renderStudy(root, studyId, { navigate }) {
     if (!viewer || event.ctrlKey || event.metaKey || event.altKey) return;
     const target = event.target;
     if (target instanceof HTMLElement && target.closest('input, textarea, select, [contenteditable="true"]')) return;
+    const v = activeViewer();
     const steps = { ArrowUp: -1, ArrowLeft: -1, ArrowDown: 1, ArrowRight: 1, PageUp: -10, PageDown: 10 };
     if (event.key in steps) {
-      viewer.scrollBy(steps[event.key]);
+      v.scrollBy(steps[event.key]);
     } else if (event.key === 'Home') {
-      viewer.scrollTo(0);
+      v.scrollTo(0);
     } else if (event.key === 'End') {
-      viewer.scrollTo(Number.MAX_SAFE_INTEGER);
+      v.scrollTo(Number.MAX_SAFE_INTEGER);
+    } else if (event.key.toLowerCase() === 's' && !segControls.hidden && !segToggle.disabled) {
+      segToggle.checked = !segToggle.checked;
+      segOverlay?.setVisible(segToggle.checked);
     } else {
       const preset = WL_PRESETS.find((p) => p.key === event.key);
       const tool = TOOL_BUTTONS.find((t) => t.key === event.key.toLowerCase());
-      if (preset) viewer.setWindow(preset.width, preset.center);
+      if (preset) v.setWindow(preset.width, preset.center);
       else if (tool) selectTool(tool.tool);
       else return;
     }
@@ -163,6 +238,8 @@ export function renderStudy(root, studyId, { navigate }) {
       await viewer.setStack(imageIds, Math.floor(imageIds.length / 2));
       replace(overlayStatus, '');
       updateOverlay();
+      segOverlay?.refresh();
+      if (!segOverlay) attachSegmentations();
       viewportEl.focus({ preventScroll: true });
     } catch (err) {
       console.warn('viewer: cannot show series', err);
@@ -298,13 +375,123 @@ export function renderStudy(root, studyId, { navigate }) {
       findings.length ? list : h('p', { class: 'muted' }, 'No AI findings for this study.'));
   }
 
+  function closePrior() {
+    if (!prior) return;
+    const { viewer: v, panel } = prior;
+    prior = null;
+    v?.destroy();
+    panel.remove();
+    setActive(false);
+    viewportsBox.classList.remove('side-by-side');
+  }
+  disposers.push(closePrior);
+
+  /** Show prior `p` (an item of study.priors) in a second viewport beside the current one. */
+  async function openPrior(study, p) {
+    closePrior();
+    const weak = p.match === 'name+birthdate';
+    const priorEl = h('div', {
+      class: 'viewport', testid: 'prior-viewport-image', tabindex: '0',
+      'aria-label': 'Prior study viewport: wheel or arrow keys scroll, left drag uses the selected tool',
+    });
+    const pos = h('span', { testid: 'prior-viewport-position' });
+    const wl = h('span', { testid: 'prior-viewport-wl' });
+    const status = h('span', { class: 'status', testid: 'prior-viewport-status' }, 'Loading prior…');
+    const seriesSelect = h('select', { testid: 'prior-series', 'aria-label': 'Prior series', hidden: true });
+    const close = h('button', {
+      class: 'btn small', type: 'button', testid: 'prior-close', title: 'Close the prior', 'aria-label': 'Close the prior',
+    }, '✕ Close');
+    const title = h('span', { class: 'strong', testid: 'prior-title' },
+      [p.site_name || p.site_id || '', formatDate(p.date), p.description ?? ''].filter(Boolean).join(' · '));
+    const panel = h('section', {
+      class: weak ? 'prior-panel weak' : 'prior-panel', testid: 'prior-viewport',
+      dataset: { studyId: String(p.study_id), match: String(p.match ?? '') },
+    },
+    h('header', { class: 'prior-header' },
+      h('div', { class: 'prior-head-row' }, h('span', { class: 'badge' }, 'PRIOR'), title, seriesSelect, close),
+      weak ? h('div', { class: 'prior-warning-banner', role: 'alert', testid: 'prior-warning' },
+        '⚠ matched by name and birth date only: check it is the same patient') : null),
+    h('div', { class: 'viewport-wrap' }, priorEl,
+      h('div', { class: 'viewport-overlay' }, pos, wl, status)));
+    const current = { viewer: null, panel, studyId: p.study_id };
+    prior = current;
+    close.addEventListener('click', closePrior);
+    priorEl.addEventListener('pointerdown', () => setActive(true));
+    priorEl.addEventListener('focus', () => setActive(true));
+    viewportsBox.append(panel);
+    viewportsBox.classList.add('side-by-side');
+    setActive(false);
+
+    const update = () => {
+      const v = current.viewer;
+      if (!v) return;
+      const { index, count } = v.position();
+      replace(pos, count ? `Im ${index + 1} / ${count}` : '');
+      const w = v.getWindow();
+      replace(wl, w ? `W ${Math.round(w.width)} L ${Math.round(w.center)}` : '');
+    };
+    try {
+      const other = await api('GET', `/api/studies/${seg(p.study_id)}`);
+      if (disposed || prior !== current) return;
+      replace(title, [other.site_name || p.site_id || other.site_id || '', formatDate(p.date),
+        p.description || other.description || ''].filter(Boolean).join(' · '));
+      const images = [...(other.series ?? [])]
+        .filter((x) => (x.kind ?? 'image') === 'image' && (x.instances ?? []).length > 0)
+        .sort((a, b) => (a.number ?? 0) - (b.number ?? 0));
+      if (!images.length) throw new Error('the prior has no image series');
+      current.viewer = await createStackViewer(priorEl, {
+        onRendered: () => {
+          if (priorEl.dataset.rendered !== 'true') priorEl.dataset.rendered = 'true';
+          update();
+        },
+      });
+      if (disposed || prior !== current) { current.viewer.destroy(); current.viewer = null; return; }
+      hook.getPriorViewport = () => (prior === current ? current.viewer?.viewport ?? null : null);
+      if (viewer?.primaryTool) current.viewer.setPrimaryTool(viewer.primaryTool);
+      const show = async (s) => {
+        replace(status, 'Loading…');
+        try {
+          const ids = await loadSeriesImageIds(other.study_uid, s.series_uid, s.instances);
+          if (disposed || prior !== current) return;
+          if (!ids.length) throw new Error('this series has no displayable images');
+          priorEl.dataset.seriesUid = s.series_uid;
+          await current.viewer.setStack(ids, Math.floor(ids.length / 2));
+          replace(status, '');
+          update();
+        } catch (err) {
+          console.warn('viewer: cannot show prior series', err);
+          replace(status, `Cannot display this series: ${err?.message ?? err}`);
+        }
+      };
+      if (images.length > 1) {
+        for (const [i, s] of images.entries()) {
+          seriesSelect.append(h('option', { value: String(i) },
+            `${s.modality ?? ''} #${s.number ?? ''} ${s.description ?? ''}`.trim()));
+        }
+        seriesSelect.hidden = false;
+        seriesSelect.addEventListener('change', () => show(images[Number(seriesSelect.value)]));
+      }
+      await show(images[0]);
+    } catch (err) {
+      if (prior !== current) return;
+      replace(status, `Cannot open the prior: ${err instanceof ApiError ? err.message : err?.message ?? err}`);
+    }
+  }
+
   function renderPriors(study) {
     const priors = study.priors ?? [];
     const list = h('ul', { class: 'priors' });
     for (const p of priors) {
       const weak = p.match === 'name+birthdate';
       list.append(h('li', { class: weak ? 'prior weak' : 'prior', testid: 'prior-item', dataset: { match: String(p.match ?? '') } },
-        h('a', { href: `#/study/${seg(p.study_id)}`, testid: 'prior-open' }, `${formatDate(p.date)} ${p.description ?? ''}`),
+        h('a', {
+        href: `#/study/${seg(p.study_id)}`, testid: 'prior-open', title: 'Show side by side (Ctrl+click: open the study)',
+        onClick: (event) => {
+          if (event.ctrlKey || event.metaKey || event.shiftKey || event.button !== 0) return;
+          event.preventDefault();
+          openPrior(study, p);
+        },
+      }, `${formatDate(p.date)} ${p.description ?? ''}`),
         h('span', { class: 'muted small' }, ` · ${p.site_id ?? ''} · matched by ${p.match === 'id' ? 'patient ID' : p.match}`),
         weak ? h('div', { class: 'warning', role: 'note', testid: 'prior-warning' },
           '⚠ Matched by name and birth date only — confirm this is the same patient before comparing.') : null));
@@ -321,6 +508,11 @@ export function renderStudy(root, studyId, { navigate }) {
       renderFindings(study);
       renderPriors(study);
       disposers.push(renderReportPanel(reportBox, study));
+      const segSeries = (study.series ?? []).filter((x) => x.kind === 'seg' && (x.instances ?? []).length);
+      if (segSeries.length) {
+        segments = loadSegmentations(study.study_uid, segSeries);
+        segments.catch(() => {}); // reported where it is awaited
+      }
       renderSeries(study);
     } catch (err) {
       replace(headerBox, h('a', { class: 'btn ghost', href: '#/worklist' }, '‹ Worklist'));
@@ -331,6 +523,8 @@ export function renderStudy(root, studyId, { navigate }) {
   return () => {
     disposed = true;
     for (const d of disposers) d();
+    segOverlay?.destroy();
+    segOverlay = null;
     viewer?.destroy();
     viewer = null;
   };
