@@ -144,10 +144,12 @@ def worker(
     """Run a Celery worker for the center's queues in the foreground."""
     s = _settings()
     setup_logging(s, "worker")
-    import ai_models.inference  # registers the ai_inference handler
-    import ai_models.preread  # noqa: F401  (registers the ai_preread handler)
-    import pacs_gateway.delivery
-    import pacs_gateway.routing  # noqa: F401  (registers the route handler)
+    # Importing these registers their job handlers.
+    import ai_models.inference  # ai_inference
+    import ai_models.preread  # noqa: F401  (ai_preread)
+    import ecg.jobs  # noqa: F401  (ecg_analysis)
+    import pacs_gateway.delivery  # deliver
+    import pacs_gateway.routing  # noqa: F401  (route)
     from ai_models.runtime import cpu_threads
     from core.tasks import app as celery_app
 

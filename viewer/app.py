@@ -15,6 +15,7 @@ from core.stats import job_counts, site_status
 from viewer.auth import require_operator
 from viewer.auth_api import router as auth_router
 from viewer.dicomweb_proxy import router as dicomweb_router
+from viewer.ecg_api import router as ecg_router
 from viewer.frontend_routes import mount_frontend
 from viewer.reports_api import router as reports_router
 from viewer.worklist_api import router as worklist_router
@@ -48,6 +49,7 @@ def create_app() -> FastAPI:
     app.include_router(auth_router)
     app.include_router(worklist_router)
     app.include_router(reports_router)
+    app.include_router(ecg_router)
     app.include_router(dicomweb_router)
     mount_frontend(app)  # last: the SPA answers what the API does not
     return app

@@ -1,0 +1,192 @@
+"""The cardiologists' ECG queue: analyses to read, the tracing, edits, priors.
+
+Sorted by severity (critical statements first, then poor quality that needs a
+human look), then by waiting time.  Every view is audited; every edit of a
+measurement or statement is audited with what it was and what it became.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, HTTPException, Query
+from pydantic import BaseModel, Field
+from sqlalchemy import case, func, select
+
+from core import audit
+from core.db import Database, get_database
+from core.models import ECGAnalysis, Report, Site, Study
+from core.orthanc_client import OrthancClient, OrthancError
+from core.settings import get_settings
+from core.states import ReportState
+from ecg.readers import read_ecg
+from ecg.signal import LEADS
+from viewer.auth import UserContext, require_roles
+from viewer.worklist import visible
+
+router = APIRouter(prefix="/api/ecg", tags=["ecg"])
+Cardiologist = Annotated[UserContext, Depends(require_roles("cardiologist"))]
+#: The tracing goes to the browser at this rate: enough for a 25 mm/s display.
+DISPLAY_HZ = 250.0
+SIGNED = (ReportState.FINAL, ReportState.AMENDED)
+
+
+def _db() -> Database:
+    return get_database(get_settings().database_url)
+
+
+def _aware(t: datetime | None) -> datetime | None:
+    return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
+
+
+def _summary(row: ECGAnalysis, study: Study, site_name: str, report_state: str | None,
+             now: datetime) -> dict[str, Any]:
+    m = row.measurements or {}
+    waited = _aware(study.completed_at) or _aware(row.created_at) or now
+    return {
+        "id": row.id, "study_id": study.id, "site_id": study.site_id, "site_name": site_name,
+        "patient_id": study.patient_id, "patient_name": study.patient_name,
+        "critical": row.critical, "quality": row.quality, "confidence": row.confidence,
+        "heart_rate_bpm": m.get("heart_rate_bpm"),
+        "statements": [{"code": s.get("code"), "text": s.get("text"),
+                        "critical": bool(s.get("critical"))} for s in row.statements],
+        "waiting_s": int((now - waited).total_seconds()),
+        "status": "signed" if report_state in SIGNED else
+        ("reported" if report_state else "unread"),
+        "edited_by": row.edited_by,
+    }
+
+
+@router.get("/queue")
+def queue(user: Cardiologist, status: str = "open",
+          page: Annotated[int, Query(ge=1)] = 1,
+          page_size: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:
+    """ECGs to read: critical first, then poor quality, then the longest waiting."""
+    now = datetime.now(UTC)
+    with _db().session() as s:
+        q = (select(ECGAnalysis, Study, Site.name, Report.state)
+             .join(Study, Study.id == ECGAnalysis.study_id)
+             .join(Site, Site.id == Study.site_id)
+             .outerjoin(Report, (Report.study_id == Study.id)
+                        & (Report.subject_type == "study")))
+        q = visible(q, user)
+        if status == "open":
+            q = q.where((Report.id.is_(None)) | (Report.state.not_in(list(SIGNED))))
+        elif status != "all":
+            raise HTTPException(422, "status must be 'open' or 'all'")
+        total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
+        order = (case((ECGAnalysis.critical, 0), else_=1),
+                 case((ECGAnalysis.quality.in_(["poor", "unusable"]), 0), else_=1),
+                 func.coalesce(Study.completed_at, ECGAnalysis.created_at), ECGAnalysis.id)
+        rows = s.execute(q.order_by(*order).limit(page_size)
+                         .offset((page - 1) * page_size)).all()
+        return {"total": int(total), "page": page, "page_size": page_size,
+                "items": [_summary(r, st, name, rs, now) for r, st, name, rs in rows]}
+
+
+def _visible_analysis(s: Any, user: UserContext, analysis_id: int) -> tuple[ECGAnalysis, Study]:
+    row = s.get(ECGAnalysis, analysis_id)
+    study = s.get(Study, row.study_id) if row is not None else None
+    if row is None or study is None or not user.can_see_site(study.site_id):
+        raise HTTPException(404, "not found")
+    return row, study
+
+
+def _tracing(sop_uid: str) -> dict[str, Any]:
+    """The 12 leads in millivolts, resampled for display."""
+    try:
+        with OrthancClient.from_settings(get_settings(), retries=1) as client:
+            orthanc_id = client.find_instance(sop_uid)
+            if orthanc_id is None:
+                raise HTTPException(404, "the waveform is not in the archive")
+            ecg = read_ecg(client.instance_file(orthanc_id))
+    except OrthancError as e:
+        raise HTTPException(502, f"the archive did not answer: {e}") from e
+    n = ecg.leads.shape[1]
+    duration = n / ecg.sampling_rate
+    m = int(duration * DISPLAY_HZ)
+    src_t = np.arange(n) / ecg.sampling_rate
+    dst_t = np.arange(m) / DISPLAY_HZ
+    leads = {name: np.round(np.interp(dst_t, src_t, ecg.leads[i]), 3).tolist()
+             for i, name in enumerate(LEADS)}
+    return {"sampling_rate": DISPLAY_HZ, "duration_s": round(duration, 3), "leads": leads,
+            "derived_leads": list(ecg.derived_leads)}
+
+
+@router.get("/{analysis_id}")
+def get_ecg(analysis_id: int, user: Cardiologist,
+            tracing: bool = True) -> dict[str, Any]:
+    """One ECG: analysis, current (edited) measurements and statements, the tracing,
+    and the same patient's previous ECG for comparison (audited as a view)."""
+    now = datetime.now(UTC)
+    with _db().session() as s:
+        row, study = _visible_analysis(s, user, analysis_id)
+        site = s.get(Site, study.site_id)
+        report_state = s.scalar(select(Report.state).where(Report.study_id == study.id))
+        previous = None
+        if study.patient_id:
+            prev_q = visible(select(ECGAnalysis, Study)
+                             .join(Study, Study.id == ECGAnalysis.study_id)
+                             .where(Study.patient_id == study.patient_id,
+                                    ECGAnalysis.id != row.id,
+                                    ECGAnalysis.created_at <= row.created_at), user)
+            found = s.execute(prev_q.order_by(ECGAnalysis.created_at.desc()).limit(1)).first()
+            if found is not None:
+                previous = {"id": found[0].id, "study_id": found[1].id,
+                            "date": found[1].study_date,
+                            "measurements": found[0].measurements,
+                            "statements": found[0].statements}
+        audit.append(s, actor=user.username, action="ecg.view", object_type="ecg_analysis",
+                     object_id=str(row.id), detail={"study_id": study.id})
+        out = {**_summary(row, study, site.name if site else "", report_state, now),
+               "sop_instance_uid": row.sop_instance_uid, "measurements": row.measurements,
+               "statements_full": row.statements, "result": row.result,
+               "previous": previous}
+        sop = row.sop_instance_uid
+    if tracing:
+        out["tracing"] = _tracing(sop)
+    return out
+
+
+class StatementIn(BaseModel):
+    code: str = Field(min_length=1, max_length=64)
+    text: str = Field(min_length=1, max_length=500)
+    critical: bool = False
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+
+class EditIn(BaseModel):
+    measurements: dict[str, Any] | None = Field(
+        default=None, description="Measurement name → value; only the names given change.")
+    statements: list[StatementIn] | None = Field(
+        default=None, description="The full list of statements after the edit.")
+
+
+@router.put("/{analysis_id}")
+def edit_ecg(analysis_id: int, body: EditIn, user: Cardiologist) -> dict[str, Any]:
+    """The cardiologist's corrections; the automatic result is kept unchanged beside."""
+    with _db().session() as s:
+        row, study = _visible_analysis(s, user, analysis_id)
+        changes: dict[str, Any] = {}
+        if body.measurements:
+            unknown = set(body.measurements) - set(row.measurements)
+            if unknown:
+                raise HTTPException(422, f"unknown measurements: {sorted(unknown)}")
+            changes["measurements"] = {k: [row.measurements.get(k), v]
+                                       for k, v in body.measurements.items()
+                                       if row.measurements.get(k) != v}
+            row.measurements = {**row.measurements, **body.measurements}
+        if body.statements is not None:
+            new = [st.model_dump() | {"edited": True} for st in body.statements]
+            changes["statements"] = {"before": [x.get("code") for x in row.statements],
+                                     "after": [x["code"] for x in new]}
+            row.statements = new
+            row.critical = any(x["critical"] for x in new)
+        row.edited_by, row.edited_at = user.username, datetime.now(UTC)
+        audit.append(s, actor=user.username, action="ecg.edit", object_type="ecg_analysis",
+                     object_id=str(row.id), detail={"study_id": study.id, **changes})
+        return {"id": row.id, "measurements": row.measurements,
+                "statements": row.statements, "critical": row.critical,
+                "edited_by": row.edited_by}
