@@ -4,7 +4,10 @@ and the refusal of a broken waveform with nothing stored."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 
 import pydicom
@@ -17,9 +20,10 @@ from sqlalchemy import select
 
 import ecg.jobs  # noqa: F401  (registers the ecg_analysis handler)
 import pacs_gateway.routing  # noqa: F401  (registers the route handler)
-from conftest import SENDER_AE, Center, wait_until
+from conftest import REPO, SENDER_AE, Center, wait_until
 from core import jobs
 from core.models import AuditRecord, ECGAnalysis, Job, Study
+from core.reports.pdf import pdf_from_dataset
 from core.settings import get_settings
 from pacs_gateway.dcmtk import storescu
 from viewer.accounts import add_user
@@ -123,3 +127,40 @@ def test_a_broken_waveform_fails_the_job_and_stores_nothing(live: Center,
         job = s.get(Job, job_id)
         assert job is not None and "truncated" in (job.error or "")
         assert s.scalar(select(ECGAnalysis)) is None
+
+
+def test_the_ecg_report_is_prefilled_and_its_pdf_shows_the_tracing(live: Center,
+                                                                   tmp_path: Path) -> None:
+    c = live
+    job_id = _send_and_route(c, Path(get_testdata_file("waveform_ecg.dcm")))
+    assert jobs.execute(c.db, job_id) == "succeeded"
+    env = {**c.env, "RDC_KEY_PASSPHRASE": "correct horse battery"}
+    issued = subprocess.run([sys.executable, "-m", "rdc", "keys", "issue", "dr.heart",
+                             "--name", "Dr Heart"], env=env, cwd=REPO, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert issued.returncode == 0, issued.stderr
+    api = _cardiologist(c)
+    with c.db.session() as s:
+        study_id = s.scalar(select(ECGAnalysis.study_id))
+    report = api.post(f"/api/studies/{study_id}/report").json()
+    assert report["template"] == "ecg@1.0.0"
+    fields = report["versions"][0]["fields"]
+    assert "Sinus rhythm" in fields["rhythm"] or "sinus" in fields["rhythm"].lower()
+    assert "HR 6" in fields["measurements"] and "QRS" in fields["measurements"]
+    assert fields["interpretation"].strip()
+    r = api.post(f"/api/reports/{report['id']}/sign",
+                 json={"passphrase": "correct horse battery"})
+    assert r.status_code == 200, r.text
+    pdf_uid = r.json()["versions"][0]["pdf_sop_uid"]
+    with c.orthanc() as client:
+        oid = client.find_instance(pdf_uid)
+        assert oid is not None
+        pdf = pdf_from_dataset(pydicom.dcmread(BytesIO(client.instance_file(oid))))
+    path = tmp_path / "ecg.pdf"
+    path.write_bytes(pdf)
+    text = subprocess.run(["pdftotext", str(path), "-"], capture_output=True, text=True,
+                          check=True).stdout
+    assert "12-lead ECG" in text and "Interpretation" in text
+    images = subprocess.run(["pdfimages", "-list", str(path)], capture_output=True,
+                            text=True, check=True).stdout.strip().splitlines()
+    assert len(images) >= 3  # header lines + the tracing

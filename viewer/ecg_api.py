@@ -19,10 +19,12 @@ from core import audit
 from core.db import Database, get_database
 from core.models import ECGAnalysis, Report, Site, Study
 from core.orthanc_client import OrthancClient, OrthancError
+from core.reports.document import Figure
 from core.settings import get_settings
 from core.states import ReportState
 from ecg.readers import read_ecg
-from ecg.signal import LEADS
+from ecg.render import tracing_png
+from ecg.signal import LEADS, Ecg12
 from viewer.auth import UserContext, require_roles
 from viewer.worklist import visible
 
@@ -94,16 +96,29 @@ def _visible_analysis(s: Any, user: UserContext, analysis_id: int) -> tuple[ECGA
     return row, study
 
 
-def _tracing(sop_uid: str) -> dict[str, Any]:
-    """The 12 leads in millivolts, resampled for display."""
+def _waveform(sop_uid: str) -> Ecg12:
     try:
         with OrthancClient.from_settings(get_settings(), retries=1) as client:
             orthanc_id = client.find_instance(sop_uid)
             if orthanc_id is None:
                 raise HTTPException(404, "the waveform is not in the archive")
-            ecg = read_ecg(client.instance_file(orthanc_id))
+            return read_ecg(client.instance_file(orthanc_id))
     except OrthancError as e:
         raise HTTPException(502, f"the archive did not answer: {e}") from e
+
+
+def report_figures(session: Any, study_id: int) -> tuple[Figure, ...]:
+    """The 12-lead tracing of each of the study's ECGs, for its signed report's PDF."""
+    rows = session.scalars(select(ECGAnalysis).where(ECGAnalysis.study_id == study_id)
+                           .order_by(ECGAnalysis.id))
+    return tuple(Figure("12-lead ECG (25 mm/s, 10 mm/mV)",
+                        tracing_png(_waveform(row.sop_instance_uid)), width_mm=180.0)
+                 for row in rows)
+
+
+def _tracing(sop_uid: str) -> dict[str, Any]:
+    """The 12 leads in millivolts, resampled for display."""
+    ecg = _waveform(sop_uid)
     n = ecg.leads.shape[1]
     duration = n / ecg.sampling_rate
     m = int(duration * DISPLAY_HZ)

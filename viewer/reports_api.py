@@ -21,6 +21,7 @@ from core.reports import service
 from core.settings import get_settings
 from pacs_gateway import delivery
 from viewer.auth import CurrentUser, UserContext, check_site, require_roles
+from viewer.ecg_api import report_figures
 from viewer.worklist import READER_ROLES, get_visible_study
 
 router = APIRouter(prefix="/api", tags=["reports"])
@@ -175,10 +176,12 @@ def sign_report(report_id: int, body: SignIn, user: Signer) -> ReportOut:
     back to the originating site."""
     settings = get_settings()
     with _db().session() as s:
-        _visible_report(s, user, report_id)
+        report = _visible_report(s, user, report_id)
+        figures = report_figures(s, report.study_id) if report.study_id else ()
         version = service.sign(s, settings, report_id, reader_id=user.username,
                                passphrase=body.passphrase, key_id=body.key_id,
-                               version_number=body.version, actor=user.username)
+                               version_number=body.version, actor=user.username,
+                               figures=figures)
         delivery.schedule_result_deliveries(s, version)
         return _report_out(s, service.get_report(s, report_id), full=True)
 

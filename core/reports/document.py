@@ -39,6 +39,16 @@ class SignerInfo:
 
 
 @dataclass(frozen=True)
+class Figure:
+    """A picture that belongs in the rendered report (e.g. the 12-lead tracing)."""
+
+    title: str
+    png: bytes = field(repr=False)
+    #: Width on the page, in millimetres (height follows the picture's aspect).
+    width_mm: float = 180.0
+
+
+@dataclass(frozen=True)
 class ReportDocument:
     """A signed report version, ready to render into SR, PDF, HL7 ORU and FHIR."""
 
@@ -70,3 +80,4 @@ class ReportDocument:
     pdf_sop_uid: str = ""
     pdf_series_uid: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    figures: tuple[Figure, ...] = ()

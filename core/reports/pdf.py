@@ -37,13 +37,21 @@ from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
+from reportlab.lib.utils import ImageReader
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen.canvas import Canvas
-from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+from reportlab.platypus import (
+    Image,
+    Paragraph,
+    SimpleDocTemplate,
+    Spacer,
+    Table,
+    TableStyle,
+)
 
 from core.errors import ConfigurationError
-from core.reports.document import ReportDocument, Sealer
+from core.reports.document import Figure, ReportDocument, Sealer
 from core.reports.sr import (
     MalformedReportFileError,
     ReportRenderError,
@@ -150,6 +158,14 @@ def _table(rows: list[tuple[str, str]], styles: dict[str, ParagraphStyle],
     return table
 
 
+def _image(figure: Figure) -> Image:
+    """A PNG figure at its width on the page, its aspect kept."""
+    reader = ImageReader(io.BytesIO(figure.png))
+    w, h = reader.getSize()
+    width = figure.width_mm * mm
+    return Image(io.BytesIO(figure.png), width=width, height=width * h / w)
+
+
 def _story(doc: ReportDocument, styles: dict[str, ParagraphStyle]) -> list[Any]:
     signer = doc.signer
     header = [
@@ -173,6 +189,9 @@ def _story(doc: ReportDocument, styles: dict[str, ParagraphStyle]) -> list[Any]:
     for section in doc.sections:
         story.append(Paragraph(escape(section.title), styles["heading"]))
         story.append(Paragraph(_markup(section.text), styles["body"]))
+    for figure in doc.figures:
+        story.append(Paragraph(escape(figure.title), styles["heading"]))
+        story.append(_image(figure))
     story.append(Spacer(1, 6 * mm))
     story.append(Paragraph("Electronic signature", styles["heading"]))
     story.append(_table([

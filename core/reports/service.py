@@ -11,7 +11,7 @@ nothing is in the audit log.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from io import BytesIO
 from typing import Any
@@ -27,6 +27,7 @@ from core.errors import Conflict, InvalidInput, NotFound
 from core.models import (
     AIFinding,
     AIResult,
+    ECGAnalysis,
     ReaderKey,
     Report,
     ReportVersion,
@@ -37,7 +38,7 @@ from core.orthanc_client import OrthancClient
 from core.reports import fhir, hl7, keys, pdf, sr
 from core.reports.canonical import canonical_bytes, normalize_text
 from core.reports.crypto import digest, hash_algorithm
-from core.reports.document import ReportDocument, Section, SignerInfo
+from core.reports.document import Figure, ReportDocument, Section, SignerInfo
 from core.reports.envelope import make_sealer
 from core.reports.templates import Template, get_template, template_for
 from core.settings import Settings
@@ -94,6 +95,46 @@ def _ai_prefill(session: Session, study: Study) -> str:
     return "\n".join(lines)
 
 
+def _ecg_prefill(session: Session, study: Study, kind: str) -> str:
+    """The study's ECG analyses, as the cardiologist has edited them, as text."""
+    rows = list(session.scalars(select(ECGAnalysis).where(ECGAnalysis.study_id == study.id)
+                                .order_by(ECGAnalysis.id)))
+    parts = []
+    for row in rows:
+        m = row.measurements or {}
+        statements = [st for st in row.statements if st.get("text")]
+        if kind == "ecg_rhythm":
+            rhythm = [st["text"] for st in statements if st.get("code") in _RHYTHM_CODES]
+            parts.append("; ".join(rhythm))
+        elif kind == "ecg_measurements":
+            def v(key: str, unit: str, m: dict[str, Any] = m) -> str:
+                value = m.get(key)
+                return f"{value:g} {unit}" if isinstance(value, int | float) else "n/a"
+            parts.append(
+                f"HR {v('heart_rate_bpm', 'bpm')}, PR {v('pr_ms', 'ms')}, "
+                f"QRS {v('qrs_ms', 'ms')}, QT {v('qt_ms', 'ms')}, "
+                f"QTc {v('qtc_bazett_ms', 'ms')} (Bazett) / "
+                f"{v('qtc_fridericia_ms', 'ms')} (Fridericia), axes P/QRS/T "
+                f"{v('p_axis_deg', '°')}/{v('qrs_axis_deg', '°')}/{v('t_axis_deg', '°')}; "
+                f"quality {row.quality}")
+        elif kind == "ecg_statements":
+            parts.append("\n".join(("CRITICAL: " if st.get("critical") else "") + st["text"]
+                                    for st in statements))
+    return "\n".join(p for p in parts if p)
+
+
+_RHYTHM_CODES = frozenset({"sinus_rhythm", "bradycardia", "tachycardia", "irregular_rhythm",
+                           "atrial_fibrillation_suspected"})
+
+
+def _prefill(session: Session, study: Study, kind: str) -> str:
+    if kind == "ai_findings":
+        return _ai_prefill(session, study)
+    if kind.startswith("ecg_"):
+        return _ecg_prefill(session, study, kind)
+    raise InvalidInput(f"unknown template prefill {kind!r}")
+
+
 def review_finding(session: Session, finding_id: int, decision: str, actor: str) -> AIFinding:
     """A reader accepts or rejects one AI finding; only accepted ones reach a report."""
     if decision not in ("accepted", "rejected"):
@@ -125,10 +166,10 @@ def create_report(session: Session, study_id: int, actor: str,
     session.add(report)
     session.flush()
     fields = {f.key: f.default for f in template.fields}
-    prefill = _ai_prefill(session, study)
     for f in template.fields:
-        if f.ai_prefill and prefill:
-            fields[f.key] = prefill
+        text = _prefill(session, study, f.prefill) if f.prefill else ""
+        if text:
+            fields[f.key] = text
     session.add(ReportVersion(report_id=report.id, number=1, kind="report",
                               state=ReportState.DRAFT, fields=fields, author=actor))
     session.flush()
@@ -231,7 +272,7 @@ def _content(report: Report, version: ReportVersion, template: Template, subject
 
 def sign(session: Session, settings: Settings, report_id: int, *, reader_id: str,
          passphrase: str, key_id: int | None = None, version_number: int | None = None,
-         actor: str | None = None) -> ReportVersion:
+         actor: str | None = None, figures: tuple[Figure, ...] = ()) -> ReportVersion:
     """Sign the report's current version with the reader's own key.
 
     Refused, with nothing changed, when the version is already signed, required
@@ -268,8 +309,8 @@ def sign(session: Session, settings: Settings, report_id: int, *, reader_id: str
     seal = make_sealer(material.private_key, material.key.cert_pem.encode(),
                        material.key.algorithm, signed_at)
     envelope = seal(content)
-    doc = _document(settings, report, version, template, subject, predecessor, material.key,
-                    signed_at, content_hash, hash_alg)
+    doc = replace(_document(settings, report, version, template, subject, predecessor,
+                            material.key, signed_at, content_hash, hash_alg), figures=figures)
     sr_ds = sr.build_signed_sr(doc, subject.evidence, seal)
     pdf_bytes = pdf.render_pdf(doc, seal)
     pdf_ds = pdf.encapsulated_pdf_dataset(pdf_bytes, doc, subject.evidence)

@@ -27,6 +27,9 @@ class TemplateField:
     required: bool
     default: str = ""
     ai_prefill: bool = False
+    #: What fills the field in a new draft: "ai_findings" (accepted AI findings),
+    #: "ecg_rhythm", "ecg_measurements" or "ecg_statements" (the ECG analysis).
+    prefill: str = ""
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,9 @@ def _load(path: Path) -> Template:
             TemplateField(key=str(f["key"]), title=str(f["title"]),
                           required=bool(f.get("required", False)),
                           default=str(f.get("default", "")),
-                          ai_prefill=bool(f.get("ai_prefill", False)))
+                          ai_prefill=bool(f.get("ai_prefill", False)),
+                          prefill=str(f.get("prefill", "ai_findings" if f.get("ai_prefill")
+                                                else "")))
             for f in raw["fields"])
         return Template(id=str(raw["id"]), version=str(raw["version"]), title=str(raw["title"]),
                         modalities=tuple(raw.get("modalities", [])), fields=fields)
