@@ -428,6 +428,50 @@ def _stub_app(static_dir: Path, roles: tuple[str, ...] = ("radiologist",)) -> Fa
         seen["chart_days"] = days
         return Response(_png(160, 90), media_type="image/png")
 
+    # The cardiologists' ECG queue and one ECG of study 1 (viewer/ecg_api.py).
+    ecg_measurements = {"heart_rate_bpm": 72.0, "pr_ms": 160.0, "qrs_ms": 92.0, "qt_ms": 380.0,
+                        "qtc_bazett_ms": 416.0, "qtc_fridericia_ms": 404.0, "p_axis_deg": 50.0,
+                        "qrs_axis_deg": 40.0, "t_axis_deg": 35.0}
+    ecg_statements = [
+        {"code": "sinus_rhythm", "text": "Sinus rhythm", "critical": False, "evidence": {}},
+        {"code": "stemi", "text": "<b>ST elevation</b>", "critical": True, "evidence": {}}]
+    ecg_summary = {"id": 9, "study_id": 1, "site_id": "county-a", "site_name": "County A",
+                   "patient_id": "P-001", "patient_name": XSS_NAME, "critical": True,
+                   "quality": "poor", "confidence": 0.41, "heart_rate_bpm": 72.0,
+                   "statements": ecg_statements, "waiting_s": 754, "status": "unread",
+                   "edited_by": None}
+
+    @app.get("/api/ecg/queue")
+    def ecg_queue() -> dict[str, Any]:
+        return {"total": 1, "page": 1, "page_size": 50, "items": [ecg_summary]}
+
+    @app.get("/api/ecg/9")
+    def ecg_detail() -> dict[str, Any]:
+        fs, n = 250.0, 2500
+        t = np.arange(n) / fs
+        beat = np.exp(-(((t % 1.0) - 0.3) ** 2) / (2 * 0.012 ** 2))  # an R wave a second
+        leads = {name: np.round(beat * (0.5 + 0.1 * i), 3).tolist()
+                 for i, name in enumerate(("I", "II", "III", "aVR", "aVL", "aVF",
+                                           "V1", "V2", "V3", "V4", "V5", "V6"))}
+        return {**ecg_summary, "sop_instance_uid": "1.2.3", "measurements": ecg_measurements,
+                "statements_full": ecg_statements, "result": {},
+                "previous": {"id": 8, "study_id": 2, "date": "20250101",
+                             "measurements": {**ecg_measurements, "heart_rate_bpm": 64.0},
+                             "statements": [{"code": "sinus_rhythm", "text": "Old sinus rhythm",
+                                             "critical": False}]},
+                "tracing": {"sampling_rate": fs, "duration_s": 10.0, "leads": leads,
+                            "derived_leads": []}}
+
+    @app.put("/api/ecg/9")
+    async def ecg_edit(request: Request) -> dict[str, Any]:
+        body = await request.json()
+        seen["ecg_put"] = body
+        seen["ecg_put_csrf"] = request.headers.get("x-csrf-token")
+        measurements = {**ecg_measurements, **(body.get("measurements") or {})}
+        return {"id": 9, "measurements": measurements, "statements": body["statements"],
+                "critical": any(s["critical"] for s in body["statements"]),
+                "edited_by": "reader"}
+
     app.state.seen = seen
     mount_frontend(app, static_dir)
     return app
@@ -783,6 +827,74 @@ def test_dashboard_table_and_chart(static_dir: Path, browser: Any) -> None:
         # The admin page is not offered, and says so when typed in.
         page.goto(f"{server.url}/#/admin")
         page.get_by_test_id("page-forbidden").wait_for()
+        assert page.evaluate("window.__xss") is None
+        assert errors == []
+        page.close()
+
+
+def test_ecg_queue_tracing_calipers_and_edit(static_dir: Path, browser: Any) -> None:
+    app = _stub_app(static_dir, roles=("cardiologist",))
+    with _Server(app) as server:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors = _collect_errors(page)
+        page.goto(f"{server.url}/#/worklist")
+        page.get_by_test_id("nav-ecg").click()
+        row = page.locator("[data-testid=ecg-row][data-ecg-id='9']")
+        row.wait_for(timeout=15_000)
+        assert row.get_by_test_id("ecg-critical").is_visible()
+        assert "<b>ST elevation</b>" in row.get_by_test_id("ecg-statements").inner_text()
+        row.get_by_test_id("ecg-open").click()
+
+        # The 12-lead tracing is drawn on the ECG paper (non-blank trace pixels).
+        page.wait_for_selector("[data-testid=ecg-canvas][data-rendered=true]", timeout=15_000)
+        assert page.evaluate("window.__rdc.ecgNonBlankPixels()") > 1000
+        assert page.get_by_test_id("ecg-quality-warning").is_visible()
+        previous = page.get_by_test_id("ecg-previous")
+        assert "Old sinus rhythm" in previous.inner_text()
+        assert "64" in previous.inner_text()
+        canvas = page.get_by_test_id("ecg-canvas")
+        width = canvas.bounding_box()["width"]
+        page.get_by_test_id("ecg-zoom-in").click()
+        page.wait_for_function("() => document.querySelector('[data-testid=ecg-canvas]')"
+                               f".getBoundingClientRect().width > {width} * 1.2")
+        page.get_by_test_id("ecg-zoom-out").click()
+        page.wait_for_function("() => Math.abs(document.querySelector('[data-testid=ecg-canvas]')"
+                               f".getBoundingClientRect().width - {width}) < 2")
+
+        # Calipers: one second apart on the paper (25 mm) reads 1000 ms, 60 /min.
+        px_per_mm = float(canvas.get_attribute("data-px-per-mm") or 0)
+        assert px_per_mm > 1
+        page.get_by_test_id("ecg-calipers").click()
+        canvas.click(position={"x": 100, "y": 60})
+        canvas.click(position={"x": 100 + 25 * px_per_mm, "y": 60})
+        readout = page.get_by_test_id("ecg-caliper-readout")
+        page.wait_for_function("() => document.querySelector('[data-testid=ecg-caliper-dt]')")
+        dt = int(readout.get_attribute("data-dt-ms") or 0)
+        assert abs(dt - 1000) <= 10, dt
+        assert "Δt" in readout.inner_text() and "/min" in readout.inner_text()
+
+        # Edit a statement, remove the critical one, add one, change a measurement, save.
+        first = page.get_by_test_id("ecg-statement").first
+        first.get_by_test_id("ecg-statement-text").fill("Sinus rhythm, edited")
+        page.locator("[data-testid=ecg-statement][data-code=stemi]").get_by_test_id(
+            "ecg-statement-remove").click()
+        page.get_by_test_id("ecg-statement-add-code").fill("lvh")
+        page.get_by_test_id("ecg-statement-add-text").fill("Left ventricular hypertrophy")
+        page.get_by_test_id("ecg-statement-add").click()
+        page.get_by_test_id("ecg-measurement-pr_ms").fill("210")
+        page.get_by_test_id("ecg-save").click()
+        page.wait_for_function("() => document.querySelector('[data-testid=ecg-save-status]')"
+                               ".textContent.startsWith('Saved')")
+        assert app.state.seen["ecg_put_csrf"] == "csrf-1"
+        put = app.state.seen["ecg_put"]
+        assert put["measurements"] == {"pr_ms": 210}
+        assert [(s["code"], s["text"], s["critical"]) for s in put["statements"]] == [
+            ("sinus_rhythm", "Sinus rhythm, edited", False),
+            ("lvh", "Left ventricular hypertrophy", False)]
+        # The report panel of the ECG's study is there.
+        page.get_by_test_id("report-field-findings").wait_for()
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "ecg-stand-in.png"), full_page=True)
         assert page.evaluate("window.__xss") is None
         assert errors == []
         page.close()

@@ -47,7 +47,7 @@ def _check_demo_ai(c: Center) -> None:
     pydicom and highdicom, naming the algorithm; findings and priority are stored."""
     with c.db.session() as s:
         results = {r.model_name: r for r in s.scalars(select(AIResult))}
-        assert set(results) == {"cxr-triage", "ct-nodule-seg"}, results
+        assert {"cxr-triage", "ct-nodule-seg"} <= set(results), results
         dx = s.get(Study, results["cxr-triage"].study_id)
         assert dx is not None and dx.ai_critical and dx.priority == 8
         labels = {f.label for f in s.scalars(select(AIFinding))}

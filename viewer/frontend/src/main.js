@@ -1,4 +1,5 @@
-// Single-page app: hash routes #/login, #/worklist, #/study/<id>, #/dashboard, #/admin.
+// Single-page app: hash routes #/login, #/worklist, #/study/<id>, #/ecg, #/ecg/<id>,
+// #/dashboard, #/admin.
 import './styles.css';
 import { ApiError, loadMe, logout, onUnauthorized } from './api.js';
 import { h, replace } from './dom.js';
@@ -25,6 +26,9 @@ function parseRoute() {
   const path = window.location.hash.replace(/^#/, '') || '/worklist';
   const study = /^\/study\/([^/?]+)$/.exec(path);
   if (study) return { name: 'study', studyId: decodeURIComponent(study[1]) };
+  const ecg = /^\/ecg\/([^/?]+)$/.exec(path);
+  if (ecg) return { name: 'ecg-reading', ecgId: decodeURIComponent(ecg[1]) };
+  if (path === '/ecg') return { name: 'ecg' };
   if (path.startsWith('/login')) return { name: 'login' };
   if (path === '/admin') return { name: 'admin' };
   if (path === '/dashboard') return { name: 'dashboard' };
@@ -40,6 +44,7 @@ function hasRole(user, ...roles) {
 
 const canSeeAdmin = (user) => hasRole(user, 'admin');
 const canSeeDashboard = (user) => hasRole(user, ...DASHBOARD_ROLES);
+const canSeeEcg = (user) => hasRole(user, 'cardiologist');
 
 function header(user, current) {
   const link = (name, href, testid, label) => h('a', {
@@ -52,6 +57,7 @@ function header(user, current) {
     h('a', { class: 'brand', href: '#/worklist' }, 'RDC Reading'),
     h('nav', {},
       link('worklist', '#/worklist', 'nav-worklist', 'Worklist'),
+      canSeeEcg(user) ? link('ecg', '#/ecg', 'nav-ecg', 'ECG') : null,
       canSeeDashboard(user) ? link('dashboard', '#/dashboard', 'nav-dashboard', 'Dashboard') : null,
       canSeeAdmin(user) ? link('admin', '#/admin', 'nav-admin', 'Admin') : null),
     h('span', { class: 'spacer' }),
@@ -103,8 +109,9 @@ async function route() {
   }
   sessionStorage.removeItem('rdc.next');
   const main = h('main', { class: `page page-${r.name}` });
-  replace(app, header(user, r.name), main);
-  if ((r.name === 'admin' && !canSeeAdmin(user)) || (r.name === 'dashboard' && !canSeeDashboard(user))) {
+  replace(app, header(user, r.name === 'ecg-reading' ? 'ecg' : r.name), main);
+  if ((r.name === 'admin' && !canSeeAdmin(user)) || (r.name === 'dashboard' && !canSeeDashboard(user))
+    || ((r.name === 'ecg' || r.name === 'ecg-reading') && !canSeeEcg(user))) {
     replace(main, h('p', { class: 'error page-error', role: 'alert', testid: 'page-forbidden' },
       'You are not allowed to see this page.'));
     return;
@@ -116,6 +123,13 @@ async function route() {
       : (await import('./pages/dashboard.js')).renderDashboard;
     if (seq !== navSeq) return;
     disposeCurrent = page(main, { navigate, user });
+  } else if (r.name === 'ecg' || r.name === 'ecg-reading') {
+    // The ECG screens: a separate chunk, for cardiologists only.
+    const { renderEcgQueue, renderEcg } = await import('./pages/ecg.js');
+    if (seq !== navSeq) return;
+    disposeCurrent = r.name === 'ecg'
+      ? renderEcgQueue(main, { navigate, user })
+      : renderEcg(main, r.ecgId, { navigate, user });
   } else if (r.name === 'study') {
     // The viewer (Cornerstone3D, vtk.js, codecs) is a separate chunk: the login page and
     // the worklist stay light.
