@@ -102,3 +102,24 @@ def test_drafts_are_edited_and_addenda_need_a_signed_version(db: Database) -> No
         addendum = service.add_addendum(s, report.id, {"impression": "Addendum."}, "dr.li")
         assert addendum.number == 2 and addendum.predecessor_id == v.id
         assert addendum.kind == "addendum" and addendum.state == "draft"
+
+
+def test_decisions_after_the_draft_exists_update_its_findings(db: Database) -> None:
+    study_id = _study_with_findings(db)
+    with db.session() as s:
+        report = service.create_report(s, study_id, actor="dr.li")
+        service.update_draft(s, report.id, {"findings": service.current_version(
+            s, report).fields["findings"] + "\nHeart size normal."}, "dr.li")
+        effusion = s.query(AIFinding).filter_by(label="effusion").one()
+        service.review_finding(s, effusion.id, "accepted", "dr.li")
+        text = service.current_version(s, report).fields["findings"]
+        assert "effusion" in text and "pneumothorax" in text and "Heart size normal." in text
+        pneumothorax = s.query(AIFinding).filter_by(label="pneumothorax").one()
+        service.review_finding(s, pneumothorax.id, "rejected", "dr.li")
+        text = service.current_version(s, report).fields["findings"]
+        assert "pneumothorax" not in text and "effusion" in text
+        assert "Heart size normal." in text  # the reader's own words stay
+        service.current_version(s, report).state = "final"
+        s.flush()
+        service.review_finding(s, pneumothorax.id, "accepted", "dr.li")
+        assert "pneumothorax" not in service.current_version(s, report).fields["findings"]

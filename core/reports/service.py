@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 #: that a retried signing writes the same objects, never a second copy.
 _UID_PREFIX = "1.2.826.0.1.3680043.10.1245."
 EDITABLE = (ReportState.DRAFT, ReportState.PRELIMINARY)
+#: Ends every line an accepted AI finding puts in a draft, so that lines the reader
+#: wrote are told apart from the ones a later decision may take out again.
+_AI_MARK = "accepted by the reader)"
 
 
 def _now() -> datetime:
@@ -91,7 +94,7 @@ def _ai_prefill(session: Session, study: Study) -> str:
         volume = f", volume {finding.volume_ml:.1f} mL" if finding.volume_ml else ""
         lines.append(f"{finding.label.replace('_', ' ')} (AI pre-read {result.model_name} "
                      f"{result.model_version}, probability {finding.probability:.2f}{volume}, "
-                     "accepted by the reader)")
+                     f"{_AI_MARK}")
     return "\n".join(lines)
 
 
@@ -146,7 +149,40 @@ def review_finding(session: Session, finding_id: int, decision: str, actor: str)
     audit.append(session, actor=actor, action=f"ai_finding.{decision}", object_type="ai_finding",
                  object_id=str(finding.id), detail={"study_id": finding.study_id,
                                                     "label": finding.label})
+    session.flush()
+    _sync_ai_prefill(session, finding.study_id, actor)
     return finding
+
+
+def _sync_ai_prefill(session: Session, study_id: int, actor: str) -> None:
+    """Keep an open draft's AI-prefilled field in step with the reader's decisions: an
+    accepted finding's line is added, a rejected one's removed; the reader's own text in
+    the field stays as it is.  Signed versions are never touched."""
+    report = session.scalar(select(Report).where(Report.study_id == study_id,
+                                                 Report.subject_type == "study"))
+    study = session.get(Study, study_id)
+    if report is None or study is None:
+        return
+    version = current_version(session, report)
+    if version.state not in EDITABLE:
+        return
+    wanted = [line for line in _ai_prefill(session, study).split("\n") if line]
+    changed = {}
+    for f in template_of(report).fields:
+        if f.prefill != "ai_findings":
+            continue
+        lines = [ln for ln in str(version.fields.get(f.key, "")).split("\n")
+                 if not ln.endswith(_AI_MARK) or ln in wanted]
+        lines += [ln for ln in wanted if ln not in lines]
+        text = "\n".join(ln for ln in lines if ln.strip())
+        if text != version.fields.get(f.key, ""):
+            changed[f.key] = text
+    if changed:
+        version.fields = {**version.fields, **changed}
+        version.updated_at = _now()
+        audit.append(session, actor=actor, action="report.prefill", object_type="report",
+                     object_id=str(report.id), detail={"version": version.number,
+                                                       "fields": sorted(changed)})
 
 
 def create_report(session: Session, study_id: int, actor: str,

@@ -223,6 +223,21 @@ export function renderReportPanel(root, study) {
     }
   };
   document.addEventListener('keydown', onKey);
+  // Accepting or rejecting an AI finding changes the draft on the server; reload it
+  // unless the reader has unsaved edits (those are never overwritten).
+  const onReviewed = async () => {
+    if (dirty || busy || !report) {
+      if (dirty) replace(status, 'AI findings changed: save, then reload to see them');
+      return;
+    }
+    try {
+      report = await api('POST', `/api/studies/${seg(study.study_id)}/report`);
+      render();
+    } catch (err) {
+      showError(message(err));
+    }
+  };
+  document.addEventListener('rdc:findings-reviewed', onReviewed);
   const beforeUnload = (event) => {
     if (dirty) event.preventDefault();
   };
@@ -242,6 +257,7 @@ export function renderReportPanel(root, study) {
 
   return () => {
     document.removeEventListener('keydown', onKey);
+    document.removeEventListener('rdc:findings-reviewed', onReviewed);
     window.removeEventListener('beforeunload', beforeUnload);
     if (pollTimer) clearInterval(pollTimer);
     if (dialog.open) dialog.close();

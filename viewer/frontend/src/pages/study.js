@@ -362,6 +362,8 @@ export function renderStudy(root, studyId, { navigate }) {
         try {
           const out = await api('POST', `/api/ai-findings/${seg(f.id)}/review`, { body: { decision } });
           f.review = out?.review ?? decision;
+          // The server puts accepted findings into the open draft; the report panel reloads it.
+          document.dispatchEvent(new CustomEvent('rdc:findings-reviewed'));
         } catch (err) {
           showError(err instanceof ApiError ? err.message : String(err));
         }
