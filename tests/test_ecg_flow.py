@@ -148,6 +148,16 @@ def test_the_ecg_report_is_prefilled_and_its_pdf_shows_the_tracing(live: Center,
     assert "Sinus rhythm" in fields["rhythm"] or "sinus" in fields["rhythm"].lower()
     assert "HR 6" in fields["measurements"] and "QRS" in fields["measurements"]
     assert fields["interpretation"].strip()
+    # A cardiologist's edit of the analysis reaches the untouched prefilled field.
+    with c.db.session() as s:
+        analysis_id = s.scalar(select(ECGAnalysis.id))
+    r = api.put(f"/api/ecg/{analysis_id}", json={"statements": [
+        {"code": "sinus_rhythm", "text": "Sinus rhythm", "critical": False},
+        {"code": "first_degree_av_block", "text": "First-degree AV block", "critical": False}]})
+    assert r.status_code == 200, r.text
+    fields = api.get(f"/api/reports/{report['id']}").json()["versions"][0]["fields"]
+    assert fields["interpretation"] == "Sinus rhythm\nFirst-degree AV block"
+    assert fields["rhythm"] == "Sinus rhythm"
     r = api.post(f"/api/reports/{report['id']}/sign",
                  json={"passphrase": "correct horse battery"})
     assert r.status_code == 200, r.text

@@ -19,6 +19,7 @@ from core import audit
 from core.db import Database, get_database
 from core.models import ECGAnalysis, Report, Site, Study
 from core.orthanc_client import OrthancClient, OrthancError
+from core.reports import service
 from core.reports.document import Figure
 from core.settings import get_settings
 from core.states import ReportState
@@ -184,6 +185,7 @@ def edit_ecg(analysis_id: int, body: EditIn, user: Cardiologist) -> dict[str, An
     """The cardiologist's corrections; the automatic result is kept unchanged beside."""
     with _db().session() as s:
         row, study = _visible_analysis(s, user, analysis_id)
+        before = service.prefill_texts(s, study.id)
         changes: dict[str, Any] = {}
         if body.measurements:
             unknown = set(body.measurements) - set(row.measurements)
@@ -202,6 +204,8 @@ def edit_ecg(analysis_id: int, body: EditIn, user: Cardiologist) -> dict[str, An
         row.edited_by, row.edited_at = user.username, datetime.now(UTC)
         audit.append(s, actor=user.username, action="ecg.edit", object_type="ecg_analysis",
                      object_id=str(row.id), detail={"study_id": study.id, **changes})
+        s.flush()
+        service.refresh_prefill(s, study.id, before, user.username)
         return {"id": row.id, "measurements": row.measurements,
                 "statements": row.statements, "critical": row.critical,
                 "edited_by": row.edited_by}

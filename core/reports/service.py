@@ -130,6 +130,40 @@ _RHYTHM_CODES = frozenset({"sinus_rhythm", "bradycardia", "tachycardia", "irregu
                            "atrial_fibrillation_suspected"})
 
 
+def prefill_texts(session: Session, study_id: int) -> dict[str, str]:
+    """What each prefilled field of the study's open draft would hold now."""
+    report = session.scalar(select(Report).where(Report.study_id == study_id,
+                                                 Report.subject_type == "study"))
+    study = session.get(Study, study_id)
+    if report is None or study is None:
+        return {}
+    return {f.key: _prefill(session, study, f.prefill)
+            for f in template_of(report).fields if f.prefill}
+
+
+def refresh_prefill(session: Session, study_id: int, before: dict[str, str],
+                    actor: str) -> list[str]:
+    """After the analysis behind a draft changed (a cardiologist's edit), carry it into
+    every prefilled field the reader has not rewritten (it still reads as ``before``)."""
+    report = session.scalar(select(Report).where(Report.study_id == study_id,
+                                                 Report.subject_type == "study"))
+    if report is None:
+        return []
+    version = current_version(session, report)
+    if version.state not in EDITABLE:
+        return []
+    after = prefill_texts(session, study_id)
+    changed = {k: v for k, v in after.items()
+               if k in before and version.fields.get(k, "") == before[k] and v != before[k]}
+    if changed:
+        version.fields = {**version.fields, **changed}
+        version.updated_at = _now()
+        audit.append(session, actor=actor, action="report.prefill", object_type="report",
+                     object_id=str(report.id), detail={"version": version.number,
+                                                       "fields": sorted(changed)})
+    return sorted(changed)
+
+
 def _prefill(session: Session, study: Study, kind: str) -> str:
     if kind == "ai_findings":
         return _ai_prefill(session, study)

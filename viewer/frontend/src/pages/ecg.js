@@ -516,6 +516,8 @@ export function renderEcg(root, ecgId, { navigate }) {
       ecg = { ...ecg, measurements: out.measurements, statements_full: out.statements, critical: out.critical, edited_by: out.edited_by };
       renderAll();
       replace(saveStatus, `Saved ${new Date().toLocaleTimeString()}`);
+      // The server carries the edit into the open report draft; the panel reloads it.
+      document.dispatchEvent(new CustomEvent('rdc:findings-reviewed'));
     } catch (err) {
       showError(message(err));
       replace(saveStatus, '');
