@@ -31,6 +31,8 @@ def after_commit(session: Session, callback: Callable[[], None]) -> None:
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # SQLAlchemy, not pysqlite, starts transactions (see _sqlite_begin).
+    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")
@@ -39,11 +41,25 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _sqlite_begin(conn: Any) -> None:
+    """Every transaction takes SQLite's write lock when it starts.
+
+    In WAL mode a transaction that has read and then writes, after another process
+    committed in between, fails at once with "database is locked": its snapshot is
+    stale and waiting cannot help, so the busy timeout is never used.  The gateway,
+    the worker and the web app all write to one file, so that happened (a routing or
+    an ECG job failing under load).  Taking the lock at BEGIN makes such a transaction
+    wait its turn instead.  PostgreSQL, for centers that outgrow a file, needs none.
+    """
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url`` with the settings every process of the center needs."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
