@@ -130,38 +130,55 @@ _RHYTHM_CODES = frozenset({"sinus_rhythm", "bradycardia", "tachycardia", "irregu
                            "atrial_fibrillation_suspected"})
 
 
-def prefill_texts(session: Session, study_id: int) -> dict[str, str]:
-    """What each prefilled field of the study's open draft would hold now."""
+@dataclass(frozen=True)
+class _Draft:
+    study: Study
+    report: Report
+    version: ReportVersion
+
+
+def _open_draft(session: Session, study_id: int) -> _Draft | None:
+    """The study's report if its current version can still change."""
     report = session.scalar(select(Report).where(Report.study_id == study_id,
                                                  Report.subject_type == "study"))
     study = session.get(Study, study_id)
     if report is None or study is None:
+        return None
+    version = current_version(session, report)
+    return _Draft(study, report, version) if version.state in EDITABLE else None
+
+
+def _apply_prefill(session: Session, draft: _Draft, changed: dict[str, str],
+                   actor: str) -> list[str]:
+    if changed:
+        draft.version.fields = {**draft.version.fields, **changed}
+        draft.version.updated_at = _now()
+        audit.append(session, actor=actor, action="report.prefill", object_type="report",
+                     object_id=str(draft.report.id),
+                     detail={"version": draft.version.number, "fields": sorted(changed)})
+    return sorted(changed)
+
+
+def prefill_texts(session: Session, study_id: int) -> dict[str, str]:
+    """What each prefilled field of the study's open draft would hold now."""
+    draft = _open_draft(session, study_id)
+    if draft is None:
         return {}
-    return {f.key: _prefill(session, study, f.prefill)
-            for f in template_of(report).fields if f.prefill}
+    return {f.key: _prefill(session, draft.study, f.prefill)
+            for f in template_of(draft.report).fields if f.prefill}
 
 
 def refresh_prefill(session: Session, study_id: int, before: dict[str, str],
                     actor: str) -> list[str]:
     """After the analysis behind a draft changed (a cardiologist's edit), carry it into
     every prefilled field the reader has not rewritten (it still reads as ``before``)."""
-    report = session.scalar(select(Report).where(Report.study_id == study_id,
-                                                 Report.subject_type == "study"))
-    if report is None:
+    draft = _open_draft(session, study_id)
+    if draft is None:
         return []
-    version = current_version(session, report)
-    if version.state not in EDITABLE:
-        return []
-    after = prefill_texts(session, study_id)
-    changed = {k: v for k, v in after.items()
-               if k in before and version.fields.get(k, "") == before[k] and v != before[k]}
-    if changed:
-        version.fields = {**version.fields, **changed}
-        version.updated_at = _now()
-        audit.append(session, actor=actor, action="report.prefill", object_type="report",
-                     object_id=str(report.id), detail={"version": version.number,
-                                                       "fields": sorted(changed)})
-    return sorted(changed)
+    fields = draft.version.fields
+    changed = {k: v for k, v in prefill_texts(session, study_id).items()
+               if k in before and fields.get(k, "") == before[k] and v != before[k]}
+    return _apply_prefill(session, draft, changed, actor)
 
 
 def _prefill(session: Session, study: Study, kind: str) -> str:
@@ -192,31 +209,21 @@ def _sync_ai_prefill(session: Session, study_id: int, actor: str) -> None:
     """Keep an open draft's AI-prefilled field in step with the reader's decisions: an
     accepted finding's line is added, a rejected one's removed; the reader's own text in
     the field stays as it is.  Signed versions are never touched."""
-    report = session.scalar(select(Report).where(Report.study_id == study_id,
-                                                 Report.subject_type == "study"))
-    study = session.get(Study, study_id)
-    if report is None or study is None:
+    draft = _open_draft(session, study_id)
+    if draft is None:
         return
-    version = current_version(session, report)
-    if version.state not in EDITABLE:
-        return
-    wanted = [line for line in _ai_prefill(session, study).split("\n") if line]
+    wanted = [line for line in _ai_prefill(session, draft.study).split("\n") if line]
     changed = {}
-    for f in template_of(report).fields:
+    for f in template_of(draft.report).fields:
         if f.prefill != "ai_findings":
             continue
-        lines = [ln for ln in str(version.fields.get(f.key, "")).split("\n")
-                 if not ln.endswith(_AI_MARK) or ln in wanted]
+        current = str(draft.version.fields.get(f.key, ""))
+        lines = [ln for ln in current.split("\n") if not ln.endswith(_AI_MARK) or ln in wanted]
         lines += [ln for ln in wanted if ln not in lines]
         text = "\n".join(ln for ln in lines if ln.strip())
-        if text != version.fields.get(f.key, ""):
+        if text != current:
             changed[f.key] = text
-    if changed:
-        version.fields = {**version.fields, **changed}
-        version.updated_at = _now()
-        audit.append(session, actor=actor, action="report.prefill", object_type="report",
-                     object_id=str(report.id), detail={"version": version.number,
-                                                       "fields": sorted(changed)})
+    _apply_prefill(session, draft, changed, actor)
 
 
 def create_report(session: Session, study_id: int, actor: str,
