@@ -58,12 +58,17 @@ class InputSpec(_Strict):
     ROI (segmentation: D, H, W).  ``spacing`` (mm, same axis order) is what the
     volume is resampled to; ``window`` (low, high) in modality units is mapped
     to 0..1 and clipped.
+
+    Waveforms (``pipeline: ecg_rhythm``): ``size`` is [samples], ``channels`` the
+    leads, ``sampling_rate`` (Hz) what the signal is resampled to, and ``window``
+    in mV (after removing each lead's baseline).
     """
 
     size: list[int]
     spacing: list[float] | None = None
     channels: int = 1
     window: tuple[float, float]
+    sampling_rate: float | None = Field(default=None, gt=0)
 
 
 class Weights(_Strict):

@@ -1,6 +1,6 @@
 """Train the demonstration models on synthetic phantoms, export ONNX, write model.yaml.
 
-    python -m ai_models.train {cxr,ct,all} [--seed N] [--out DIR] [--quick]
+    python -m ai_models.train {cxr,ct,ecg-rhythm,all} [--seed N] [--out DIR] [--quick]
 
 Everything is drawn from the seed (phantoms, initial weights, batch order), the
 CPU thread count is fixed and torch runs its deterministic kernels, so the same
@@ -25,6 +25,8 @@ from monai.losses import DiceCELoss
 from rich.console import Console
 from torch import nn
 
+from ai_models import ecg_simulator
+from ai_models.ecg_network import ecg_cnn
 from ai_models.export import export_onnx, onnx_session, parity
 from ai_models.manifest import (
     MANIFEST_NAME,
@@ -43,6 +45,7 @@ from ai_models.pipelines.base import Prepared
 from ai_models.pipelines.ct_nodule_seg import CtNoduleSegPipeline, resample, to_network_input
 from ai_models.pipelines.cxr_triage import sigmoid
 from ai_models.pipelines.cxr_triage import to_network_input as cxr_input
+from ai_models.pipelines.ecg_rhythm import to_network_input as ecg_input
 
 SHIPPED = Path(__file__).resolve().parent / "shipped"
 SCRIPT = "ai_models/train.py"
@@ -344,21 +347,144 @@ def train_ct(seed: int, out: Path, *, quick: bool, console: Console) -> Report:
     return Report("ct-nodule-seg", out, time.perf_counter() - started, diff, metrics)
 
 
+# --- ECG rhythm ----------------------------------------------------------------------
+
+ECG_INTENDED_USE = (
+    "DEMONSTRATION WEIGHTS trained on simulated ECGs (neurokit2 ECGSYN beats, synthetic "
+    "phantoms of rhythms), NOT FOR CLINICAL USE. They show the center's AI pre-read path "
+    "for waveforms (registry, workers, SR outputs) end to end; they have never seen a "
+    "patient ECG and say nothing about patients.")
+ECG_INPUT = InputSpec(size=[2500], channels=12, window=(-5.0, 5.0),
+                      sampling_rate=float(ecg_simulator.SAMPLING_RATE))
+#: Multi-label sigmoid outputs: rhythm (sinus or AF) and rate (brady < 60, tachy > 100
+#: /min).  None is critical: an ECG already gets the ecg_analysis job and a cardiologist's
+#: read, and demonstration weights should not reorder a worklist on a rhythm label.
+ECG_LABELS = [
+    Label(name="sinus_rhythm", threshold=0.5, critical=False,
+          code=Code(value="426783006", scheme="SCT", meaning="Sinus rhythm")),
+    Label(name="atrial_fibrillation", threshold=0.5, critical=False,
+          code=Code(value="49436004", scheme="SCT", meaning="Atrial fibrillation")),
+    Label(name="bradycardia", threshold=0.5, critical=False,
+          code=Code(value="48867003", scheme="SCT", meaning="Bradycardia")),
+    Label(name="tachycardia", threshold=0.5, critical=False,
+          code=Code(value="3424008", scheme="SCT", meaning="Tachycardia")),
+]
+ECG_SOP_CLASSES = [ecg_simulator.TWELVE_LEAD_ECG_STORAGE, ecg_simulator.GENERAL_ECG_STORAGE]
+#: Template rates of a --quick run (the full bank takes ~15 s to simulate).
+ECG_QUICK_RATES = (45, 85, 125, 165)
+
+
+def ecg_arrays(records: Sequence[ecg_simulator.SimulatedEcg]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Network inputs (through the pipeline's own pre-processing) and label targets."""
+    xs = [ecg_input(r.signal, r.sampling_rate, target_rate=ECG_INPUT.sampling_rate or 250.0,
+                    samples=ECG_INPUT.size[0], window=ECG_INPUT.window) for r in records]
+    ys = [[float(r.labels[lab.name]) for lab in ECG_LABELS] for r in records]
+    return np.stack(xs), np.asarray(ys, dtype=np.float32)
+
+
+def _augment_leads(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Shuffle the leads of half the records and flip some leads' polarity (about the
+    window's mid-point): the simulator's per-lead morphology is nothing like a
+    patient's, so the network should learn rhythm, not which lead looks how."""
+    out = x.copy()
+    for i in range(len(out)):
+        if rng.random() < 0.5:
+            out[i] = out[i, rng.permutation(out.shape[1])]
+        flip = rng.random(out.shape[1]) < 0.2
+        out[i, flip] = 1.0 - out[i, flip]
+    return out
+
+
+def train_ecg(seed: int, out: Path, *, quick: bool, console: Console) -> Report:
+    """A small 1-D CNN on simulated 12-lead ECGs: rhythm and rate labels."""
+    started = time.perf_counter()
+    _configure(seed)
+    n_train, n_val, epochs, batch = (64, 32, 1, 16) if quick else (3000, 400, 8, 32)
+    rates = ECG_QUICK_RATES if quick else ecg_simulator.TEMPLATE_RATES
+    console.print(f"ecg: simulating {n_train} training and {n_val} held-out 12-lead ECGs "
+                  f"(seed {seed})")
+    x_train, y_train = ecg_arrays(ecg_simulator.dataset(
+        seed, n_train, ecg_simulator.TemplateBank(seed, rates)))
+    x_val, y_val = ecg_arrays(ecg_simulator.dataset(
+        seed + 100_000, n_val, ecg_simulator.TemplateBank(seed + 100_000, rates)))
+    console.print(f"ecg: records ready ({time.perf_counter() - started:.0f} s)")
+    model = ecg_cnn(len(ECG_LABELS))
+    steps = epochs * (n_train // batch)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
+    loss_fn = nn.BCEWithLogitsLoss()
+    order = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed + 7)
+    model.train()
+    for epoch in range(1, epochs + 1):
+        perm = torch.randperm(n_train, generator=order).numpy()
+        losses = []
+        for i in range(0, n_train - batch + 1, batch):
+            idx = perm[i:i + batch]
+            xb = torch.from_numpy(_augment_leads(x_train[idx], rng))
+            loss = loss_fn(model(xb), torch.from_numpy(y_train[idx]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+        console.print(f"ecg: epoch {epoch}/{epochs} loss {np.mean(losses):.4f} "
+                      f"({time.perf_counter() - started:.0f} s)")
+    out.mkdir(parents=True, exist_ok=True)
+    path = export_onnx(model, torch.from_numpy(x_val[:1]), out / WEIGHTS_FILE)
+    diff = parity(model, path, x_val[:8])
+    if diff > PARITY_TOLERANCE:
+        raise RuntimeError(f"ecg: ONNX differs from torch by {diff:.2e} "
+                           f"(> {PARITY_TOLERANCE:.0e})")
+    session = onnx_session(path)
+    probs = np.concatenate([sigmoid(session.run(None, {"input": x_val[i:i + 32]})[0])
+                            for i in range(0, n_val, 32)])
+    metrics = {}
+    for k, lab in enumerate(ECG_LABELS):
+        metrics[f"{lab.name}_accuracy"] = float(np.mean((probs[:, k] >= lab.threshold)
+                                                        == (y_val[:, k] > 0.5)))
+    held_out = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+    manifest = Manifest.model_validate({
+        "schema": 1, "name": "ecg-rhythm", "version": "1.0.0", "task": "classification",
+        "pipeline": "ecg_rhythm",
+        "description": (
+            "12-lead ECG rhythm (1-D CNN, 12 leads x 10 s at 250 Hz): sinus rhythm, atrial "
+            "fibrillation, bradycardia (< 60/min), tachycardia (> 100/min); independent "
+            f"sigmoid outputs. Held-out simulated ECG accuracy: {held_out} ({n_val} "
+            "records)."),
+        "applies_to": AppliesTo(modalities=["ECG"], sop_classes=ECG_SOP_CLASSES,
+                                photometric=[], max_slices=1),
+        "input": ECG_INPUT, "labels": ECG_LABELS, "outputs": ["sr"], "batch_size": 16,
+        "weights": Weights(file=WEIGHTS_FILE, sha256=sha256_file(path)),
+        "intended_use": ECG_INTENDED_USE, "demonstration": True,
+        "training": Training(script=SCRIPT, seed=seed, data=(
+            f"{n_train} simulated 10 s 12-lead ECGs (ai_models.ecg_simulator: neurokit2 "
+            f"ECGSYN beats at {len(rates)} template rates, overlap-added at regular sinus "
+            "R times or independent log-normal AF RR intervals without P waves and with "
+            "4-9 Hz f-waves; 60% sinus at 35-185/min, 40% AF at 50-170/min; gain, baseline "
+            f"wander, mains and white noise); {epochs} epochs, batch {batch}, lead shuffles "
+            "and polarity flips, AdamW with one-cycle LR"))})
+    _write(out, manifest)
+    return Report("ecg-rhythm", out, time.perf_counter() - started, diff, metrics)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ai_models.train",
         description="Train the demonstration models on synthetic phantoms (NOT FOR CLINICAL "
                     "USE), export ONNX and write model.yaml.")
-    parser.add_argument("model", choices=["cxr", "ct", "all"])
+    parser.add_argument("model", choices=["cxr", "ct", "ecg-rhythm", "all"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None,
-                        help="model folder for cxr or ct (default ai_models/shipped/<name>/"
+                        help="model folder for one model (default ai_models/shipped/<name>/"
                              "<version>); for all, the folder that gets <name>/<version>/")
     parser.add_argument("--quick", action="store_true",
                         help="train for seconds: proves the script runs, not a usable model")
     args = parser.parse_args(argv)
     console = Console()
-    jobs = [("cxr", "cxr-triage", train_cxr), ("ct", "ct-nodule-seg", train_ct)]
+    jobs = [("cxr", "cxr-triage", train_cxr), ("ct", "ct-nodule-seg", train_ct),
+            ("ecg-rhythm", "ecg-rhythm", train_ecg)]
     reports = []
     for key, name, train in jobs:
         if args.model not in (key, "all"):

@@ -12,11 +12,13 @@ from ai_models.manifest import Manifest
 from ai_models.pipelines.base import Pipeline
 from ai_models.pipelines.ct_nodule_seg import CtNoduleSegPipeline
 from ai_models.pipelines.cxr_triage import CxrTriagePipeline
+from ai_models.pipelines.ecg_rhythm import EcgRhythmPipeline
 from core.errors import InvalidInput
 
 PIPELINES: dict[str, Callable[[Manifest], Pipeline]] = {
     "cxr_triage": CxrTriagePipeline,
     "ct_nodule_seg": CtNoduleSegPipeline,
+    "ecg_rhythm": EcgRhythmPipeline,
 }
 
 
