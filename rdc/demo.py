@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from core.db import get_database
 from core.errors import ConfigurationError, NotFound
-from core.models import AIFinding, AIResult, Instance, Job, Site, Study
+from core.models import AIFinding, AIResult, ECGAnalysis, Instance, Job, Site, Study
 from core.orthanc_client import OrthancClient
 from core.samples import chunks, storage_sample_files, write_chest_radiograph, write_ct_series
 from core.settings import Settings
@@ -122,7 +122,44 @@ def run_demo(settings: Settings, console: Console, *, ct_slices: int, timeout: f
         return 1
     if not ai:
         return 0
-    return _show_ai(settings, console, [dx.study_uid, ct.study_uid], timeout)
+    code = _show_ai(settings, console, [dx.study_uid, ct.study_uid], timeout)
+    return max(code, _show_ecg(settings, console, started, timeout))
+
+
+def _show_ecg(settings: Settings, console: Console, since: datetime, timeout: float) -> int:
+    """Wait for the analysis of the demo ECG (pydicom's 12-lead waveform) and show it."""
+    db = get_database(settings.database_url)
+    deadline = time.monotonic() + timeout
+    note = _Note(console)
+    while True:
+        with db.session() as s:
+            rows = s.execute(select(ECGAnalysis, Study).join(Study, Study.id ==
+                                                             ECGAnalysis.study_id)
+                             .where(Study.site_id == DEMO_SITE.id,
+                                    ECGAnalysis.created_at >= since)).all()
+            failed = s.scalar(select(Job).join(Study, Study.id == Job.study_id).where(
+                Study.site_id == DEMO_SITE.id, Job.kind == "ecg_analysis",
+                Job.state.in_(["failed", "dead"]), Job.created_at >= since))
+        if rows or failed is not None:
+            break
+        if time.monotonic() > deadline:
+            console.print("[yellow]the demo ECG was not analysed in time[/yellow]: is a "
+                          "worker running?")
+            return 1
+        note("waiting for the ECG analysis")
+        time.sleep(1.0)
+    if failed is not None:
+        console.print(f"[red]ECG analysis failed[/red]: {failed.error}")
+        return 1
+    for analysis, study in rows:
+        m = analysis.measurements
+        console.print(
+            f"ECG study {study.id}: HR {m.get('heart_rate_bpm')} bpm, PR {m.get('pr_ms')} ms, "
+            f"QRS {m.get('qrs_ms')} ms, QTc {m.get('qtc_bazett_ms')} ms; "
+            + "; ".join(st.get("text", "") for st in analysis.statements)
+            + ("  [CRITICAL]" if analysis.critical else "")
+            + " — in the cardiologists' queue")
+    return 0
 
 
 def _ai_state(settings: Settings, study_uids: list[str]) -> tuple[int, int, list[Job]]:

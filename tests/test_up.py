@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from conftest import REPO, Center, wait_until
-from core.models import AIFinding, AIResult, Job, Study
+from core.models import AIFinding, AIResult, ECGAnalysis, Job, Study
 
 
 def _embedded(tmp_path: Path, name: str) -> Center:
@@ -92,6 +92,10 @@ def test_two_embedded_centers_demo_and_clean_stop(tmp_path: Path) -> None:
         assert "CT chest phantom" in demo.stdout and "Chest PA phantom" in demo.stdout
         assert "0 refused" in demo.stdout, demo.stdout
         assert "CRITICAL" in demo.stdout and "pneumothorax" in demo.stdout, demo.stdout
+        # pydicom's 12-lead ECG went through the gateway and was analysed for the queue.
+        assert "ECG study" in demo.stdout and "Sinus rhythm" in demo.stdout, demo.stdout
+        with a.db.session() as s:
+            assert s.scalar(select(ECGAnalysis)) is not None
         _check_demo_ai(a)
 
         with a.orthanc() as oa, b.orthanc() as ob:
