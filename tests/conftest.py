@@ -28,6 +28,8 @@ from core.sites import SiteSpec, add_site
 from rdc.orthanc_runner import start_orthanc, stop_process
 
 REPO = Path(__file__).resolve().parent.parent
+#: The browser fixture (Debian's Chromium through Playwright) for the browser tests.
+pytest_plugins = ["browser_support"]
 PG_ADMIN_URL = os.environ.get("RDC_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_HOST = os.environ.get("RDC_TEST_REDIS_HOST", "127.0.0.1")
 

@@ -14,9 +14,7 @@ Missing pieces fail loudly, never skip (see tests/test_frontend_smoke.py).
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,19 +25,23 @@ import pyotp
 import pytest
 from sqlalchemy import select
 
-from conftest import REPO, SENDER_AE, Center, free_port, wait_port, wait_until
+from browser_support import (
+    PASSPHRASE,
+    PASSWORD,
+    STATIC,
+    Shots,
+    collect_errors,
+    issue_key,
+    start_web,
+    stop,
+)
+from conftest import SENDER_AE, Center, free_port, wait_until
 from core.models import AIFinding, Delivery, ReportVersion, Study
 from core.samples import Patient, write_ct_series
 from pacs_gateway.dcmtk import start_storescp, storescu
 from viewer.accounts import add_user
 
-CHROMIUM = Path(os.environ.get("RDC_CHROMIUM", "/usr/bin/chromium"))
-STATIC = REPO / "viewer" / "static"
-SCREENSHOTS = Path(os.environ.get("RDC_SCREENSHOT_DIR", REPO / "var" / "screenshots"))
-
 READER = "dr.e2e"
-PASSWORD = "a long enough password 1"
-PASSPHRASE = "correct horse battery"
 SLICES = 24
 
 TECHNIQUE = "Axial CT of the chest, without intravenous contrast."
@@ -62,31 +64,6 @@ class E2E:
         return f"http://127.0.0.1:{self.center.web_port}"
 
 
-def _start_web(c: Center) -> subprocess.Popen[bytes]:
-    c.home.mkdir(parents=True, exist_ok=True)
-    out = open(c.home / "web.test.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "rdc", "web"], env=c.env, cwd=REPO,
-                            stdout=out, stderr=subprocess.STDOUT)
-    wait_port(c.web_port, 60, proc)
-    return proc
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-def _issue_key(c: Center, reader: str) -> None:
-    env = {**c.env, "RDC_KEY_PASSPHRASE": PASSPHRASE}
-    out = subprocess.run([sys.executable, "-m", "rdc", "keys", "issue", reader, "--name",
-                          "Dr E2E", "--algorithm", "ed25519"], env=env, capture_output=True,
-                         text=True, timeout=120, check=False, cwd=REPO)
-    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def _study_with_findings(c: Center, study_uid: str) -> tuple[int, list[int]] | None:
@@ -112,7 +89,7 @@ def e2e(center: Center, tmp_path: Path) -> Iterator[E2E]:
         c.add_site(port=scp_port, accepts_results=True)
         c.start_gateway()
         c.start_worker()
-        web = _start_web(c)
+        web = start_web(c)
 
         ct = write_ct_series(tmp_path / "ct", slices=SLICES, patient=Patient(id="E2E-CT-1"))
         sent = storescu(ct.paths, host="127.0.0.1", port=c.gateway_port,
@@ -129,72 +106,15 @@ def e2e(center: Center, tmp_path: Path) -> Iterator[E2E]:
             _, uri = add_user(s, c.settings, username=READER, display_name="Dr E2E",
                               password=PASSWORD, roles=["radiologist"], all_sites=True,
                               actor="test")
-        _issue_key(c, READER)
+        issue_key(c, READER, "Dr E2E")
         yield E2E(c, web, inbox, study_id, ct.study_uid, finding_ids, uri)
     finally:
         if web is not None:
-            _stop(web)
+            stop(web)
         scp.terminate()
         scp.wait(10)
 
 
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (./bootstrap.sh)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("playwright is missing: .venv/bin/pip install playwright "
-                    "(the system Chromium is used; never run 'playwright install')")
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True,
-            # Headless machines have no GPU: WebGL through SwiftShader.
-            args=["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
-                  "--ignore-gpu-blocklist"])
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-class Shots:
-    """Numbered screenshots, one per step, kept as the test's artifacts."""
-
-    def __init__(self, page: Any) -> None:
-        self.page = page
-        self.n = 0
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        for old in SCREENSHOTS.glob("e2e-*.png"):
-            old.unlink()
-
-    def __call__(self, step: str) -> Path:
-        self.n += 1
-        path = SCREENSHOTS / f"e2e-{self.n:02d}-{step}.png"
-        self.page.screenshot(path=str(path))
-        assert path.stat().st_size > 2000, path
-        return path
-
-
-def _collect_errors(page: Any) -> list[str]:
-    errors: list[str] = []
-
-    def on_console(msg: Any) -> None:
-        if msg.type != "error":
-            return
-        url = (msg.location or {}).get("url", "")
-        # Expected: the app asks /api/auth/me once before anyone has signed in; the
-        # server answers 401 and Chromium logs every failed fetch as a console error
-        # ("Failed to load resource: ... 401"), which the app itself handles by showing
-        # the login page.
-        if "401" in msg.text and url.endswith("/api/auth/me"):
-            return
-        errors.append(f"console.error: {msg.text} ({url})")
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-    return errors
 
 
 def _finding_review(c: Center, finding_id: int) -> str | None:
@@ -219,9 +139,9 @@ def test_read_and_sign_a_ct_in_the_browser(e2e: E2E, browser: Any) -> None:
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     page = context.new_page()
     page.set_default_timeout(30_000)
-    errors = _collect_errors(page)
+    errors = collect_errors(page)
     problems: list[str] = []
-    shot = Shots(page)
+    shot = Shots(page, "e2e")
 
     # 1. Sign in with password + TOTP.
     page.goto(f"{e2e.url}/#/login")

@@ -14,9 +14,7 @@ Missing pieces fail loudly, never skip (see tests/test_frontend_smoke.py).
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,18 +26,22 @@ import pytest
 from pydicom.data import get_testdata_file
 from sqlalchemy import select
 
-from conftest import REPO, SENDER_AE, Center, free_port, wait_port, wait_until
+from browser_support import (
+    PASSPHRASE,
+    PASSWORD,
+    STATIC,
+    Shots,
+    collect_errors,
+    issue_key,
+    start_web,
+    stop,
+)
+from conftest import SENDER_AE, Center, free_port, wait_until
 from core.models import Delivery, ECGAnalysis, ReportVersion, Study
 from pacs_gateway.dcmtk import start_storescp, storescu
 from viewer.accounts import add_user
 
-CHROMIUM = Path(os.environ.get("RDC_CHROMIUM", "/usr/bin/chromium"))
-STATIC = REPO / "viewer" / "static"
-SCREENSHOTS = Path(os.environ.get("RDC_SCREENSHOT_DIR", REPO / "var" / "screenshots"))
-
 CARDIOLOGIST = "dr.heart"
-PASSWORD = "a long enough password 1"
-PASSPHRASE = "correct horse battery"
 EDITED = "Sinus rhythm, confirmed on the tracing"
 FILL = {
     "rhythm": "Sinus rhythm.",
@@ -64,31 +66,6 @@ class EcgCenter:
         return f"http://127.0.0.1:{self.center.web_port}"
 
 
-def _start_web(c: Center) -> subprocess.Popen[bytes]:
-    c.home.mkdir(parents=True, exist_ok=True)
-    out = open(c.home / "web.test.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "rdc", "web"], env=c.env, cwd=REPO,
-                            stdout=out, stderr=subprocess.STDOUT)
-    wait_port(c.web_port, 60, proc)
-    return proc
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-def _issue_key(c: Center, user: str) -> None:
-    env = {**c.env, "RDC_KEY_PASSPHRASE": PASSPHRASE}
-    out = subprocess.run([sys.executable, "-m", "rdc", "keys", "issue", user, "--name",
-                          "Dr Heart", "--algorithm", "ed25519"], env=env, capture_output=True,
-                         text=True, timeout=120, check=False, cwd=REPO)
-    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def _analysis(c: Center, study_uid: str) -> tuple[int, int] | None:
@@ -113,7 +90,7 @@ def ecg_center(center: Center, tmp_path: Path) -> Iterator[EcgCenter]:
         c.add_site(port=scp_port, accepts_results=True, inactivity_s=1)
         c.start_gateway()
         c.start_worker()
-        web = _start_web(c)
+        web = start_web(c)
 
         path = Path(get_testdata_file("waveform_ecg.dcm"))
         study_uid = str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
@@ -130,67 +107,15 @@ def ecg_center(center: Center, tmp_path: Path) -> Iterator[EcgCenter]:
             _, uri = add_user(s, c.settings, username=CARDIOLOGIST, display_name="Dr Heart",
                               password=PASSWORD, roles=["cardiologist"], all_sites=True,
                               actor="test")
-        _issue_key(c, CARDIOLOGIST)
+        issue_key(c, CARDIOLOGIST, "Dr Heart")
         yield EcgCenter(c, web, inbox, ecg_id, study_id, study_uid, uri)
     finally:
         if web is not None:
-            _stop(web)
+            stop(web)
         scp.terminate()
         scp.wait(10)
 
 
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (./bootstrap.sh)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("playwright is missing: .venv/bin/pip install playwright "
-                    "(the system Chromium is used; never run 'playwright install')")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                              args=["--no-sandbox", "--use-angle=swiftshader",
-                                    "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"])
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-class Shots:
-    """Numbered screenshots, one per step, kept as the test's artifacts."""
-
-    def __init__(self, page: Any) -> None:
-        self.page = page
-        self.n = 0
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        for old in SCREENSHOTS.glob("ecg-[0-9][0-9]-*.png"):
-            old.unlink()
-
-    def __call__(self, step: str, full_page: bool = False) -> Path:
-        self.n += 1
-        path = SCREENSHOTS / f"ecg-{self.n:02d}-{step}.png"
-        self.page.screenshot(path=str(path), full_page=full_page)
-        assert path.stat().st_size > 2000, path
-        return path
-
-
-def _collect_errors(page: Any) -> list[str]:
-    errors: list[str] = []
-
-    def on_console(msg: Any) -> None:
-        if msg.type != "error":
-            return
-        url = (msg.location or {}).get("url", "")
-        # The app asks /api/auth/me once before anyone has signed in (401, handled).
-        if "401" in msg.text and url.endswith("/api/auth/me"):
-            return
-        errors.append(f"console.error: {msg.text} ({url})")
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-    return errors
 
 
 def _row(c: Center, ecg_id: int) -> tuple[list[dict[str, Any]], dict[str, Any], str | None]:
@@ -207,8 +132,8 @@ def test_read_and_sign_an_ecg_in_the_browser(ecg_center: EcgCenter, browser: Any
     context = browser.new_context(viewport={"width": 1500, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(30_000)
-    errors = _collect_errors(page)
-    shot = Shots(page)
+    errors = collect_errors(page)
+    shot = Shots(page, "ecg")
 
     # 1. Sign in as the cardiologist (password + TOTP).
     page.goto(f"{e.url}/#/login")

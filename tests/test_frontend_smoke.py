@@ -711,7 +711,8 @@ def test_ai_seg_overlay_and_a_prior_side_by_side(static_dir: Path, browser: Any)
         zoomed = page.evaluate("window.__rdc.segOverlayPixels()")
         page.get_by_test_id("viewer-reset").click()  # acts on the main viewport only
         page.wait_for_function(
-            f"() => window.__rdc.segOverlayPixels() > 0 && window.__rdc.segOverlayPixels() < {zoomed}")
+            "() => window.__rdc.segOverlayPixels() > 0"
+            f" && window.__rdc.segOverlayPixels() < {zoomed}")
         assert page.get_by_test_id("prior-viewport-wl").inner_text() == "W 2000 L 300"
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "study-prior-seg.png"))
@@ -787,8 +788,9 @@ def test_admin_adds_a_user_and_disables_one(static_dir: Path, browser: Any) -> N
         other.get_by_test_id("admin-enable").click()
         page.wait_for_selector("[data-testid=admin-user-row][data-user-id='2'][data-state=enabled]")
         other.get_by_test_id("admin-reset-totp").click()
-        page.wait_for_function("() => document.querySelector('[data-testid=admin-provisioning-uri]')"
-                               ".textContent.endsWith('tech.b?secret=NEW')")
+        page.wait_for_function(
+            "() => document.querySelector('[data-testid=admin-provisioning-uri]')"
+            ".textContent.endsWith('tech.b?secret=NEW')")
         assert app.state.seen["admin_actions"] == [
             (2, "disable", "csrf-1"), (2, "enable", "csrf-1"), (2, "reset-totp", "csrf-1")]
         assert page.evaluate("window.__xss") is None
