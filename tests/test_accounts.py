@@ -294,7 +294,7 @@ def test_sessions_idle_absolute_revoked_and_disabled(svc: tuple[Database, Settin
         accounts.enable_user(s, "dr.sun", actor="admin")
     with db.session() as s:
         assert sessions.load_session(s, other, settings) is None
-        shift(other, revoked_at=now - timedelta(days=2))
+    shift(other, revoked_at=now - timedelta(days=2))
     with db.session() as s:
         assert sessions.purge_sessions(s, settings) == 1
 

@@ -232,9 +232,12 @@ def test_removed_site_can_no_longer_send(running: Center) -> None:
     # is deleted.  Neither may send afterwards.
     sent = _send(c, [_ct_small()])
     assert sent.succeeded == [_ct_small()], sent.output
-    with c.db.session() as s:
-        wait_until(lambda: s.scalar(select(Instance.state)) == "stored", 30,
-                   "the instance stored")
+    def stored() -> bool:
+        # A fresh session each time: one held open would hold the embedded database's
+        # write lock and keep the gateway from recording the upload.
+        with c.db.session() as s:
+            return s.scalar(select(Instance.state)) == "stored"
+    wait_until(stored, 30, "the instance stored")
     c.add_site("county-b", ae_title="COUNTY_B", port=11197)
     assoc = _associate(c, "COUNTY_B")
     assert assoc.is_established, f"COUNTY_B refused before its removal\n{c.logs()}"

@@ -114,7 +114,8 @@ def test_shipped_rules_are_valid() -> None:
     assert [r.id for r in rules.select("any", {"CT"}, set())] == ["human-read-images",
                                                                   "ai-preread-images"]
     assert [r.id for r in rules.select("any", {"MR"}, set())] == ["human-read-images"]
-    assert [r.id for r in rules.select("any", {"ECG"}, set())] == ["human-read-ecg"]
+    assert [r.id for r in rules.select("any", {"ECG"}, set())] == [
+        "ai-preread-images", "human-read-ecg", "ecg-analysis"]
     assert [r.id for r in rules.select("any", {"RTPLAN"}, set())] == ["human-read-other"]
 
 

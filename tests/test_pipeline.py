@@ -10,7 +10,9 @@ from conftest import SENDER_AE, Center, wait_until
 from core import audit
 from core.models import AuditRecord, Job, Study
 from core.samples import write_chest_radiograph, write_ct_series
+from core.settings import Settings
 from pacs_gateway.dcmtk import storescu
+from pacs_gateway.routing import load_rules
 
 
 def _send(c: Center, paths: list[Path]) -> None:
@@ -54,7 +56,8 @@ def test_complete_study_is_routed_by_a_worker_and_reopened_by_a_late_instance(
     jobs = wait_until(lambda: routed(1), 60, "the worker to route the study")
     human = next(j for j in jobs if j.kind == "human_read")
     assert human.queue == "reading" and human.state == "queued"
-    assert human.rule == "human-read-images@v2"
+    version = load_rules(Settings().routing_rules_path()).version
+    assert human.rule == f"human-read-images@v{version}"  # the rule and the file's version
 
     # A late instance of another series reopens the study; it completes again
     # after the inactivity window and is routed once more (generation 2).
