@@ -42,8 +42,8 @@ from ai_models.manifest import (
 from ai_models.networks import ct_unet, cxr_densenet
 from ai_models.phantoms import ct_phantoms, cxr_phantoms
 from ai_models.pipelines.base import Prepared
+from ai_models.pipelines.classify import sigmoid
 from ai_models.pipelines.ct_nodule_seg import CtNoduleSegPipeline, resample, to_network_input
-from ai_models.pipelines.cxr_triage import sigmoid
 from ai_models.pipelines.cxr_triage import to_network_input as cxr_input
 from ai_models.pipelines.ecg_rhythm import to_network_input as ecg_input
 

@@ -28,7 +28,7 @@ def describe(ds: Dataset) -> str:
     return f"instance {number} ({uid})" if number is not None else f"instance {uid}"
 
 
-def _uid_text(value: object) -> str:
+def uid_text(value: object) -> str:
     uid = UID(str(value))
     return f"{uid} ({uid.name})" if uid.name != str(uid) else str(uid)
 
@@ -53,8 +53,8 @@ def check_applies_to(manifest: Manifest, datasets: Sequence[Dataset]) -> None:
     for ds in datasets:
         sop_class = str(ds.get("SOPClassUID", ""))
         if a.sop_classes and sop_class not in a.sop_classes:
-            reads = ", ".join(_uid_text(u) for u in a.sop_classes)
-            raise NotApplicable(f"{describe(ds)}: SOP class {_uid_text(sop_class)} is not "
+            reads = ", ".join(uid_text(u) for u in a.sop_classes)
+            raise NotApplicable(f"{describe(ds)}: SOP class {uid_text(sop_class)} is not "
                                 f"read by {ref} (it reads {reads})")
         if "PixelData" not in ds:
             raise NotApplicable(f"{describe(ds)} has no pixel data")
@@ -87,7 +87,7 @@ def undecodable(ds: Dataset, error: Exception) -> NotApplicable:
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     detail = str(error).strip().splitlines()
     why = " ".join(line.strip() for line in detail[:3])[:300] or type(error).__name__
-    ts = _uid_text(syntax) if syntax else "(no transfer syntax in the file meta)"
+    ts = uid_text(syntax) if syntax else "(no transfer syntax in the file meta)"
     return NotApplicable(f"{describe(ds)}: pixel data cannot be decoded (transfer syntax "
                          f"{ts}): {why}")
 

@@ -16,7 +16,8 @@ from monai.transforms import Resize
 from pydicom.dataset import Dataset
 
 from ai_models.manifest import Manifest
-from ai_models.pipelines.base import Finding, NotApplicable, Predict, Prepared, Result
+from ai_models.pipelines.base import NotApplicable, Predict, Prepared, Result
+from ai_models.pipelines.classify import multilabel_result, predict_batch
 from ai_models.pipelines.common import (
     check_applies_to,
     check_decodable,
@@ -42,11 +43,6 @@ def to_network_input(pixels: np.ndarray, low_high: tuple[float, float],
         unit = 1.0 - unit
     resized = Resize(spatial_size=tuple(size), mode="area")(torch.from_numpy(unit[None]))
     return np.asarray(resized, dtype=np.float32)
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    out: np.ndarray = 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
-    return out
 
 
 class CxrTriagePipeline:
@@ -82,21 +78,7 @@ class CxrTriagePipeline:
                         meta={"source_shape": pixels.shape, "inverted": invert})
 
     def predict(self, prepared: Sequence[Prepared], run: Predict) -> list[np.ndarray]:
-        if not prepared:
-            return []
-        batch = np.stack([p.array for p in prepared]).astype(np.float32, copy=False)
-        logits = np.asarray(run(batch))
-        want = (len(prepared), len(self.manifest.labels))
-        if logits.shape != want:
-            raise ValueError(f"{self.manifest.ref}: the network returned shape "
-                             f"{logits.shape}, expected {want}")
-        return [logits[i] for i in range(len(prepared))]
+        return predict_batch(self.manifest, prepared, run)
 
     def postprocess(self, prepared: Prepared, output: np.ndarray) -> Result:
-        probabilities = sigmoid(np.asarray(output).reshape(-1))
-        findings = []
-        for label, p in zip(self.manifest.labels, probabilities, strict=True):
-            positive = bool(p >= label.threshold)
-            findings.append(Finding(label=label.name, probability=float(p), positive=positive,
-                                    critical=positive and label.critical))
-        return Result(findings=findings)
+        return multilabel_result(self.manifest, output)

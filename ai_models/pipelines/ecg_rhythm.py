@@ -19,11 +19,11 @@ from collections.abc import Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
 
 from ai_models.manifest import Manifest
-from ai_models.pipelines.base import Finding, NotApplicable, Predict, Prepared, Result
-from ai_models.pipelines.common import describe
+from ai_models.pipelines.base import NotApplicable, Predict, Prepared, Result
+from ai_models.pipelines.classify import multilabel_result, predict_batch
+from ai_models.pipelines.common import describe, uid_text
 
 #: The network's lead order.
 LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
@@ -36,16 +36,6 @@ _TO_MV = {"uV": 1e-3, "mV": 1.0, "V": 1e3, "nV": 1e-6}
 #: A strip shorter than this share of the network input is not read; a slightly
 #: shorter one (a device that records 9.98 s) is padded with the baseline.
 MIN_SHARE = 0.95
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    out: np.ndarray = 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
-    return out
-
-
-def _uid_text(value: object) -> str:
-    uid = UID(str(value))
-    return f"{uid} ({uid.name})" if uid.name != str(uid) else str(uid)
 
 
 def lead_name(definition: Dataset) -> str | None:
@@ -147,8 +137,8 @@ class EcgRhythmPipeline:
                                 f"(it reads {', '.join(a.modalities)})")
         sop_class = str(ds.get("SOPClassUID", ""))
         if a.sop_classes and sop_class not in a.sop_classes:
-            reads = ", ".join(_uid_text(u) for u in a.sop_classes)
-            raise NotApplicable(f"{describe(ds)}: SOP class {_uid_text(sop_class)} is not "
+            reads = ", ".join(uid_text(u) for u in a.sop_classes)
+            raise NotApplicable(f"{describe(ds)}: SOP class {uid_text(sop_class)} is not "
                                 f"read by {ref} (it reads {reads})")
         if not ds.get("WaveformSequence"):
             raise NotApplicable(f"{describe(ds)} has no waveform (WaveformSequence is "
@@ -223,21 +213,7 @@ class EcgRhythmPipeline:
                         meta={"sampling_rate": fs, "duration_s": signal.shape[1] / fs})
 
     def predict(self, prepared: Sequence[Prepared], run: Predict) -> list[np.ndarray]:
-        if not prepared:
-            return []
-        batch = np.stack([p.array for p in prepared]).astype(np.float32, copy=False)
-        logits = np.asarray(run(batch))
-        want = (len(prepared), len(self.manifest.labels))
-        if logits.shape != want:
-            raise ValueError(f"{self.manifest.ref}: the network returned shape "
-                             f"{logits.shape}, expected {want}")
-        return [logits[i] for i in range(len(prepared))]
+        return predict_batch(self.manifest, prepared, run)
 
     def postprocess(self, prepared: Prepared, output: np.ndarray) -> Result:
-        probabilities = sigmoid(np.asarray(output).reshape(-1))
-        findings = []
-        for label, p in zip(self.manifest.labels, probabilities, strict=True):
-            positive = bool(p >= label.threshold)
-            findings.append(Finding(label=label.name, probability=float(p), positive=positive,
-                                    critical=positive and label.critical))
-        return Result(findings=findings)
+        return multilabel_result(self.manifest, output)
