@@ -118,6 +118,30 @@ def _write(folder: Path, manifest: Manifest) -> None:
 
 # --- chest radiograph triage ---------------------------------------------------------
 
+def _export_and_score(tag: str, model: torch.nn.Module, x_val: np.ndarray,
+                      y_val: np.ndarray, labels: Sequence[Label], out: Path, *,
+                      parity_n: int, batch: int,
+                      dynamic_axes: dict[str, dict[int, str]] | None = None,
+                      ) -> tuple[Path, float, dict[str, float]]:
+    """Export a multi-label classifier to ONNX, refuse it unless ONNX Runtime agrees with
+    torch, and score each label on the held-out set through the exported session."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = export_onnx(model, torch.from_numpy(x_val[:1]), out / WEIGHTS_FILE,
+                       dynamic_axes=dynamic_axes)
+    diff = parity(model, path, x_val[:parity_n])
+    if diff > PARITY_TOLERANCE:
+        raise RuntimeError(f"{tag}: ONNX differs from torch by {diff:.2e} "
+                           f"(> {PARITY_TOLERANCE:.0e})")
+    session = onnx_session(path)
+    probs = np.concatenate([sigmoid(session.run(None, {"input": x_val[i:i + batch]})[0])
+                            for i in range(0, len(x_val), batch)])
+    metrics = {}
+    for k, lab in enumerate(labels):
+        metrics[f"{lab.name}_accuracy"] = float(np.mean((probs[:, k] >= lab.threshold)
+                                                        == (y_val[:, k] > 0.5)))
+    return path, diff, metrics
+
+
 def _cxr_arrays(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
     for phantom in cxr_phantoms(seed, n):
@@ -156,21 +180,9 @@ def train_cxr(seed: int, out: Path, *, quick: bool, console: Console) -> Report:
             losses.append(loss.item())
         console.print(f"cxr: epoch {epoch}/{epochs} loss {np.mean(losses):.4f} "
                       f"({time.perf_counter() - started:.0f} s)")
-    out.mkdir(parents=True, exist_ok=True)
-    path = export_onnx(model, torch.from_numpy(x_val[:1]), out / WEIGHTS_FILE,
-                       dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"},
-                                     "logits": {0: "batch"}})
-    diff = parity(model, path, x_val[:4])
-    if diff > PARITY_TOLERANCE:
-        raise RuntimeError(f"cxr: ONNX differs from torch by {diff:.2e} "
-                           f"(> {PARITY_TOLERANCE:.0e})")
-    session = onnx_session(path)
-    probs = np.concatenate([sigmoid(session.run(None, {"input": x_val[i:i + 16]})[0])
-                            for i in range(0, n_val, 16)])
-    metrics = {}
-    for k, lab in enumerate(CXR_LABELS):
-        metrics[f"{lab.name}_accuracy"] = float(np.mean((probs[:, k] >= lab.threshold)
-                                                        == (y_val[:, k] > 0.5)))
+    path, diff, metrics = _export_and_score(
+        "cxr", model, x_val, y_val, CXR_LABELS, out, parity_n=4, batch=16,
+        dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}})
     held_out = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
     manifest = _manifest(
         name="cxr-triage", task="classification", pipeline="cxr_triage",
@@ -431,19 +443,8 @@ def train_ecg(seed: int, out: Path, *, quick: bool, console: Console) -> Report:
             losses.append(loss.item())
         console.print(f"ecg: epoch {epoch}/{epochs} loss {np.mean(losses):.4f} "
                       f"({time.perf_counter() - started:.0f} s)")
-    out.mkdir(parents=True, exist_ok=True)
-    path = export_onnx(model, torch.from_numpy(x_val[:1]), out / WEIGHTS_FILE)
-    diff = parity(model, path, x_val[:8])
-    if diff > PARITY_TOLERANCE:
-        raise RuntimeError(f"ecg: ONNX differs from torch by {diff:.2e} "
-                           f"(> {PARITY_TOLERANCE:.0e})")
-    session = onnx_session(path)
-    probs = np.concatenate([sigmoid(session.run(None, {"input": x_val[i:i + 32]})[0])
-                            for i in range(0, n_val, 32)])
-    metrics = {}
-    for k, lab in enumerate(ECG_LABELS):
-        metrics[f"{lab.name}_accuracy"] = float(np.mean((probs[:, k] >= lab.threshold)
-                                                        == (y_val[:, k] > 0.5)))
+    path, diff, metrics = _export_and_score("ecg", model, x_val, y_val, ECG_LABELS, out,
+                                            parity_n=8, batch=32)
     held_out = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
     manifest = Manifest.model_validate({
         "schema": 1, "name": "ecg-rhythm", "version": "1.0.0", "task": "classification",
