@@ -10,8 +10,6 @@ model, version), so a rerun produces the same objects rather than new ones.
 
 from __future__ import annotations
 
-import hashlib
-import uuid
 from collections.abc import Sequence
 
 import highdicom as hd
@@ -21,6 +19,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from ai_models.manifest import Manifest
+from ai_models.output_uids import deterministic_uid
 from ai_models.pipelines.base import Finding
 
 MANUFACTURER = "Regional Diagnostic Center"
@@ -33,12 +32,6 @@ CATEGORY = Code("49755003", "SCT", "Morphologically abnormal structure")
 MILLILITER = Code("ml", "UCUM", "milliliter")
 IMAGING_PROCEDURE = Code("363679005", "SCT", "Imaging procedure")
 DEMO_NOTE = "DEMONSTRATION WEIGHTS, NOT FOR CLINICAL USE"
-
-
-def deterministic_uid(*parts: str) -> str:
-    """A ``2.25.<n>`` UID that is the same for the same parts (≤ 64 characters)."""
-    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
-    return f"2.25.{uuid.UUID(bytes=digest[:16]).int}"
 
 
 def _code(label_code: object) -> Code:

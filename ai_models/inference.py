@@ -31,8 +31,9 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ai_models.dicom_outputs import build_seg, build_sr, deterministic_uid
+from ai_models.dicom_outputs import build_seg, build_sr
 from ai_models.manifest import Manifest
+from ai_models.output_uids import result_uids
 from ai_models.pipelines import get_pipeline
 from ai_models.pipelines.base import NotApplicable, Pipeline, Prepared, Result
 from ai_models.preread import inference_key
@@ -172,19 +173,17 @@ class BatchRunner:
         started = time.perf_counter()
         result = self.pipeline.postprocess(item.prepared, output)
         m = self.manifest
-        key = (item.series_uid, m.name, m.version)
+        uids = result_uids(item.series_uid, m.name, m.version)
         source = item.prepared.datasets
         seg_ds = None
         if "seg" in m.outputs and result.mask is not None and result.mask.any():
             label = next(f.label for f in result.findings if f.positive) \
                 if any(f.positive for f in result.findings) else m.labels[0].name
             seg_ds = build_seg(source, m, result.mask, label=label,
-                               series_uid=deterministic_uid(*key, "seg-series"),
-                               sop_uid=deterministic_uid(*key, "seg"))
+                               series_uid=uids.seg_series, sop_uid=uids.seg)
             _upload(client, seg_ds)
         sr_ds = build_sr(source, m, result.findings,
-                         series_uid=deterministic_uid(*key, "sr-series"),
-                         sop_uid=deterministic_uid(*key, "sr"), device=self.loaded.provider,
+                         series_uid=uids.sr_series, sop_uid=uids.sr, device=self.loaded.provider,
                          seg=seg_ds)
         _upload(client, sr_ds)
         item.timings["store_ms"] = (time.perf_counter() - started) * 1000

@@ -739,8 +739,9 @@ def replay_split(settings: Any, client: Any, manifest: Manifest,
     """
     from io import BytesIO
 
-    from ai_models.dicom_outputs import build_sr, deterministic_uid
+    from ai_models.dicom_outputs import build_sr
     from ai_models.inference import fetch_series
+    from ai_models.output_uids import deterministic_uid
     from ai_models.pipelines import get_pipeline
     from ai_models.pipelines.base import Prepared
 

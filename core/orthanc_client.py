@@ -74,7 +74,24 @@ class OrthancClient:
         self.close()
 
     # Plumbing -----------------------------------------------------------
+    @staticmethod
+    def check_path(path: str) -> None:
+        """Refuse a path that an HTTP stack would normalise into another one.
+
+        httpx removes dot segments and Orthanc decodes escapes, so ``a/..%2F..`` or
+        ``a/../../system`` would reach another resource than the caller checked; the
+        center never needs any of these, so none is sent (raises OrthancRejected)."""
+        bare = path.split("?", 1)[0]
+        if not bare.startswith("/") or "//" in bare:
+            raise OrthancRejected(f"refusing Orthanc path {bare[:80]!r}: not a plain path")
+        for bad in ("%", "\\", "#"):
+            if bad in bare:
+                raise OrthancRejected(f"refusing Orthanc path {bare[:80]!r}: contains {bad!r}")
+        if any(seg in (".", "..") for seg in bare.split("/")):
+            raise OrthancRejected(f"refusing Orthanc path {bare[:80]!r}: dot segment")
+
     def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        self.check_path(path)
         attempt = 0
         while True:
             attempt += 1

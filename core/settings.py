@@ -122,6 +122,10 @@ class Settings(BaseSettings):
     #: HTTPS behind the reverse proxy), off in development, where the web app listens
     #: on plain http://127.0.0.1 and a browser would never send back a Secure cookie.
     session_cookie_secure: bool | None = None
+    #: Image access through the DICOMweb proxy is audited once per user and study
+    #: within this window (with the number of requests it covered), so that a
+    #: 300-frame stack is one audit record, not 300.
+    dicomweb_audit_window_s: float = Field(default=600.0, gt=0)
 
     @classmethod
     def settings_customise_sources(
