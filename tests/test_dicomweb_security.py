@@ -366,3 +366,33 @@ def test_ai_and_report_outputs_belong_to_their_study(world: World) -> None:
         assert visible_objects(s, (other.id,)) == {w.series[other.study_uid]:
                                                    {w.sops[other.study_uid]}}
         s.rollback()
+
+
+def test_every_forwarding_route_refuses_traversal(world: World) -> None:
+    """Routes that turn a path into an Orthanc request or a file (study view, ECG,
+    report, share links, the front end's assets) answer 4xx to encoded traversal and
+    to the other site's IDs, and never leak the other site's patient."""
+    w = world
+    cookie = _sign_in(w, "b-walker", ["radiologist", "cardiologist"], ["county-b"])
+    with w.c.db.session() as s:
+        ids = {st.study_uid: st.id for st in s.scalars(select(Study))}
+    own, other = ids[w.studies["county-b"][0]], ids[w.studies["county-a"][0]]
+    assert _raw_get(w, f"/api/studies/{own}", cookie)[0] == 200
+    paths = []
+    for route in ("/api/studies/{}", "/api/studies/{}/report", "/api/ecg/{}",
+                  "/api/reports/{}", "/api/reports/{}/pdf"):
+        paths += [route.format(other),
+                  route.format(f"{own}%2F..%2F{other}"), route.format(f"{own}/../{other}"),
+                  route.format(f"..%2F{other}"), route.format(f"%2E%2E%2F{other}"),
+                  route.format(f"{own}..%5C{other}")]
+    paths += ["/share/..%2F..%2Fapi%2Fstudies", "/share/x/images/..%2F1",
+              "/share/x/images/0%2F..%2F..%2F..%2Fsystem",
+              "/assets/..%2F..%2F..%2Fpyproject.toml", "/assets/../../../pyproject.toml",
+              "/assets/%2E%2E/%2E%2E/%2E%2E/pyproject.toml", "/assets/..%5C..%5Cindex.html",
+              "/..%2F..%2Fpyproject.toml", "/%2E%2E/%2E%2E/core/settings.py"]
+    for path in paths:
+        status, _, body = _raw_get(w, path, cookie)
+        assert 400 <= status < 500, f"{path}: {status} {body[:200]!r}"
+        text = body.decode(errors="replace")
+        assert SECRET_PATIENT not in text and "[project]" not in text, path
+        assert "ApiVersion" not in text and "class Settings" not in text, path
