@@ -5,6 +5,13 @@ only" is enforced by Orthanc's own switches: HTTP refuses non-local clients
 (``RemoteAccessAllowed: false``) and requires a password, and the DICOM port
 refuses every peer except the gateway's registered AE on 127.0.0.1.  Sites on
 other hosts must firewall the Orthanc ports; only the gateway port is public.
+
+The gateway hands instances to Orthanc over its REST API, so over DICOM it needs no
+more than C-ECHO and C-STORE (a fallback and a health check); nothing in the center
+queries or retrieves from Orthanc over DICOM.  The gateway modality therefore gets
+exactly those two: a local process that presents the gateway's AE title cannot
+C-FIND, C-MOVE, C-GET or ask for worklists or storage commitment.  Orthanc enables
+every ``Allow*`` option that is not given, so each one is spelt out.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ def build_config(settings: Settings) -> dict[str, Any]:
         "DicomAlwaysAllowEcho": False,
         "DicomAlwaysAllowStore": False,
         "DicomAlwaysAllowFind": False,
+        "DicomAlwaysAllowFindWorklist": False,
         "DicomAlwaysAllowGet": False,
         "DicomAlwaysAllowMove": False,
         "UnknownSopClassAccepted": False,
@@ -70,10 +78,12 @@ def build_config(settings: Settings) -> dict[str, Any]:
                 "Port": settings.gateway_port,
                 "AllowEcho": True,
                 "AllowStore": True,
-                "AllowFind": True,
-                "AllowMove": True,
+                "AllowFind": False,
+                "AllowFindWorklist": False,
+                "AllowMove": False,
                 "AllowGet": False,
-                "AllowStorageCommitment": True,
+                "AllowStorageCommitment": False,
+                "AllowTranscoding": False,
             }
         },
         "DicomModalitiesInDatabase": False,

@@ -171,7 +171,9 @@ def web() -> None:
 
     s = _settings()
     setup_logging(s, "web")
-    console.print(f"web: http://{s.web_host}:{s.web_port} (API docs at /docs)")
+    token = _ensure_api_token(s)
+    console.print(f"web: http://{s.web_host}:{s.web_port} (API docs at /docs for admins; "
+                  f"operator token in {token})")
     uvicorn.run("viewer.app:create_app", factory=True, host=s.web_host, port=s.web_port,
                 log_level="info")
 
@@ -183,11 +185,29 @@ def up() -> None:
 
     s = _settings()
     setup_logging(s, "up")
+    _ensure_api_token(s)
     try:
         code = run_all(s, console)
     except RDCError as e:
         raise fail(e) from e
     raise typer.Exit(code)
+
+
+def _ensure_api_token(settings: Settings) -> Path:
+    """The operator token's file, generated now if missing, so scripts can read it at once."""
+    from viewer.auth import api_token_path
+
+    return api_token_path(settings)
+
+
+@app.command()
+def token() -> None:
+    """Print the path of the operator API token (generated if missing, mode 0600).
+
+    Scripts send it as ``Authorization: Bearer $(cat "$(rdc token)")``.
+    """
+    s = _settings()
+    typer.echo(str(_ensure_api_token(s)))
 
 
 # Sites ------------------------------------------------------------------------

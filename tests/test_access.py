@@ -4,27 +4,33 @@ patient-supplied text that must stay text."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pyotp
 import pytest
+from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from conftest import REPO, Center, wait_until
-from core.models import Study
+from core.models import AIFinding, AIResult, ECGAnalysis, ReportVersion, ShareLink, Study
 from core.settings import get_settings
 from core.sites import SiteSpec, add_site
 from pacs_gateway.dcmtk import storescu
-from viewer.accounts import add_user
+from viewer.accounts import ROLES, add_user
 from viewer.app import create_app
-from viewer.auth import api_token
+from viewer.auth import READING_ROLES, api_token
+from viewer.worklist import READER_ROLES
 
 PASSWORD = "a long enough password 1"
 PASSPHRASE = "correct horse battery"
@@ -200,3 +206,204 @@ def test_share_page_escapes_patient_text(world: tuple[Center, dict[str, int]]) -
     data = TestClient(create_app()).get(f"/api/reports/{rid}",
                                         headers={"Authorization": f"Bearer {token}"}).json()
     assert "<script>x()</script>" in data["versions"][0]["fields"]["findings"]
+
+
+# Every role against every route -----------------------------------------------------
+#: Roles that see patient data of their sites (viewer.auth.READING_ROLES).
+READING = frozenset({"radiologist", "cardiologist", "pathologist", "lab_reviewer",
+                     "site_user"})
+#: Roles that claim, write and sign reports (viewer.worklist.READER_ROLES).
+REPORTING = READING - {"site_user"}
+MISSING = 999_999
+MISSING_UID = "1.2.826.0.1.3680043.9.9999.1"
+ANON, OPERATOR = "anonymous", "operator"
+PUBLIC = "everyone"
+
+
+@dataclass(frozen=True)
+class Expect:
+    """Who may use a route, and what an admitted caller gets here.
+
+    ``allowed``: roles admitted (the operator token always is, unless ``operator`` says
+    otherwise), or :data:`PUBLIC`.  Refused callers get 401 without a session, 403 with
+    one.  An admitted caller gets ``ok``: 404 on object routes, since site-limited
+    accounts ask for the other site's objects and all-sites callers for missing ones.
+    """
+
+    allowed: frozenset[str] | str
+    ok: int = 404
+    operator: int | None = None
+    body: dict[str, Any] | None = None
+
+
+def _signed_in(roles: frozenset[str]) -> Expect:
+    return Expect(roles, ok=200)
+
+
+ADMIN = frozenset({"admin"})
+ALL_ROLES = frozenset(ROLES)
+#: (method, path as the app declares it) → expectation.  A route of the app missing
+#: here fails the test: a new route must say who may use it.
+MATRIX: dict[tuple[str, str], Expect] = {
+    ("GET", "/healthz"): Expect(PUBLIC, ok=200),
+    ("GET", "/"): Expect(PUBLIC, ok=200),
+    ("GET", "/index.html"): Expect(PUBLIC, ok=200),
+    ("GET", "/login"): Expect(PUBLIC, ok=307),
+    ("GET", "/assets"): Expect(PUBLIC, ok=200),
+    ("POST", "/api/auth/login"): Expect(PUBLIC, ok=422, body={}),
+    ("GET", "/api/auth/me"): _signed_in(ALL_ROLES),
+    ("GET", "/api/sites"): _signed_in(ALL_ROLES),
+    ("GET", "/api/status"): _signed_in(ADMIN),
+    ("GET", "/openapi.json"): _signed_in(ADMIN),
+    ("GET", "/docs"): _signed_in(ADMIN),
+    ("GET", "/docs/{name}"): _signed_in(ADMIN),
+    ("GET", "/api/admin/users"): _signed_in(ADMIN),
+    ("POST", "/api/admin/users"): Expect(ADMIN, ok=422, body={}),
+    ("POST", "/api/admin/users/{user_id}/disable"): Expect(ADMIN),
+    ("POST", "/api/admin/users/{user_id}/enable"): Expect(ADMIN),
+    ("POST", "/api/admin/users/{user_id}/reset-totp"): Expect(ADMIN),
+    ("GET", "/api/worklist"): _signed_in(READING),
+    ("GET", "/api/studies/{study_id}"): Expect(READING),
+    ("POST", "/api/studies/{study_id}/claim"): Expect(REPORTING, operator=403),
+    ("POST", "/api/studies/{study_id}/release"): Expect(REPORTING | ADMIN),
+    ("GET", "/api/studies/{study_id}/report"): Expect(REPORTING),
+    ("POST", "/api/studies/{study_id}/report"): Expect(REPORTING),
+    ("GET", "/api/reports"): _signed_in(READING),
+    ("GET", "/api/reports/{report_id}"): Expect(READING),
+    ("GET", "/api/reports/{report_id}/pdf"): Expect(READING),
+    ("PUT", "/api/reports/{report_id}/draft"): Expect(REPORTING, body={"fields": {}}),
+    ("POST", "/api/reports/{report_id}/sign"): Expect(REPORTING, operator=403,
+                                                      body={"passphrase": PASSPHRASE}),
+    ("POST", "/api/reports/{report_id}/addenda"): Expect(REPORTING, body={"fields": {}}),
+    ("POST", "/api/reports/{report_id}/share"): Expect(READING, body={"hours": 1}),
+    ("DELETE", "/api/share/{link_id}"): Expect(READING),
+    ("GET", "/share/{token}"): Expect(PUBLIC),
+    ("GET", "/share/{token}/images/{index}"): Expect(PUBLIC),
+    ("POST", "/api/ai-findings/{finding_id}/review"): Expect(REPORTING,
+                                                             body={"decision": "accepted"}),
+    ("GET", "/api/dashboard/turnaround"): _signed_in(REPORTING | ADMIN),
+    ("GET", "/api/dashboard/turnaround.png"): _signed_in(REPORTING | ADMIN),
+    ("GET", "/api/deliveries"): _signed_in(ALL_ROLES),
+    ("POST", "/api/deliveries/{delivery_id}/resend"): Expect(ADMIN),
+    ("GET", "/api/ecg/queue"): _signed_in(frozenset({"cardiologist"})),
+    ("GET", "/api/ecg/{analysis_id}"): Expect(frozenset({"cardiologist"})),
+    ("PUT", "/api/ecg/{analysis_id}"): Expect(frozenset({"cardiologist"}), body={}),
+    ("GET", "/dicom-web/studies"): _signed_in(READING),
+    ("GET", "/dicom-web/studies/{_path:path}"): Expect(READING),
+    # Last: it ends the session.
+    ("POST", "/api/auth/logout"): Expect(PUBLIC, ok=204),
+}
+
+
+def app_routes() -> set[tuple[str, str]]:
+    """(method, path) of every route the app serves (HEAD folded into GET)."""
+    found: set[tuple[str, str]] = set()
+    for rc in iter_route_contexts(create_app().routes):
+        assert rc.path is not None
+        methods = getattr(rc.original_route, "methods", None) or {"GET"}  # a mount: GET
+        found |= {(m, rc.path) for m in methods if m != "HEAD"}
+    return found
+
+
+@dataclass(frozen=True)
+class Caller:
+    name: str
+    roles: frozenset[str]
+    all_sites: bool
+    client: TestClient
+
+
+def _status_expected(route: Expect, who: Caller) -> int:
+    if route.allowed == PUBLIC:
+        return route.ok
+    if who.name == ANON:
+        return 401
+    if who.name == OPERATOR:
+        return route.operator if route.operator is not None else route.ok
+    assert isinstance(route.allowed, frozenset)
+    return route.ok if who.roles & route.allowed else 403
+
+
+def test_every_role_against_every_route(world: tuple[Center, dict[str, int]]) -> None:
+    """Every role (a site A account each, plus an all-sites admin), the operator token and
+    an anonymous client against every route of the app: who is refused (401/403), and
+    that an admitted site A account finds none of site B's objects (404)."""
+    c, ids = world
+    assert (READING, REPORTING) == (frozenset(READING_ROLES), frozenset(READER_ROLES))
+    routes = app_routes()
+    assert not routes - set(MATRIX), f"routes without a row in MATRIX: {routes - set(MATRIX)}"
+    assert not set(MATRIX) - routes, f"rows of MATRIX for no route: {set(MATRIX) - routes}"
+    a, b = ids["county-a"], ids["county-b"]
+    token = api_token(get_settings())
+    operator_client = TestClient(create_app(), headers={"Authorization": f"Bearer {token}"})
+    callers = [Caller(ANON, frozenset(), False, TestClient(create_app())),
+               Caller(OPERATOR, frozenset(), True, operator_client)]
+    for role in sorted(ROLES):
+        name = role.replace("_", "-") + ".a"
+        callers.append(Caller(name, frozenset({role}), False,
+                              client_for(c, name, [role], ["county-a"])))
+    callers.append(Caller("admin.all", ADMIN, True, client_for(c, "admin.all", ["admin"],
+                                                                None)))
+
+    # Site B's objects: a report (with a cloud film link), an AI finding, an ECG.
+    r = operator_client.post(f"/api/studies/{b}/report")
+    assert r.status_code == 201, r.text
+    rid_b = r.json()["id"]
+    with c.db.session() as s:
+        study_b = s.get(Study, b)
+        assert study_b is not None
+        uid_b, uid_a = study_b.study_uid, s.get(Study, a).study_uid  # type: ignore[union-attr]
+        version = s.scalar(select(ReportVersion).where(ReportVersion.report_id == rid_b))
+        assert version is not None
+        link = ShareLink(token_hash="0" * 64, report_version_id=version.id,
+                         expires_at=datetime.now(UTC) + timedelta(hours=1))
+        result = AIResult(study_id=b, series_uid="1.2.3", model_name="m", model_version="1",
+                          device="cpu", duration_ms=1.0, sr_sop_uid=generate_uid())
+        s.add_all([link, result])
+        s.flush()
+        finding = AIFinding(result_id=result.id, study_id=b, label="x", probability=0.9,
+                            threshold=0.5, positive=True, critical=False)
+        ecg = ECGAnalysis(study_id=b, sop_instance_uid=generate_uid(), series_uid="1.2.3",
+                          analysis_version="1", result={})
+        s.add_all([finding, ecg])
+        s.flush()
+        foreign = {"study_id": b, "report_id": rid_b, "link_id": link.id,
+                   "finding_id": finding.id, "analysis_id": ecg.id, "_path": f"{uid_b}/series"}
+    missing = {"study_id": MISSING, "report_id": MISSING, "link_id": MISSING,
+               "finding_id": MISSING, "analysis_id": MISSING, "_path": f"{MISSING_UID}/series"}
+    asset = next(p.name for p in sorted((REPO / "viewer" / "static" / "assets").iterdir()))
+    fixed = {"user_id": MISSING, "delivery_id": MISSING, "token": "not-a-token", "index": 0,
+             "name": "swagger-ui.css"}
+
+    def url(path: str, who: Caller) -> str:
+        if path == "/assets":
+            return f"/assets/{asset}"
+        values = {**fixed, **(missing if who.all_sites else foreign)}
+        return re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: str(values[m.group(1)]), path)
+
+    wrong: list[str] = []
+    for (method, path), route in MATRIX.items():
+        for who in callers:
+            r = who.client.request(method, url(path, who), json=route.body,
+                                   follow_redirects=False)
+            want = _status_expected(route, who)
+            if r.status_code != want:
+                wrong.append(f"{who.name:16} {method:6} {url(path, who)}: {r.status_code}, "
+                             f"expected {want} {r.text[:120]!r}")
+    assert not wrong, "\n".join(wrong)
+
+    # Admitted callers do get their own site's data; admin gets none of it.  (The
+    # matrix ended with signing out: new sessions.)
+    fresh = {n: client_for(c, n + "2", [role], ["county-a"])
+             for n, role in (("radiologist.a", "radiologist"), ("site-user.a", "site_user"),
+                             ("admin.a", "admin"))}
+    for name in ("radiologist.a", "site-user.a"):
+        api = fresh[name]
+        assert [i["study_id"] for i in api.get("/api/worklist").json()["items"]] == [a]
+        assert api.get(f"/api/studies/{a}").status_code == 200, name
+        series = api.get(f"/dicom-web/studies/{uid_a}/series")
+        assert series.status_code == 200, (name, series.text)
+    for url_a in ("/api/worklist", f"/api/studies/{a}", f"/dicom-web/studies/{uid_a}/series",
+                  "/dicom-web/studies", "/api/reports"):
+        assert fresh["admin.a"].get(url_a).status_code == 403, url_a
+    assert operator_client.get(f"/api/studies/{b}").status_code == 200

@@ -1,12 +1,18 @@
-"""The ``rdc`` command: help everywhere, site management, clear errors, status."""
+"""The ``rdc`` command: help everywhere, site management, clear errors, status, the
+operator token."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from conftest import Center
+from conftest import REPO, Center, wait_port
 
 COMMANDS = [[], ["up"], ["orthanc"], ["gateway"], ["worker"], ["web"], ["demo"], ["status"],
+            ["token"],
             ["config"], ["sites"], ["sites", "add"], ["sites", "list"], ["sites", "remove"],
             ["audit"], ["audit", "verify"], ["keys"], ["keys", "issue"], ["keys", "list"],
             ["keys", "revoke"], ["keys", "export"], ["reports"], ["reports", "verify"],
@@ -64,3 +70,32 @@ def test_orthanc_missing_is_a_clear_error(center: Center) -> None:
     r = center.rdc("orthanc", timeout=30)
     assert r.returncode != 0
     assert "Orthanc is not installed" in r.stderr and "apt-get install orthanc" in r.stderr
+
+
+def test_token_prints_the_operator_token_file(center: Center) -> None:
+    token_file = center.home / "secrets" / "api-token"
+    assert not token_file.exists()
+    r = center.rdc("token")
+    assert r.returncode == 0, r.stderr
+    assert Path(r.stdout.strip()) == token_file
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    token = token_file.read_text().strip()
+    assert len(token) >= 40
+    # Asked again, the same token: it is made once.
+    again = center.rdc("token")
+    assert again.stdout == r.stdout and token_file.read_text().strip() == token
+
+
+def test_web_creates_the_token_before_any_request(center: Center) -> None:
+    """The README tells scripts to read the file as soon as the center is up."""
+    token_file = center.home / "secrets" / "api-token"
+    center.home.mkdir(parents=True, exist_ok=True)
+    with open(center.home / "web.test.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "rdc", "web"], env=center.env,
+                                cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_port(center.web_port, 60, proc)
+        assert token_file.is_file() and token_file.stat().st_mode & 0o777 == 0o600
+    finally:
+        proc.terminate()
+        proc.wait(30)

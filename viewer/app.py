@@ -3,30 +3,33 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from core.db import get_database
 from core.errors import RDCError
 from core.settings import get_settings
 from core.stats import job_counts, site_status
-from viewer.auth import require_operator
+from viewer.auth import Operator
 from viewer.auth_api import router as auth_router
 from viewer.dicomweb_proxy import router as dicomweb_router
 from viewer.ecg_api import router as ecg_router
-from viewer.frontend_routes import mount_frontend
+from viewer.frontend_routes import mount_docs, mount_frontend
+from viewer.headers import PatientDataHeaders
 from viewer.reports_api import router as reports_router
 from viewer.worklist_api import router as worklist_router
-
-Operator = Annotated[str, Depends(require_operator)]
 
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    # No open /docs, /redoc or /openapi.json: mount_docs serves them to admins and the
+    # operator token, with Swagger UI from the build instead of a CDN.
     app = FastAPI(title=settings.center_name, version="0.1.0",
-                  description="Regional imaging and diagnostic center API.")
+                  description="Regional imaging and diagnostic center API.",
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(PatientDataHeaders)
 
     @app.exception_handler(RDCError)
     def rdc_error(_request: Request, exc: RDCError) -> JSONResponse:
@@ -51,5 +54,6 @@ def create_app() -> FastAPI:
     app.include_router(reports_router)
     app.include_router(ecg_router)
     app.include_router(dicomweb_router)
+    mount_docs(app)
     mount_frontend(app)  # last: the SPA answers what the API does not
     return app

@@ -20,6 +20,7 @@ import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, Response, status
@@ -37,15 +38,40 @@ _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
-def api_token(settings: Settings) -> str:
-    """The operator token, generated once (0600) and read from the secrets folder."""
+#: Roles that may see patient data (worklist, studies, reports, images, cloud film
+#: links) of the sites their account may see.  ``site_user`` is a county clerk: it
+#: looks at its own site's studies and reports but does not report (see
+#: :data:`viewer.worklist.READER_ROLES` for the roles that claim, write and sign).
+#: ``admin`` is deliberately absent: it manages accounts and reads nothing.
+READING_ROLES = ("radiologist", "cardiologist", "pathologist", "lab_reviewer", "site_user")
+
+
+def api_token_path(settings: Settings) -> Path:
+    """Where the operator token lives; it is generated (0600) the first time it is asked for.
+
+    Written to a private temporary file and linked into place, so that two processes
+    starting at once agree on one token and nobody ever reads a half-written file.
+    """
     settings.ensure_dirs()
     path = settings.secrets_dir / "api-token"
     if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(32))
-    return path.read_text().strip()
+        tmp = path.with_name(f".api-token.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(32) + "\n")
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another process made it first: its token stands
+        finally:
+            tmp.unlink()
+    return path
+
+
+def api_token(settings: Settings) -> str:
+    """The operator token, generated once (0600) and read from the secrets folder."""
+    return api_token_path(settings).read_text().strip()
 
 
 @dataclass(frozen=True)
@@ -161,6 +187,12 @@ def require_roles(*roles: str) -> Callable[..., UserContext]:
     return dependency
 
 
+#: A caller holding one of :data:`READING_ROLES` (or the operator token).  Routes
+#: that hand out patient data depend on it, then check the object's site
+#: (:func:`check_site`, 404 for another site's object).
+Reader = Annotated[UserContext, Depends(require_roles(*READING_ROLES))]
+
+
 def require_person(user: CurrentUser) -> UserContext:
     """Admit only a signed-in person: an act in someone's name needs someone."""
     if not user.is_person:
@@ -190,6 +222,10 @@ def require_operator(request: Request, creds: Bearer) -> str:
         raise HTTPException(status.HTTP_403_FORBIDDEN,
                             "requires role admin (or the operator token)")
     return user.username
+
+
+#: Operator routes: the bearer token or an admin's session (see :func:`require_operator`).
+Operator = Annotated[str, Depends(require_operator)]
 
 
 def set_session_cookie(response: Response, token: str, settings: Settings) -> None:

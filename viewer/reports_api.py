@@ -20,13 +20,16 @@ from core.models import AIFinding, Delivery, Report, ReportVersion
 from core.reports import service
 from core.settings import get_settings
 from pacs_gateway import delivery
-from viewer.auth import CurrentUser, UserContext, check_site, require_roles
+from viewer.auth import READING_ROLES, UserContext, check_site, require_roles
+from viewer.auth import Reader as PatientDataReader
 from viewer.ecg_api import report_figures
 from viewer.worklist import READER_ROLES, get_visible_study
 
 router = APIRouter(prefix="/api", tags=["reports"])
 Reader = Annotated[UserContext, Depends(require_roles(*READER_ROLES))]
 Admin = Annotated[UserContext, Depends(require_roles("admin"))]
+#: Delivery states (no patient data): admins resend them, readers follow their results.
+DeliveryWatcher = Annotated[UserContext, Depends(require_roles("admin", *READING_ROLES))]
 
 
 def _signer(user: Reader) -> UserContext:
@@ -122,7 +125,7 @@ def _db() -> Any:
 
 
 @router.get("/reports")
-def list_reports(user: CurrentUser, state: str | None = None,
+def list_reports(user: PatientDataReader, state: str | None = None,
                  site: str | None = None) -> list[ReportOut]:
     """Reports of the sites the caller may see, newest first, by state or site."""
     with _db().session() as s:
@@ -152,7 +155,7 @@ def create_report(study_id: int, user: Reader,
 
 
 @router.get("/reports/{report_id}")
-def get_report(report_id: int, user: CurrentUser) -> ReportOut:
+def get_report(report_id: int, user: PatientDataReader) -> ReportOut:
     """One report with all its versions, HL7 and FHIR outputs included (audited)."""
     with _db().session() as s:
         report = _visible_report(s, user, report_id)
@@ -208,7 +211,7 @@ def review_finding(finding_id: int, body: ReviewIn, user: Reader) -> dict[str, A
 
 
 @router.get("/deliveries", tags=["deliveries"])
-def list_deliveries(user: CurrentUser, state: str | None = None,
+def list_deliveries(user: DeliveryWatcher, state: str | None = None,
                     report_id: int | None = None) -> list[DeliveryOut]:
     """Deliveries of signed results; ``state=dead`` is the dead-letter list."""
     with _db().session() as s:

@@ -7,6 +7,10 @@
 //
 // vtk.js (through Cornerstone's mesh readers) pulls in xmlbuilder2, which extends Node's
 // EventEmitter: the `events` package in dependencies is its browser stand-in.
+//
+// The API docs (`/docs`, admins only) use Swagger UI from swagger-ui-dist, copied into
+// static/docs so that they work on a hospital network without internet access.
+import { copyFileSync, mkdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { createLogger, defineConfig } from 'vite';
 
@@ -21,8 +25,25 @@ logger.warn = (msg, options) => {
   warn(msg, options);
 };
 
+// The files of swagger-ui-dist that viewer/frontend_routes.py serves under /docs/.
+const SWAGGER_UI_FILES = ['swagger-ui-bundle.js', 'swagger-ui.css', 'favicon-32x32.png'];
+
+function swaggerUiAssets() {
+  return {
+    name: 'rdc-swagger-ui-assets',
+    apply: 'build',
+    writeBundle() {
+      const from = `${here}node_modules/swagger-ui-dist/`;
+      const to = `${here}static/docs/`;
+      mkdirSync(to, { recursive: true });
+      for (const name of SWAGGER_UI_FILES) copyFileSync(from + name, to + name);
+    },
+  };
+}
+
 export default defineConfig({
   root: `${here}frontend`,
+  plugins: [swaggerUiAssets()],
   customLogger: logger,
   base: '/',
   publicDir: false,

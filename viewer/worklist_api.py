@@ -18,11 +18,16 @@ from core.errors import NotFound, RDCError
 from core.orthanc_client import OrthancClient, OrthancError
 from core.settings import get_settings
 from viewer import dashboard, share, studies, worklist
-from viewer.auth import CurrentUser, UserContext, require_roles
+from viewer.auth import Reader, UserContext, require_roles
+from viewer.worklist import READER_ROLES
 
 router = APIRouter(tags=["worklist"])
-Manager = Annotated[UserContext, Depends(require_roles("admin", "radiologist", "cardiologist",
-                                                       "pathologist", "lab_reviewer"))]
+#: The turnaround dashboard: durations per site and modality, no patient data.
+Manager = Annotated[UserContext, Depends(require_roles("admin", *READER_ROLES))]
+#: Claiming: the roles that read and report (not the county clerk, not admin).
+Reporter = Annotated[UserContext, Depends(require_roles(*READER_ROLES))]
+#: Releasing: a reporter gives a study back; an admin frees one a reader left held.
+Releaser = Annotated[UserContext, Depends(require_roles("admin", *READER_ROLES))]
 
 
 def _db() -> Database:
@@ -30,7 +35,7 @@ def _db() -> Database:
 
 
 @router.get("/api/worklist")
-def get_worklist(user: CurrentUser, site: str | None = None, modality: str | None = None,
+def get_worklist(user: Reader, site: str | None = None, modality: str | None = None,
                  status: str = "open", mine: bool = False,
                  page: Annotated[int, Query(ge=1)] = 1,
                  page_size: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:
@@ -44,21 +49,21 @@ def get_worklist(user: CurrentUser, site: str | None = None, modality: str | Non
 
 
 @router.post("/api/studies/{study_id}/claim")
-def claim(study_id: int, user: CurrentUser) -> dict[str, Any]:
+def claim(study_id: int, user: Reporter) -> dict[str, Any]:
     """Take a study to read; 409 when another reader holds it."""
     with _db().session() as s:
         return worklist.claim(s, user, study_id).as_dict()
 
 
 @router.post("/api/studies/{study_id}/release")
-def release(study_id: int, user: CurrentUser) -> dict[str, Any]:
+def release(study_id: int, user: Releaser) -> dict[str, Any]:
     """Give a study back to the worklist."""
     with _db().session() as s:
         return worklist.release(s, user, study_id).as_dict()
 
 
 @router.get("/api/studies/{study_id}")
-def open_study(study_id: int, user: CurrentUser) -> dict[str, Any]:
+def open_study(study_id: int, user: Reader) -> dict[str, Any]:
     """Series, AI findings and priors of a study (audited as a view)."""
     with _db().session() as s:
         return studies.open_study(s, get_settings(), user, study_id)
@@ -70,7 +75,7 @@ class ShareIn(BaseModel):
 
 @router.post("/api/reports/{report_id}/share", status_code=201, tags=["cloud film"])
 def create_share(report_id: int, body: ShareIn, request: Request,
-                 user: CurrentUser) -> dict[str, Any]:
+                 user: Reader) -> dict[str, Any]:
     """A cloud film link for the signed report (expiring, revocable)."""
     with _db().session() as s:
         link = share.create_link(s, user, report_id, body.hours)
@@ -79,7 +84,7 @@ def create_share(report_id: int, body: ShareIn, request: Request,
 
 
 @router.delete("/api/share/{link_id}", status_code=204, tags=["cloud film"])
-def revoke_share(link_id: int, user: CurrentUser) -> Response:
+def revoke_share(link_id: int, user: Reader) -> Response:
     """Revoke a cloud film link at once."""
     with _db().session() as s:
         share.revoke_link(s, user, link_id)
