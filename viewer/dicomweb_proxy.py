@@ -31,10 +31,10 @@ import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import parse_qsl, quote
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -44,12 +44,8 @@ from core.db import get_database
 from core.models import AIResult, Instance, Report, ReportVersion, Study
 from core.orthanc_client import OrthancClient, OrthancError, OrthancNotFound
 from core.settings import get_settings
-from viewer.auth import UserContext, require_roles
+from viewer.auth import Reader, UserContext
 from viewer.dicomweb_paths import JSON_RESOURCES, BadPath, Resource, Target, parse
-
-#: Roles that read images; ``admin`` manages accounts and reads nothing.
-IMAGE_ROLES = ("radiologist", "cardiologist", "pathologist", "lab_reviewer", "site_user")
-ImageReader = Annotated[UserContext, Depends(require_roles(*IMAGE_ROLES))]
 
 router = APIRouter(prefix="/dicom-web", tags=["dicomweb"])
 _PASS_HEADERS = ("content-type", "etag")
@@ -289,7 +285,7 @@ def _audit(s: Session, user: UserContext, target: Target, scope: StudyScope | No
 
 
 @router.get("/studies")
-def search_studies(request: Request, user: ImageReader) -> Response:
+def search_studies(request: Request, user: Reader) -> Response:
     """QIDO-RS study search, filtered to the studies of the user's sites *before* paging.
 
     For a site-limited user Orthanc is asked without ``limit``/``offset`` and the
@@ -316,7 +312,7 @@ def search_studies(request: Request, user: ImageReader) -> Response:
 
 
 @router.get("/studies/{_path:path}")
-def study_resource(_path: str, request: Request, user: ImageReader) -> Response:
+def study_resource(_path: str, request: Request, user: Reader) -> Response:
     """Everything under one study: the whole study, metadata, series and instance
     searches and retrieves, frames, rendered images and thumbnails (``.../thumbnail``,
     which Debian's DICOMweb plugin lacks, is a small rendered image).
