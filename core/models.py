@@ -80,6 +80,11 @@ class Study(Base):
     description: Mapped[str] = mapped_column(String(200), default="")
     study_date: Mapped[str] = mapped_column(String(8), default="")
     accession_number: Mapped[str] = mapped_column(String(32), default="")
+    #: DICOM PatientSex (M, F, O) and PatientAge (e.g. "045Y") as sent, and the body
+    #: part examined: what the worklist shows and what picks the report template.
+    patient_sex: Mapped[str] = mapped_column(String(16), default="")
+    patient_age: Mapped[str] = mapped_column(String(4), default="")
+    body_part: Mapped[str] = mapped_column(String(64), default="")
     #: When the signed report is due: completion + the site's turnaround target.
     due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     modalities: Mapped[list[str]] = mapped_column(JSON, default=list)

@@ -52,6 +52,9 @@ class InstanceInfo:
     study_description: str = ""
     study_date: str = ""
     accession_number: str = ""
+    patient_sex: str = ""
+    patient_age: str = ""
+    body_part: str = ""
 
 
 def valid_uid(value: str) -> bool:
@@ -167,4 +170,7 @@ def inspect_encoded(data: bytes) -> InstanceInfo:
         study_description=_text(ds, "StudyDescription", 200),
         study_date=_text(ds, "StudyDate", 8),
         accession_number=_text(ds, "AccessionNumber", 32),
+        patient_sex=_text(ds, "PatientSex", 16),
+        patient_age=_text(ds, "PatientAge", 4),
+        body_part=_text(ds, "BodyPartExamined", 64),
     )

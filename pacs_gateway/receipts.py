@@ -27,7 +27,8 @@ def _study_for(session: Session, site_id: str, info: InstanceInfo) -> Study:
                   patient_name=info.patient_name, patient_birth_date=info.patient_birth_date,
                   issuer_of_patient_id=info.issuer_of_patient_id,
                   description=info.study_description, study_date=info.study_date,
-                  accession_number=info.accession_number,
+                  accession_number=info.accession_number, patient_sex=info.patient_sex,
+                  patient_age=info.patient_age, body_part=info.body_part,
                   modalities=[], state=StudyState.RECEIVED, generation=0)
     try:
         with session.begin_nested():
@@ -89,6 +90,8 @@ def _update_study(session: Session, site_id: str, info: InstanceInfo, urgent: bo
         study.priority = STAT_PRIORITY
     if info.modality and info.modality not in study.modalities:
         study.modalities = [*study.modalities, info.modality]
+        if info.body_part and not study.body_part:  # e.g. the first image series
+            study.body_part = info.body_part
     if study.state == StudyState.COMPLETE:
         check_transition(StudyState, study.state, StudyState.REOPENED)
         study.state = StudyState.REOPENED

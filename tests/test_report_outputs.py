@@ -576,3 +576,191 @@ def test_chinese_report_across_all_four_outputs(
     assert report["conclusion"] == IMPRESSION_ZH
     assert "纵隔未见肿大淋巴结" in report["text"]["div"]
     assert report["contained"][0]["name"][0]["text"] == "张三"
+
+
+# --------------------------------------------------------------------------- PDF page
+
+
+def _pdf_text(pdf: bytes, tmp_path: Path) -> str:
+    path = tmp_path / "page.pdf"
+    path.write_bytes(pdf)
+    out = subprocess.run([_poppler("pdftotext"), "-enc", "UTF-8", str(path), "-"],
+                         check=True, capture_output=True, timeout=60)
+    return out.stdout.decode("utf-8")
+
+
+def test_pdf_names_the_patient_dates_the_study_and_shows_a_key_image(
+    evidence: Dataset, tmp_path: Path
+) -> None:
+    from core.reports.document import Figure
+
+    key = _key_image_png()
+    doc = make_doc(evidence, patient_name="Phantom^Demo", study_date="20040119",
+                   study_description="CT chest without contrast",
+                   figures=(Figure("Key image: CT series 2 Axial, image 3 of 5", key,
+                                   width_mm=100.0),))
+    pdf = render_pdf(doc, StandInSealer())
+    text = _pdf_text(pdf, tmp_path)
+    assert "PHANTOM, Demo" in text and "Phantom^Demo" not in text
+    assert "2004-01-19" in text and "CT chest without contrast" in text
+    # The study UID is no longer what the header says the study is.
+    header = text.split("Electronic signature")[0]
+    assert doc.study_uid not in header and "20040119" not in header
+    assert "Key image: CT series 2 Axial, image 3 of 5" in text
+    images = subprocess.run([_poppler("pdfimages"), "-list", str(tmp_path / "page.pdf")],
+                            check=True, capture_output=True, text=True, timeout=60).stdout
+    assert len([ln for ln in images.splitlines()[2:] if ln.strip()]) >= 1, images
+
+    # The report's hash is labelled as what it is: `rdc reports verify` prints the hash
+    # of the file's sealed bytes as its "content hash", a different hash.
+    flat = " ".join(text.split())  # table cells wrap their labels
+    assert f"Signed report hash ({doc.hash_algorithm})" in flat
+    assert "Content hash" not in flat
+    assert doc.content_hash in text
+    assert pdf_module.REPORT_HASH_LABEL == "Signed report hash"
+
+
+def _key_image_png() -> bytes:
+    import numpy as np
+    from PIL import Image as PILImage
+
+    yy, xx = np.mgrid[0:128, 0:128]
+    disc = ((xx - 64) ** 2 + (yy - 64) ** 2 < 40 ** 2).astype(np.uint8) * 200
+    buf = io.BytesIO()
+    PILImage.fromarray(disc + 20).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("pn", "shown", "natural"), [
+    ("Phantom^Demo", "PHANTOM, Demo", "Demo Phantom"),
+    ("张^三", "张三", "张三"),
+    ("Zhang^San=张^三", "ZHANG, San (张三)", "San Zhang (张三)"),
+    ("Doe", "DOE", "Doe"),
+    ("", "", ""),
+])
+def test_person_names_as_people_read_them(pn: str, shown: str, natural: str) -> None:
+    assert pdf_module.display_person_name(pn) == shown
+    assert pdf_module.display_person_name(pn, natural=True) == natural
+
+
+# --------------------------------------------------------------------------- PDF route
+
+_PASSWORD = "a long enough password 1"
+_STAND_IN_PDF = b"%PDF-1.7\n% stand-in for the sealed PDF in Orthanc\n%%EOF\n"
+
+
+@pytest.fixture
+def pdf_world(center: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """Two sites; at county-a a signed report and a draft, at county-b a signed report.
+    The sealed PDF normally comes out of Orthanc; here a stand-in answers for it."""
+    from datetime import timedelta
+
+    from core.models import Report, ReportVersion, Study
+    from core.settings import get_settings
+    from core.sites import SiteSpec, add_site
+    from viewer import reports_api
+
+    for k, v in center.env.items():
+        if k.startswith("RDC_"):
+            monkeypatch.setenv(k, v)
+    get_settings.cache_clear()
+    asked: list[str] = []
+
+    def stand_in(sop_instance_uid: str) -> bytes:
+        asked.append(sop_instance_uid)
+        return _STAND_IN_PDF
+    monkeypatch.setattr(reports_api, "_signed_pdf", stand_in)
+    ids: dict[str, int] = {}
+    signed_at = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+    with center.db.session() as s:
+        for site in ("county-a", "county-b"):
+            add_site(s, SiteSpec(id=site, name=f"{site} hospital", ae_title=site.upper(),
+                                 host="127.0.0.1", port=104, allowed_addresses=("127.0.0.1",)),
+                     actor="test")
+        for key, site, state in (("a_signed", "county-a", "final"),
+                                 ("a_draft", "county-a", "draft"),
+                                 ("b_signed", "county-b", "final")):
+            st = Study(site_id=site, study_uid=f"1.2.9.{len(ids) + 1}", patient_id="P1",
+                       modalities=["CT"], state="complete")
+            s.add(st)
+            s.flush()
+            report = Report(subject_type="study", subject_id=str(st.id), study_id=st.id,
+                            site_id=site, template_id="ct-generic", template_version="1.0.0",
+                            state=state)
+            s.add(report)
+            s.flush()
+            signed = state == "final"
+            s.add(ReportVersion(
+                report_id=report.id, number=1, state=state,
+                fields={"findings": "Normal.", "impression": "Normal."}, author="dr.all",
+                signed_by="dr.all" if signed else None,
+                signed_at=signed_at + timedelta(minutes=len(ids)) if signed else None,
+                pdf_sop_uid=f"1.2.9.{st.id}.77" if signed else None))
+            ids[key] = report.id
+    yield {"center": center, "ids": ids, "asked": asked}
+    get_settings.cache_clear()
+
+
+def _signed_in(center: Any, username: str, roles: list[str], sites: list[str] | None) -> Any:
+    import pyotp
+    from fastapi.testclient import TestClient
+
+    from core.settings import get_settings
+    from viewer.accounts import add_user
+    from viewer.app import create_app
+
+    with center.db.session() as s:
+        _, uri = add_user(s, get_settings(), username=username, display_name=username,
+                          password=_PASSWORD, roles=roles, sites=sites or (),
+                          all_sites=sites is None, actor="test")
+    api = TestClient(create_app())
+    r = api.post("/api/auth/login", json={"username": username, "password": _PASSWORD,
+                                          "totp": pyotp.parse_uri(uri).now()})
+    assert r.status_code == 200, r.text
+    api.headers["X-CSRF-Token"] = r.json()["csrf_token"]
+    return api
+
+
+def test_site_clerk_reads_its_own_sites_signed_report_pdf(pdf_world: dict[str, Any]) -> None:
+    from fastapi.testclient import TestClient
+    from sqlalchemy import select
+
+    from core.models import AuditRecord
+    from viewer.app import create_app
+
+    c, ids, asked = pdf_world["center"], pdf_world["ids"], pdf_world["asked"]
+    clerk_a = _signed_in(c, "clerk.a", ["site_user"], ["county-a"])
+    a, draft, b = ids["a_signed"], ids["a_draft"], ids["b_signed"]
+
+    r = clerk_a.get(f"/api/reports/{a}/pdf")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/pdf" and r.content == _STAND_IN_PDF
+    assert f'filename="report-{a}-v1.pdf"' in r.headers["content-disposition"]
+    assert asked == ["1.2.9.1.77"]
+    with c.db.session() as s:
+        view = s.scalars(select(AuditRecord).where(AuditRecord.action == "report.view")
+                         .order_by(AuditRecord.seq.desc())).first()
+        assert view is not None and view.actor == "clerk.a" and view.object_id == str(a)
+        assert view.detail == {"version": 1, "format": "pdf"}
+    # The signed report itself, as JSON, and in the list of reports: signed ones only.
+    assert clerk_a.get(f"/api/reports/{a}").json()["state"] == "final"
+    assert [x["id"] for x in clerk_a.get("/api/reports").json()] == [a]
+
+    # Negative cases: another site's report, a draft, a version that is not there.
+    for rid in (b, draft):
+        assert clerk_a.get(f"/api/reports/{rid}/pdf").status_code == 404, rid
+        assert clerk_a.get(f"/api/reports/{rid}").status_code == 404, rid
+    assert clerk_a.get(f"/api/reports/{a}/pdf?version=2").status_code == 404
+    assert clerk_a.get("/api/reports/999/pdf").status_code == 404
+    # A wrong role: an administrator reads no patient data.
+    admin = _signed_in(c, "admin.x", ["admin"], None)
+    assert admin.get(f"/api/reports/{a}/pdf").status_code == 403
+    # Nobody signed in.
+    assert TestClient(create_app()).get(f"/api/reports/{a}/pdf").status_code == 401
+    # A reader of every site gets every signed PDF; a draft has none to give.
+    reader = _signed_in(c, "dr.all", ["radiologist"], None)
+    assert reader.get(f"/api/reports/{b}/pdf").content == _STAND_IN_PDF
+    r = reader.get(f"/api/reports/{draft}/pdf")
+    assert r.status_code == 404 and "no signed PDF" in r.json()["detail"]
+    assert reader.get(f"/api/reports/{draft}").status_code == 200  # the reader's work
+    assert asked == ["1.2.9.1.77", "1.2.9.3.77"]

@@ -111,7 +111,8 @@ def test_sign_deliver_verify_round_trip(alg: str, center: Center, api: TestClien
     r = api.post(f"/api/studies/{study_id}/report")
     assert r.status_code == 201, r.text
     report = r.json()
-    assert report["template"] == "ct-chest@1.0.0" and report["state"] == "draft"
+    # CT_small.dcm names no body part and no chest in its description: the CT fallback.
+    assert report["template"] == "ct-generic@1.0.0" and report["state"] == "draft"
     rid = report["id"]
     # The template's placeholder is unresolved: signing is refused, nothing changes.
     r = api.post(f"/api/reports/{rid}/sign", json={"passphrase": PASSPHRASE})
@@ -162,6 +163,24 @@ def test_sign_deliver_verify_round_trip(alg: str, center: Center, api: TestClien
     ok = _verify(c, *received)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert ok.stdout.count("OK ") == 2 and "李医生" in ok.stdout and alg in ok.stdout
+
+    # The same sealed PDF through the app (what the site's clerk opens), dated, the
+    # patient named as on paper, with a key image of the study; it verifies as it is.
+    from core.reports.pdf import pdf_from_dataset
+
+    r = api.get(f"/api/reports/{rid}/pdf")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/pdf", r.text
+    assert r.content == pdf_from_dataset(pydicom.dcmread(sops[v1["pdf_sop_uid"]]))
+    (tmp_path / "from-app.pdf").write_bytes(r.content)
+    ok = _verify(c, tmp_path / "from-app.pdf")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    text = subprocess.run(["pdftotext", "-enc", "UTF-8", str(tmp_path / "from-app.pdf"), "-"],
+                          capture_output=True, check=True, timeout=60).stdout.decode()
+    assert "2004-01-19" in text and "COMPRESSEDSAMPLES, CT1" in text, text
+    assert "Key image: CT" in text, text
+    images = subprocess.run(["pdfimages", "-list", str(tmp_path / "from-app.pdf")],
+                            capture_output=True, check=True, timeout=60, text=True).stdout
+    assert len(images.splitlines()) > 2, images
 
     sr_file, pdf_file = sops[v1["sr_sop_uid"]], sops[v1["pdf_sop_uid"]]
     sr_text = sr_file.read_bytes()

@@ -30,7 +30,7 @@ def db(tmp_path: Path) -> Iterator[Database]:
 def _study_with_findings(db: Database) -> int:
     with db.session() as s:
         study = Study(site_id="county-a", study_uid="1.2.3.4", patient_id="P1",
-                      modalities=["DX"])
+                      modalities=["DX"], body_part="CHEST")
         s.add(study)
         s.flush()
         result = AIResult(study_id=study.id, series_uid="1.2.3.4.1", model_name="cxr-triage",
@@ -46,10 +46,18 @@ def _study_with_findings(db: Database) -> int:
         return int(study.id)
 
 
-def test_templates_are_chosen_by_modality_and_versioned() -> None:
-    assert template_for(["CT"]).id == "ct-chest"
-    assert template_for(["DX"]).id == "cr-chest"
-    assert template_for(["MR"]).id == "generic"
+def test_templates_are_chosen_by_modality_and_body_part_and_versioned() -> None:
+    assert template_for(["CT"], "CHEST").id == "ct-chest"
+    assert template_for(["CT"], "", "CT THORAX W/O CONTRAST").id == "ct-chest"
+    assert template_for(["DX"], "CHEST").id == "cr-chest"
+    assert template_for(["CR"], "", "PA chest").id == "cr-chest"
+    # A spine CT or a hand radiograph gets its modality's generic template, never the
+    # chest one; a modality without templates gets the generic one.
+    assert template_for(["CT"], "CSPINE", "CT cervical spine").id == "ct-generic"
+    assert template_for(["CT"]).id == "ct-generic"
+    assert template_for(["DX"], "HAND", "Hand 2 views").id == "cr-generic"
+    assert template_for(["MR"], "CHEST").id == "generic"
+    assert template_for(["ECG"]).id == "ecg"
     t = get_template("ct-chest", "1.0.0")
     assert t.unresolved({"technique": "Axial CT of the chest, {{contrast: with / without}}",
                          "findings": "x", "impression": "y"}) == ["technique"]

@@ -197,3 +197,53 @@ def test_ai_flags_and_turnaround(db: Database) -> None:
     assert rows["complete->ai_done"]["count"] == 1
     assert "opened->signed" not in rows  # not signed yet: left out, not zero
     assert dashboard.chart_png(data).startswith(b"\x89PNG")
+
+
+def test_items_carry_study_date_accession_age_sex_body_part_and_priority_label(
+        db: Database) -> None:
+    stat = add_study(db, "county-a", "8.1", priority=9, date="20261120")
+    critical = add_study(db, "county-a", "8.2", priority=8)
+    urgent = add_study(db, "county-a", "8.3", priority=7)
+    routine = add_study(db, "county-b", "8.4", priority=0, birth="20260501")
+    with db.session() as s:
+        st = s.get(Study, stat)
+        assert st is not None
+        st.accession_number, st.patient_sex, st.body_part = "ACC-1", "F", "CHEST"
+        other = s.get(Study, urgent)
+        assert other is not None
+        other.patient_age = "045Y"  # as sent: wins over the birth date
+    with db.session() as s:
+        _, items = worklist.query_worklist(s, LI, now=NOW)
+    by_id = {i.study_id: i for i in items}
+    assert [by_id[i].priority_label for i in (stat, critical, urgent, routine)] == [
+        "STAT", "AI CRITICAL", "URGENT", "ROUTINE"]
+    first = by_id[stat].as_dict()
+    assert first["study_date"] == "20261120" and first["accession_number"] == "ACC-1"
+    assert first["patient_sex"] == "F" and first["body_part"] == "CHEST"
+    assert first["patient_age"] == "66y"  # born 1960-01-01, studied 2026-11-20
+    assert by_id[urgent].patient_age == "45y"
+    assert by_id[routine].patient_age == "6mo" and by_id[routine].patient_sex == ""
+    assert worklist.priority_label(None) == "ROUTINE"
+
+
+def test_site_filter_lists_only_the_users_sites(db: Database) -> None:
+    with db.session() as s:
+        assert [x["id"] for x in worklist.visible_sites(s, LI)] == ["county-a", "county-b"]
+        assert worklist.visible_sites(s, SITE_A_USER) == [
+            {"id": "county-a", "name": "county-a hospital", "enabled": True}]
+        assert worklist.visible_sites(s, ctx(4, set())) == []
+
+
+def test_turnaround_chart_of_one_row_is_readable() -> None:
+    import struct
+
+    row = {"site_id": "county-a", "modality": "CT", "interval": "complete->signed",
+           "count": 1, "p50_min": 10.0, "p90_min": 20.0, "max_min": 30.0}
+    heights = []
+    for n in (0, 1, 12):
+        png = dashboard.chart_png({"days": 30, "rows": [row] * n})
+        width, height = struct.unpack(">II", png[16:24])
+        heights.append(height)
+        assert width >= 600
+    assert heights[0] >= 300 and heights[1] >= 300  # was 85 px high with one row
+    assert heights[2] > heights[1]

@@ -21,6 +21,8 @@ from viewer.auth import UserContext
 from viewer.worklist import visible
 
 STAGES = ("received", "complete", "ai_done", "opened", "signed", "delivered")
+#: The turnaround chart is never lower than this (inches, at 90 dpi: 306 px).
+CHART_MIN_HEIGHT_IN = 3.4
 
 
 def _aware(t: datetime | None) -> datetime | None:
@@ -82,12 +84,16 @@ def chart_png(data: dict[str, Any]) -> bytes:
     import matplotlib.pyplot as plt
 
     rows = [r for r in data["rows"] if r["interval"] == "complete->signed"]
-    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * max(1, len(rows))))
+    # Title, axis label and legend need room of their own: one row still gets a chart
+    # of about 300 px (at 90 dpi), not a sliver.
+    fig, ax = plt.subplots(figsize=(7, max(CHART_MIN_HEIGHT_IN, 1.4 + 0.45 * len(rows))))
     labels = [f"{r['site_id']} {r['modality']}" for r in rows]
     y = np.arange(len(rows))
     ax.barh(y - 0.2, [r["p50_min"] for r in rows], height=0.4, label="median")
     ax.barh(y + 0.2, [r["p90_min"] for r in rows], height=0.4, label="90th percentile")
     ax.set_yticks(y, labels)
+    # First row on top; a few rows keep slim bars rather than filling the chart.
+    ax.set_ylim(max(len(rows), 3) - 0.4, -0.6)
     ax.set_xlabel("minutes from complete to signed")
     ax.set_title(f"Turnaround, last {data['days']} days")
     if rows:

@@ -27,7 +27,7 @@ from ecg.readers import read_ecg
 from ecg.render import tracing_png
 from ecg.signal import LEADS, Ecg12
 from viewer.auth import UserContext, require_roles
-from viewer.worklist import visible
+from viewer.worklist import patient_age, patient_sex, visible
 
 router = APIRouter(prefix="/api/ecg", tags=["ecg"])
 Cardiologist = Annotated[UserContext, Depends(require_roles("cardiologist"))]
@@ -51,6 +51,7 @@ def _summary(row: ECGAnalysis, study: Study, site_name: str, report_state: str |
     return {
         "id": row.id, "study_id": study.id, "site_id": study.site_id, "site_name": site_name,
         "patient_id": study.patient_id, "patient_name": study.patient_name,
+        "patient_sex": patient_sex(study), "patient_age": patient_age(study),
         "critical": row.critical, "quality": row.quality, "confidence": row.confidence,
         "heart_rate_bpm": m.get("heart_rate_bpm"),
         "statements": [{"code": s.get("code"), "text": s.get("text"),

@@ -8,18 +8,25 @@ report is audited; every change is audited by the service it calls.
 from __future__ import annotations
 
 from datetime import datetime
+from io import BytesIO
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from pydantic import BaseModel, Field, computed_field
 from sqlalchemy import select
 
 from core import audit
 from core.db import get_database
-from core.models import AIFinding, Delivery, Report, ReportVersion
+from core.errors import RDCError
+from core.models import AIFinding, Delivery, Report, ReportVersion, Study
+from core.orthanc_client import OrthancClient, OrthancError
 from core.reports import service
+from core.reports.pdf import pdf_from_dataset
+from core.reports.templates import get_template
 from core.settings import get_settings
+from core.states import ReportState
 from pacs_gateway import delivery
+from viewer import studies
 from viewer.auth import READING_ROLES, UserContext, check_site, require_roles
 from viewer.auth import Reader as PatientDataReader
 from viewer.ecg_api import report_figures
@@ -65,6 +72,18 @@ class ReportOut(BaseModel):
     template: str
     state: str
     versions: list[VersionOut]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def required_fields(self) -> list[str]:
+        """The template's fields that must be filled (without a ``{{placeholder}}``)
+        before signing, so that the sign dialog names them before it is used."""
+        template_id, _, version = self.template.partition("@")
+        try:
+            template = get_template(template_id, version or None)
+        except RDCError:
+            return []
+        return [f.key for f in template.fields if f.required]
 
 
 class DeliveryOut(BaseModel):
@@ -136,6 +155,8 @@ def list_reports(user: PatientDataReader, state: str | None = None,
             q = q.where(Report.site_id == site)
         if not user.all_sites:
             q = q.where(Report.site_id.in_(sorted(user.site_ids)))
+        if _clerk(user):
+            q = q.where(Report.state.in_(list(SIGNED_STATES)))
         return [_report_out(s, r) for r in s.scalars(q.limit(500))]
 
 
@@ -143,6 +164,39 @@ def _visible_report(s: Any, user: UserContext, report_id: int) -> Report:
     report = service.get_report(s, report_id)
     check_site(user, report.site_id)
     return report
+
+
+#: Report states a county clerk (``site_user`` without a reporting role) may read.
+SIGNED_STATES = (ReportState.FINAL, ReportState.AMENDED)
+
+
+def _clerk(user: UserContext) -> bool:
+    """A caller who may read reports but not write them: sees signed reports only."""
+    return not user.has_role(*READER_ROLES)
+
+
+def _readable_report(s: Any, user: UserContext, report_id: int) -> Report:
+    """The report if the caller may read it: its site, and for a clerk a signed one
+    (a draft is the reader's work in progress: 404, as for another site's report)."""
+    report = _visible_report(s, user, report_id)
+    if _clerk(user) and report.state not in SIGNED_STATES:
+        raise HTTPException(404, "not found")
+    return report
+
+
+def _signed_pdf(sop_instance_uid: str) -> bytes:
+    """The sealed PDF of a signed version, out of its Encapsulated PDF in Orthanc."""
+    import pydicom
+
+    try:
+        with OrthancClient.from_settings(get_settings(), retries=1) as client:
+            orthanc_id = client.find_instance(sop_instance_uid)
+            if orthanc_id is None:
+                raise HTTPException(404, "the report's PDF is not in the archive")
+            data = client.instance_file(orthanc_id)
+    except OrthancError as e:
+        raise HTTPException(502, f"the archive did not answer: {e}") from e
+    return pdf_from_dataset(pydicom.dcmread(BytesIO(data)))
 
 
 @router.post("/studies/{study_id}/report", status_code=201)
@@ -156,12 +210,40 @@ def create_report(study_id: int, user: Reader,
 
 @router.get("/reports/{report_id}")
 def get_report(report_id: int, user: PatientDataReader) -> ReportOut:
-    """One report with all its versions, HL7 and FHIR outputs included (audited)."""
+    """One report with all its versions, HL7 and FHIR outputs included (audited).
+    A county clerk reads its own site's signed reports only."""
     with _db().session() as s:
-        report = _visible_report(s, user, report_id)
+        report = _readable_report(s, user, report_id)
         audit.append(s, actor=user.username, action="report.view", object_type="report",
                      object_id=str(report.id))
         return _report_out(s, report, full=True)
+
+
+@router.get("/reports/{report_id}/pdf", response_class=Response,
+            responses={200: {"content": {"application/pdf": {}},
+                             "description": "The sealed PDF, as delivered to the site."}})
+def report_pdf(report_id: int, user: PatientDataReader,
+               version: Annotated[int | None, Query(ge=1)] = None) -> Response:
+    """The signed report's PDF (the newest signed version, or ``version``), exactly as
+    it went to the site: ``rdc reports verify`` checks it.  Another site's report is
+    404; a county clerk gets its own site's signed reports only; audited as a view."""
+    with _db().session() as s:
+        report = _readable_report(s, user, report_id)
+        signed = [v for v in service.versions(s, report)
+                  if v.state in SIGNED_STATES and v.pdf_sop_uid
+                  and (version is None or v.number == version)]
+        if not signed:
+            raise HTTPException(404, "this report has no signed PDF"
+                                + (f" of version {version}" if version else ""))
+        number, sop_uid = signed[-1].number, str(signed[-1].pdf_sop_uid)
+    # Orthanc is asked with no transaction open; the view is audited once it is there.
+    pdf = _signed_pdf(sop_uid)
+    with _db().session() as s:
+        audit.append(s, actor=user.username, action="report.view", object_type="report",
+                     object_id=str(report_id), detail={"version": number, "format": "pdf"})
+    return Response(pdf, media_type="application/pdf", headers={
+        "Content-Disposition": f'inline; filename="report-{report_id}-v{number}.pdf"',
+        "Cache-Control": "no-store"})
 
 
 @router.put("/reports/{report_id}/draft")
@@ -181,6 +263,10 @@ def sign_report(report_id: int, body: SignIn, user: Signer) -> ReportOut:
     with _db().session() as s:
         report = _visible_report(s, user, report_id)
         figures = report_figures(s, report.study_id) if report.study_id else ()
+        study = s.get(Study, report.study_id) if report.study_id else None
+        if not figures and study is not None:
+            # An image study's PDF shows a key image, passed in as the ECG tracing is.
+            figures = studies.key_image_figures(settings, study)
         version = service.sign(s, settings, report_id, reader_id=user.username,
                                passphrase=body.passphrase, key_id=body.key_id,
                                version_number=body.version, actor=user.username,

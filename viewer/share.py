@@ -19,6 +19,7 @@ from core import audit
 from core.errors import Conflict, InvalidInput, NotFound, RDCError
 from core.models import Report, ReportVersion, ShareLink, Study
 from core.reports import service
+from core.reports.pdf import display_date, display_person_name
 from core.states import ReportState
 from viewer.auth import UserContext
 
@@ -107,22 +108,37 @@ def open_link(session: Session, token: str, client: str) -> SharedReport:
     return SharedReport(link, version, study)
 
 
+def _signed_at(moment: datetime | None) -> str:
+    return _aware(moment).strftime("%Y-%m-%d %H:%M UTC") if moment is not None else ""
+
+
 def render_page(shared: SharedReport, image_urls: list[str], center_name: str) -> str:
-    """A phone-sized page: key images and the signed report, every value escaped."""
+    """A phone-sized page: key images and the signed report, every value escaped.
+
+    It fits a 375 px wide phone: dates read as dates, names as names, and long
+    words (hashes, UIDs, a pasted URL in the report) wrap instead of widening it."""
     v, st = shared.version, shared.study
     e = html.escape
     sections = "".join(
         f"<h2>{e(str(key).replace('_', ' ').capitalize())}</h2><p>{e(str(text))}</p>"
         for key, text in v.fields.items() if str(text).strip())
     images = "".join(f'<img alt="key image" src="{e(url)}">' for url in image_urls)
+    patient = display_person_name(st.patient_name, natural=True) or st.patient_id
+    study = " · ".join(p for p in (display_date(st.study_date),
+                                   st.description or "/".join(st.modalities)) if p)
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{e(center_name)}: report</title>
-<style>body{{font-family:sans-serif;margin:0 auto;max-width:480px;padding:12px}}
-img{{width:100%;margin:6px 0;background:#000}}h1{{font-size:1.2em}}h2{{font-size:1em}}
-p{{white-space:pre-wrap}}.meta{{color:#555;font-size:.9em}}</style></head><body>
+<style>*{{box-sizing:border-box}}
+html{{-webkit-text-size-adjust:100%}}
+body{{font-family:sans-serif;margin:0 auto;max-width:480px;padding:12px;line-height:1.45;
+overflow-wrap:anywhere;word-break:break-word}}
+img{{display:block;max-width:100%;width:100%;height:auto;margin:6px 0;background:#000}}
+h1{{font-size:1.2em;margin:.2em 0 .4em}}h2{{font-size:1em;margin:1em 0 .2em}}
+p{{white-space:pre-wrap;margin:.2em 0}}.meta{{color:#555;font-size:.9em}}
+.hash{{font-family:monospace;font-size:.85em;word-break:break-all}}</style></head><body>
 <h1>{e(center_name)}</h1>
-<p class="meta">Patient {e(st.patient_name or st.patient_id)} · {e(st.study_date)} ·
-{e(st.description or '/'.join(st.modalities))}</p>{images}{sections}
-<p class="meta">Signed by {e(v.signed_by or '')} at {e(str(v.signed_at))} ·
-content hash {e(v.content_hash or '')}</p></body></html>"""
+<p class="meta">Patient {e(patient)} · {e(study)}</p>{images}{sections}
+<p class="meta">Signed by {e(v.signed_by or '')} on {e(_signed_at(v.signed_at))}</p>
+<p class="meta">Signed report hash ({e(v.hash_algorithm or '')})
+<span class="hash">{e(v.content_hash or '')}</span></p></body></html>"""

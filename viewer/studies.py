@@ -8,6 +8,7 @@ county hospitals often give the same patient different local IDs.
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,11 +17,13 @@ from sqlalchemy.orm import Session
 
 from core import audit
 from core.models import AIFinding, AIResult, Study
-from core.orthanc_client import OrthancClient
+from core.orthanc_client import OrthancClient, OrthancError
+from core.reports.document import Figure
 from core.settings import Settings
 from viewer.auth import UserContext
 from viewer.worklist import get_visible_study, visible, work_item
 
+log = logging.getLogger(__name__)
 _KIND = {"SR": "sr", "SEG": "seg", "DOC": "pdf", "OT": "image"}
 
 
@@ -49,6 +52,33 @@ def series_of(client: OrthancClient, study: Study) -> list[dict[str, Any]]:
             "instances": [i["MainDicomTags"].get("SOPInstanceUID", "") for i in ordered],
         })
     return sorted(out, key=lambda s: (s["kind"] != "image", str(s["number"]).zfill(6)))
+
+
+def key_image_figures(settings: Settings, study: Study) -> tuple[Figure, ...]:
+    """A key image for the signed report's PDF: the middle image of the study's first
+    image series, rendered by Orthanc.  Passed to signing as the ECG tracing is; a
+    study without a displayable image (or an archive that cannot render it) gets none,
+    which does not stop the signature."""
+    try:
+        with OrthancClient.from_settings(settings, retries=1) as client:
+            for series in series_of(client, study):
+                uids = series["instances"]
+                if series["kind"] != "image" or not uids:
+                    continue
+                index = len(uids) // 2
+                orthanc_id = client.find_instance(uids[index])
+                if orthanc_id is None:
+                    continue
+                png = client.get(f"/instances/{orthanc_id}/preview", accept="image/png").content
+                if not png.startswith(b"\x89PNG"):
+                    continue
+                what = " ".join(str(p) for p in (series["modality"], "series", series["number"],
+                                                 series["description"]) if str(p).strip())
+                return (Figure(f"Key image: {what}, image {index + 1} of {len(uids)}", png,
+                               width_mm=80.0),)
+    except OrthancError as e:
+        log.warning("no key image for study %s: %s", study.id, e)
+    return ()
 
 
 def ai_findings(session: Session, study_id: int) -> list[dict[str, Any]]:

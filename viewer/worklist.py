@@ -9,7 +9,7 @@ tens of thousands of studies; only the page's rows are turned into items.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import String, and_, case, cast, func, or_, select, update
@@ -22,7 +22,12 @@ from core.models import AIFinding, Report, Site, Study, User
 from core.states import ReportState, StudyState
 from viewer.auth import UserContext
 
+#: Worklist priorities: a STAT request (C-STORE priority HIGH, pacs_gateway.receipts),
+#: an AI pre-read's or an ECG analysis's critical finding (ai_models.inference, ecg.jobs),
+#: an urgent request; anything lower is routine.
 STAT = 9
+AI_CRITICAL = 8
+URGENT = 7
 READY = (StudyState.COMPLETE, StudyState.REOPENED)
 STATUSES = ("unread", "claimed", "reported", "signed", "open", "all")
 SIGNED = (ReportState.FINAL, ReportState.AMENDED)
@@ -31,6 +36,49 @@ READER_ROLES = ("radiologist", "cardiologist", "pathologist", "lab_reviewer")
 
 def _aware(t: datetime | None) -> datetime | None:
     return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
+
+
+def priority_label(priority: int | None) -> str:
+    """What a reader sees for a priority number: STAT, AI CRITICAL, URGENT or ROUTINE."""
+    p = priority or 0
+    if p >= STAT:
+        return "STAT"
+    if p >= AI_CRITICAL:
+        return "AI CRITICAL"
+    return "URGENT" if p >= URGENT else "ROUTINE"
+
+
+_AGE_UNITS = {"Y": "y", "M": "mo", "W": "wk", "D": "d"}
+
+
+def _dicom_date(value: str) -> date | None:
+    try:
+        return datetime.strptime(value.strip()[:8], "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+def patient_age(study: Study, today: date | None = None) -> str:
+    """The patient's age at the study: DICOM PatientAge ("045Y" → "45y") when sent,
+    else from the birth date and the study date (or today); "" when unknown."""
+    raw = (study.patient_age or "").strip().upper()
+    if len(raw) == 4 and raw[:3].isdigit() and raw[3] in _AGE_UNITS:
+        return f"{int(raw[:3])}{_AGE_UNITS[raw[3]]}"
+    born = _dicom_date(study.patient_birth_date or "")
+    if born is None:
+        return ""
+    at = _dicom_date(study.study_date or "") or today or datetime.now(UTC).date()
+    years = at.year - born.year - ((at.month, at.day) < (born.month, born.day))
+    if years >= 2:
+        return f"{years}y"
+    months = (at.year - born.year) * 12 + at.month - born.month - (at.day < born.day)
+    return f"{max(months, 0)}mo" if months >= 1 else f"{max((at - born).days, 0)}d"
+
+
+def patient_sex(study: Study) -> str:
+    """DICOM PatientSex as sent: M, F or O ("" when not sent)."""
+    sex = (study.patient_sex or "").strip().upper()
+    return sex if sex in ("M", "F", "O") else ""
 
 
 @dataclass(frozen=True)
@@ -53,6 +101,14 @@ class WorkItem:
     due_at: datetime | None
     seconds_left: int | None
     report_id: int | None
+    #: STAT, AI CRITICAL, URGENT or ROUTINE (see :func:`priority_label`).
+    priority_label: str = "ROUTINE"
+    #: DICOM StudyDate (YYYYMMDD), accession number, patient sex and age, body part.
+    study_date: str = ""
+    accession_number: str = ""
+    patient_sex: str = ""
+    patient_age: str = ""
+    body_part: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,6 +119,14 @@ def visible(query: Any, user: UserContext) -> Any:
     if user.all_sites:
         return query
     return query.where(Study.site_id.in_(sorted(user.site_ids)))
+
+
+def visible_sites(session: Session, user: UserContext) -> list[dict[str, Any]]:
+    """The sites whose work the user may see, by name: the worklist's site filter."""
+    q = select(Site.id, Site.name, Site.enabled).order_by(Site.name, Site.id)
+    if not user.all_sites:
+        q = q.where(Site.id.in_(sorted(user.site_ids)))
+    return [{"id": i, "name": n, "enabled": bool(e)} for i, n, e in session.execute(q)]
 
 
 def _base(user: UserContext) -> Select[Any]:
@@ -153,7 +217,10 @@ def _item(row: Any, flags: dict[int, list[str]], now: datetime) -> WorkItem:
         status=_status(study, report_state), claimed_by=claimer,
         completed_at=_aware(study.completed_at), due_at=due,
         seconds_left=int((due - now).total_seconds()) if due is not None else None,
-        report_id=report_id)
+        report_id=report_id, priority_label=priority_label(study.priority),
+        study_date=study.study_date, accession_number=study.accession_number,
+        patient_sex=patient_sex(study), patient_age=patient_age(study, now.date()),
+        body_part=study.body_part)
 
 
 def get_visible_study(session: Session, user: UserContext, study_id: int) -> Study:

@@ -18,7 +18,7 @@ from core.errors import NotFound, RDCError
 from core.orthanc_client import OrthancClient, OrthancError
 from core.settings import get_settings
 from viewer import dashboard, share, studies, worklist
-from viewer.auth import Reader, UserContext, require_roles
+from viewer.auth import CurrentUser, Reader, UserContext, require_roles
 from viewer.worklist import READER_ROLES
 
 router = APIRouter(tags=["worklist"])
@@ -46,6 +46,13 @@ def get_worklist(user: Reader, site: str | None = None, modality: str | None = N
                                                page_size=page_size)
         return {"total": total, "page": page, "page_size": page_size,
                 "items": [i.as_dict() for i in items]}
+
+
+@router.get("/api/sites")
+def get_sites(user: CurrentUser) -> dict[str, Any]:
+    """The sites the caller may see, ``[{id, name, enabled}]`` by name (the site filter)."""
+    with _db().session() as s:
+        return {"sites": worklist.visible_sites(s, user)}
 
 
 @router.post("/api/studies/{study_id}/claim")

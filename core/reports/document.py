@@ -81,3 +81,6 @@ class ReportDocument:
     pdf_series_uid: str = ""
     extra: dict[str, str] = field(default_factory=dict)
     figures: tuple[Figure, ...] = ()
+    #: DICOM StudyDate (YYYYMMDD) and StudyDescription of the reported study.
+    study_date: str = ""
+    study_description: str = ""

@@ -43,6 +43,7 @@ from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import (
     Image,
+    KeepTogether,
     Paragraph,
     SimpleDocTemplate,
     Spacer,
@@ -64,8 +65,11 @@ __all__ = [
     "CJK_FONT_PACKAGE",
     "CJK_FONT_PATH",
     "PDF_SERIES_NUMBER",
+    "REPORT_HASH_LABEL",
     "SIGNATURE_MARKER",
     "MissingFontError",
+    "display_date",
+    "display_person_name",
     "encapsulated_pdf_dataset",
     "pdf_from_dataset",
     "render_pdf",
@@ -166,13 +170,65 @@ def _image(figure: Figure) -> Image:
     return Image(io.BytesIO(figure.png), width=width, height=width * h / w)
 
 
+def _is_cjk(text: str) -> bool:
+    return any("\u3040" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af"
+               or "\uf900" <= ch <= "\ufaff" for ch in text)
+
+
+def _name_group(group: str, natural: bool) -> str:
+    parts = [p.strip() for p in group.split("^")] + [""] * 5
+    family, given, middle, prefix, suffix = parts[:5]
+    if _is_cjk(family + given + middle):
+        # Chinese, Japanese, Korean: family name first, no separator ("张^三" → 张三).
+        return "".join(p for p in (family, given, middle) if p)
+    if natural:
+        name = " ".join(p for p in (prefix, given, middle, family) if p)
+    else:
+        rest = " ".join(p for p in (prefix, given, middle) if p)
+        name = f"{family.upper()}, {rest}" if family and rest else (family.upper() or rest)
+    return f"{name}, {suffix}" if suffix and name else name
+
+
+def display_person_name(value: str, *, natural: bool = False) -> str:
+    """A DICOM person name (PN) as people read it.
+
+    On a report, family name first: ``Phantom^Demo`` → ``PHANTOM, Demo``; with
+    ``natural``, as one says it: ``Demo Phantom``.  ``张^三`` → ``张三`` either way;
+    with alphabetic and ideographic groups, ``Zhang^San=张^三`` → ``ZHANG, San (张三)``.
+    """
+    groups = [g for g in (_name_group(g, natural) for g in str(value or "").split("="))
+              if g]
+    if not groups:
+        return ""
+    others = [g for g in groups[1:] if g != groups[0]]
+    return f"{groups[0]} ({' / '.join(others)})" if others else groups[0]
+
+
+def display_date(value: str) -> str:
+    """A DICOM date (YYYYMMDD) as YYYY-MM-DD; anything else as given."""
+    text = str(value or "").strip()
+    if re.fullmatch(r"\d{8}", text):
+        try:
+            return datetime.strptime(text, "%Y%m%d").date().isoformat()
+        except ValueError:
+            return text
+    return text
+
+
+#: The label of the signed report's hash.  ``rdc reports verify`` prints the hash of a
+#: file's sealed bytes as its "content hash": that is another hash (of this PDF), so
+#: this one is never called a content hash.
+REPORT_HASH_LABEL: Final = "Signed report hash"
+
+
 def _story(doc: ReportDocument, styles: dict[str, ParagraphStyle]) -> list[Any]:
     signer = doc.signer
+    study = " · ".join(p for p in (display_date(doc.study_date), doc.study_description) if p)
     header = [
         ("Center", doc.center_name),
         ("Site", f"{doc.site_name} ({doc.site_id})"),
-        ("Patient", f"{doc.patient_name} (ID {doc.patient_id})"),
-        ("Study", doc.study_uid),
+        ("Patient", f"{display_person_name(doc.patient_name)} (ID {doc.patient_id})"),
+        ("Study", study or "—"),
         ("Accession", doc.accession_number),
         ("Modality", doc.modality),
         ("Report", f"{doc.report_id} version {doc.version}"
@@ -193,21 +249,27 @@ def _story(doc: ReportDocument, styles: dict[str, ParagraphStyle]) -> list[Any]:
         story.append(Paragraph(escape(figure.title), styles["heading"]))
         story.append(_image(figure))
     story.append(Spacer(1, 6 * mm))
-    story.append(Paragraph("Electronic signature", styles["heading"]))
-    story.append(_table([
+    # The signature block stays on one page: a signer's name never parts from its hash.
+    block: list[Any] = [Paragraph("Electronic signature", styles["heading"])]
+    block.append(_table([
         ("Signed by", f"{signer.name} ({signer.reader_id})"),
         ("Signed at", _aware(signer.signed_at).isoformat()),
         ("Algorithm", signer.algorithm),
         ("Certificate fingerprint (SHA-256)", signer.fingerprint),
-        (f"Content hash ({doc.hash_algorithm})", doc.content_hash),
+        (f"{REPORT_HASH_LABEL} ({doc.hash_algorithm})", doc.content_hash),
+        ("Study instance UID", doc.study_uid),
     ], styles, value_style="mono"))
-    story.append(Spacer(1, 2 * mm))
-    story.append(Paragraph(
+    block.append(Spacer(1, 2 * mm))
+    block.append(Paragraph(
         "This file carries an electronic seal; check it with "
         "<font face='Courier'>rdc reports verify FILE</font>. "
-        "Any change to the file makes the check fail.",
+        "Any change to the file makes the check fail. "
+        f"The {REPORT_HASH_LABEL.lower()} is the hash of the report text the reader "
+        "signed; the content hash that the check prints is the hash of this file's "
+        "sealed bytes.",
         styles["note"],
     ))
+    story.append(KeepTogether(block))
     return story
 
 

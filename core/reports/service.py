@@ -236,7 +236,8 @@ def create_report(session: Session, study_id: int, actor: str,
                                                    Report.subject_id == str(study.id)))
     if existing is not None:
         return existing
-    template = get_template(template_id) if template_id else template_for(study.modalities)
+    template = get_template(template_id) if template_id else \
+        template_for(study.modalities, study.body_part, study.description)
     report = Report(subject_type="study", subject_id=str(study.id), study_id=study.id,
                     site_id=study.site_id, template_id=template.id,
                     template_version=template.version, state=ReportState.DRAFT)
@@ -457,6 +458,8 @@ def _document(settings: Settings, report: Report, version: ReportVersion, templa
         content_hash=content_hash, hash_algorithm=hash_alg,
         predecessor_sr_uid=predecessor.sr_sop_uid if predecessor else None,
         sr_sop_uid=uid("sr"), sr_series_uid=uid("sr-series"),
-        pdf_sop_uid=uid("pdf"), pdf_series_uid=uid("pdf-series"), extra=extra)
+        pdf_sop_uid=uid("pdf"), pdf_series_uid=uid("pdf-series"), extra=extra,
+        study_date=subject.study.study_date or str(ev.get("StudyDate", "")),
+        study_description=subject.study.description or str(ev.get("StudyDescription", "")))
 
 

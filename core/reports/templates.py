@@ -4,6 +4,12 @@ A template names the report's fields in order, which of them must be filled
 before signing, their default text, and which field takes the AI findings a
 reader accepted.  Text between ``{{`` and ``}}`` is a placeholder the reader
 must resolve; a required field that is empty or still holds one blocks signing.
+
+A template for one exam (``ct-chest``) names the modalities, the DICOM body parts
+(``body_parts``) and the study description words (``keywords``) it is for; a
+template with modalities but neither is that modality's generic fallback
+(``ct-generic``).  :func:`template_for` picks the exam's template, else the
+modality's fallback, else ``generic``: a spine CT never gets the chest template.
 """
 
 from __future__ import annotations
@@ -39,6 +45,24 @@ class Template:
     title: str
     modalities: tuple[str, ...]
     fields: tuple[TemplateField, ...]
+    #: DICOM BodyPartExamined values (upper case) this exam template is for.
+    body_parts: tuple[str, ...] = ()
+    #: Words of the study description that mean this exam (lower case).
+    keywords: tuple[str, ...] = ()
+
+    @property
+    def is_fallback(self) -> bool:
+        """A modality's generic template: it names no body part and no keyword."""
+        return not self.body_parts and not self.keywords
+
+    def matches_exam(self, body_part: str, description: str) -> bool:
+        """Whether the study's body part or description names this template's exam."""
+        part = _norm_part(body_part)
+        if part and part in {_norm_part(p) for p in self.body_parts}:
+            return True
+        text = description.lower()
+        words = set(re.findall(r"[a-z0-9]+", text))
+        return any((k in words) if k.isascii() else (k in text) for k in self.keywords)
 
     def field(self, key: str) -> TemplateField:
         for f in self.fields:
@@ -69,7 +93,9 @@ def _load(path: Path) -> Template:
                                                 else "")))
             for f in raw["fields"])
         return Template(id=str(raw["id"]), version=str(raw["version"]), title=str(raw["title"]),
-                        modalities=tuple(raw.get("modalities", [])), fields=fields)
+                        modalities=tuple(raw.get("modalities", [])), fields=fields,
+                        body_parts=tuple(str(p).upper() for p in raw.get("body_parts", [])),
+                        keywords=tuple(str(k).lower() for k in raw.get("keywords", [])))
     except (KeyError, TypeError, tomllib.TOMLDecodeError) as e:
         raise InvalidInput(f"report template {path.name} is invalid: {e}") from e
 
@@ -96,9 +122,21 @@ def get_template(template_id: str, version: str | None = None) -> Template:
     return max(matches, key=lambda t: tuple(int(p) for p in t.version.split(".")))
 
 
-def template_for(modalities: list[str]) -> Template:
-    """The template for a study's modalities: the first specific match, else generic."""
-    for t in sorted(all_templates().values(), key=lambda t: t.id):
-        if t.modalities and set(t.modalities) & set(modalities):
-            return get_template(t.id)
+def _norm_part(value: str) -> str:
+    return re.sub(r"[^A-Z0-9]", "", value.upper())
+
+
+def template_for(modalities: list[str], body_part: str = "",
+                 description: str = "") -> Template:
+    """The template for a study: the exam's own template for its modality and body part
+    (or study description), else the modality's generic template, else ``generic``."""
+    newest = {t.id: get_template(t.id) for t in all_templates().values()}
+    candidates = [t for _, t in sorted(newest.items())
+                  if t.modalities and set(t.modalities) & set(modalities)]
+    for t in candidates:
+        if not t.is_fallback and t.matches_exam(body_part, description):
+            return t
+    for t in candidates:
+        if t.is_fallback:
+            return t
     return get_template("generic")
