@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from core.db import get_database
@@ -135,7 +136,9 @@ def reports_verify(
         help="CA certificate (PEM) to trust; default: this center's.")] = None,
 ) -> None:
     """Verify delivered report files on their own: signature, certificate chain to
-    the center's CA, content hash.  Exit code 5 if any file fails."""
+    the center's CA, content hash, and for a DICOM-wrapped PDF the wrapper's patient,
+    study and document attributes against the sealed ones.  Exit code 5 if any file
+    fails."""
     from core.reports import keys
     from core.reports.verify import verify_bytes
 
@@ -151,13 +154,18 @@ def reports_verify(
             v = verify_bytes(path.read_bytes(), ca_pem, revoked)
         except RDCError as e:
             failed += 1
-            err.print(f"[red]FAILED[/red] {path}: {e}")
+            # Escaped: the message quotes values from the file (rich would read "[...]").
+            err.print(f"[red]FAILED[/red] {escape(str(path))}: {escape(str(e))}")
             continue
         r = v.result
         later = f"; certificate revoked later, at {r.revoked_at}" if r.revoked_at else ""
-        console.print(f"OK {path} ({v.kind}): signed by {r.signer_name} ({r.reader_id}) at "
-                      f"{r.signed_at.isoformat()} with {r.algorithm}/{r.hash_algorithm}; "
-                      f"content hash {r.content_hash}; certificate {r.fingerprint}{later}")
+        subject = "" if v.subject is None else (
+            f"; sealed for patient ID {v.subject.get('PatientID', '')!r}, study "
+            f"{v.subject.get('StudyInstanceUID', '')}")
+        console.print(escape(
+            f"OK {path} ({v.kind}): signed by {r.signer_name} ({r.reader_id}) at "
+            f"{r.signed_at.isoformat()} with {r.algorithm}/{r.hash_algorithm}; "
+            f"content hash {r.content_hash}; certificate {r.fingerprint}{subject}{later}"))
     if failed:
         raise typer.Exit(5)
 

@@ -557,7 +557,7 @@ def test_chinese_report_across_all_four_outputs(
     assert text_items(sr)["Findings"] == FINDINGS_ZH
     assert verify(*sealed_content_of_sr(sr_data))
 
-    pdf = render_pdf(doc, StandInSealer())
+    pdf = render_pdf(doc, StandInSealer(), evidence)  # the wrapper's patient as the SR's
     (tmp_path / "r.pdf").write_bytes(pdf)
     text = subprocess.run([_poppler("pdftotext"), "-enc", "UTF-8", str(tmp_path / "r.pdf"), "-"],
                           check=True, capture_output=True, timeout=60).stdout.decode()

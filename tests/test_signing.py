@@ -8,23 +8,32 @@ the signature is detected, and the failure says which check caught it.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from io import BytesIO
 from pathlib import Path
 
+import pydicom
 import pytest
 from asn1crypto import algos
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509 as cx509
 from gmssl import sm2 as gm_sm2
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 
 from core.errors import ConfigurationError, Conflict, InvalidInput, RDCError
-from core.reports import crypto, envelope, pki
+from core.reports import crypto, envelope, pdf, pki
 from core.reports.crypto import SignatureInvalid
+from core.reports.document import ReportDocument, Section, SignerInfo
 
 ALGS = crypto.ALGORITHMS
 T0 = datetime(2026, 6, 1, 8, 0, 0, tzinfo=UTC)
@@ -547,3 +556,149 @@ def test_signed_at_with_microseconds_and_other_zones_round_trip(reader: Reader) 
                         alg=reader.alg, signed_at=moment)
     assert json.loads(env)["attributes"]["signed_at"] == "2026-06-02T08:00:00.123456Z"
     assert _verify(reader, b"x", env).signed_at == moment
+
+
+# --- a signed, DICOM-wrapped PDF cannot be relabelled -------------------------------
+#
+# A receiving PACS files an Encapsulated PDF by its wrapper's attributes, not by what
+# the PDF shows: the PDF's seal records them, and `rdc reports verify` checks them.
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _signed_report(reader: Reader) -> tuple[ReportDocument, bytes, Dataset]:
+    """A report signed with the reader's real key: (document, sealed PDF, evidence)."""
+    evidence = pydicom.dcmread(str(get_testdata_file("CT_small.dcm")))
+    evidence.PatientBirthDate, evidence.AccessionNumber = "19700101", "ACC0001"
+    doc = ReportDocument(
+        report_id=7, version=1, kind="report", title="CT 胸部平扫诊断报告",
+        center_name="江北区域影像诊断中心", site_id="county-a", site_name="甲县人民医院",
+        patient_id=str(evidence.PatientID), patient_name=str(evidence.PatientName),
+        study_uid=str(evidence.StudyInstanceUID), accession_number="ACC0001", modality="CT",
+        sections=(Section("impression", "印象", "右肺上叶结节，建议复查。"),),
+        signer=SignerInfo(name="王医生", reader_id="drwang",
+                          fingerprint=reader.issued.fingerprint, algorithm=reader.alg,
+                          signed_at=SIGNED_AT),
+        content_hash=crypto.digest(crypto.hash_algorithm(reader.alg), PAYLOAD).hex(),
+        hash_algorithm=crypto.hash_algorithm(reader.alg),
+        pdf_sop_uid=generate_uid(), pdf_series_uid=generate_uid())
+    seal = envelope.make_sealer(reader.key, reader.issued.cert_pem, reader.alg, SIGNED_AT)
+    return doc, pdf.render_pdf(doc, seal, evidence), evidence
+
+
+def _dicom_bytes(ds: Dataset, *, implicit: bool = False) -> bytes:
+    if implicit:  # as a store may keep it: another transfer syntax, same attributes
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _relabelled(data: bytes, keyword: str, value: str | None) -> bytes:
+    ds = pydicom.dcmread(BytesIO(data))
+    if value is None:
+        del ds[keyword]
+    else:
+        setattr(ds, keyword, value)
+    return _dicom_bytes(ds)
+
+
+#: Each edit moves the signed report to another patient, study or document.
+RELABELS = {
+    "PatientID": "OTHER-PATIENT-9",
+    "PatientName": "Other^Patient",
+    "StudyInstanceUID": "1.2.826.0.1.3680043.8.498.1234567890",
+    "DocumentTitle": "Chest X-ray report",
+}
+
+
+def test_relabelled_dicom_pdf_fails_and_names_the_attribute(reader: Reader) -> None:
+    from core.reports.verify import verify_bytes
+
+    doc, sealed_pdf, evidence = _signed_report(reader)
+    wrapped = _dicom_bytes(pdf.encapsulated_pdf_dataset(sealed_pdf, doc, evidence))
+    ca = reader.ca.cert_pem
+    ok = verify_bytes(wrapped, ca)
+    assert ok.kind == "dicom-pdf" and ok.result.signer_name == "王医生"
+    assert ok.subject is not None and ok.subject["PatientID"] == doc.patient_id
+    assert ok.subject["PatientBirthDate"] == "19700101"
+    # Another transfer syntax changes no attribute: it still verifies.
+    assert verify_bytes(_dicom_bytes(pydicom.dcmread(BytesIO(wrapped)), implicit=True),
+                        ca).kind == "dicom-pdf"
+    # The bare PDF verifies as before, and says what it was sealed for.
+    bare = verify_bytes(sealed_pdf, ca)
+    assert bare.kind == "pdf" and bare.subject == ok.subject
+
+    edits: list[tuple[str, str | None]] = [
+        *RELABELS.items(), ("PatientBirthDate", "19991231"), ("PatientSex", "F"),
+        ("AccessionNumber", "ACC9999"), ("SeriesInstanceUID", "1.2.3.4"),
+        ("SOPInstanceUID", "1.2.3.5"), ("ContentDate", "20260101"), ("ContentTime", "120000"),
+        ("InstanceNumber", "2"), ("SpecificCharacterSet", "GB18030"),
+        ("PatientID", None),  # removed altogether
+    ]
+    for keyword, value in edits:
+        changed = _relabelled(wrapped, keyword, value)
+        with pytest.raises(SignatureInvalid, match=rf"\b{keyword} (differs from|is missing)"
+                                                   r".* the seal"):
+            verify_bytes(changed, ca)
+    # Several at once: every one is named.
+    both = _relabelled(_relabelled(wrapped, "PatientID", "X1"), "PatientName", "Doe^Jane")
+    with pytest.raises(SignatureInvalid, match=r"PatientID differs.*PatientName differs"):
+        verify_bytes(both, ca)
+
+
+def test_a_wrapper_without_sealed_attributes_is_refused(reader: Reader) -> None:
+    """A PDF sealed as before (its seal records no wrapper attributes) still verifies
+    bare, but not inside a DICOM wrapper: nothing there ties the patient to the seal."""
+    from core.reports.verify import verify_bytes
+
+    doc, sealed_pdf, evidence = _signed_report(reader)
+    signed, _ = pdf.sealed_content_of_pdf(sealed_pdf)
+    plain = signed[: signed.rindex(b"\n" + pdf.SUBJECT_MARKER)]
+    seal = envelope.make_sealer(reader.key, reader.issued.cert_pem, reader.alg, SIGNED_AT)
+    old = (plain + b"\n" + pdf.SIGNATURE_MARKER + b" " + base64.b64encode(seal(plain))
+           + b"\n%%EOF\n")
+    assert verify_bytes(old, reader.ca.cert_pem).subject is None
+    wrapped = _dicom_bytes(pdf.encapsulated_pdf_dataset(old, doc, evidence))
+    with pytest.raises(SignatureInvalid, match=r"identifying attributes .* are not sealed"):
+        verify_bytes(wrapped, reader.ca.cert_pem)
+
+
+def test_a_pdf_sealed_for_another_document_is_not_wrapped(reader: Reader) -> None:
+    doc, sealed_pdf, evidence = _signed_report(reader)
+    other = dataclasses.replace(doc, pdf_sop_uid=generate_uid())
+    with pytest.raises(InvalidInput, match="sealed for another document: its SOPInstanceUID"):
+        pdf.encapsulated_pdf_dataset(sealed_pdf, other, evidence)
+
+
+def test_rdc_reports_verify_refuses_a_relabelled_dicom_pdf(tmp_path: Path) -> None:
+    """The real command, as a county site runs it: exit 0 for the delivered file, exit
+    5 naming the attribute for each relabelled copy."""
+    reader = _reader("sm2")
+    doc, sealed_pdf, evidence = _signed_report(reader)
+    delivered = tmp_path / "report.dcm"
+    delivered.write_bytes(_dicom_bytes(pdf.encapsulated_pdf_dataset(sealed_pdf, doc,
+                                                                    evidence)))
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(reader.ca.cert_pem)
+    env = {**os.environ, "RDC_HOME": str(tmp_path / "home"), "COLUMNS": "400"}
+    env.pop("RDC_DATABASE_URL", None)
+
+    def verify(*files: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "rdc", "reports", "verify", "--ca",
+                               str(ca), *map(str, files)], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    ok = verify(delivered)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    out = " ".join(ok.stdout.split())
+    assert "OK " in out and "signed by 王医生" in out and "(dicom-pdf)" in out, out
+
+    for keyword, value in RELABELS.items():
+        moved = tmp_path / f"relabelled-{keyword}.dcm"
+        moved.write_bytes(_relabelled(delivered.read_bytes(), keyword, value))
+        result = verify(moved)
+        text = " ".join((result.stdout + result.stderr).split())
+        assert result.returncode == 5, text
+        assert "FAILED" in text and "OK " not in text, text
+        assert f"{keyword} differs from the sealed value" in text, text

@@ -10,6 +10,14 @@ whose envelope seals every byte before the trailer.  The trailer is a PDF
 comment followed by an end-of-file marker, so viewers ignore it, and
 :func:`sealed_content_of_pdf` can split it off again without parsing PDF.
 
+Just before the trailer, inside the sealed bytes, a second comment of the same
+shape, ``\\n%RDC-SUBJECT-1 <canonical JSON>\\n%%EOF\\n``, names the patient,
+study and DICOM object the PDF belongs to: the identifying attributes of the
+Encapsulated PDF that wraps it (see :func:`pdf_subject`).  A receiving PACS
+files the wrapped PDF by those attributes, so the verifier of a wrapped PDF
+checks each of them against the sealed value (:func:`check_wrapper`): a signed
+PDF cannot be relabelled to another patient or study unnoticed.
+
 Chinese text needs a CJK font embedded in the PDF: the center uses WenQuanYi Zen
 Hei from the Debian package ``fonts-wqy-zenhei``.  Without it the PDF would show
 empty boxes where the findings are, so a missing font is a configuration error,
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +36,9 @@ from typing import Any, Final
 from xml.sax.saxutils import escape
 
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     EncapsulatedPDFStorage,
@@ -52,9 +63,11 @@ from reportlab.platypus import (
 )
 
 from core.errors import ConfigurationError
+from core.reports.crypto import SignatureInvalid
 from core.reports.document import Figure, ReportDocument, Sealer
 from core.reports.sr import (
     MalformedReportFileError,
+    ReportFileError,
     ReportRenderError,
     UnsealedReportError,
     evidence_header,
@@ -67,15 +80,19 @@ __all__ = [
     "PDF_SERIES_NUMBER",
     "REPORT_HASH_LABEL",
     "SIGNATURE_MARKER",
+    "SUBJECT_MARKER",
     "MissingFontError",
+    "check_wrapper",
     "display_date",
     "display_person_name",
     "encapsulated_pdf_dataset",
     "pdf_from_dataset",
+    "pdf_subject",
     "render_pdf",
     "sealed_content_of_encapsulated_pdf",
     "sealed_content_of_file",
     "sealed_content_of_pdf",
+    "sealed_subject_of_pdf",
 ]
 
 CJK_FONT_PATH: Final = Path("/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc")
@@ -85,6 +102,9 @@ _FONT_NAME: Final = "RDC-WQY-ZenHei"
 #: Comment keyword that opens the seal trailer.
 SIGNATURE_MARKER: Final = b"%RDC-SIGNATURE-1"
 _TRAILER_RE: Final = re.compile(rb"\n%RDC-SIGNATURE-1 ([A-Za-z0-9+/]+={0,2})\n%%EOF\n\Z")
+#: Comment keyword of the sealed record of the wrapper's identifying attributes.
+SUBJECT_MARKER: Final = b"%RDC-SUBJECT-1"
+_SUBJECT_RE: Final = re.compile(rb"\n%RDC-SUBJECT-1 (\{[\x20-\x7e]*\})\n%%EOF\n\Z")
 
 #: Series number of the Encapsulated PDF (the SR is 9901).
 PDF_SERIES_NUMBER: Final = 9902
@@ -312,11 +332,19 @@ def _pdf_bytes(doc: ReportDocument) -> bytes:
     return out.getvalue()
 
 
-def render_pdf(doc: ReportDocument, seal: Sealer) -> bytes:
-    """The report as a PDF, sealed: everything before the trailer is what ``seal`` saw."""
+def render_pdf(doc: ReportDocument, seal: Sealer, evidence: Dataset | None = None) -> bytes:
+    """The report as a PDF, sealed: everything before the trailer is what ``seal`` saw.
+
+    The sealed bytes end with the record of :func:`pdf_subject`: the identifying
+    attributes that :func:`encapsulated_pdf_dataset` gives the PDF's DICOM wrapper.
+    With ``evidence`` (the instance the wrapper takes its patient attributes from),
+    the record also seals the patient's birth date and sex.
+    """
     pdf = _pdf_bytes(doc)
     if not pdf.rstrip().endswith(b"%%EOF"):
         raise ReportRenderError("reportlab produced a PDF without a final %%EOF")
+    pdf += b"\n" + SUBJECT_MARKER + b" " + _subject_json(pdf_subject(doc, evidence)) \
+        + b"\n%%EOF\n"
     envelope = seal(pdf)
     if not envelope:
         raise ReportRenderError("the sealer returned an empty envelope")
@@ -363,6 +391,144 @@ def _tm(moment: datetime) -> str:
     return moment.strftime("%H%M%S.%f")
 
 
+#: The identifying attributes of the wrapper that every sealed record names: the
+#: ones a PACS files the document by (patient, study, series, instance), and what
+#: the document says it is and when it was made.  They all come from the document.
+_SUBJECT_REQUIRED: Final = (
+    "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID",
+    "StudyInstanceUID", "PatientID", "PatientName", "AccessionNumber", "DocumentTitle",
+    "InstanceNumber", "ContentDate", "ContentTime", "TimezoneOffsetFromUTC",
+)
+#: Sealed as well when the evidence instance is known at rendering time.
+_SUBJECT_FROM_EVIDENCE: Final = ("IssuerOfPatientID", "PatientBirthDate", "PatientSex")
+#: Attributes of the record that must name this document, when a PDF is wrapped.
+_SUBJECT_OF_DOCUMENT: Final = (
+    "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID",
+    "StudyInstanceUID", "DocumentTitle", "InstanceNumber", "ContentDate", "ContentTime",
+    "TimezoneOffsetFromUTC",
+)
+
+
+def _text(value: object) -> str:
+    """One attribute value as the record holds it: text, multiple values joined with
+    a backslash as DICOM stores them, without the padding DICOM ignores."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, MultiValue)):
+        return "\\".join(_text(v) for v in value)
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace").strip(" \x00")
+    return str(value).strip(" \x00")
+
+
+def pdf_subject(doc: ReportDocument, evidence: Dataset | None = None) -> dict[str, str]:
+    """The identifying attributes of the Encapsulated PDF of ``doc`` (DICOM keyword →
+    value as text), as the PDF's seal records them and the wrapper carries them.
+
+    Patient ID, name and accession number come from the evidence instance when it is
+    given (as in the wrapper), else from the document (which the center fills from
+    that instance); birth date, sex and issuer of the patient ID only with evidence.
+    """
+    signed_at = _aware(doc.signer.signed_at)
+    subject = {
+        "SpecificCharacterSet": "ISO_IR 192",
+        "SOPClassUID": str(EncapsulatedPDFStorage),
+        "SOPInstanceUID": doc.pdf_sop_uid,
+        "SeriesInstanceUID": doc.pdf_series_uid,
+        "StudyInstanceUID": doc.study_uid,
+        "PatientID": doc.patient_id,
+        "PatientName": doc.patient_name,
+        "AccessionNumber": doc.accession_number,
+        "DocumentTitle": doc.title,
+        "InstanceNumber": str(doc.version),
+        "ContentDate": _da(signed_at),
+        "ContentTime": _tm(signed_at),
+        "TimezoneOffsetFromUTC": signed_at.strftime("%z"),
+    }
+    if evidence is not None:
+        header = evidence_header(doc, evidence)
+        for keyword in ("PatientID", "PatientName", "AccessionNumber", *_SUBJECT_FROM_EVIDENCE):
+            if keyword in header:
+                subject[keyword] = header[keyword].value
+    return {keyword: _text(value) for keyword, value in subject.items()}
+
+
+def _subject_json(subject: dict[str, str]) -> bytes:
+    return json.dumps(subject, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=True).encode("ascii")
+
+
+def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    if len({k for k, _ in pairs}) != len(pairs):
+        raise MalformedReportFileError("the sealed subject record names an attribute twice")
+    return dict(pairs)
+
+
+def sealed_subject_of_pdf(signed: bytes) -> dict[str, str] | None:
+    """The record of the wrapper's identifying attributes at the end of a PDF's sealed
+    bytes (see :func:`sealed_content_of_pdf`), or ``None`` for a PDF sealed without one.
+
+    Strict: the record is canonical JSON of text values keyed by DICOM keywords, and
+    names at least the attributes every record names.
+    """
+    match = _SUBJECT_RE.search(signed)
+    if match is None:
+        if SUBJECT_MARKER in signed[-4096:]:
+            raise MalformedReportFileError(
+                "the sealed subject record of the PDF is damaged or not where it belongs")
+        return None
+    raw = match.group(1)
+    try:
+        record = json.loads(raw.decode("ascii"), object_pairs_hook=_reject_duplicates)
+    except ValueError as exc:
+        raise MalformedReportFileError(f"the sealed subject record is not JSON: {exc}") from exc
+    if not isinstance(record, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in record.items()):
+        raise MalformedReportFileError("the sealed subject record is not an object of texts")
+    if _subject_json(record) != raw:
+        raise MalformedReportFileError("the sealed subject record is not in canonical form")
+    unknown = sorted(k for k in record if tag_for_keyword(k) is None)
+    if unknown:
+        raise MalformedReportFileError(
+            f"the sealed subject record names unknown DICOM attributes: {', '.join(unknown)}")
+    missing = [k for k in _SUBJECT_REQUIRED if k not in record]
+    if missing:
+        raise MalformedReportFileError(
+            f"the sealed subject record lacks {', '.join(missing)}")
+    return record
+
+
+def check_wrapper(ds: Dataset, signed: bytes) -> dict[str, str]:
+    """Check the identifying attributes of an Encapsulated PDF against the values the
+    PDF's seal records; ``signed`` are the PDF's sealed bytes.  Returns the record.
+
+    Raises :class:`SignatureInvalid` naming every attribute that differs (e.g.
+    ``PatientID differs from the sealed value``), and when the PDF seals no record:
+    then nothing ties the wrapper's patient and study to the signature.  Call it
+    after the signature over ``signed`` verified, so that the record is the signer's.
+    """
+    record = sealed_subject_of_pdf(signed)
+    if record is None:
+        raise SignatureInvalid(
+            "the DICOM wrapper's identifying attributes (patient, study, document) are not "
+            "sealed: the PDF inside carries no sealed subject record, so the wrapper may "
+            "name another patient or study; verify the PDF on its own instead")
+    problems = []
+    for keyword, sealed in sorted(record.items()):
+        if keyword not in ds:
+            if sealed:
+                problems.append(f"{keyword} is missing; the sealed value is {sealed!r}")
+            continue
+        actual = _text(ds[keyword].value)
+        if actual != sealed:
+            problems.append(f"{keyword} differs from the sealed value: the DICOM wrapper "
+                            f"says {actual!r}, the seal {sealed!r}")
+    if problems:
+        raise SignatureInvalid(
+            "the DICOM wrapper was changed after signing: " + "; ".join(problems))
+    return record
+
+
 _PATIENT_STUDY: Final = (
     "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
     "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
@@ -375,7 +541,10 @@ def encapsulated_pdf_dataset(pdf: bytes, doc: ReportDocument, evidence: Dataset)
 
     Built by hand because the installed highdicom has no Encapsulated Document
     class; it has every Type 1 and Type 2 attribute of the Encapsulated PDF IOD.
-    The PDF carries its own seal; the DICOM header around it is not sealed.
+    The PDF carries its own seal, and its sealed record of :func:`pdf_subject`
+    seals the wrapper's identifying attributes: they are written as recorded, after
+    checking that the record names this document (a PDF rendered for another
+    document is refused).
     """
     for what, value in (("PDF SOP Instance UID", doc.pdf_sop_uid),
                         ("PDF Series Instance UID", doc.pdf_series_uid)):
@@ -385,6 +554,18 @@ def encapsulated_pdf_dataset(pdf: bytes, doc: ReportDocument, evidence: Dataset)
         raise ReportRenderError("encapsulated_pdf_dataset needs the bytes of a PDF")
     header = evidence_header(doc, evidence)
     signed_at = _aware(doc.signer.signed_at)
+    subject = pdf_subject(doc, evidence)
+    try:
+        record = sealed_subject_of_pdf(sealed_content_of_pdf(pdf)[0])
+    except ReportFileError:
+        record = None  # an unsealed PDF: wrapped all the same, it never verifies
+    if record is not None:
+        for keyword in _SUBJECT_OF_DOCUMENT:
+            if record.get(keyword) != subject[keyword]:
+                raise ReportRenderError(
+                    f"the PDF was sealed for another document: its {keyword} is "
+                    f"{record.get(keyword)!r}, this document's {subject[keyword]!r}")
+        subject = record
 
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
@@ -422,6 +603,9 @@ def encapsulated_pdf_dataset(pdf: bytes, doc: ReportDocument, evidence: Dataset)
     ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
     ds.EncapsulatedDocument = pdf
     ds.EncapsulatedDocumentLength = len(pdf)  # the value is padded to even length
+    # The identifying attributes exactly as the PDF's seal records them.
+    for keyword, value in subject.items():
+        setattr(ds, keyword, value)
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = EncapsulatedPDFStorage
@@ -449,7 +633,7 @@ def pdf_from_dataset(ds: Dataset) -> bytes:
     length = ds.get("EncapsulatedDocumentLength")
     if length is not None:
         length = int(length)
-        if not 0 <= len(value) - length <= 1:
+        if not 0 <= len(value) - length <= 1 or value[length:] not in (b"", b"\x00"):
             raise MalformedReportFileError(
                 f"Encapsulated Document Length {length} does not match the "
                 f"{len(value)} bytes of the encapsulated document"
@@ -461,12 +645,19 @@ def pdf_from_dataset(ds: Dataset) -> bytes:
 
 
 def sealed_content_of_encapsulated_pdf(data: bytes) -> tuple[bytes, bytes]:
-    """(signed bytes, envelope bytes) of the PDF inside an Encapsulated PDF file."""
+    """(signed bytes, envelope bytes) of the PDF inside an Encapsulated PDF file.
+
+    Refuses (:func:`check_wrapper`) a wrapper whose identifying attributes are not
+    those the PDF's sealed bytes record: the signature over those bytes then also
+    covers the wrapper's patient, study and document attributes.
+    """
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except Exception as exc:
         raise MalformedReportFileError(f"not a readable DICOM file: {exc}") from exc
-    return sealed_content_of_pdf(pdf_from_dataset(ds))
+    signed, envelope = sealed_content_of_pdf(pdf_from_dataset(ds))
+    check_wrapper(ds, signed)
+    return signed, envelope
 
 
 def sealed_content_of_file(data: bytes) -> tuple[bytes, bytes]:
