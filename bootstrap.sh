@@ -8,6 +8,12 @@
 # Installs, when missing: Debian packages (Orthanc and its DICOMweb, WSI and
 # PostgreSQL plugins, DCMTK), a virtual environment at .venv with the Python
 # dependencies, and the npm dependencies of the front end when it has any.
+#
+# Python packages are installed at the exact versions in requirements.lock (pip
+# first, then every dependency, then this project with --no-deps), npm packages at
+# those in viewer/package-lock.json (npm ci). After changing the dependencies in
+# pyproject.toml, refresh the lock with `scripts/lock.sh` (`scripts/lock.sh --upgrade`
+# moves every package to its newest release) and commit it.
 set -euo pipefail
 
 cd "$(dirname "$0")"
@@ -54,12 +60,18 @@ if [ ! -x .venv/bin/python ]; then
   say "creating .venv"
   "$python_bin" -m venv .venv
 fi
+# The stamp holds the digest of the lock and pyproject.toml it was installed from, so a
+# change of either (an edit, a pull, a checkout) installs again.
 stamp=.venv/.rdc-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  say "installing Python dependencies"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test]'
-  touch "$stamp"
+installed_from="$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$installed_from" ]; then
+  say "installing Python dependencies (requirements.lock)"
+  pip_pin="$(grep -m1 '^pip==' requirements.lock)"
+  .venv/bin/python -m pip install -q "$pip_pin"
+  .venv/bin/python -m pip install -q -r requirements.lock
+  .venv/bin/python -m pip install -q --no-deps -e .
+  .venv/bin/python -m pip check
+  echo "$installed_from" > "$stamp"
 fi
 
 # npm -------------------------------------------------------------------------------

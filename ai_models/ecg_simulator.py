@@ -7,7 +7,10 @@ irregular RR intervals of atrial fibrillation, so a record is assembled beat by 
 
 1. a *template bank*: for a grid of heart rates, one ECGSYN run with P waves and one
    with the P wave's amplitude set to 0, cut at the R peaks into one median beat per
-   lead (one cardiac cycle, ends pulled to the baseline);
+   lead (one cardiac cycle, ends pulled to the baseline).  A run in which too few R
+   peaks are found is cut again against its typical beat, then replaced by runs from
+   sub-seeds derived from the seed (``_template``), so every rate gives a template
+   and the same seed the same one;
 2. R-peak times: sinus rhythm is regular with a respiratory modulation (sinus
    arrhythmia, up to ±6 %) and ±1 % jitter; "atrial fibrillation" draws every RR
    interval independently (log-normal, coefficient of variation 12-30 %) and uses the
@@ -78,11 +81,14 @@ def rate_labels(rhythm: str, heart_rate: float) -> dict[str, bool]:
             "tachycardia": heart_rate > TACHYCARDIA_ABOVE}
 
 
-def _ecgsyn(rate: float, with_p: bool, seed: int) -> np.ndarray:
-    """One neurokit2 multileads run, (12, samples) at SAMPLING_RATE."""
+def _ecgsyn(rate: float, with_p: bool, seed: int, duration: float | None = None
+            ) -> np.ndarray:
+    """One neurokit2 multileads run, (12, samples) at SAMPLING_RATE: by default long
+    enough for about nine beats (at least 6 s)."""
     import neurokit2 as nk  # heavy import; only the simulator needs it
 
-    duration = max(6.0, 9 * 60.0 / rate)
+    if duration is None:
+        duration = max(6.0, 9 * 60.0 / rate)
     ai = _ECGSYN_AI if with_p else (0.0, *_ECGSYN_AI[1:])
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -105,20 +111,53 @@ def _r_peaks(lead: np.ndarray, rr: float) -> np.ndarray:
     return np.asarray(peaks, dtype=np.int64)
 
 
+def _r_peaks_typical(lead: np.ndarray, rr: float) -> np.ndarray:
+    """R peaks of lead I against the *typical* beat rather than the tallest one.
+
+    neurokit2 integrates ECGSYN with an adaptive step that nothing bounds, and at low
+    rates, where the R wave is a narrow spike on a long cycle, a step can cut one R
+    wave short and catch another near its top: the R waves of one strip then differ
+    up to threefold, and a level relative to the tallest one hides the others.  The
+    step sizes depend on floating-point detail, so which seeds are hit may differ
+    between machines.  Here the level is half the median height of the strip's
+    expected number of tallest local maxima (one per RR interval), which one or two
+    outliers cannot move much."""
+    x = lead - np.median(lead)
+    gap = int(0.6 * rr * SAMPLING_RATE)
+    half = gap // 2
+    window = np.lib.stride_tricks.sliding_window_view(
+        np.pad(x, half, constant_values=-np.inf), 2 * half + 1)
+    candidates = np.flatnonzero((x == window.max(axis=1)) & (x > 0))
+    if len(candidates) == 0:
+        return np.zeros(0, dtype=np.int64)
+    expected = max(1, int(len(x) / (rr * SAMPLING_RATE)))
+    tallest = np.sort(x[candidates])[::-1][:expected]
+    level = 0.5 * float(np.median(tallest))
+    peaks: list[int] = []
+    for i in candidates[x[candidates] > level]:
+        if not peaks or i - peaks[-1] >= gap:
+            peaks.append(int(i))
+    return np.asarray(peaks, dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class Template:
     beat: np.ndarray  # (12, samples) one cycle, ends at 0
     r_index: int  # sample of the R peak inside ``beat``
 
 
-def _template(rate: float, with_p: bool, seed: int) -> Template:
-    sig = _ecgsyn(rate, with_p, seed)
+#: ECGSYN runs tried for one template (the seed's own, then derived sub-seeds).
+TEMPLATE_TRIES = 6
+
+
+def _cut(sig: np.ndarray, peaks: np.ndarray, rate: float) -> Template | None:
+    """The median beat of the complete cycles around ``peaks`` (never the first or
+    last peak), or None when fewer than two such cycles are in ``sig``."""
     rr = 60.0 / rate
-    peaks = _r_peaks(sig[0], rr)
     pre, length = round(0.45 * rr * SAMPLING_RATE), round(rr * SAMPLING_RATE)
     usable = [p for p in peaks[1:-1] if p - pre >= 0 and p - pre + length <= sig.shape[1]]
     if len(usable) < 2:
-        raise RuntimeError(f"ECGSYN at {rate}/min gave too few beats to cut a template")
+        return None
     beats = np.stack([sig[:, p - pre:p - pre + length] for p in usable])
     beat = np.median(beats, axis=0)
     # Pull both ends to 0 (a linear ramp), so overlap-added beats join on the baseline.
@@ -127,6 +166,39 @@ def _template(rate: float, with_p: bool, seed: int) -> Template:
     ramp = np.linspace(0.0, 1.0, length)
     beat = beat - (start[:, None] + (end - start)[:, None] * ramp[None, :])
     return Template(beat=beat, r_index=pre)
+
+
+def _sub_seed(seed: int, attempt: int) -> int:
+    """The ECGSYN seed of a template's ``attempt``-th retry, derived from its seed
+    alone (the same on every machine and in every process)."""
+    return int(np.random.SeedSequence([seed, attempt]).generate_state(1)[0])
+
+
+def _template(rate: float, with_p: bool, seed: int) -> Template:
+    """One template, reproducible from ``seed``.
+
+    The first ECGSYN run (``seed`` itself) is cut at the R peaks above 60 % of the
+    tallest one, as it always was, so every template that was cut that way is
+    unchanged.  When that gives fewer than two complete cycles, the same run is cut
+    at the peaks found against the typical beat (see ``_r_peaks_typical``); if that
+    fails too, runs with sub-seeds derived from ``seed`` (``_sub_seed``), each a few
+    beats longer, are cut the same way.  Only when all TEMPLATE_TRIES runs fail is
+    there an error."""
+    rr = 60.0 / rate
+    sig = _ecgsyn(rate, with_p, seed)
+    template = _cut(sig, _r_peaks(sig[0], rr), rate)
+    if template is None:
+        template = _cut(sig, _r_peaks_typical(sig[0], rr), rate)
+    attempt = 1
+    while template is None and attempt < TEMPLATE_TRIES:
+        sig = _ecgsyn(rate, with_p, _sub_seed(seed, attempt),
+                      duration=max(6.0, (9 + 3 * attempt) * rr))
+        template = _cut(sig, _r_peaks_typical(sig[0], rr), rate)
+        attempt += 1
+    if template is None:
+        raise RuntimeError(f"ECGSYN at {rate}/min gave too few beats to cut a template in "
+                           f"{TEMPLATE_TRIES} runs (seed {seed})")
+    return template
 
 
 class TemplateBank:
