@@ -88,6 +88,7 @@ def analyze(ecg: Ecg12) -> Analysis:
         "sampling_rate_hz": ecg.sampling_rate,
         "duration_s": round(ecg.duration_s, 3),
         "derived_leads": list(ecg.derived_leads),
+        "reader_warnings": list(ecg.warnings),
     }
     return Analysis(
         quality=quality, measurements=measurements, statements=tuple(statements),

@@ -258,7 +258,19 @@ def interpret(
         out.append(Statement("poor_quality", f"Signal quality {quality.grade}",
                              {"problems": list(quality.problems),
                               "confidence": quality.confidence}))
-    out += _rhythm(m)
+    if quality.rhythm_reliable:
+        out += _rhythm(m)
+    else:
+        # Spikes, clipping and dropouts pass for beats or pauses: no rhythm, regularity or
+        # rate statement is made from RR intervals that may belong to the artefact.
+        out.append(Statement(
+            "rhythm_not_assessable",
+            f"Rhythm not assessable: artefact in {quality.artefact_fraction:.0%} of the "
+            "record; repeat the ECG",
+            {"artefact_fraction": quality.artefact_fraction,
+             "artefact_intervals_s": quality.artefact_intervals_s(),
+             "heart_rate_bpm_unreliable": m.heart_rate_bpm},
+        ))
     out += _conduction(m)
     out += _lvh(m, sex)
     out += _long_qt(m, sex)

@@ -8,7 +8,7 @@ written once, against the standard lead order and millivolts.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -60,6 +60,9 @@ class Ecg12:
     patient_age_years: float | None = None
     source_format: str = "unknown"
     derived_leads: tuple[str, ...] = field(default_factory=tuple)
+    #: What the reader assumed on the file's behalf (a documented default for an absent
+    #: optional field); the analysis stores them so the ECG page can show them.
+    warnings: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         if self.leads.ndim != 2 or self.leads.shape[0] != len(LEADS):
@@ -99,24 +102,33 @@ class Ecg12:
 
 
 def assemble(
-    leads: Mapping[str, npt.ArrayLike],
+    leads: Mapping[str, npt.ArrayLike] | Iterable[tuple[str, npt.ArrayLike]],
     sampling_rate: float,
     **metadata: object,
 ) -> Ecg12:
-    """Build an :class:`Ecg12` from leads keyed by any label :func:`canonical_lead_name` knows.
+    """Build an :class:`Ecg12` from leads labelled as :func:`canonical_lead_name` knows.
 
+    ``leads`` is a mapping or, from readers, the file's (label, samples) pairs in channel
+    order, so that a label used twice is seen rather than silently overwritten.
     Missing limb leads are derived from I and II (Einthoven/Goldberger identities), which is
     how 8-channel recorders store them; the derived names are listed in ``derived_leads``.
     Raises :class:`MissingLeads` when I, II or any of V1-V6 is absent, and
     :class:`InconsistentWaveform` when leads differ in length or a lead appears twice.
     """
+    pairs = list(leads.items()) if isinstance(leads, Mapping) else list(leads)
     by_name: dict[str, npt.NDArray[np.float64]] = {}
-    for label, values in leads.items():
+    first: dict[str, tuple[int, str]] = {}
+    for position, (label, values) in enumerate(pairs):
         name = canonical_lead_name(label)
         if name is None:
             continue
-        if name in by_name:
-            raise InconsistentWaveform(f"lead {name} appears twice (as {label!r})")
+        if name in first:
+            where, earlier = first[name]
+            raise InconsistentWaveform(
+                f"lead {name} appears twice: channel {where + 1} ({earlier!r}) and channel "
+                f"{position + 1} ({label!r}); refusing rather than guessing which one is {name}"
+            )
+        first[name] = (position, label)
         by_name[name] = np.asarray(values, dtype=np.float64).reshape(-1)
     lengths = {name: len(v) for name, v in by_name.items()}
     if len(set(lengths.values())) > 1:

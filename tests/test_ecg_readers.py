@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -13,12 +14,18 @@ import wfdb
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
+from core.errors import InvalidInput
+from ecg.analyze import analyze
 from ecg.errors import InconsistentWaveform, MissingLeads, NotAnEcg, UnreadableWaveform
 from ecg.readers import read_ecg
+from ecg.readers.dicom import _check_group
 from ecg.signal import LEADS, Ecg12
 
 SAMPLE = get_testdata_file("waveform_ecg.dcm")
 assert SAMPLE is not None
+#: Real PhysioNet records shared by the team (read in place, never copied).
+ECG_DATA = Path(os.environ.get(
+    "RDC_ECG_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "ecg"))
 
 
 def _sample_ds() -> Dataset:
@@ -241,3 +248,170 @@ def test_aecg_malformed_and_entity_bombs_are_unreadable() -> None:
 def test_too_short_recording_is_refused() -> None:
     with pytest.raises(InconsistentWaveform, match="at least 5 s"):
         read_ecg(_aecg(_signals(n=1000)))
+
+
+# --- Plausible wrong numbers are refused (issue 10, item 6) ------------------------------
+
+def test_dicom_waveform_data_longer_than_declared_is_refused() -> None:
+    # A 13th channel interleaved in the data but not declared: reading the declared 12
+    # channels from the first 240000 bytes shifts every channel by one sample per frame.
+    ds = _sample_ds()
+    group = ds.WaveformSequence[0]
+    raw = np.frombuffer(group.WaveformData, dtype="<i2").reshape(10000, 12)
+    extra = np.column_stack([raw, raw[:, :1]]).astype("<i2")
+    group.WaveformData = extra.tobytes()
+    with pytest.raises(InconsistentWaveform,
+                       match=r"WaveformData has 260000 bytes but 12 channels x 10000 samples "
+                             r"x 2 bytes = 240000 are declared \(20000 bytes too many"):
+        read_ecg(_to_bytes(ds))
+
+
+def test_dicom_waveform_data_may_carry_one_pad_byte() -> None:
+    # An odd length (8-bit samples, odd count) is padded to even; the pad is not data.
+    group = _sample_ds().WaveformSequence[0]
+    group.WaveformData = bytes(group.WaveformData) + b"\x00"
+    assert _check_group(group, 0) == (12, 10000, 1000.0)
+    group.WaveformData = bytes(group.WaveformData) + b"\x00"
+    with pytest.raises(InconsistentWaveform, match="2 bytes too many"):
+        _check_group(group, 0)
+
+
+def test_dicom_duplicated_lead_label_is_refused() -> None:
+    # Channel 4 (aVR) labelled "Lead I": it used to replace lead I silently, and aVR was
+    # then derived from the wrong lead I.
+    ds = _sample_ds()
+    ds.WaveformSequence[0].ChannelDefinitionSequence[3].ChannelSourceSequence[0].CodeMeaning = (
+        "Lead I")
+    with pytest.raises(InconsistentWaveform,
+                       match=r"lead I appears twice: .*ChannelDefinitionSequence\[0\] and \[3\]"):
+        read_ecg(_to_bytes(ds))
+
+
+def test_dicom_missing_channel_sensitivity_is_refused() -> None:
+    # Without it pydicom takes 1 uV per step instead of the file's 1.25 uV: 20 % low.
+    ds = _sample_ds()
+    del ds.WaveformSequence[0].ChannelDefinitionSequence[5].ChannelSensitivity
+    with pytest.raises(InconsistentWaveform,
+                       match=r"ChannelDefinitionSequence\[5\]: ChannelSensitivity is missing"):
+        read_ecg(_to_bytes(ds))
+
+
+def test_dicom_zero_channel_sensitivity_is_refused() -> None:
+    ds = _sample_ds()
+    ds.WaveformSequence[0].ChannelDefinitionSequence[0].ChannelSensitivity = "0"
+    with pytest.raises(InconsistentWaveform, match="ChannelSensitivity must be > 0"):
+        read_ecg(_to_bytes(ds))
+
+
+def test_dicom_missing_correction_factor_is_a_warning_that_travels() -> None:
+    ds = _sample_ds()
+    for definition in ds.WaveformSequence[0].ChannelDefinitionSequence:
+        del definition.ChannelSensitivityCorrectionFactor
+    ecg = read_ecg(_to_bytes(ds))
+    expected = read_ecg(Path(str(SAMPLE)).read_bytes())
+    np.testing.assert_allclose(ecg.leads, expected.leads)  # the file's factor was 1
+    assert len(ecg.warnings) == 12
+    assert "ChannelSensitivityCorrectionFactor is missing; 1 assumed" in ecg.warnings[0]
+    assert expected.warnings == ()
+    assert analyze(ecg).to_dict()["metadata"]["reader_warnings"] == list(ecg.warnings)
+
+
+def test_wfdb_header_with_more_signal_lines_than_declared_is_the_readers_error(
+        tmp_path: Path) -> None:
+    # wfdb itself fails on this with a raw TypeError (an HTTP 500, a puzzling job error).
+    data = _wfdb_zip(tmp_path, list(LEADS), _signals(), edit_header="rec 8 500 5000")
+    with pytest.raises(InconsistentWaveform,
+                       match="WFDB header declares 8 signals but has 12 signal lines") as info:
+        read_ecg(data, "rec.zip")
+    assert isinstance(info.value, InvalidInput) and info.value.http_status == 422
+
+
+def test_wfdb_header_with_fewer_signal_lines_than_declared_is_refused(tmp_path: Path) -> None:
+    data = _wfdb_zip(tmp_path, list(LEADS), _signals(), edit_header="rec 13 500 5000")
+    with pytest.raises(InconsistentWaveform, match="declares 13 signals but has 12"):
+        read_ecg(data)
+
+
+def _wfdb_zip_with_line(tmp_path: Path, index: int, line: str) -> bytes:
+    """A 12-lead WFDB zip whose header line ``index`` (0: the record line) is replaced."""
+    wfdb.wrsamp("rec", fs=500, units=["mV"] * 12, sig_name=list(LEADS), p_signal=_signals(),
+                fmt=["16"] * 12, write_dir=str(tmp_path))
+    lines = (tmp_path / "rec.hea").read_text().splitlines()
+    lines[index] = line
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        archive.writestr("rec.hea", "\n".join(lines) + "\n")
+        archive.writestr("rec.dat", (tmp_path / "rec.dat").read_bytes())
+    return buf.getvalue()
+
+
+def test_wfdb_unknown_storage_format_is_the_readers_error(tmp_path: Path) -> None:
+    # wfdb raises a bare KeyError('999') for it.
+    data = _wfdb_zip_with_line(tmp_path, 1, "rec.dat 999 200/mV 16 0 0 0 0 I")
+    with pytest.raises(InconsistentWaveform, match="WFDB record 'rec' cannot be decoded"):
+        read_ecg(data)
+
+
+@pytest.mark.parametrize("line", ["rec.dat 16", "rec.dat 16 0/mV 16 0 0 0 0 I",
+                                  "rec.dat 16 -200/mV 16 0 0 0 0 I"])
+def test_wfdb_lead_without_a_gain_is_refused(tmp_path: Path, line: str) -> None:
+    # Missing or zero gain means "uncalibrated": wfdb would invent 200 units per mV.
+    with pytest.raises(InconsistentWaveform, match=r"WFDB signal 1 .*ADC gain is"):
+        read_ecg(_wfdb_zip_with_line(tmp_path, 1, line))
+
+
+def test_wfdb_reader_error_is_an_http_422_in_the_center_app(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastapi.testclient import TestClient
+
+    from core.settings import get_settings
+    from viewer.app import create_app
+
+    monkeypatch.setenv("RDC_HOME", str(tmp_path / "home"))
+    get_settings.cache_clear()
+    try:
+        app = create_app()
+        data = _wfdb_zip(tmp_path, list(LEADS), _signals(), edit_header="rec 8 500 5000")
+
+        @app.get("/test-ecg-read")
+        def read_upload() -> dict[str, str]:
+            read_ecg(data, "rec.zip")
+            return {}
+
+        answer = TestClient(app).get("/test-ecg-read")
+    finally:
+        get_settings.cache_clear()
+    assert answer.status_code == 422
+    assert answer.json() == {"detail": "WFDB header declares 8 signals but has 12 signal lines",
+                             "error": "InconsistentWaveform"}
+
+
+def test_wfdb_duplicated_lead_is_refused(tmp_path: Path) -> None:
+    # aVR's channel labelled I (wfdb itself refuses to write such a header).
+    data = _wfdb_zip_with_line(tmp_path, 4, "rec.dat 16 200(0)/mV 16 0 0 0 0 I")
+    with pytest.raises(InconsistentWaveform,
+                       match=r"lead I appears twice: channel 1 \('I'\) and channel 4 \('I'\)"):
+        read_ecg(data)
+
+
+def test_aecg_duplicated_lead_is_refused() -> None:
+    codes = [f"MDC_ECG_LEAD_{name.upper()}" for name in LEADS]
+    codes[3] = "MDC_ECG_LEAD_I"
+    with pytest.raises(InconsistentWaveform, match="lead I appears twice"):
+        read_ecg(_aecg(_signals(), codes=codes))
+
+
+def test_real_ptb_record_reads_through_the_wfdb_reader() -> None:
+    # PTB s0010_re: 12 standard leads + 3 Frank leads (ignored) at 1000 Hz, read from the
+    # shared data folder (never copied into the project).
+    base = ECG_DATA / "s0010_re"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for suffix in (".hea", ".dat", ".xyz"):
+            archive.writestr(f"s0010_re{suffix}", base.with_suffix(suffix).read_bytes())
+    ecg = read_ecg(buf.getvalue(), "s0010_re.zip")
+    reference = wfdb.rdrecord(str(base))
+    assert ecg.sampling_rate == 1000.0 and ecg.n_samples == 38400
+    assert ecg.derived_leads == () and ecg.warnings == ()
+    assert ecg.patient_sex == "F" and ecg.patient_age_years == 81.0
+    np.testing.assert_allclose(ecg.lead("aVL"), reference.p_signal[:, 4], atol=1e-4)

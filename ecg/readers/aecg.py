@@ -105,7 +105,7 @@ def read_aecg(data: bytes) -> Ecg12:
     if sequence_set is None:
         raise InconsistentWaveform("aECG has no series/component/sequenceSet")
     fs = _sampling_rate(sequence_set)
-    leads: dict[str, np.ndarray] = {}
+    leads: list[tuple[str, np.ndarray]] = []
     codes: list[str] = []
     for sequence in sequence_set.iter(f"{NS}sequence"):
         code_el = sequence.find(f"{NS}code")
@@ -115,7 +115,7 @@ def read_aecg(data: bytes) -> Ecg12:
         codes.append(code)
         name = canonical_lead_name(code) if code.startswith("MDC_ECG_LEAD_") else None
         if name is not None:
-            leads[code] = _lead_values(sequence, code)
+            leads.append((code, _lead_values(sequence, code)))
     if not leads:
         raise NotAnEcg(f"aECG has no MDC_ECG_LEAD_* sequences; found {codes or 'none'}")
     subject = root.find(f".//{NS}trialSubject")

@@ -97,6 +97,15 @@ def _check_group(group: Dataset, index: int) -> tuple[int, int, float]:
             f"{where}: WaveformData has {have} bytes but {channels} channels x {samples} "
             f"samples x {bits // 8} bytes = {need} are declared (truncated?)"
         )
+    if have > need + 1:
+        # More data than declared means the channel count, sample count or sample size is
+        # wrong, and reading the declared layout would de-interleave the channels wrongly.
+        # Only the one pad byte that makes a value's length even is allowed.
+        raise InconsistentWaveform(
+            f"{where}: WaveformData has {have} bytes but {channels} channels x {samples} "
+            f"samples x {bits // 8} bytes = {need} are declared ({have - need} bytes too "
+            "many: the channel count, sample count or bits allocated is wrong)"
+        )
     return channels, samples, fs
 
 
@@ -112,13 +121,34 @@ def _lead_label(definition: Dataset, where: str) -> str | None:
     return name
 
 
-def _unit_factor(definition: Dataset, where: str) -> float:
+def _unit_factor(definition: Dataset, where: str, warnings: list[str]) -> float:
+    """Millivolts per unit of the channel's sensitivity units, after checking that the
+    sensitivity itself is there: without it pydicom silently takes 1 unit per integer step
+    (e.g. 1 uV instead of the file's 1.25 uV, every amplitude 20 % low)."""
     units = definition.get("ChannelSensitivityUnitsSequence") or []
     if not units:
         raise InconsistentWaveform(f"{where}: ChannelSensitivityUnitsSequence is missing")
     code = str(units[0].get("CodeValue", ""))
     if code not in _UNIT_TO_MV:
         raise NotAnEcg(f"{where}: channel units {code!r} are not a voltage")
+    raw = definition.get("ChannelSensitivity")
+    if raw is None or str(raw).strip() == "":
+        raise InconsistentWaveform(
+            f"{where}: ChannelSensitivity is missing, so the stored integers cannot be "
+            f"converted to {code}; refusing rather than assuming 1 {code} per step"
+        )
+    sensitivity = float(raw)
+    if not np.isfinite(sensitivity) or sensitivity <= 0:
+        raise InconsistentWaveform(f"{where}: ChannelSensitivity must be > 0, got {raw!r}")
+    correction = definition.get("ChannelSensitivityCorrectionFactor")
+    if correction is None or str(correction).strip() == "":
+        # Type 1C when ChannelSensitivity is present; 1 is what the sensitivity means
+        # without a calibration correction (PS3.3 C.10.9.1.4.3).
+        warnings.append(f"{where}: ChannelSensitivityCorrectionFactor is missing; 1 assumed")
+    elif not np.isfinite(float(correction)) or float(correction) <= 0:
+        raise InconsistentWaveform(
+            f"{where}: ChannelSensitivityCorrectionFactor must be > 0, got {correction!r}"
+        )
     return _UNIT_TO_MV[code]
 
 
@@ -127,7 +157,8 @@ def read_dicom_ecg(data: bytes) -> Ecg12:
 
     Raises :class:`UnreadableWaveform` for non-DICOM bytes, :class:`NotAnEcg` for other
     waveform SOP classes or non-ECG channels, :class:`InconsistentWaveform` when channel
-    counts, sample counts, data length or sampling frequency disagree.
+    counts, sample counts, data length (exact, one pad byte allowed) or sampling frequency
+    disagree, when a lead is labelled twice, or when a channel has no sensitivity.
     """
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
@@ -143,13 +174,23 @@ def read_dicom_ecg(data: bytes) -> Ecg12:
     group = ds.WaveformSequence[index]
     channels, samples, fs = _check_group(group, index)
 
-    leads: dict[str, np.ndarray] = {}
     factors: list[float] = []
     labels: list[str | None] = []
+    warnings: list[str] = []
+    seen: dict[str, int] = {}
     for c, definition in enumerate(group.ChannelDefinitionSequence):
         where = f"WaveformSequence[{index}].ChannelDefinitionSequence[{c}]"
-        labels.append(_lead_label(definition, where))
-        factors.append(_unit_factor(definition, where))
+        label = _lead_label(definition, where)
+        if label is not None and label in seen:
+            raise InconsistentWaveform(
+                f"lead {label} appears twice: WaveformSequence[{index}]."
+                f"ChannelDefinitionSequence[{seen[label]}] and [{c}] are both labelled "
+                f"{label}; refusing rather than guessing which channel is lead {label}"
+            )
+        if label is not None:
+            seen[label] = c
+        labels.append(label)
+        factors.append(_unit_factor(definition, where, warnings))
     if not any(labels):
         meanings = [
             str((d.get("ChannelSourceSequence") or [Dataset()])[0].get("CodeMeaning", "?"))
@@ -166,11 +207,10 @@ def read_dicom_ecg(data: bytes) -> Ecg12:
             f"WaveformSequence[{index}] decoded to shape {values.shape}, "
             f"expected ({samples}, {channels})"
         )
-    for c, label in enumerate(labels):
-        if label is not None:
-            leads[label] = values[:, c] * factors[c]
+    leads = [(label, values[:, c] * factors[c])
+             for c, label in enumerate(labels) if label is not None]
     return assemble(
-        leads, fs,
+        leads, fs, warnings=tuple(warnings),
         patient_id=str(ds.get("PatientID", "")) or None,
         acquisition_time=_datetime(ds),
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")) or None,

@@ -17,25 +17,35 @@ import numpy as np
 import wfdb
 
 from ecg.errors import InconsistentWaveform, UnreadableWaveform
-from ecg.signal import Ecg12, assemble
+from ecg.signal import Ecg12, assemble, canonical_lead_name
 
 _UNIT_TO_MV: dict[str, float] = {"mv": 1.0, "uv": 1e-3, "μv": 1e-3, "µv": 1e-3, "v": 1e3}
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
+def _specification_lines(header: str) -> list[str]:
+    """The header's non-empty, non-comment lines: the record line, then one per signal."""
+    lines = [line.strip() for line in header.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
 def _record_line(header: str) -> list[str]:
-    for line in header.splitlines():
-        stripped = line.strip()
-        if stripped and not stripped.startswith("#"):
-            return stripped.split()
-    raise UnreadableWaveform("WFDB header has no record line")
+    lines = _specification_lines(header)
+    if not lines:
+        raise UnreadableWaveform("WFDB header has no record line")
+    return lines[0].split()
 
 
 def _check_header(header: str) -> tuple[str, int, float, int | None]:
     fields = _record_line(header)
     if len(fields) < 2 or not fields[1].isdigit():
         raise UnreadableWaveform(f"WFDB record line is malformed: {' '.join(fields)!r}")
-    name = fields[0].split("/")[0]
+    if "/" in fields[0]:
+        raise UnreadableWaveform(
+            f"WFDB record {fields[0]!r} is a multi-segment record; send a single-segment "
+            "record (one .hea and its signal files)"
+        )
+    name = fields[0]
     n_sig = int(fields[1])
     if len(fields) < 3:
         raise InconsistentWaveform("WFDB header gives no sampling frequency")
@@ -49,14 +59,35 @@ def _check_header(header: str) -> tuple[str, int, float, int | None]:
     if not np.isfinite(fs) or fs <= 0:
         raise InconsistentWaveform(f"WFDB sampling frequency must be > 0 Hz, got {fields[2]!r}")
     n_samples = int(fields[3]) if len(fields) > 3 and fields[3].isdigit() else None
-    signal_lines = [
-        ln for ln in header.splitlines()[1:] if ln.strip() and not ln.lstrip().startswith("#")
-    ]
-    if len(signal_lines) < n_sig:
+    signal_lines = _specification_lines(header)[1:]
+    if len(signal_lines) != n_sig:
+        # wfdb reads the first n_sig lines and then fails on the rest with a raw TypeError
+        # (or, with fewer lines, reads fewer signals than declared).
         raise InconsistentWaveform(
             f"WFDB header declares {n_sig} signals but has {len(signal_lines)} signal lines"
         )
+    for number, line in enumerate(signal_lines, start=1):
+        _check_gain(line.split(), number)
     return name, n_sig, fs, n_samples
+
+
+def _check_gain(fields: list[str], number: int) -> None:
+    """An ECG lead must state its ADC gain: WFDB takes a missing or zero gain to mean
+    "uncalibrated" and wfdb then assumes 200 units per mV, a plausible but invented scale."""
+    label = " ".join(fields[8:])
+    if label and canonical_lead_name(label) is None:
+        return  # not a lead the analysis reads
+    where = f"WFDB signal {number} ({label or 'no description'})"
+    gain_text = re.split(r"[(/]", fields[2])[0] if len(fields) > 2 else ""
+    try:
+        gain = float(gain_text) if gain_text else 0.0
+    except ValueError as exc:
+        raise InconsistentWaveform(f"{where}: ADC gain {fields[2]!r} is not a number") from exc
+    if not np.isfinite(gain) or gain <= 0:
+        raise InconsistentWaveform(
+            f"{where}: ADC gain is {'missing' if not gain_text else repr(fields[2])}, so its "
+            "samples cannot be converted to millivolts (WFDB would assume 200 per mV)"
+        )
 
 
 def read_wfdb_record(header: bytes, files: Mapping[str, bytes]) -> Ecg12:
@@ -86,8 +117,14 @@ def read_wfdb_record(header: bytes, files: Mapping[str, bytes]) -> Ecg12:
         except FileNotFoundError as exc:
             missing = Path(str(exc.filename)).name
             raise UnreadableWaveform(f"WFDB signal file missing: {missing}") from exc
-        except (ValueError, IndexError, OSError) as exc:
-            raise InconsistentWaveform(f"WFDB record {name!r} cannot be decoded: {exc}") from exc
+        except (ValueError, IndexError, KeyError, TypeError, AttributeError, ZeroDivisionError,
+                OverflowError, OSError) as exc:
+            # wfdb parses untrusted text: whatever it trips over is the file's fault, and
+            # must reach the user as the reader's error (HTTP 422, a clear job failure),
+            # not as a Python exception.
+            raise InconsistentWaveform(
+                f"WFDB record {name!r} cannot be decoded: {type(exc).__name__}: {exc}"
+            ) from exc
     signals = record.p_signal
     if signals is None or signals.ndim != 2 or signals.shape[1] != n_sig:
         raise InconsistentWaveform(f"WFDB record {name!r} decoded to no {n_sig}-signal array")
@@ -96,12 +133,17 @@ def read_wfdb_record(header: bytes, files: Mapping[str, bytes]) -> Ecg12:
             f"WFDB record {name!r}: header declares {n_samples} samples, "
             f"signal files hold {signals.shape[0]} (truncated?)"
         )
-    leads: dict[str, np.ndarray] = {}
+    leads: list[tuple[str, np.ndarray]] = []
     for i, (label, unit) in enumerate(zip(record.sig_name, record.units, strict=True)):
+        if canonical_lead_name(str(label)) is None:
+            # Frank leads (vx, vy, vz), respiration, ...: assemble ignores them, but they
+            # keep their place so a duplicated lead is reported by its channel number.
+            leads.append((str(label), signals[:, i]))
+            continue
         factor = _UNIT_TO_MV.get(str(unit).strip().lower())
         if factor is None:
             raise InconsistentWaveform(f"WFDB signal {label!r} has non-voltage unit {unit!r}")
-        leads[str(label)] = signals[:, i] * factor
+        leads.append((str(label), signals[:, i] * factor))
     age: float | None = None
     sex: str | None = None
     for comment in record.comments or []:
