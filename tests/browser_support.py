@@ -6,10 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyotp
 import pytest
 
 from conftest import REPO, Center, wait_port
@@ -111,3 +114,34 @@ def collect_errors(page: Any) -> list[str]:
     page.on("console", on_console)
     page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
     return errors
+
+
+class Codes:
+    """Fresh TOTP codes for one account's successive sign-ins.  The server takes the code
+    of the current step or the next one, each step once (no replay), so a second sign-in
+    within the same 30 s uses the next step's code, and a third waits for the clock."""
+
+    def __init__(self, uri: str) -> None:
+        totp = pyotp.parse_uri(uri)
+        assert isinstance(totp, pyotp.TOTP), uri
+        self.totp, self.last = totp, -1
+
+    def next(self) -> str:
+        while True:
+            current = self.totp.timecode(datetime.now(UTC))
+            step = max(self.last + 1, current)
+            if step <= current + 1:
+                self.last = step
+                return str(self.totp.generate_otp(step))
+            time.sleep(1)
+
+
+def sign_in(page: Any, username: str, codes: Codes, prefix: str = "login") -> None:
+    """Fill and submit the sign-in form (``prefix`` ``reauth``: the dialog over a page,
+    whose username is already there)."""
+    page.get_by_test_id(f"{prefix}-form").wait_for(state="visible")
+    if prefix == "login":
+        page.get_by_test_id("login-username").fill(username)
+    page.get_by_test_id(f"{prefix}-password").fill(PASSWORD)
+    page.get_by_test_id(f"{prefix}-totp").fill(codes.next())
+    page.get_by_test_id(f"{prefix}-submit").click()

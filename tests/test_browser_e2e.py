@@ -4,10 +4,11 @@ Nothing here is a stand-in: Orthanc, the gateway, a Celery worker (routing, AI i
 delivery) and the web app (``python -m rdc web``) run as processes; a DCMTK ``storescp``
 plays the county PACS that receives the signed results.  A chest CT phantom (the one
 ``rdc demo`` sends, with a planted nodule) arrives over C-STORE and gets its AI pre-read.
-Then Debian's Chromium, driven by Playwright, signs in with password + TOTP, opens the
-worklist and the study, checks that the image really rendered (non-blank canvas pixels),
-changes the window, accepts an AI finding, fills and signs the report, and sees its
-delivery.  Each step leaves a screenshot in ``var/screenshots/e2e-<nn>-<step>.png``.
+Then Debian's Chromium, driven by Playwright, starts at the home URL, signs in with
+password + TOTP, opens the worklist and the study, checks that the image really rendered
+(non-blank canvas pixels), changes the window, accepts an AI finding, fills and signs the
+report, and sees its delivery.  Each step leaves a screenshot in
+``var/screenshots/e2e-<nn>-<step>.png``.
 
 Missing pieces fail loudly, never skip (see tests/test_frontend_smoke.py).
 """
@@ -143,8 +144,8 @@ def test_read_and_sign_a_ct_in_the_browser(e2e: E2E, browser: Any) -> None:
     problems: list[str] = []
     shot = Shots(page, "e2e")
 
-    # 1. Sign in with password + TOTP.
-    page.goto(f"{e2e.url}/#/login")
+    # 1. Sign in with password + TOTP, from the home URL.
+    page.goto(f"{e2e.url}/")
     page.wait_for_selector("[data-testid=login-form]", state="visible")
     page.get_by_test_id("login-username").fill(READER)
     page.get_by_test_id("login-password").fill(PASSWORD)
@@ -166,6 +167,7 @@ def test_read_and_sign_a_ct_in_the_browser(e2e: E2E, browser: Any) -> None:
             f"worklist error: {page.get_by_test_id('worklist-error').all_inner_texts()}; "
             f"console: {errors}") from None
     assert page.get_by_test_id("current-user").inner_text() == "Dr E2E"
+    assert page.evaluate("() => window.location.hash") == "#/worklist"
     assert row.get_by_test_id("worklist-patient").inner_text().strip()
     assert row.get_by_test_id("worklist-status").inner_text() == "unread"
     shot("worklist")
@@ -180,6 +182,10 @@ def test_read_and_sign_a_ct_in_the_browser(e2e: E2E, browser: Any) -> None:
         "() => document.querySelector('[data-testid=viewport-position]').textContent"
         f" === 'Im {SLICES // 2 + 1} / {SLICES}'")
     shot("study-rendered")
+    # Take it: the header says so (signing gives it back, below).
+    page.get_by_test_id("study-claim").click()
+    page.wait_for_function("() => document.querySelector('[data-testid=study-claimed-by]')"
+                           f".textContent === 'claimed by {READER}'")
     # The series list's thumbnail is an <img> of the proxied WADO-RS /rendered resource.
     # It does not block reading, so a broken one is recorded and the flow goes on.
     thumb = page.locator("[data-testid=series-item][data-kind=image] img").first
@@ -248,6 +254,9 @@ def test_read_and_sign_a_ct_in_the_browser(e2e: E2E, browser: Any) -> None:
     # 6. Fill the report: the template's technique has a {{placeholder}} to replace.
     technique = page.get_by_test_id("report-field-technique")
     technique.wait_for()
+    # Opening the study and reviewing its findings stored no report: the first save does.
+    with c.db.session() as s:
+        assert s.scalar(select(ReportVersion)) is None
     assert "{{" in technique.input_value(), technique.input_value()
     assert page.get_by_test_id("report-state").inner_text() == "draft"
     technique.fill(TECHNIQUE)
@@ -284,6 +293,19 @@ def test_read_and_sign_a_ct_in_the_browser(e2e: E2E, browser: Any) -> None:
     assert not page.get_by_test_id("report-sign").is_visible()
     assert page.get_by_test_id("report-addendum").is_visible()
     assert page.get_by_test_id("report-field-findings").get_attribute("readonly") is not None
+    # What the report was signed on is read-only now: the AI findings' review controls,
+    # and the API answers 409 (a change needs an addendum); the claim is released.
+    page.wait_for_function("() => [...document.querySelectorAll("
+                           "'[data-testid=ai-finding-accept], [data-testid=ai-finding-reject]')]"
+                           ".every(b => b.disabled)")
+    csrf = page.request.get(f"{e2e.url}/api/auth/me").json()["csrf_token"]
+    refused = page.request.post(f"{e2e.url}/api/ai-findings/{fid}/review",
+                                headers={"X-CSRF-Token": csrf}, data={"decision": "rejected"})
+    assert refused.status == 409 and "addendum" in refused.json()["detail"], refused.text()
+    assert _finding_review(c, fid) == "accepted"
+    with c.db.session() as s:
+        study = s.get(Study, e2e.study_id)
+        assert study is not None and study.claimed_by is None
     shot("signed")
 
     # 8. The delivery to the county site shows as sent (or committed).

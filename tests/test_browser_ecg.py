@@ -4,10 +4,12 @@ Nothing here is a stand-in: Orthanc, the gateway, a Celery worker (routing, the 
 analysis, delivery) and the web app (``python -m rdc web``) run as processes; a DCMTK
 ``storescp`` plays the county PACS that receives the signed results.  pydicom's 12-lead
 ``waveform_ecg.dcm`` arrives over C-STORE and gets its automatic analysis.  Then Debian's
-Chromium, driven by Playwright, signs in as a cardiologist, finds the ECG in the ECG
-queue, opens it, checks that the tracing really rendered (non-blank canvas pixels), uses
-the calipers, edits a statement (the database row changes), fills and signs the ECG
-report and sees its delivery.  Each step leaves ``var/screenshots/ecg-<nn>-<step>.png``.
+Chromium, driven by Playwright, starts at the home URL, signs in as a cardiologist, opens
+the ECG from the main worklist (it goes to the ECG screen, with the ECG model's findings),
+finds it in the ECG queue, opens it, checks that the tracing really rendered (non-blank
+canvas pixels), uses the calipers, edits a statement (the database row changes), fills
+and signs the ECG report and sees its delivery.  Each step leaves
+``var/screenshots/ecg-<nn>-<step>.png``.
 
 Missing pieces fail loudly, never skip (see tests/test_frontend_smoke.py).
 """
@@ -37,7 +39,7 @@ from browser_support import (
     stop,
 )
 from conftest import SENDER_AE, Center, free_port, wait_until
-from core.models import Delivery, ECGAnalysis, ReportVersion, Study
+from core.models import AIFinding, Delivery, ECGAnalysis, Report, ReportVersion, Study
 from pacs_gateway.dcmtk import start_storescp, storescu
 from viewer.accounts import add_user
 
@@ -69,11 +71,15 @@ class EcgCenter:
 
 
 def _analysis(c: Center, study_uid: str) -> tuple[int, int] | None:
+    """The ECG's analysis and study, once the ECG model's findings are there too."""
     with c.db.session() as s:
         found = s.execute(select(ECGAnalysis.id, Study.id)
                           .join(Study, Study.id == ECGAnalysis.study_id)
                           .where(Study.study_uid == study_uid)).first()
-        return (int(found[0]), int(found[1])) if found is not None else None
+        if found is None or s.scalar(select(AIFinding.id).where(
+                AIFinding.study_id == found[1]).limit(1)) is None:
+            return None
+        return int(found[0]), int(found[1])
 
 
 @pytest.fixture
@@ -99,7 +105,8 @@ def ecg_center(center: Center, tmp_path: Path) -> Iterator[EcgCenter]:
         assert sent.succeeded, sent.output[-2000:]
         try:
             ecg_id, study_id = wait_until(lambda: _analysis(c, study_uid), 300,
-                                          "the ECG's ECGAnalysis row", interval=1.0)
+                                          "the ECG's ECGAnalysis row and its AI findings",
+                                          interval=1.0)
         except AssertionError as e:
             raise AssertionError(f"{e}\n{c.logs()}") from None
 
@@ -135,8 +142,8 @@ def test_read_and_sign_an_ecg_in_the_browser(ecg_center: EcgCenter, browser: Any
     errors = collect_errors(page)
     shot = Shots(page, "ecg")
 
-    # 1. Sign in as the cardiologist (password + TOTP).
-    page.goto(f"{e.url}/#/login")
+    # 1. Sign in as the cardiologist (password + TOTP), from the home URL.
+    page.goto(f"{e.url}/")
     page.wait_for_selector("[data-testid=login-form]", state="visible")
     page.get_by_test_id("login-username").fill(CARDIOLOGIST)
     page.get_by_test_id("login-password").fill(PASSWORD)
@@ -146,7 +153,34 @@ def test_read_and_sign_an_ecg_in_the_browser(ecg_center: EcgCenter, browser: Any
     page.get_by_test_id("login-submit").click()
     page.get_by_test_id("current-user").wait_for()
 
-    # 2. The ECG queue shows the ECG.
+    # 2. Opened from the main worklist, the ECG goes to the ECG screen (never to the
+    # image viewer), with the ECG model's findings beside the rule statements.
+    wl_row = page.locator(f"[data-testid=worklist-row][data-study-id='{e.study_id}']")
+    wl_row.wait_for()
+    assert wl_row.get_by_test_id("worklist-status").inner_text() == "unread"
+    wl_row.get_by_test_id("worklist-open").click()
+    page.wait_for_function(f"() => window.location.hash === '#/ecg/{e.ecg_id}'")
+    try:
+        page.wait_for_selector("[data-testid=ecg-canvas][data-rendered=true]", timeout=60_000)
+    except Exception:
+        shot("worklist-open-failed")
+        raise AssertionError(
+            f"the ECG opened from the worklist did not render; url {page.url}; errors: "
+            f"{page.get_by_test_id('ecg-error').all_inner_texts()}; console: {errors}") from None
+    assert page.get_by_test_id("viewport").count() == 0
+    ai = page.get_by_test_id("ecg-ai-finding")
+    ai.first.wait_for()
+    with c.db.session() as s:
+        labels = set(s.scalars(select(AIFinding.label).where(AIFinding.study_id == e.study_id)))
+    assert {ai.nth(i).get_attribute("data-label") for i in range(ai.count())} == labels
+    assert "ecg-rhythm@" in page.get_by_test_id("ecg-ai-findings").inner_text()
+    assert page.get_by_test_id("ecg-statement").count() >= 1
+    shot("from-worklist")
+    # Opening it stored no report: the study stays unread until the first save.
+    with c.db.session() as s:
+        assert s.scalar(select(Report)) is None
+
+    # The ECG queue shows the ECG too.
     page.get_by_test_id("nav-ecg").click()
     row = page.locator(f"[data-testid=ecg-row][data-ecg-id='{e.ecg_id}']")
     try:
@@ -241,6 +275,21 @@ def test_read_and_sign_an_ecg_in_the_browser(ecg_center: EcgCenter, browser: Any
             f"{page.get_by_test_id('sign-error').all_inner_texts()}; report error: "
             f"{page.get_by_test_id('report-error').all_inner_texts()}; console: {errors}",
         ) from None
+    # Signed: what the report was signed on is read-only, and the API refuses a change
+    # (409: it needs an addendum).
+    page.get_by_test_id("ecg-locked").wait_for(state="visible")
+    assert page.get_by_test_id("ecg-save").is_disabled()
+    assert page.get_by_test_id("ecg-statement-add").is_disabled()
+    assert page.get_by_test_id("ecg-statement-text").first.get_attribute("readonly") is not None
+    assert all(page.get_by_test_id("ecg-ai-accept").nth(i).is_disabled()
+               for i in range(page.get_by_test_id("ecg-ai-accept").count()))
+    csrf = page.request.get(f"{e.url}/api/auth/me").json()["csrf_token"]
+    refused = page.request.put(
+        f"{e.url}/api/ecg/{e.ecg_id}", headers={"X-CSRF-Token": csrf},
+        data={"measurements": {"heart_rate_bpm": 130},
+              "statements": [{"code": "stemi", "text": "Anterior STEMI", "critical": True}]})
+    assert refused.status == 409 and "addendum" in refused.json()["detail"], refused.text()
+    assert _row(c, e.ecg_id)[0] == after
     shot("signed")
 
     # 6. The delivery to the county site shows as sent (or committed).

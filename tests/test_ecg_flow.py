@@ -158,10 +158,23 @@ def test_the_ecg_report_is_prefilled_and_its_pdf_shows_the_tracing(live: Center,
     fields = api.get(f"/api/reports/{report['id']}").json()["versions"][0]["fields"]
     assert fields["interpretation"] == "Sinus rhythm\nFirst-degree AV block"
     assert fields["rhythm"] == "Sinus rhythm"
+    assert api.post(f"/api/studies/{study_id}/claim").json()["claimed_by"] == "dr.heart"
     r = api.post(f"/api/reports/{report['id']}/sign",
                  json={"passphrase": "correct horse battery"})
     assert r.status_code == 200, r.text
     pdf_uid = r.json()["versions"][0]["pdf_sop_uid"]
+    # Signed: the study is nobody's any more, and the ECG it was signed on is frozen.
+    item = api.get("/api/worklist", params={"status": "all"}).json()["items"][0]
+    assert item["status"] == "signed" and item["claimed_by"] is None, item
+    r = api.put(f"/api/ecg/{analysis_id}", json={
+        "measurements": {"heart_rate_bpm": 130.0},
+        "statements": [{"code": "stemi", "text": "Anterior STEMI", "critical": True}]})
+    assert r.status_code == 409, r.text
+    assert "signed" in r.json()["detail"] and "addendum" in r.json()["detail"]
+    with c.db.session() as s:
+        row = s.get(ECGAnalysis, analysis_id)
+        assert row is not None and row.measurements["heart_rate_bpm"] != 130.0
+        assert not row.critical
     with c.orthanc() as client:
         oid = client.find_instance(pdf_uid)
         assert oid is not None

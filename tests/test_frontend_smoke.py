@@ -293,8 +293,12 @@ def _stub_app(static_dir: Path, roles: tuple[str, ...] = ("radiologist",)) -> Fa
         seen["prior_opened"] = True
         return prior
 
-    @app.post("/api/studies/1/report", status_code=201)
+    @app.get("/api/studies/1/report")
     def get_report() -> dict[str, Any]:
+        return report
+
+    @app.post("/api/studies/1/report", status_code=201)
+    def create_report() -> dict[str, Any]:
         return report
 
     @app.put("/api/reports/3/draft")

@@ -129,5 +129,28 @@ def test_decisions_after_the_draft_exists_update_its_findings(db: Database) -> N
         assert "Heart size normal." in text  # the reader's own words stay
         service.current_version(s, report).state = "final"
         s.flush()
-        service.review_finding(s, pneumothorax.id, "accepted", "dr.li")
+        # Signed: the findings it was signed on stay as they are, until an addendum.
+        with pytest.raises(Conflict, match=r"signed .*start an addendum"):
+            service.review_finding(s, pneumothorax.id, "accepted", "dr.li")
+        assert pneumothorax.review == "rejected"
         assert "pneumothorax" not in service.current_version(s, report).fields["findings"]
+        service.add_addendum(s, report.id, {}, "dr.li")
+        service.review_finding(s, pneumothorax.id, "accepted", "dr.li")
+        assert "pneumothorax" in service.current_version(s, report).fields["findings"]
+
+
+def test_a_report_is_stored_from_its_first_save(db: Database) -> None:
+    study_id = _study_with_findings(db)
+    with db.session() as s:
+        template, fields = service.preview_report(s, study_id)
+        assert template.id == "cr-chest" and "pneumothorax" in fields["findings"]
+        assert service.study_report(s, study_id) is None
+        assert s.query(Report).count() == 0
+        report = service.create_report(s, study_id, "dr.li", fields={"impression": "Normal."},
+                                       state="preliminary")
+        version = service.current_version(s, report)
+        assert version.fields["impression"] == "Normal." and version.state == "preliminary"
+        assert "pneumothorax" in version.fields["findings"]  # the prefill stays under it
+        assert report.state == "preliminary"
+        with pytest.raises(InvalidInput, match="no field"):
+            service.create_report(s, study_id, "dr.li", fields={"bogus": "x"})

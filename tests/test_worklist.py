@@ -1,20 +1,28 @@
 """The worklist's order, filters, paging, claims and site visibility; priors;
-turnaround figures — on real SQLite and PostgreSQL databases."""
+turnaround figures — on real SQLite and PostgreSQL databases.  Over HTTP: opening a
+study stores no report (it stays unread), and a signed report's inputs answer 409."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyotp
 import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 
-from conftest import _create_pg_database, _drop_pg_database
+from conftest import Center, _create_pg_database, _drop_pg_database
 from core.db import Database, get_database
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound
-from core.models import AIFinding, AIResult, Report, ReportVersion, Study, User
+from core.models import AIFinding, AIResult, ECGAnalysis, Report, ReportVersion, Study, User
+from core.settings import get_settings
 from core.sites import SiteSpec, add_site
 from viewer import dashboard, studies, worklist
+from viewer.accounts import add_user
+from viewer.app import create_app
 from viewer.auth import UserContext
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -247,3 +255,158 @@ def test_turnaround_chart_of_one_row_is_readable() -> None:
         assert width >= 600
     assert heights[0] >= 300 and heights[1] >= 300  # was 85 px high with one row
     assert heights[2] > heights[1]
+
+
+# Over HTTP: the report a reader opens, and what a signed report freezes ------------------
+PASSWORD = "a long enough password 1"
+
+
+@dataclass
+class Http:
+    center: Center
+    radiologist: TestClient
+    cardiologist: TestClient
+
+
+@pytest.fixture
+def http(center: Center, monkeypatch: pytest.MonkeyPatch) -> Iterator[Http]:
+    """The web app on the center's database (no Orthanc: the routes here need none) and
+    a signed-in radiologist and cardiologist."""
+    for k, v in center.env.items():
+        if k.startswith("RDC_"):
+            monkeypatch.setenv(k, v)
+    get_settings.cache_clear()
+    center.add_site()
+    clients = []
+    for username, role in (("dr.rad", "radiologist"), ("dr.heart", "cardiologist")):
+        with center.db.session() as s:
+            _, uri = add_user(s, get_settings(), username=username, display_name=username,
+                              password=PASSWORD, roles=[role], all_sites=True, actor="test")
+        api = TestClient(create_app())
+        r = api.post("/api/auth/login", json={"username": username, "password": PASSWORD,
+                                              "totp": pyotp.parse_uri(uri).now()})
+        assert r.status_code == 200, r.text
+        api.headers["X-CSRF-Token"] = r.json()["csrf_token"]
+        clients.append(api)
+    yield Http(center, *clients)
+    get_settings.cache_clear()
+
+
+def _complete_study(c: Center, uid: str, modality: str) -> int:
+    now = datetime.now(UTC)
+    with c.db.session() as s:
+        st = Study(site_id="county-a", study_uid=uid, patient_id="P9", patient_name="DOE^J",
+                   description=f"{modality} study", modalities=[modality], state="complete",
+                   completed_at=now, first_received_at=now, due_at=now + timedelta(hours=4))
+        s.add(st)
+        s.flush()
+        return int(st.id)
+
+
+def _status_of(api: TestClient, study_id: int, status: str = "all") -> str | None:
+    items = api.get("/api/worklist", params={"status": status}).json()["items"]
+    return next((i["status"] for i in items if i["study_id"] == study_id), None)
+
+
+def test_opening_a_study_leaves_it_unread_until_the_reader_saves(http: Http) -> None:
+    c, api = http.center, http.radiologist
+    sid = _complete_study(c, "8.1", "CT")
+    # What the report panel asks when the study opens: the draft it would start from.
+    r = api.get(f"/api/studies/{sid}/report")
+    assert r.status_code == 200, r.text
+    preview = r.json()
+    assert preview["id"] is None and preview["state"] == "draft"
+    assert preview["versions"][0]["number"] == 1 and "findings" in preview["versions"][0]["fields"]
+    assert api.get(f"/api/studies/{sid}/report").json()["id"] is None  # still nothing stored
+    with c.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Report)) == 0
+    # Nobody has read it: it stays in everyone's "unread" filter.
+    assert _status_of(api, sid, "unread") == "unread"
+    assert _status_of(http.cardiologist, sid, "unread") == "unread"
+
+    # The first save creates the report, with the reader's text over the prefill.
+    r = api.post(f"/api/studies/{sid}/report",
+                 json={"fields": {"findings": "Clear lungs."}, "state": "draft"})
+    assert r.status_code == 201, r.text
+    report = r.json()
+    assert isinstance(report["id"], int) and report["versions"][0]["fields"]["findings"] == \
+        "Clear lungs."
+    assert _status_of(api, sid) == "reported" and _status_of(api, sid, "unread") is None
+    # A retried first save changes the same report; the GET now answers it.
+    again = api.post(f"/api/studies/{sid}/report",
+                     json={"fields": {"findings": "Clear lungs. No effusion."},
+                           "state": "preliminary"}).json()
+    assert again["id"] == report["id"] and again["state"] == "preliminary"
+    assert again["versions"][0]["fields"]["findings"] == "Clear lungs. No effusion."
+    assert api.get(f"/api/studies/{sid}/report").json()["id"] == report["id"]
+    with c.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Report)) == 1
+
+
+def _ecg_with_ai_finding(c: Center) -> tuple[int, int, int]:
+    sid = _complete_study(c, "8.2", "ECG")
+    with c.db.session() as s:
+        measurements = {"heart_rate_bpm": 61.0, "pr_ms": 160.0}
+        statements = [{"code": "sinus_rhythm", "text": "Sinus rhythm", "critical": False}]
+        row = ECGAnalysis(study_id=sid, sop_instance_uid="8.2.1.1", series_uid="8.2.1",
+                          analysis_version="1", result={"measurements": measurements},
+                          measurements=measurements, statements=statements, quality="good",
+                          confidence=0.9)
+        result = AIResult(study_id=sid, series_uid="8.2.1", model_name="ecg-rhythm",
+                          model_version="1.0.0", device="cpu", duration_ms=3.0,
+                          sr_sop_uid="8.2.9.1")
+        s.add_all([row, result])
+        s.flush()
+        finding = AIFinding(result_id=result.id, study_id=sid, label="sinus_rhythm",
+                            probability=0.97, threshold=0.5, positive=True, critical=False)
+        s.add(finding)
+        s.flush()
+        return sid, int(row.id), int(finding.id)
+
+
+def test_a_signed_reports_inputs_answer_409_until_an_addendum(http: Http) -> None:
+    c, api = http.center, http.cardiologist
+    sid, ecg_id, finding_id = _ecg_with_ai_finding(c)
+    # The worklist opens a study's ECG on the ECG screen through the queue.
+    found = api.get("/api/ecg/queue", params={"status": "all", "study_id": sid}).json()
+    assert [i["id"] for i in found["items"]] == [ecg_id]
+    detail = api.get(f"/api/ecg/{ecg_id}", params={"tracing": "false"}).json()
+    assert detail["locked"] is None
+    assert [(f["id"], f["model"]) for f in detail["ai_findings"]] == [(finding_id, "ecg-rhythm")]
+
+    report = api.post(f"/api/studies/{sid}/report", json={"fields": {}}).json()
+    with c.db.session() as s:  # as signing leaves it (signing itself: test_ecg_flow.py)
+        version = s.scalar(select(ReportVersion).where(ReportVersion.report_id == report["id"]))
+        assert version is not None
+        version.state, version.signed_by, version.signed_at = "final", "dr.heart", datetime.now(UTC)
+        rep = s.get(Report, report["id"])
+        assert rep is not None
+        rep.state = "final"
+
+    stemi = {"measurements": {"heart_rate_bpm": 130.0},
+             "statements": [{"code": "stemi", "text": "Anterior STEMI", "critical": True}]}
+    r = api.put(f"/api/ecg/{ecg_id}", json=stemi)
+    assert r.status_code == 409, r.text
+    assert "signed" in r.json()["detail"] and "addendum" in r.json()["detail"]
+    r = api.post(f"/api/ai-findings/{finding_id}/review", json={"decision": "rejected"})
+    assert r.status_code == 409, r.text
+    assert "signed" in r.json()["detail"] and "addendum" in r.json()["detail"]
+    with c.db.session() as s:
+        row = s.get(ECGAnalysis, ecg_id)
+        assert row is not None and row.measurements["heart_rate_bpm"] == 61.0
+        assert not row.critical and row.edited_by is None
+        f = s.get(AIFinding, finding_id)
+        assert f is not None and f.review == "unreviewed"
+    locked = api.get(f"/api/ecg/{ecg_id}", params={"tracing": "false"}).json()["locked"]
+    assert locked and "addendum" in locked
+    queue = api.get("/api/ecg/queue", params={"status": "all"}).json()["items"]
+    assert [(i["heart_rate_bpm"], i["critical"]) for i in queue] == [(61.0, False)]
+
+    # An addendum reopens them: the change goes into it.
+    assert api.post(f"/api/reports/{report['id']}/addenda", json={"fields": {}}).status_code \
+        == 201
+    r = api.put(f"/api/ecg/{ecg_id}", json=stemi)
+    assert r.status_code == 200, r.text
+    assert api.post(f"/api/ai-findings/{finding_id}/review",
+                    json={"decision": "rejected"}).status_code == 200
+    assert api.get(f"/api/ecg/{ecg_id}", params={"tracing": "false"}).json()["locked"] is None

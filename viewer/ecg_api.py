@@ -17,6 +17,7 @@ from sqlalchemy import case, func, select
 
 from core import audit
 from core.db import Database, get_database
+from core.errors import Conflict
 from core.models import ECGAnalysis, Report, Site, Study
 from core.orthanc_client import OrthancClient, OrthancError
 from core.reports import service
@@ -26,6 +27,7 @@ from core.states import ReportState
 from ecg.readers import read_ecg
 from ecg.render import tracing_png
 from ecg.signal import LEADS, Ecg12
+from viewer import studies
 from viewer.auth import UserContext, require_roles
 from viewer.worklist import patient_age, patient_sex, visible
 
@@ -66,8 +68,10 @@ def _summary(row: ECGAnalysis, study: Study, site_name: str, report_state: str |
 @router.get("/queue")
 def queue(user: Cardiologist, status: str = "open",
           page: Annotated[int, Query(ge=1)] = 1,
-          page_size: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:
-    """ECGs to read: critical first, then poor quality, then the longest waiting."""
+          page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+          study_id: int | None = None) -> dict[str, Any]:
+    """ECGs to read: critical first, then poor quality, then the longest waiting.
+    ``study_id`` narrows it to one study's ECGs (the worklist opens a study's ECG so)."""
     now = datetime.now(UTC)
     with _db().session() as s:
         q = (select(ECGAnalysis, Study, Site.name, Report.state)
@@ -76,6 +80,8 @@ def queue(user: Cardiologist, status: str = "open",
              .outerjoin(Report, (Report.study_id == Study.id)
                         & (Report.subject_type == "study")))
         q = visible(q, user)
+        if study_id is not None:
+            q = q.where(Study.id == study_id)
         if status == "open":
             q = q.where((Report.id.is_(None)) | (Report.state.not_in(list(SIGNED))))
         elif status != "all":
@@ -157,10 +163,19 @@ def get_ecg(analysis_id: int, user: Cardiologist,
                             "statements": found[0].statements}
         audit.append(s, actor=user.username, action="ecg.view", object_type="ecg_analysis",
                      object_id=str(row.id), detail={"study_id": study.id})
+        try:
+            service.check_inputs_open(s, study.id, "the ECG")
+            locked = None
+        except Conflict as e:
+            locked = str(e)
         out = {**_summary(row, study, site.name if site else "", report_state, now),
                "sop_instance_uid": row.sop_instance_uid, "measurements": row.measurements,
                "statements_full": row.statements, "result": row.result,
-               "previous": previous}
+               "previous": previous,
+               # The ECG model's findings (ecg-rhythm), beside the rule statements.
+               "ai_findings": studies.ai_findings(s, study.id),
+               # Why its measurements, statements and findings are read-only now, or null.
+               "locked": locked}
         sop = row.sop_instance_uid
     if tracing:
         out["tracing"] = _tracing(sop)
@@ -186,6 +201,7 @@ def edit_ecg(analysis_id: int, body: EditIn, user: Cardiologist) -> dict[str, An
     """The cardiologist's corrections; the automatic result is kept unchanged beside."""
     with _db().session() as s:
         row, study = _visible_analysis(s, user, analysis_id)
+        service.check_inputs_open(s, study.id, "the ECG's measurements and statements")
         before = service.prefill_texts(s, study.id)
         changes: dict[str, Any] = {}
         if body.measurements:

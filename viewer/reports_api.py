@@ -66,7 +66,8 @@ class VersionOut(BaseModel):
 
 
 class ReportOut(BaseModel):
-    id: int
+    id: int | None = Field(description="None: not stored yet (a study's report before its "
+                                       "first save).")
     study_id: int | None
     site_id: str
     template: str
@@ -199,13 +200,39 @@ def _signed_pdf(sop_instance_uid: str) -> bytes:
     return pdf_from_dataset(pydicom.dcmread(BytesIO(data)))
 
 
+@router.get("/studies/{study_id}/report")
+def study_report(study_id: int, user: Reader,
+                 template: Annotated[str | None, Query()] = None) -> ReportOut:
+    """The study's report; before its first save, the draft it would start from
+    (``id`` null, nothing stored: opening a study leaves it unread)."""
+    with _db().session() as s:
+        study = get_visible_study(s, user, study_id)
+        report = service.study_report(s, study.id)
+        if report is not None:
+            return _report_out(s, report)
+        tpl, fields = service.preview_report(s, study.id, template)
+        draft = VersionOut(number=1, kind="report", state=ReportState.DRAFT, fields=fields,
+                           author=user.username, signed_by=None, signed_at=None,
+                           hash_algorithm=None, content_hash=None, sr_sop_uid=None,
+                           pdf_sop_uid=None)
+        return ReportOut(id=None, study_id=study.id, site_id=study.site_id,
+                         template=f"{tpl.id}@{tpl.version}", state=ReportState.DRAFT,
+                         versions=[draft])
+
+
 @router.post("/studies/{study_id}/report", status_code=201)
 def create_report(study_id: int, user: Reader,
-                  template: Annotated[str | None, Query()] = None) -> ReportOut:
-    """The study's report; created with a draft from the template if it has none."""
+                  template: Annotated[str | None, Query()] = None,
+                  body: DraftIn | None = None) -> ReportOut:
+    """Start the study's report (its first save): a draft from the template, with the
+    ``fields`` and ``state`` given over it.  When it exists already, the fields given
+    change its current version, as ``PUT /api/reports/{id}/draft`` does."""
     with _db().session() as s:
         get_visible_study(s, user, study_id)
-        return _report_out(s, service.create_report(s, study_id, user.username, template))
+        report = service.create_report(s, study_id, user.username, template,
+                                       fields=body.fields if body else None,
+                                       state=body.state if body else None)
+        return _report_out(s, report)
 
 
 @router.get("/reports/{report_id}")

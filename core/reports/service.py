@@ -196,6 +196,7 @@ def review_finding(session: Session, finding_id: int, decision: str, actor: str)
     finding = session.get(AIFinding, finding_id)
     if finding is None:
         raise NotFound(f"no AI finding {finding_id}")
+    check_inputs_open(session, finding.study_id, "the review of its AI findings")
     finding.review = decision
     audit.append(session, actor=actor, action=f"ai_finding.{decision}", object_type="ai_finding",
                  object_id=str(finding.id), detail={"study_id": finding.study_id,
@@ -226,35 +227,94 @@ def _sync_ai_prefill(session: Session, study_id: int, actor: str) -> None:
     _apply_prefill(session, draft, changed, actor)
 
 
-def create_report(session: Session, study_id: int, actor: str,
-                  template_id: str | None = None) -> Report:
-    """The study's report, created with a first draft from its template if it has none."""
-    study = session.get(Study, study_id)
-    if study is None:
-        raise NotFound(f"no study {study_id}")
-    existing = session.scalar(select(Report).where(Report.subject_type == "study",
-                                                   Report.subject_id == str(study.id)))
-    if existing is not None:
-        return existing
-    template = get_template(template_id) if template_id else \
-        template_for(study.modalities, study.body_part, study.description)
-    report = Report(subject_type="study", subject_id=str(study.id), study_id=study.id,
-                    site_id=study.site_id, template_id=template.id,
-                    template_version=template.version, state=ReportState.DRAFT)
-    session.add(report)
-    session.flush()
+def _initial_fields(session: Session, study: Study, template: Template) -> dict[str, str]:
+    """A first draft's fields: the template's defaults, then what prefills them."""
     fields = {f.key: f.default for f in template.fields}
     for f in template.fields:
         text = _prefill(session, study, f.prefill) if f.prefill else ""
         if text:
             fields[f.key] = text
+    return fields
+
+
+def study_report(session: Session, study_id: int) -> Report | None:
+    """The study's report, if one was started."""
+    return session.scalar(select(Report).where(Report.subject_type == "study",
+                                               Report.subject_id == str(study_id)))
+
+
+def preview_report(session: Session, study_id: int,
+                   template_id: str | None = None) -> tuple[Template, dict[str, str]]:
+    """What a first draft of the study's report would hold now, without storing it.
+
+    Opening a study stores nothing: a report exists from its first save on, so a
+    study nobody wrote a word about stays unread on everyone's worklist."""
+    study = session.get(Study, study_id)
+    if study is None:
+        raise NotFound(f"no study {study_id}")
+    template = get_template(template_id) if template_id else \
+        template_for(study.modalities, study.body_part, study.description)
+    return template, _initial_fields(session, study, template)
+
+
+def create_report(session: Session, study_id: int, actor: str,
+                  template_id: str | None = None, fields: dict[str, str] | None = None,
+                  state: str | None = None) -> Report:
+    """The study's report, created with a first draft from its template if it has none.
+
+    ``fields`` and ``state`` are the reader's first save: they go over the prefilled
+    draft.  When the report exists already (a retried first save), they change its
+    current version as :func:`update_draft` does, which refuses a signed one."""
+    study = session.get(Study, study_id)
+    if study is None:
+        raise NotFound(f"no study {study_id}")
+    existing = study_report(session, study.id)
+    if existing is not None:
+        if fields or state:
+            update_draft(session, existing.id, fields or {}, actor, state)
+        return existing
+    template = get_template(template_id) if template_id else \
+        template_for(study.modalities, study.body_part, study.description)
+    for key, value in (fields or {}).items():
+        template.field(key)
+        if not isinstance(value, str):
+            raise InvalidInput(f"field {key!r} must be text")
+    if state is not None and state not in EDITABLE:
+        raise InvalidInput(f"state must be draft or preliminary here (sign to make it "
+                           f"final), not {state!r}")
+    report = Report(subject_type="study", subject_id=str(study.id), study_id=study.id,
+                    site_id=study.site_id, template_id=template.id,
+                    template_version=template.version, state=state or ReportState.DRAFT)
+    session.add(report)
+    session.flush()
     session.add(ReportVersion(report_id=report.id, number=1, kind="report",
-                              state=ReportState.DRAFT, fields=fields, author=actor))
+                              state=state or ReportState.DRAFT,
+                              fields={**_initial_fields(session, study, template),
+                                      **(fields or {})},
+                              author=actor))
     session.flush()
     audit.append(session, actor=actor, action="report.create", object_type="report",
                  object_id=str(report.id), detail={"study_id": study.id,
-                                                   "template": f"{template.id}@{template.version}"})
+                                                   "template": f"{template.id}@{template.version}",
+                                                   "fields": sorted(fields or {}),
+                                                   "state": state or ReportState.DRAFT})
     return report
+
+
+def check_inputs_open(session: Session, study_id: int, what: str) -> None:
+    """Refuse (409) a change to what a signed report was written from.
+
+    Once the study's report is signed, its AI findings and ECG measurements are what
+    the signature covers; changing them would make the queue contradict the signed
+    report.  An addendum reopens them: while it is a draft, changes go into it."""
+    report = study_report(session, study_id)
+    if report is None:
+        return
+    version = current_version(session, report)
+    if version.state not in EDITABLE:
+        raise Conflict(f"the report of this study is signed (version {version.number}, "
+                       f"{version.state}, by {version.signed_by}): {what} can no longer "
+                       "change; start an addendum to correct the report")
 
 
 def update_draft(session: Session, report_id: int, fields: dict[str, str], actor: str,
@@ -417,12 +477,18 @@ def sign(session: Session, settings: Settings, report_id: int, *, reader_id: str
     version.pdf_sop_uid, version.pdf_series_uid = doc.pdf_sop_uid, doc.pdf_series_uid
     version.updated_at = report.updated_at = _now()
     report.state = ReportState.AMENDED if version.kind == "addendum" else ReportState.FINAL
+    # Read: the study goes back to no one, so that nobody's "assigned to me" keeps it.
+    released = subject.study.claimed_by
+    subject.study.claimed_by, subject.study.claimed_at = None, None
     session.flush()
     audit.append(session, actor=actor, action="report.sign", object_type="report",
                  object_id=str(report.id),
                  detail={"version": version.number, "key_fingerprint": material.key.fingerprint,
                          "algorithm": material.key.algorithm, "content_hash": content_hash,
                          "sr": doc.sr_sop_uid, "pdf": doc.pdf_sop_uid})
+    if released is not None:
+        audit.append(session, actor=actor, action="study.release", object_type="study",
+                     object_id=str(subject.study.id), detail={"reason": "report signed"})
     log.info("report.signed report_id=%s version=%s reader=%s alg=%s", report.id,
              version.number, reader_id, material.key.algorithm)
     return version

@@ -4,6 +4,22 @@
 let csrfToken = null;
 let currentUser = null;
 const unauthorizedListeners = new Set();
+/** (username) => Promise: signs the same person in again over the page (main.js). */
+let reauthenticate = null;
+let pendingReauth = null;
+let lastRequestAt = 0;
+let lastActivityAt = 0;
+let keepaliveTimer = null;
+
+/** A number from localStorage (settings the browser tests shorten), else `fallback`. */
+export function tuning(key, fallback, min = 500) {
+  try {
+    const value = Number(localStorage.getItem(key));
+    return Number.isFinite(value) && value >= min ? value : fallback;
+  } catch {
+    return fallback;
+  }
+}
 
 export class ApiError extends Error {
   constructor(status, detail) {
@@ -31,10 +47,15 @@ function detailText(data, response) {
 
 /**
  * Call the API. Resolves with the parsed JSON (null for 204); rejects with ApiError
- * carrying the server's `detail` message. A 401 on anything but login notifies the
- * app so it can send the user back to the login page.
+ * carrying the server's `detail` message.
+ *
+ * A 401 on anything but sign-in means the session has ended (idle, revoked). While
+ * someone was signed in, a sign-in dialog opens over the page and, once the same person
+ * has signed in again, the request is sent again: nothing typed on the page is lost.
+ * Only if they give up are the listeners told (the app then shows the sign-in page).
+ * `quiet`: a 401 is just an error (the first "who is signed in?" of a page load).
  */
-export async function api(method, path, { body, query } = {}) {
+export async function api(method, path, { body, query, quiet = false, retried = false } = {}) {
   let url = path;
   if (query) {
     const params = new URLSearchParams();
@@ -59,19 +80,89 @@ export async function api(method, path, { body, query } = {}) {
   } catch {
     throw new ApiError(0, 'The server cannot be reached; check the network connection.');
   }
-  if (response.status === 204) return null;
+  if (response.status === 204) {
+    lastRequestAt = Date.now();
+    return null;
+  }
   const type = response.headers.get('content-type') ?? '';
   const data = type.includes('json') ? await response.json().catch(() => null) : null;
   if (!response.ok) {
-    if (response.status === 401 && !path.startsWith('/api/auth/login')) {
-      currentUser = null;
-      csrfToken = null;
-      for (const fn of unauthorizedListeners) fn();
+    const auth = path.startsWith('/api/auth/login') || path.startsWith('/api/auth/logout');
+    if (response.status === 401 && !auth && !quiet) {
+      const who = currentUser;
+      if (who && reauthenticate && !retried) {
+        try {
+          await signInAgain(who);
+        } catch {
+          sessionEnded();
+          throw new ApiError(401, detailText(data, response));
+        }
+        return api(method, path, { body, query, quiet, retried: true });
+      }
+      sessionEnded();
     }
     throw new ApiError(response.status, detailText(data, response));
   }
+  lastRequestAt = Date.now();
   return data;
 }
+
+function sessionEnded() {
+  currentUser = null;
+  csrfToken = null;
+  for (const fn of unauthorizedListeners) fn();
+}
+
+/** One dialog for every request that found the session ended at the same time. */
+function signInAgain(user) {
+  if (!pendingReauth) {
+    pendingReauth = Promise.resolve()
+      .then(() => reauthenticate(user.username))
+      .finally(() => { pendingReauth = null; });
+  }
+  return pendingReauth;
+}
+
+/** How the app signs someone in again over the page (see api()). */
+export function setReauthenticate(fn) {
+  reauthenticate = fn;
+}
+
+/** The reader is working (typing, clicking): keep the session from going idle. */
+export function noteActivity() {
+  lastActivityAt = Date.now();
+}
+
+/**
+ * While the reader works on the page without the page asking the server anything (a
+ * long report being typed), ask `GET /api/auth/me` now and then: every request
+ * refreshes the session's idle timeout (viewer/sessions.py).
+ */
+export function startKeepalive() {
+  if (keepaliveTimer) return;
+  const every = tuning('rdc.keepaliveMs', 60_000);
+  keepaliveTimer = setInterval(() => {
+    if (!currentUser || pendingReauth) return;
+    if (lastActivityAt > lastRequestAt && Date.now() - lastRequestAt >= every * 0.9) {
+      api('GET', '/api/auth/me').catch(() => {});
+    }
+  }, every);
+}
+
+/** The ECG analysis of a study, for opening it on the ECG screen; null if none
+ * (not analysed yet, or the user is not a cardiologist). */
+export async function ecgOfStudy(studyId) {
+  try {
+    const data = await api('GET', '/api/ecg/queue', { query: { status: 'all', study_id: studyId, page_size: 1 } });
+    return data?.items?.[0]?.id ?? null;
+  } catch (err) {
+    if (err instanceof ApiError && [403, 404, 422].includes(err.status)) return null;
+    throw err;
+  }
+}
+
+/** Series modalities that are waveforms, read on the ECG screen and never in the image viewer. */
+export const WAVEFORM_MODALITIES = ['ECG', 'HD', 'EPS', 'RESP'];
 
 export function onUnauthorized(fn) {
   unauthorizedListeners.add(fn);
@@ -92,7 +183,7 @@ export async function login(username, password, totp) {
 export async function loadMe() {
   if (currentUser) return currentUser;
   try {
-    const data = await api('GET', '/api/auth/me');
+    const data = await api('GET', '/api/auth/me', { quiet: true });
     csrfToken = data?.csrf_token ?? null;
     currentUser = data;
     return currentUser;

@@ -1,9 +1,11 @@
 // Single-page app: hash routes #/login, #/worklist, #/study/<id>, #/ecg, #/ecg/<id>,
 // #/dashboard, #/admin.
 import './styles.css';
-import { ApiError, loadMe, logout, onUnauthorized } from './api.js';
+import {
+  ApiError, loadMe, logout, noteActivity, onUnauthorized, setReauthenticate, startKeepalive,
+} from './api.js';
 import { h, replace } from './dom.js';
-import { renderLogin } from './pages/login.js';
+import { renderLogin, signInDialog } from './pages/login.js';
 import { renderWorklist } from './pages/worklist.js';
 
 const app = document.getElementById('app');
@@ -16,6 +18,20 @@ window.__rdc = window.__rdc ?? {
   renderedImageCount: 0,
   getViewport: () => null,
 };
+
+/** Where to go after signing in: the page asked for, never the sign-in page itself. */
+const NEXT_KEY = 'rdc.next';
+
+function rememberNext(hash) {
+  const target = hash && hash !== '#' && !/^#\/?login\b/.test(hash) ? hash : '#/worklist';
+  sessionStorage.setItem(NEXT_KEY, target);
+}
+
+function takeNext() {
+  const next = sessionStorage.getItem(NEXT_KEY);
+  sessionStorage.removeItem(NEXT_KEY);
+  return next && !/^#\/?login\b/.test(next) ? next : '#/worklist';
+}
 
 export function navigate(hash) {
   if (window.location.hash === hash) route();
@@ -70,6 +86,7 @@ function header(user, current) {
         testid: 'logout-button',
         onClick: async () => {
           await logout().catch(() => {});
+          sessionStorage.removeItem(NEXT_KEY);
           navigate('#/login');
         },
       },
@@ -91,7 +108,7 @@ async function route() {
   const r = parseRoute();
   if (r.name === 'login') {
     replace(app);
-    disposeCurrent = renderLogin(app, { onSuccess: () => navigate(sessionStorage.getItem('rdc.next') || '#/worklist') });
+    disposeCurrent = renderLogin(app, { onSuccess: () => navigate(takeNext()) });
     return;
   }
   let user;
@@ -103,11 +120,11 @@ async function route() {
   }
   if (seq !== navSeq) return;
   if (!user) {
-    sessionStorage.setItem('rdc.next', window.location.hash || '#/worklist');
+    rememberNext(window.location.hash);
     navigate('#/login');
     return;
   }
-  sessionStorage.removeItem('rdc.next');
+  sessionStorage.removeItem(NEXT_KEY);
   const main = h('main', { class: `page page-${r.name}` });
   replace(app, header(user, r.name === 'ecg-reading' ? 'ecg' : r.name), main);
   if ((r.name === 'admin' && !canSeeAdmin(user)) || (r.name === 'dashboard' && !canSeeDashboard(user))
@@ -141,12 +158,20 @@ async function route() {
   }
 }
 
+// A session that ends while someone works: sign in again over the page (api.js retries
+// what failed). Only when they choose to leave does the app go to the sign-in page.
+setReauthenticate((username) => signInDialog(username));
 onUnauthorized(() => {
   if (parseRoute().name !== 'login') {
-    sessionStorage.setItem('rdc.next', window.location.hash || '#/worklist');
+    rememberNext(window.location.hash);
     navigate('#/login');
   }
 });
+// Typing or clicking is work: keep the session from going idle meanwhile.
+for (const type of ['keydown', 'input', 'pointerdown', 'wheel']) {
+  document.addEventListener(type, noteActivity, { capture: true, passive: true });
+}
+startKeepalive();
 
 window.addEventListener('hashchange', route);
 route();

@@ -357,6 +357,8 @@ export function renderEcg(root, ecgId, { navigate }) {
   const addBtn = h('button', { class: 'btn small', type: 'button', testid: 'ecg-statement-add' }, 'Add');
   const saveBtn = h('button', { class: 'btn primary', type: 'button', testid: 'ecg-save' }, 'Save ECG');
   const saveStatus = h('span', { class: 'muted small', testid: 'ecg-save-status', 'aria-live': 'polite' });
+  const aiBox = h('div', { class: 'ecg-ai', testid: 'ecg-ai-findings' });
+  const lockNotice = h('p', { class: 'warning small', role: 'status', testid: 'ecg-locked', hidden: true });
   const previousBox = h('div', { class: 'panel ecg-previous', testid: 'ecg-previous' });
   const reportBox = h('div', { class: 'panel report-panel', testid: 'report-panel' });
   const measurementInputs = new Map();
@@ -373,6 +375,8 @@ export function renderEcg(root, ecgId, { navigate }) {
             h('h3', {}, 'Statements'), statementList,
             h('div', { class: 'ecg-add' }, addCode, addText,
               h('label', { class: 'check' }, addCritical, ' critical'), addBtn),
+            aiBox,
+            lockNotice,
             h('div', { class: 'report-actions' }, saveBtn, saveStatus)),
           previousBox)),
       h('aside', { class: 'side-pane ecg-side' }, reportBox))));
@@ -380,6 +384,84 @@ export function renderEcg(root, ecgId, { navigate }) {
   function showError(text) {
     replace(error, text);
     error.hidden = !text;
+  }
+
+  // Once the report is signed, what it was signed on (measurements, statements, the AI
+  // model's findings) is read-only; an addendum reopens it (the server answers 409).
+  let locked = null; // why, or null
+  function applyLock() {
+    const ro = Boolean(locked);
+    for (const input of measurementsBox.querySelectorAll('input')) input.readOnly = ro;
+    for (const input of statementList.querySelectorAll('input[type=text], input:not([type])')) input.readOnly = ro;
+    for (const el of statementList.querySelectorAll('input[type=checkbox], button')) el.disabled = ro;
+    for (const el of [addCode, addText, addCritical, addBtn, saveBtn]) el.disabled = ro;
+    for (const fn of aiUpdates) fn();
+    replace(lockNotice, locked ?? '');
+    lockNotice.hidden = !ro;
+    root.querySelector('.ecg-page')?.setAttribute('data-locked', String(ro));
+  }
+  const onReportState = (event) => {
+    if (!ecg || String(event.detail?.studyId) !== String(ecg.study_id)) return;
+    locked = event.detail?.locked
+      ? 'The report is signed: this ECG is read-only. Start an addendum in the report to correct it.'
+      : null;
+    applyLock();
+  };
+  document.addEventListener('rdc:report-state', onReportState);
+  cleanups.push(() => document.removeEventListener('rdc:report-state', onReportState));
+
+  // The ECG model's findings (ecg-rhythm), beside the rule statements.
+  const aiUpdates = [];
+  function renderAiFindings() {
+    const findings = ecg.ai_findings ?? [];
+    aiUpdates.length = 0;
+    const list = h('ul', { class: 'findings' });
+    for (const f of findings) {
+      const state = h('span', { class: 'badge', testid: 'ecg-ai-review' });
+      const accept = h('button', { class: 'btn small accept', type: 'button', testid: 'ecg-ai-accept' }, 'Accept');
+      const reject = h('button', { class: 'btn small reject', type: 'button', testid: 'ecg-ai-reject' }, 'Reject');
+      const li = h('li', {
+        class: f.critical ? 'finding critical' : 'finding', testid: 'ecg-ai-finding',
+        dataset: { findingId: String(f.id), label: String(f.label ?? ''), positive: String(Boolean(f.positive)) },
+      },
+      h('div', { class: 'finding-head' },
+        h('span', { class: 'strong', testid: 'ecg-ai-label' }, humanize(f.label ?? '')),
+        f.positive ? h('span', { class: 'badge' }, 'present') : h('span', { class: 'badge muted' }, 'absent'),
+        state),
+      h('div', { class: 'muted small' },
+        typeof f.probability === 'number' ? `p = ${(f.probability * 100).toFixed(1)}%` : '',
+        typeof f.threshold === 'number' ? ` (threshold ${(f.threshold * 100).toFixed(0)}%)` : '',
+        ` · ${f.model ?? '?'}@${f.version ?? '?'} · unverified AI output`),
+      h('div', { class: 'finding-actions' }, accept, reject));
+      const update = () => {
+        const review = f.review ?? 'pending';
+        li.dataset.review = review;
+        replace(state, review);
+        state.className = `badge review-${cls(review)}`;
+        accept.disabled = Boolean(locked) || review === 'accepted';
+        reject.disabled = Boolean(locked) || review === 'rejected';
+      };
+      const review = async (decision) => {
+        accept.disabled = reject.disabled = true;
+        try {
+          const out = await api('POST', `/api/ai-findings/${seg(f.id)}/review`, { body: { decision } });
+          f.review = out?.review ?? decision;
+          showError('');
+          document.dispatchEvent(new CustomEvent('rdc:findings-reviewed'));
+        } catch (err) {
+          showError(message(err));
+        }
+        update();
+      };
+      accept.addEventListener('click', () => review('accepted'));
+      reject.addEventListener('click', () => review('rejected'));
+      update();
+      aiUpdates.push(update);
+      list.append(li);
+    }
+    aiBox.replaceChildren(h('h3', {}, `AI rhythm model (${findings.length})`),
+      findings.length ? list
+        : h('p', { class: 'muted', testid: 'ecg-ai-none' }, 'No AI findings for this ECG (yet).'));
   }
 
   function renderQuality() {
@@ -435,6 +517,7 @@ export function renderEcg(root, ecgId, { navigate }) {
       remove);
     }));
     if (!statements.length) statementList.append(h('li', { class: 'muted' }, 'No statements.'));
+    applyLock();
   }
 
   function renderPrevious() {
@@ -469,11 +552,13 @@ export function renderEcg(root, ecgId, { navigate }) {
     statements = (ecg.statements_full ?? []).map((s) => ({
       code: s.code, text: s.text, critical: Boolean(s.critical), evidence: s.evidence ?? {},
     }));
+    renderAiFindings();
     renderStatements();
     renderPrevious();
   }
 
   addBtn.addEventListener('click', () => {
+    if (locked) return;
     const text = addText.value.trim();
     if (!text) {
       showError('Enter the text of the statement to add.');
@@ -489,7 +574,7 @@ export function renderEcg(root, ecgId, { navigate }) {
   });
 
   saveBtn.addEventListener('click', async () => {
-    if (!ecg) return;
+    if (!ecg || locked) return;
     const changed = {};
     for (const [name, input] of measurementInputs) {
       const raw = input.value.trim();
@@ -522,7 +607,7 @@ export function renderEcg(root, ecgId, { navigate }) {
       showError(message(err));
       replace(saveStatus, '');
     } finally {
-      saveBtn.disabled = false;
+      saveBtn.disabled = Boolean(locked);
     }
   });
 
@@ -538,6 +623,7 @@ export function renderEcg(root, ecgId, { navigate }) {
         tracingError.hidden = false;
       }
       if (disposed) return;
+      locked = ecg.locked ?? null;
       renderAll();
       paper.setTracing(ecg.tracing ?? null);
       if (ecg.study_id !== null && ecg.study_id !== undefined) {

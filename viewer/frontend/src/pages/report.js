@@ -1,7 +1,14 @@
-import { ApiError, api } from '../api.js';
+import { ApiError, api, me, tuning } from '../api.js';
 import { formatDateTime, h, humanize, replace } from '../dom.js';
 
 const DELIVERY_POLL_MS = 10_000;
+/** Unsaved text goes to the server this often (localStorage `rdc.autosaveMs` shortens it
+ * for the browser tests). */
+const AUTOSAVE_MS = 45_000;
+/** Until the server has it, the text typed into a report version is also kept in this
+ * browser, under this prefix + user + study + version: a session that ends, a closed tab
+ * or a crash does not lose it, and reopening the report puts it back. */
+const LOCAL_PREFIX = 'rdc.report-draft';
 
 function seg(v) {
   return encodeURIComponent(String(v));
@@ -11,20 +18,59 @@ function isSigned(version) {
   return Boolean(version?.signed_at) || ['final', 'amended', 'signed'].includes(version?.state);
 }
 
+function localKey(studyId, version) {
+  return `${LOCAL_PREFIX}:${me()?.username ?? ''}:${studyId}:v${version?.number ?? 1}`;
+}
+
+function readLocal(key) {
+  try {
+    const data = JSON.parse(localStorage.getItem(key) ?? 'null');
+    return data && typeof data.fields === 'object' ? data : null;
+  } catch {
+    return null;
+  }
+}
+
+function writeLocal(key, fields) {
+  try {
+    localStorage.setItem(key, JSON.stringify({ fields, at: new Date().toISOString() }));
+  } catch (err) {
+    console.warn('report: cannot keep a local copy', err);
+  }
+}
+
+function dropLocal(key) {
+  try {
+    localStorage.removeItem(key);
+  } catch {
+    /* nothing kept */
+  }
+}
+
 /**
  * Reporting panel: template fields of the current version, save draft (Ctrl+S), sign
  * with a passphrase (Ctrl+Enter), addendum after signing, delivery status.
+ *
+ * Opening it stores nothing: the server answers the draft a report would start from,
+ * and the report is created by the first save (so an opened study stays unread).
+ * Typed text is kept in localStorage until the server has it, and saved every
+ * AUTOSAVE_MS. Each render tells the page whether the report's inputs (AI findings, the
+ * ECG) may still change: `rdc:report-state` with `{locked, state}`.
  * Returns a cleanup function.
  */
 export function renderReportPanel(root, study) {
   let report = null;
   let dirty = false;
   let busy = false;
+  let saving = null; // the save in flight (autosave or the reader's)
+  let shownVersion = null; // "<number>/<state>" whose fields the inputs show
   let pollTimer = null;
+  let disposed = false;
   const fieldInputs = new Map();
 
   const status = h('span', { class: 'muted small', testid: 'report-status', 'aria-live': 'polite' });
   const error = h('p', { class: 'error', role: 'alert', testid: 'report-error', hidden: true });
+  const notice = h('div', { class: 'warning small', role: 'status', testid: 'report-restored', hidden: true });
   const stateBadge = h('span', { class: 'badge', testid: 'report-state' });
   const fieldsBox = h('div', { class: 'report-fields', testid: 'report-fields' });
   const saveBtn = h('button', { class: 'btn', type: 'button', testid: 'report-save', title: 'Save draft (Ctrl+S)' }, 'Save draft');
@@ -52,6 +98,7 @@ export function renderReportPanel(root, study) {
   root.replaceChildren(
     h('h3', {}, 'Report ', stateBadge),
     error,
+    notice,
     fieldsBox,
     h('div', { class: 'report-actions' }, saveBtn, prelimBtn, signBtn, addendumBtn),
     status,
@@ -65,46 +112,105 @@ export function renderReportPanel(root, study) {
   }
   const message = (err) => (err instanceof ApiError ? err.message : String(err?.message ?? err));
   const current = () => report?.versions?.[report.versions.length - 1] ?? null;
+  const editable = () => Boolean(report) && !isSigned(current());
+  const key = () => localKey(study.study_id, current());
+  const stateToKeep = () => (current()?.state === 'preliminary' ? 'preliminary' : 'draft');
 
   function setDirty(value) {
     dirty = value;
+    root.dataset.dirty = String(value);
     if (value) replace(status, 'Unsaved changes');
   }
 
-  function render() {
+  /** The version line, badge and buttons; the fields only when another version shows. */
+  function render({ fields: rebuild = false } = {}) {
     const version = current();
     const signed = isSigned(version);
     replace(stateBadge, report?.state ?? '');
     stateBadge.className = `badge rs-${String(report?.state ?? '').replace(/[^a-z]/g, '')}`;
     root.dataset.reportId = String(report?.id ?? '');
-    fieldInputs.clear();
-    fieldsBox.replaceChildren(
-      h('div', { class: 'muted small' },
-        `${report?.template ?? ''} · version ${version?.number ?? '?'}${version?.kind ? ` (${version.kind})` : ''}`,
-        signed && version?.signed_by ? ` · signed by ${version.signed_by} ${formatDateTime(version.signed_at)}` : ''),
-    );
-    for (const [key, value] of Object.entries(version?.fields ?? {})) {
-      const id = `report-field-${fieldInputs.size}`;
-      const input = h('textarea', {
-        id, rows: String(Math.min(12, Math.max(2, String(value ?? '').split('\n').length + 1))),
-        testid: `report-field-${key}`, dataset: { field: key }, readonly: signed ? true : null,
-        spellcheck: 'true',
-      });
-      input.value = value ?? '';
-      input.addEventListener('input', () => setDirty(true));
-      fieldInputs.set(key, input);
-      fieldsBox.append(h('label', { for: id }, humanize(key)), input);
+    const shown = `${version?.number}/${version?.state}`;
+    if (rebuild || shown !== shownVersion) {
+      // Only the state changed (draft → preliminary): what is typed stays as typed.
+      const sameNumber = !rebuild && shownVersion?.split('/')[0] === String(version?.number);
+      renderFields(version, signed, sameNumber && !signed ? fields() : null);
     }
-    if (!fieldInputs.size) fieldsBox.append(h('p', { class: 'muted' }, 'This template has no fields.'));
+    shownVersion = shown;
+    replace(fieldsBox.firstChild,
+      `${report?.template ?? ''} · version ${version?.number ?? '?'}${version?.kind ? ` (${version.kind})` : ''}`,
+      report && report.id === null ? ' · not saved yet' : '',
+      signed && version?.signed_by ? ` · signed by ${version.signed_by} ${formatDateTime(version.signed_at)}` : '');
     saveBtn.hidden = prelimBtn.hidden = signBtn.hidden = signed;
     addendumBtn.hidden = !signed;
     const anySigned = (report?.versions ?? []).some(isSigned);
     deliveriesBox.hidden = !anySigned;
     if (anySigned) startPolling();
+    document.dispatchEvent(new CustomEvent('rdc:report-state', {
+      detail: {
+        studyId: study.study_id, locked: !editable(), state: report?.state ?? null,
+        reportId: report?.id ?? null,
+      },
+    }));
+  }
+
+  function renderFields(version, signed, typed = null) {
+    fieldInputs.clear();
+    fieldsBox.replaceChildren(h('div', { class: 'muted small', testid: 'report-version' }));
+    for (const [name, value] of Object.entries(version?.fields ?? {})) {
+      const id = `report-field-${fieldInputs.size}`;
+      const input = h('textarea', {
+        id, rows: String(Math.min(12, Math.max(2, String(value ?? '').split('\n').length + 1))),
+        testid: `report-field-${name}`, dataset: { field: name }, readonly: signed ? true : null,
+        spellcheck: 'true',
+      });
+      input.value = typed?.[name] ?? value ?? '';
+      input.addEventListener('input', () => {
+        if (!editable()) return;
+        setDirty(true);
+        writeLocal(key(), fields());
+      });
+      fieldInputs.set(name, input);
+      fieldsBox.append(h('label', { for: id }, humanize(name)), input);
+    }
+    if (!fieldInputs.size) fieldsBox.append(h('p', { class: 'muted' }, 'This template has no fields.'));
+  }
+
+  /** Text kept in this browser that the server does not have yet goes back in. */
+  function restoreLocal() {
+    const saved = readLocal(key());
+    notice.hidden = true;
+    if (!saved) return;
+    const differs = Object.entries(saved.fields)
+      .filter(([name, value]) => fieldInputs.has(name) && fieldInputs.get(name).value !== value);
+    if (!differs.length) {
+      dropLocal(key());
+      return;
+    }
+    const when = formatDateTime(saved.at);
+    if (!editable()) {
+      notice.dataset.kind = 'signed';
+      replace(notice, `Text typed on ${when} was not saved before this version was signed; `
+        + 'it is kept in this browser: start an addendum to add it. ',
+      h('button', {
+        class: 'btn small', type: 'button', testid: 'report-restored-discard',
+        onClick: () => { dropLocal(key()); notice.hidden = true; },
+      }, 'Discard it'));
+      notice.hidden = false;
+      return;
+    }
+    for (const [name, value] of differs) fieldInputs.get(name).value = value;
+    setDirty(true);
+    replace(notice, `Restored what you typed on ${when}, which had not been saved yet.`);
+    notice.dataset.kind = 'restored';
+    notice.hidden = false;
   }
 
   function fields() {
     return Object.fromEntries([...fieldInputs].map(([k, input]) => [k, input.value]));
+  }
+
+  function setButtons(disabled) {
+    for (const b of [saveBtn, prelimBtn, signBtn, addendumBtn]) b.disabled = disabled;
   }
 
   async function run(label, fn) {
@@ -112,7 +218,7 @@ export function renderReportPanel(root, study) {
     busy = true;
     showError('');
     replace(status, label);
-    for (const b of [saveBtn, prelimBtn, signBtn, addendumBtn]) b.disabled = true;
+    setButtons(true);
     try {
       await fn();
       return true;
@@ -122,17 +228,59 @@ export function renderReportPanel(root, study) {
       return false;
     } finally {
       busy = false;
-      for (const b of [saveBtn, prelimBtn, signBtn, addendumBtn]) b.disabled = false;
+      setButtons(false);
     }
   }
 
-  async function save(state = 'draft') {
-    return run('Saving…', async () => {
-      report = await api('PUT', `/api/reports/${seg(report.id)}/draft`, { body: { fields: fields(), state } });
-      setDirty(false);
+  /**
+   * Send the fields (the first save creates the report). One save at a time: a save
+   * asked for while another is on its way follows it. A 401 opens the sign-in dialog
+   * (api.js) and the save goes on after it. Resolves true when the server has the text.
+   */
+  async function save(state = stateToKeep(), { auto = false } = {}) {
+    while (saving) await saving.catch(() => {});
+    if (!editable()) return false;
+    if (auto && (!dirty || busy)) return true;
+    const sent = fields();
+    const storeKey = key();
+    const wasDirty = dirty;
+    saving = (async () => {
+      if (!auto) replace(status, 'Saving…');
+      const body = { fields: sent, state };
+      report = report.id === null
+        ? await api('POST', `/api/studies/${seg(study.study_id)}/report`, { body })
+        : await api('PUT', `/api/reports/${seg(report.id)}/draft`, { body });
+    })();
+    try {
+      await saving;
+      if (disposed) {
+        if (JSON.stringify(readLocal(storeKey)?.fields) === JSON.stringify(sent)) dropLocal(storeKey);
+        return true;
+      }
+      showError('');
       render();
-      replace(status, `Saved ${new Date().toLocaleTimeString()}`);
-    });
+      // Typed while the save was on its way: still unsaved, still kept locally.
+      const now = fields();
+      if (JSON.stringify(now) === JSON.stringify(sent)) {
+        setDirty(false);
+        dropLocal(storeKey);
+        if (!notice.hidden && notice.dataset.kind === 'restored') {
+          replace(notice, 'The text restored from this browser is saved now.');
+        }
+        replace(status, `Saved ${new Date().toLocaleTimeString()}${auto ? ' (autosave)' : ''}`);
+      } else {
+        setDirty(true);
+      }
+      return true;
+    } catch (err) {
+      if (!disposed) {
+        showError(`Not saved: ${message(err)}${wasDirty ? ' Your text is kept in this browser.' : ''}`);
+        replace(status, dirty ? 'Unsaved changes' : '');
+      }
+      return false;
+    } finally {
+      saving = null;
+    }
   }
 
   function openSign() {
@@ -154,7 +302,7 @@ export function renderReportPanel(root, study) {
     signConfirm.disabled = true;
     signError.hidden = true;
     try {
-      if (dirty && !(await save(current()?.state === 'preliminary' ? 'preliminary' : 'draft'))) {
+      if ((dirty || report.id === null) && !(await save(stateToKeep()))) {
         throw new Error(error.textContent || 'The draft could not be saved.');
       }
       const version = current();
@@ -181,12 +329,13 @@ export function renderReportPanel(root, study) {
     report = await api('POST', `/api/reports/${seg(report.id)}/addenda`, { body: { fields: {} } });
     setDirty(false);
     render();
+    restoreLocal();
     replace(status, 'Addendum started: edit, then sign it');
     fieldInputs.values().next().value?.focus();
   }));
 
   async function loadDeliveries() {
-    if (!report) return;
+    if (!report?.id) return;
     try {
       const items = await api('GET', '/api/deliveries', { query: { report_id: report.id } });
       deliveriesList.replaceChildren(
@@ -216,23 +365,30 @@ export function renderReportPanel(root, study) {
     if (!(event.ctrlKey || event.metaKey) || dialog.open) return;
     if (event.key === 's' || event.key === 'S') {
       event.preventDefault();
-      if (report && !isSigned(current())) save(current()?.state === 'preliminary' ? 'preliminary' : 'draft');
+      if (editable()) save(stateToKeep());
     } else if (event.key === 'Enter') {
       event.preventDefault();
       openSign();
     }
   };
   document.addEventListener('keydown', onKey);
-  // Accepting or rejecting an AI finding changes the draft on the server; reload it
-  // unless the reader has unsaved edits (those are never overwritten).
+
+  async function load() {
+    report = await api('GET', `/api/studies/${seg(study.study_id)}/report`);
+    if (disposed) return;
+    render({ fields: true });
+    restoreLocal();
+  }
+
+  // Accepting or rejecting an AI finding, or editing the ECG, changes the draft on the
+  // server; reload it unless the reader has unsaved edits (never overwritten).
   const onReviewed = async () => {
-    if (dirty || busy || !report) {
+    if (dirty || busy || saving || !report) {
       if (dirty) replace(status, 'AI findings changed: save, then reload to see them');
       return;
     }
     try {
-      report = await api('POST', `/api/studies/${seg(study.study_id)}/report`);
-      render();
+      await load();
     } catch (err) {
       showError(message(err));
     }
@@ -242,13 +398,20 @@ export function renderReportPanel(root, study) {
     if (dirty) event.preventDefault();
   };
   window.addEventListener('beforeunload', beforeUnload);
+  // Leaving the tab: send what is typed now rather than at the next autosave.
+  const onHidden = () => {
+    if (document.hidden && dirty && editable()) save(stateToKeep(), { auto: true });
+  };
+  document.addEventListener('visibilitychange', onHidden);
+  const autosave = setInterval(() => {
+    if (dirty && editable() && !dialog.open) save(stateToKeep(), { auto: true });
+  }, tuning('rdc.autosaveMs', AUTOSAVE_MS));
 
   (async () => {
     replace(status, 'Loading report…');
     try {
-      report = await api('POST', `/api/studies/${seg(study.study_id)}/report`);
-      render();
-      replace(status, '');
+      await load();
+      if (!dirty) replace(status, '');
     } catch (err) {
       showError(message(err));
       replace(status, '');
@@ -256,8 +419,14 @@ export function renderReportPanel(root, study) {
   })();
 
   return () => {
+    // Leaving the page: what is unsaved goes to the server (the local copy stays
+    // until it has arrived).
+    if (dirty && editable()) save(stateToKeep(), { auto: true });
+    disposed = true;
+    clearInterval(autosave);
     document.removeEventListener('keydown', onKey);
     document.removeEventListener('rdc:findings-reviewed', onReviewed);
+    document.removeEventListener('visibilitychange', onHidden);
     window.removeEventListener('beforeunload', beforeUnload);
     if (pollTimer) clearInterval(pollTimer);
     if (dialog.open) dialog.close();

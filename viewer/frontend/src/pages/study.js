@@ -1,4 +1,4 @@
-import { ApiError, api, me } from '../api.js';
+import { ApiError, WAVEFORM_MODALITIES, api, ecgOfStudy, me } from '../api.js';
 import { formatDate, formatDuration, formatPersonName, h, replace } from '../dom.js';
 import { DICOMWEB_BASE, TOOLS, createStackViewer, loadSeriesImageIds } from '../viewer/cornerstone.js';
 import { createSegOverlay, loadSegmentations } from '../viewer/segOverlay.js';
@@ -23,6 +23,15 @@ const TOOL_BUTTONS = [
 
 function seg(v) {
   return encodeURIComponent(String(v));
+}
+
+/** A waveform (ECG) series: read on the ECG screen, never in the image viewer. */
+function isWaveform(series) {
+  return WAVEFORM_MODALITIES.includes(String(series?.modality ?? '').toUpperCase());
+}
+
+function isImageSeries(series) {
+  return (series.kind ?? 'image') === 'image' && !isWaveform(series) && (series.instances ?? []).length > 0;
 }
 
 /** Pixels of the first canvas under `selector` that are not black: > 0 once an image shows. */
@@ -252,14 +261,15 @@ export function renderStudy(root, studyId, { navigate }) {
     let first = null;
     seriesList.replaceChildren();
     for (const s of series) {
-      const viewable = (s.kind ?? 'image') === 'image' && (s.instances ?? []).length > 0;
+      const viewable = isImageSeries(s);
+      const waveform = isWaveform(s);
       const instances = s.instances ?? [];
       const thumbSop = instances[Math.floor(instances.length / 2)];
       const thumbBase = `${DICOMWEB_BASE}/studies/${seg(study.study_uid)}/series/${seg(s.series_uid)}/instances/${seg(thumbSop)}`;
       const img = viewable && thumbSop
         // Orthanc's DICOMweb answers /rendered (scaled by `viewport`); /thumbnail is the fallback.
         ? h('img', { src: `${thumbBase}/rendered?viewport=128,128`, alt: '', loading: 'lazy', width: '96', height: '96' })
-        : h('div', { class: 'thumb-kind' }, String(s.kind ?? '').toUpperCase());
+        : h('div', { class: 'thumb-kind' }, waveform ? 'ECG' : String(s.kind ?? '').toUpperCase());
       if (img.tagName === 'IMG') {
         // Fall back to the thumbnail resource once, then to a blank tile.
         img.addEventListener('error', () => {
@@ -270,9 +280,11 @@ export function renderStudy(root, studyId, { navigate }) {
         });
       }
       const li = h('li', {
-        class: viewable ? 'series' : 'series disabled', testid: 'series-item',
-        dataset: { seriesUid: s.series_uid, kind: s.kind ?? 'image' }, tabindex: viewable ? '0' : null,
-        title: viewable ? 'Show this series' : `${s.kind} objects are not shown in the image viewer`,
+        class: viewable || waveform ? 'series' : 'series disabled', testid: 'series-item',
+        dataset: { seriesUid: s.series_uid, kind: waveform ? 'waveform' : s.kind ?? 'image' },
+        tabindex: viewable || waveform ? '0' : null,
+        title: viewable ? 'Show this series'
+          : waveform ? 'A waveform: open it on the ECG screen' : `${s.kind} objects are not shown in the image viewer`,
       },
       img,
       h('div', { class: 'series-label' },
@@ -283,11 +295,42 @@ export function renderStudy(root, studyId, { navigate }) {
         li.addEventListener('click', () => showSeries(study, s, li));
         li.addEventListener('keydown', (e) => { if (e.key === 'Enter') showSeries(study, s, li); });
         first = first ?? { s, li };
+      } else if (waveform) {
+        li.addEventListener('click', () => openEcg(study, false));
+        li.addEventListener('keydown', (e) => { if (e.key === 'Enter') openEcg(study, false); });
       }
       seriesList.append(li);
     }
     if (first) showSeries(study, first.s, first.li);
+    else if (series.some(isWaveform)) openEcg(study, true);
     else replace(overlayStatus, 'No image series in this study.');
+  }
+
+  /**
+   * A waveform is read on the ECG screen. `instead`: the study has nothing else to show,
+   * so a cardiologist goes straight there (replacing this page in the history).
+   */
+  async function openEcg(study, instead) {
+    const cardiologist = (me()?.roles ?? []).includes('cardiologist');
+    replace(overlayStatus, 'This study is an ECG waveform: it is read on the ECG screen.');
+    viewportEl.dataset.waveform = 'true';
+    if (!cardiologist) {
+      replace(overlayStatus, 'This study is an ECG waveform: cardiologists read it on the ECG screen.');
+      return;
+    }
+    try {
+      const ecgId = await ecgOfStudy(study.study_id);
+      if (disposed) return;
+      if (ecgId === null) {
+        replace(overlayStatus, 'This ECG has not been analysed yet: it will be on the ECG screen once it is.');
+      } else if (instead) {
+        window.location.replace(`#/ecg/${seg(ecgId)}`);
+      } else {
+        navigate(`#/ecg/${seg(ecgId)}`);
+      }
+    } catch (err) {
+      replace(overlayStatus, `Cannot open the ECG: ${err instanceof ApiError ? err.message : err}`);
+    }
   }
 
   function renderHeader(study) {
@@ -326,9 +369,23 @@ export function renderStudy(root, studyId, { navigate }) {
       claimBtn);
   }
 
+  // Once the report is signed its AI findings are what it was signed on: read-only
+  // until an addendum is started (the server answers 409 meanwhile).
+  let findingsLocked = false;
+  const findingUpdates = [];
+  const onReportState = (event) => {
+    if (String(event.detail?.studyId) !== String(studyId)) return;
+    findingsLocked = Boolean(event.detail?.locked);
+    findingsBox.dataset.locked = String(findingsLocked);
+    for (const fn of findingUpdates) fn();
+  };
+  document.addEventListener('rdc:report-state', onReportState);
+  disposers.push(() => document.removeEventListener('rdc:report-state', onReportState));
+
   function renderFindings(study) {
     const findings = study.ai_findings ?? [];
     const list = h('ul', { class: 'findings' });
+    findingUpdates.length = 0;
     for (const f of findings) {
       const state = h('span', { class: `badge review-${String(f.review ?? 'pending').replace(/[^a-z]/g, '')}`, testid: 'ai-finding-review' },
         f.review ?? 'pending');
@@ -353,10 +410,16 @@ export function renderStudy(root, studyId, { navigate }) {
         li.dataset.review = review;
         replace(state, review);
         state.className = `badge review-${String(review).replace(/[^a-z]/g, '')}`;
-        accept.disabled = review === 'accepted';
-        reject.disabled = review === 'rejected';
+        accept.disabled = findingsLocked || review === 'accepted';
+        reject.disabled = findingsLocked || review === 'rejected';
+        const why = findingsLocked ? 'The report is signed: start an addendum to change the review' : null;
+        for (const b of [accept, reject]) {
+          if (why) b.title = why;
+          else b.removeAttribute('title');
+        }
       };
       update(f.review ?? 'pending');
+      findingUpdates.push(() => update(f.review ?? 'pending'));
       const review = async (decision) => {
         accept.disabled = reject.disabled = true;
         try {
@@ -438,7 +501,7 @@ export function renderStudy(root, studyId, { navigate }) {
       replace(title, [other.site_name || p.site_id || other.site_id || '', formatDate(p.date),
         p.description || other.description || ''].filter(Boolean).join(' · '));
       const images = [...(other.series ?? [])]
-        .filter((x) => (x.kind ?? 'image') === 'image' && (x.instances ?? []).length > 0)
+        .filter(isImageSeries)
         .sort((a, b) => (a.number ?? 0) - (b.number ?? 0));
       if (!images.length) throw new Error('the prior has no image series');
       current.viewer = await createStackViewer(priorEl, {

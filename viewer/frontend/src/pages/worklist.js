@@ -1,4 +1,4 @@
-import { ApiError, api } from '../api.js';
+import { ApiError, WAVEFORM_MODALITIES, api, ecgOfStudy } from '../api.js';
 import { formatDateTime, formatDuration, formatPersonName, h, replace } from '../dom.js';
 
 const MODALITIES = ['', 'CT', 'MR', 'CR', 'DX', 'US', 'MG', 'PT', 'NM', 'XA', 'RF', 'ECG', 'SM'];
@@ -73,6 +73,23 @@ export function renderWorklist(root, { navigate, user }) {
     message.hidden = !text;
   }
 
+  /** An ECG opens on the ECG screen (a cardiologist's); anything else in the viewer. */
+  async function openItem(item) {
+    const waveform = (item.modalities ?? []).some((m) => WAVEFORM_MODALITIES.includes(String(m).toUpperCase()));
+    if (waveform && (user?.roles ?? []).includes('cardiologist')) {
+      try {
+        const ecgId = await ecgOfStudy(item.study_id);
+        if (ecgId !== null) {
+          navigate(`#/ecg/${encodeURIComponent(ecgId)}`);
+          return;
+        }
+      } catch (err) {
+        console.warn('worklist: no ECG screen for this study', err);
+      }
+    }
+    navigate(`#/study/${encodeURIComponent(item.study_id)}`);
+  }
+
   async function act(item, action, button) {
     button.disabled = true;
     try {
@@ -93,7 +110,7 @@ export function renderWorklist(root, { navigate, user }) {
       : item.due_at ? Date.parse(item.due_at) : NaN;
     const open = h('button', {
       class: 'btn primary small', type: 'button', testid: 'worklist-open',
-      onClick: () => navigate(`#/study/${encodeURIComponent(item.study_id)}`),
+      onClick: () => openItem(item),
     }, 'Open');
     const actions = h('div', { class: 'actions' }, open);
     if (!item.claimed_by && item.status !== 'signed') {
@@ -129,7 +146,7 @@ export function renderWorklist(root, { navigate, user }) {
       countdown,
       h('td', {}, actions),
     );
-    tr.addEventListener('dblclick', () => navigate(`#/study/${encodeURIComponent(item.study_id)}`));
+    tr.addEventListener('dblclick', () => openItem(item));
     return { item, dueMs, cell: countdown, tr };
   }
 
