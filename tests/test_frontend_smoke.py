@@ -229,10 +229,13 @@ def _stub_app(static_dir: Path, roles: tuple[str, ...] = ("radiologist",)) -> Fa
     study: dict[str, Any] = {
         "study_id": 1, "study_uid": STUDY_UID, "site_id": "county-a", "site_name": "County A",
         "patient_id": "P-001", "patient_name": XSS_NAME, "description": "CT head <b>bold</b>",
-        "modalities": ["CT"], "instances": SLICES, "priority": "stat", "ai_critical": True,
+        "modalities": ["CT"], "instances": SLICES, "priority": 9, "priority_label": "STAT",
+        "ai_critical": True,
         "ai_flags": ["hemorrhage"], "status": "claimed", "claimed_by": "reader",
         "completed_at": "2026-01-01T10:00:00Z", "due_at": "2026-01-01T11:00:00Z",
-        "seconds_left": 1800, "report_id": None,
+        "seconds_left": 1800, "report_id": None, "study_date": "20260101",
+        "accession_number": "ACC-77", "patient_sex": "F", "patient_age": "66y",
+        "body_part": "HEAD",
         "series": [{"series_uid": SERIES_UID, "modality": "CT", "description": "Axial",
                     "number": 1, "kind": "image",
                     "instances": [ds.SOPInstanceUID for ds, _ in SLICE_DATA]},
@@ -255,8 +258,22 @@ def _stub_app(static_dir: Path, roles: tuple[str, ...] = ("radiologist",)) -> Fa
                     "number": 1, "kind": "image",
                     "instances": [ds.SOPInstanceUID for ds, _ in PRIOR_DATA]}],
         "ai_findings": [], "priors": []}
+    # A radiograph of a second patient, signed (its report's PDF is on the worklist).
+    radiograph: dict[str, Any] = {
+        **{k: v for k, v in study.items() if k not in ("series", "ai_findings", "priors")},
+        "study_id": 5, "study_uid": "1.2.826.0.1.3680043.8.498.5", "patient_id": "P-005",
+        "patient_name": "Phantom^Demo", "description": "Hand, 2 views", "modalities": ["DX"],
+        "priority": 8, "priority_label": "AI CRITICAL", "ai_critical": False, "ai_flags": [],
+        "status": "signed", "claimed_by": None, "report_id": 4, "seconds_left": -600,
+        "study_date": "20251231", "accession_number": "", "patient_sex": "M",
+        "patient_age": "40y", "body_part": "HAND",
+        "series": [{"series_uid": SERIES_UID, "modality": "DX", "description": "PA",
+                    "number": 1, "kind": "image",
+                    "instances": [ds.SOPInstanceUID for ds, _ in SLICE_DATA]}],
+        "ai_findings": [], "priors": []}
     report: dict[str, Any] = {
         "id": 3, "study_id": 1, "site_id": "county-a", "template": "ct-head@1", "state": "draft",
+        "required_fields": ["findings", "impression"],
         "versions": [{"number": 1, "kind": "original", "state": "draft",
                       "fields": {"findings": "", "impression": ""}, "author": "reader",
                       "signed_by": None, "signed_at": None, "hash_algorithm": None,
@@ -275,9 +292,46 @@ def _stub_app(static_dir: Path, roles: tuple[str, ...] = ("radiologist",)) -> Fa
     @app.get("/api/worklist")
     def worklist(request: Request) -> dict[str, Any]:
         seen["worklist_query"] = dict(request.query_params)
+        seen.setdefault("worklist_queries", []).append(dict(request.query_params))
         item = {k: v for k, v in study.items() if k not in ("series", "ai_findings", "priors")}
-        return {"total": 1, "page": 1, "page_size": 50,
-                "items": [{**item, "status": "unread", "claimed_by": None}]}
+        signed = {k: v for k, v in radiograph.items()
+                  if k not in ("series", "ai_findings", "priors")}
+        return {"total": 2, "page": 1, "page_size": 50,
+                "items": [{**item, "status": "unread", "claimed_by": None}, signed]}
+
+    @app.get("/api/sites")
+    def sites() -> dict[str, Any]:
+        return {"sites": [{"id": "county-a", "name": "County A Hospital", "enabled": True},
+                          {"id": "county-b", "name": "County B <b>Hospital</b>",
+                           "enabled": True}]}
+
+    @app.get("/api/studies/5")
+    def get_radiograph() -> dict[str, Any]:
+        return radiograph
+
+    signed_report: dict[str, Any] = {
+        "id": 4, "study_id": 5, "site_id": "county-a", "template": "cr-generic@1.0.0",
+        "state": "final", "required_fields": ["technique", "findings", "impression"],
+        "versions": [{"number": 1, "kind": "report", "state": "final",
+                      "fields": {"technique": "PA and lateral.", "findings": "Normal.",
+                                 "impression": "Normal hand."}, "author": "reader",
+                      "signed_by": "reader", "signed_at": "2026-01-01T09:00:00Z",
+                      "hash_algorithm": "sha256", "content_hash": "ab" * 32,
+                      "sr_sop_uid": "1.2.3.4", "pdf_sop_uid": "1.2.3.5"}]}
+
+    @app.get("/api/studies/5/report")
+    def radiograph_report() -> dict[str, Any]:
+        return signed_report
+
+    @app.get("/api/reports/4")
+    def get_signed_report() -> dict[str, Any]:
+        seen["signed_report_read"] = True
+        return signed_report
+
+    @app.get("/api/reports/4/pdf")
+    def signed_pdf() -> Response:
+        seen["pdf_opened"] = True
+        return Response(b"%PDF-1.4\n% stand-in\n%%EOF\n", media_type="application/pdf")
 
     @app.post("/api/studies/1/claim")
     def claim(request: Request) -> dict[str, Any]:
@@ -440,7 +494,8 @@ def _stub_app(static_dir: Path, roles: tuple[str, ...] = ("radiologist",)) -> Fa
         {"code": "sinus_rhythm", "text": "Sinus rhythm", "critical": False, "evidence": {}},
         {"code": "stemi", "text": "<b>ST elevation</b>", "critical": True, "evidence": {}}]
     ecg_summary = {"id": 9, "study_id": 1, "site_id": "county-a", "site_name": "County A",
-                   "patient_id": "P-001", "patient_name": XSS_NAME, "critical": True,
+                   "patient_id": "P-001", "patient_name": XSS_NAME, "patient_sex": "F",
+                   "patient_age": "66y", "critical": True,
                    "quality": "poor", "confidence": 0.41, "heart_rate_bpm": 72.0,
                    "statements": ecg_statements, "waiting_s": 754, "status": "unread",
                    "edited_by": None}
@@ -490,6 +545,20 @@ def _collect_errors(page: Any) -> list[str]:
 
 
 # Page scripts run under the app's CSP (no eval): predicates are written as functions.
+
+def _fitted(page: Any, hook: str) -> dict[str, float]:
+    """The image of a viewport (``imageExtent`` or ``priorImageExtent``) fits its canvas:
+    wholly inside it, touching two opposite edges, centred."""
+    page.wait_for_function(
+        f"() => {{ const e = window.__rdc.{hook}(); return e && e.canvasWidth > 0"
+        " && e.width <= e.canvasWidth + 2 && e.height <= e.canvasHeight + 2"
+        " && Math.max(e.width / e.canvasWidth, e.height / e.canvasHeight) > 0.97; }",
+        timeout=10_000)
+    extent: dict[str, float] = page.evaluate(f"window.__rdc.{hook}()")
+    assert abs(extent["left"] * 2 + extent["width"] - extent["canvasWidth"]) < 4, extent
+    assert abs(extent["top"] * 2 + extent["height"] - extent["canvasHeight"]) < 4, extent
+    return extent
+
 
 # Tests -------------------------------------------------------------------------------
 def test_unbuilt_front_end_answers_503(tmp_path: Path) -> None:
@@ -556,6 +625,42 @@ def test_worklist_rows_countdown_and_claim(static_dir: Path, browser: Any) -> No
         row.wait_for(timeout=15_000)
         assert row.get_by_test_id("worklist-patient").inner_text().startswith("<img")
         assert row.get_by_test_id("worklist-ai-critical").is_visible()
+        # Priorities by name, not number; the study's own date and DICOM details.
+        signed = page.locator("[data-testid=worklist-row][data-study-id='5']")
+        assert row.get_by_test_id("worklist-priority").inner_text() == "STAT"
+        assert signed.get_by_test_id("worklist-priority").inner_text() == "AI CRITICAL"
+        assert row.get_by_test_id("worklist-study-date").inner_text() == "2026-01-01"
+        assert row.get_by_test_id("worklist-age-sex").inner_text() == "66y F"
+        assert row.get_by_test_id("worklist-accession").inner_text() == "ACC-77"
+        assert row.get_by_test_id("worklist-body-part").inner_text() == "HEAD"
+        headers = page.locator("[data-testid=worklist-table] th").all_inner_texts()
+        for column in ("Age/Sex", "Accession", "Body part", "Study date"):
+            assert column in headers, headers
+        # A signed study offers its report's PDF, and no claim.
+        pdf = signed.get_by_test_id("worklist-pdf")
+        assert pdf.get_attribute("href") == "/api/reports/4/pdf"
+        assert signed.get_by_test_id("worklist-claim").count() == 0
+
+        # The status filter has "all"; the site filter is a list of the user's sites.
+        status = page.get_by_test_id("filter-status")
+        assert status.input_value() == "open"
+        assert "all" in status.locator("option").evaluate_all("os => os.map(o => o.value)")
+        status.select_option("all")
+        page.wait_for_function("() => document.querySelector('[data-testid=filter-site]')"
+                               ".options.length === 3")
+        site = page.get_by_test_id("filter-site")
+        assert page.evaluate("document.querySelector('[data-testid=filter-site]').tagName") \
+            == "SELECT"
+        assert site.locator("option").all_inner_texts() == [
+            "All sites", "County A Hospital", "County B <b>Hospital</b>"]
+        site.select_option("county-b")
+        page.wait_for_function("() => document.querySelector('[data-testid=worklist-row]')")
+        page.wait_for_timeout(300)
+        last = app.state.seen["worklist_queries"][-1]
+        assert last["status"] == "all" and last["site"] == "county-b", last
+        site.select_option("")
+        status.select_option("open")
+        page.wait_for_timeout(300)
         countdown = row.get_by_test_id("worklist-countdown")
         first = countdown.inner_text()
         page.wait_for_function(
@@ -591,6 +696,21 @@ def test_study_viewer_renders_an_image(static_dir: Path, browser: Any) -> None:
         # Patient-supplied text is text.
         assert page.get_by_test_id("study-patient-name").inner_text().startswith("<img")
         assert page.evaluate("window.__xss") is None
+        assert page.get_by_test_id("study-priority").inner_text() == "STAT"
+        assert page.get_by_test_id("study-age-sex").inner_text().strip(" ·") == "66y F"
+
+        # CT gets the CT window presets (and no "Default" of radiographs).
+        presets = page.get_by_test_id("wl-presets").locator("button").evaluate_all(
+            "bs => bs.map(b => b.dataset.testid)")
+        assert presets == ["wl-preset-lung", "wl-preset-mediastinum", "wl-preset-bone",
+                           "wl-preset-brain"]
+        # The overlay text has a dark, semi-transparent backing.
+        backing = page.evaluate(
+            "getComputedStyle(document.querySelector('[data-testid=viewport-wl]'))"
+            ".backgroundColor")
+        alpha = float(backing.rsplit(",", 1)[1].strip(" )")) if backing.startswith("rgba") \
+            else 1.0
+        assert backing.startswith("rgba(0, 0, 0") and 0.3 <= alpha < 1, backing
 
         # Window presets change the VOI; stack scrolling with the keyboard.
         page.get_by_test_id("wl-preset-lung").click()
@@ -619,8 +739,23 @@ def test_study_viewer_renders_an_image(static_dir: Path, browser: Any) -> None:
         page.screenshot(path=str(SCREENSHOTS / "study.png"))
         assert errors == []
 
+        # The sign dialog names the unresolved required field as it opens, and signing
+        # stays off until it is filled in.
+        page.keyboard.press("Control+Enter")
+        unresolved = page.get_by_test_id("sign-unresolved")
+        unresolved.wait_for(state="visible")
+        assert page.get_by_test_id("sign-unresolved-field").evaluate_all(
+            "ls => ls.map(l => l.dataset.field)") == ["impression"]
+        assert "Impression" in unresolved.inner_text()
+        assert page.get_by_test_id("sign-confirm").is_disabled()
+        page.get_by_test_id("sign-cancel").click()
+        assert page.evaluate("document.activeElement.dataset.field") == "impression"
+        page.get_by_test_id("report-field-impression").fill("Acute hemorrhage.")
+
         # Sign with the passphrase (Ctrl+Enter); a wrong one is shown, then delivery status.
         page.keyboard.press("Control+Enter")
+        assert page.get_by_test_id("sign-unresolved").is_hidden()
+        assert page.get_by_test_id("sign-confirm").is_enabled()
         page.get_by_test_id("sign-passphrase").fill("wrong")
         page.get_by_test_id("sign-confirm").click()
         page.get_by_test_id("sign-error").wait_for(state="visible")
@@ -631,6 +766,8 @@ def test_study_viewer_renders_an_image(static_dir: Path, browser: Any) -> None:
         assert app.state.seen["sign"] == {"passphrase": "right", "version": 1}
         assert page.get_by_test_id("report-addendum").is_visible()
         assert not page.get_by_test_id("report-sign").is_visible()
+        # The signed report's PDF is one click away.
+        assert page.get_by_test_id("report-pdf").get_attribute("href") == "/api/reports/3/pdf"
         page.close()
 
 
@@ -693,6 +830,9 @@ def test_ai_seg_overlay_and_a_prior_side_by_side(static_dir: Path, browser: Any)
         assert app.state.seen["prior_opened"]
         assert page.evaluate("window.__rdc.nonBlankPixelCount()") > 100
         assert page.url.endswith("#/study/1")
+        # Opening the prior refits the current image (zoomed in above) to its half.
+        beside = _fitted(page, "imageExtent")
+        _fitted(page, "priorImageExtent")
 
         # Each viewport keeps its own slice and window.
         main_index = page.evaluate("window.__rdc.getViewport().getCurrentImageIdIndex()")
@@ -712,6 +852,10 @@ def test_ai_seg_overlay_and_a_prior_side_by_side(static_dir: Path, browser: Any)
         page.wait_for_function("() => document.querySelector('[data-testid=viewport-wl]')"
                                ".textContent === 'W 1500 L -600'")
         assert page.get_by_test_id("prior-viewport-wl").inner_text() == "W 2000 L 300"
+        fitted = page.evaluate("window.__rdc.segOverlayPixels()")
+        page.evaluate("() => { const v = window.__rdc.getViewport();"
+                      " v.setZoom(v.getZoom() * 2); v.render(); }")
+        page.wait_for_function(f"() => window.__rdc.segOverlayPixels() > {fitted} * 2")
         zoomed = page.evaluate("window.__rdc.segOverlayPixels()")
         page.get_by_test_id("viewer-reset").click()  # acts on the main viewport only
         page.wait_for_function(
@@ -724,6 +868,9 @@ def test_ai_seg_overlay_and_a_prior_side_by_side(static_dir: Path, browser: Any)
         page.get_by_test_id("prior-close").click()
         page.wait_for_selector("[data-testid=prior-viewport]", state="detached")
         assert page.evaluate("window.__rdc.getPriorViewport()") is None
+        # Closing it gives the current image its whole width back, fitted again.
+        alone = _fitted(page, "imageExtent")
+        assert alone["width"] > beside["width"] * 1.4, (alone, beside)
         assert page.evaluate("window.__xss") is None
         assert errors == []
         page.close()
@@ -820,6 +967,9 @@ def test_dashboard_table_and_chart(static_dir: Path, browser: Any) -> None:
         assert "<i>county-b</i>" in page.get_by_test_id("dashboard-table").inner_text()
         page.wait_for_function(_CHART_LOADED, timeout=10_000)
         assert app.state.seen["chart_days"] == 30
+        # However few rows, the chart is readable (the server draws it at least 300 px
+        # high; the page never shows it as a sliver).
+        assert page.get_by_test_id("dashboard-chart").bounding_box()["height"] >= 240
 
         page.get_by_test_id("dashboard-days").select_option("7")
         page.wait_for_function(
@@ -879,6 +1029,36 @@ def test_ecg_queue_tracing_calipers_and_edit(static_dir: Path, browser: Any) -> 
         assert abs(dt - 1000) <= 10, dt
         assert "Δt" in readout.inner_text() and "/min" in readout.inner_text()
 
+        # Paper speed and gain: at 50 mm/s the paper is twice as long and 25 mm are
+        # 500 ms; at 20 mm/mV the rows are taller; back to the standard 25 and 10.
+        size = canvas.bounding_box()
+        page.get_by_test_id("ecg-speed").select_option("50")
+        page.wait_for_function("() => document.querySelector('[data-testid=ecg-canvas]')"
+                               ".dataset.speed === '50'")
+        assert canvas.bounding_box()["width"] > size["width"] * 1.8
+        canvas.click(position={"x": 100, "y": 60})
+        canvas.click(position={"x": 100 + 25 * px_per_mm, "y": 60})
+        page.wait_for_function("() => document.querySelector('[data-testid=ecg-caliper-dt]')")
+        assert abs(int(readout.get_attribute("data-dt-ms") or 0) - 500) <= 10
+        page.get_by_test_id("ecg-gain").select_option("20")
+        page.wait_for_function("() => document.querySelector('[data-testid=ecg-canvas]')"
+                               ".dataset.gain === '20'")
+        assert canvas.bounding_box()["height"] > size["height"] * 1.5
+        assert page.evaluate("window.__rdc.ecgNonBlankPixels()") > 1000
+        page.get_by_test_id("ecg-gain").select_option("5")
+        page.get_by_test_id("ecg-speed").select_option("25")
+        page.wait_for_function("() => document.querySelector('[data-testid=ecg-canvas]')"
+                               ".dataset.speed === '25'")
+        page.get_by_test_id("ecg-calipers").click()
+
+        # Measurements read as a cardiologist writes them; the header says age and sex.
+        labels = page.get_by_test_id("ecg-measurements").locator("label").all_inner_texts()
+        assert labels[:5] == ["Heart rate (bpm)", "PR (ms)", "QRS (ms)", "QT (ms)",
+                              "QTc Bazett (ms)"], labels
+        assert "QTc Fridericia (ms)" in labels and "QRS axis (°)" in labels
+        assert not [x for x in labels if "_" in x or x.endswith(" ms")]
+        assert page.get_by_test_id("ecg-age-sex").inner_text().strip() == "66y · female"
+
         # Edit a statement, remove the critical one, add one, change a measurement, save.
         first = page.get_by_test_id("ecg-statement").first
         first.get_by_test_id("ecg-statement-text").fill("Sinus rhythm, edited")
@@ -901,6 +1081,51 @@ def test_ecg_queue_tracing_calipers_and_edit(static_dir: Path, browser: Any) -> 
         page.get_by_test_id("report-field-findings").wait_for()
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "ecg-stand-in.png"), full_page=True)
+
+        # Signing in the panel makes the header's status "signed" at once.
+        status = page.get_by_test_id("ecg-report-status")
+        assert status.inner_text() in ("unread", "reported")  # the stand-in has a draft
+        page.get_by_test_id("report-field-findings").fill("Sinus rhythm.")
+        page.get_by_test_id("report-field-impression").fill("Normal ECG.")
+        page.get_by_test_id("report-sign").click()
+        page.get_by_test_id("sign-passphrase").fill("right")
+        page.get_by_test_id("sign-confirm").click()
+        page.wait_for_function("() => document.querySelector('[data-testid=ecg-report-status]')"
+                               ".textContent === 'signed'", timeout=10_000)
         assert page.evaluate("window.__xss") is None
+        assert errors == []
+        page.close()
+
+
+def test_site_clerk_reads_the_signed_report_and_its_pdf(static_dir: Path, browser: Any) -> None:
+    app = _stub_app(static_dir, roles=("site_user",))
+    with _Server(app) as server:
+        page = browser.new_page(viewport={"width": 1366, "height": 768})
+        errors = _collect_errors(page)
+        page.goto(f"{server.url}/#/worklist")
+        signed = page.locator("[data-testid=worklist-row][data-study-id='5']")
+        signed.wait_for(timeout=15_000)
+        # A clerk reads; claiming is the readers'.
+        assert page.get_by_test_id("worklist-claim").count() == 0
+        pdf = signed.get_by_test_id("worklist-pdf")
+        assert pdf.get_attribute("href") == "/api/reports/4/pdf"
+        assert pdf.get_attribute("target") == "_blank"
+        with page.expect_popup() as popup:
+            pdf.click()
+        popup.value.wait_for_load_state()
+        assert app.state.seen.get("pdf_opened")
+        popup.value.close()
+        # The study's report panel shows the signed report, read-only, with its PDF.
+        signed.get_by_test_id("worklist-open").click()
+        page.get_by_test_id("report-field-impression").wait_for(timeout=30_000)
+        assert app.state.seen.get("signed_report_read")
+        assert page.get_by_test_id("report-field-impression").input_value() == "Normal hand."
+        assert page.get_by_test_id("report-field-impression").get_attribute("readonly") \
+            is not None
+        for hidden in ("report-sign", "report-save", "report-addendum", "study-claim"):
+            assert not page.get_by_test_id(hidden).is_visible(), hidden
+        assert page.get_by_test_id("report-pdf").get_attribute("href") == "/api/reports/4/pdf"
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "clerk-signed-report.png"))
         assert errors == []
         page.close()

@@ -102,20 +102,62 @@ export function renderEcgQueue(root, { navigate }) {
 }
 
 // 12-lead paper ----------------------------------------------------------------------
-const MM_PER_S = 25;
-const MM_PER_MV = 10;
+/** Paper speeds (mm/s) and gains (mm/mV) a reader may choose; 25 and 10 are the standard. */
+export const SPEEDS = [25, 50];
+export const GAINS = [5, 10, 20];
 const COL_S = 2.5;
-const LEFT_MM = 12; // calibration pulse
-const COL_MM = COL_S * MM_PER_S; // 62.5 mm
-const ROW_MM = 30;
-const PAPER_W_MM = LEFT_MM + 4 * COL_MM + 3;
-const PAPER_H_MM = 4 * ROW_MM + 4;
 const COLUMNS = [['I', 'II', 'III'], ['aVR', 'aVL', 'aVF'], ['V1', 'V2', 'V3'], ['V4', 'V5', 'V6']];
 const RHYTHM_LEAD = 'II';
 const ZOOMS = [0.75, 1, 1.5, 2, 3, 4];
 
-function baselineMm(row) {
-  return 2 + row * ROW_MM + ROW_MM * 0.6;
+/**
+ * The paper's layout in millimetres at a speed (mm/s) and gain (mm/mV): each of the four
+ * columns holds 2.5 s, so 50 mm/s makes the paper twice as wide; rows grow at 20 mm/mV
+ * so that a QRS stays within its row. The calibration pulse (1 mV for 0.2 s) is drawn
+ * at the left.
+ */
+function paperLayout(speed, gain) {
+  const leftMm = 7 + 0.2 * speed;
+  const colMm = COL_S * speed;
+  const rowMm = gain >= 20 ? 60 : 30;
+  return {
+    speed, gain, leftMm, colMm, rowMm,
+    widthMm: leftMm + 4 * colMm + 3,
+    heightMm: 4 * rowMm + 4,
+    baselineMm: (row) => 2 + row * rowMm + rowMm * 0.6,
+  };
+}
+const STANDARD = paperLayout(25, 10);
+
+/** Measurement names as a reader writes them (the API's keys are machine names). */
+const MEASUREMENT_LABELS = {
+  heart_rate_bpm: 'Heart rate (bpm)', rr_ms: 'RR (ms)', pr_ms: 'PR (ms)', qrs_ms: 'QRS (ms)',
+  qt_ms: 'QT (ms)', qtc_bazett_ms: 'QTc Bazett (ms)', qtc_fridericia_ms: 'QTc Fridericia (ms)',
+  p_axis_deg: 'P axis (°)', qrs_axis_deg: 'QRS axis (°)', t_axis_deg: 'T axis (°)',
+  p_ms: 'P duration (ms)', st_j_mv: 'ST at J (mV)', st_j60_mv: 'ST at J+60 ms (mV)',
+};
+const ACRONYMS = new Set(['rr', 'pr', 'qrs', 'qt', 'qtc', 'st', 'hr', 'ecg', 'lvh', 'av', 'j', 'p', 't']);
+const UNITS = { ms: 'ms', bpm: 'bpm', deg: '°', mv: 'mV', uv: 'µV', s: 's', hz: 'Hz', mm: 'mm', pct: '%' };
+
+/** "qtc_bazett_ms" → "QTc Bazett (ms)"; unknown names get acronyms and units the same way. */
+export function measurementLabel(name) {
+  if (MEASUREMENT_LABELS[name]) return MEASUREMENT_LABELS[name];
+  const words = String(name).split(/[_\s]+/).filter(Boolean);
+  const unit = words.length > 1 && UNITS[words[words.length - 1].toLowerCase()];
+  if (unit) words.pop();
+  const text = words.map((w, i) => {
+    const lower = w.toLowerCase();
+    if (lower === 'qtc') return 'QTc';
+    if (ACRONYMS.has(lower)) return lower.toUpperCase();
+    return i === 0 ? lower.charAt(0).toUpperCase() + lower.slice(1) : lower;
+  }).join(' ');
+  return unit ? `${text} (${unit})` : text;
+}
+
+/** "66y F" / "F" / "66y": what the header says about the patient, from the API's fields. */
+function ageSexText(item) {
+  const sex = { M: 'male', F: 'female', O: 'other' }[String(item?.patient_sex ?? '').toUpperCase()];
+  return [item?.patient_age, sex].filter(Boolean).join(' · ');
 }
 
 /** A canvas drawing of the 12-lead ECG; returns {element, draw, setTracing, ...}. */
@@ -127,38 +169,46 @@ function ecgPaper() {
   const caliperBtn = h('button', { class: 'btn small', type: 'button', testid: 'ecg-calipers', 'aria-pressed': 'false' }, 'Calipers');
   const zoomIn = h('button', { class: 'btn small', type: 'button', testid: 'ecg-zoom-in', title: 'Zoom in' }, '+');
   const zoomOut = h('button', { class: 'btn small', type: 'button', testid: 'ecg-zoom-out', title: 'Zoom out' }, '−');
+  const speedSelect = h('select', { testid: 'ecg-speed', 'aria-label': 'Paper speed' },
+    SPEEDS.map((v) => h('option', { value: String(v), selected: v === 25 }, `${v} mm/s`)));
+  const gainSelect = h('select', { testid: 'ecg-gain', 'aria-label': 'Gain' },
+    GAINS.map((v) => h('option', { value: String(v), selected: v === 10 }, `${v} mm/mV`)));
   const toolbar = h('div', { class: 'viewer-toolbar ecg-toolbar' },
     h('span', { class: 'group' }, zoomOut, zoomIn), zoomLabel,
-    h('span', { class: 'group' }, caliperBtn), readout,
-    h('span', { class: 'muted small' }, '25 mm/s · 10 mm/mV'));
+    h('label', { class: 'group small', title: 'Paper speed' }, speedSelect),
+    h('label', { class: 'group small', title: 'Gain' }, gainSelect),
+    h('span', { class: 'group' }, caliperBtn), readout);
 
   let tracing = null;
   let zoomIndex = ZOOMS.indexOf(1);
   let pxPerMm = 4;
   let calipers = false;
   let points = []; // [{x, y}] in mm
+  let paper = STANDARD;
 
   function basePxPerMm() {
+    // Millimetres stay millimetres: the standard 25 mm/s paper fits the width, so at
+    // 50 mm/s the paper is twice as wide (it scrolls) and a millimetre is as large.
     const width = wrap.clientWidth || 1000;
-    return Math.max(1.5, (width - 4) / PAPER_W_MM);
+    return Math.max(1.5, (width - 4) / STANDARD.widthMm);
   }
 
   function drawGrid(ctx) {
     ctx.fillStyle = '#fff8f6';
-    ctx.fillRect(0, 0, PAPER_W_MM * pxPerMm, PAPER_H_MM * pxPerMm);
+    ctx.fillRect(0, 0, paper.widthMm * pxPerMm, paper.heightMm * pxPerMm);
     for (const [step, color, width] of [[1, '#f7d4d0', 0.5], [5, '#e79c94', 1]]) {
       ctx.strokeStyle = color;
       ctx.lineWidth = width;
       ctx.beginPath();
-      for (let x = 0; x <= PAPER_W_MM + 1e-6; x += step) {
+      for (let x = 0; x <= paper.widthMm + 1e-6; x += step) {
         const px = Math.round(x * pxPerMm) + 0.5;
         ctx.moveTo(px, 0);
-        ctx.lineTo(px, PAPER_H_MM * pxPerMm);
+        ctx.lineTo(px, paper.heightMm * pxPerMm);
       }
-      for (let y = 0; y <= PAPER_H_MM + 1e-6; y += step) {
+      for (let y = 0; y <= paper.heightMm + 1e-6; y += step) {
         const py = Math.round(y * pxPerMm) + 0.5;
         ctx.moveTo(0, py);
-        ctx.lineTo(PAPER_W_MM * pxPerMm, py);
+        ctx.lineTo(paper.widthMm * pxPerMm, py);
       }
       ctx.stroke();
     }
@@ -173,8 +223,8 @@ function ecgPaper() {
         pen = false;
         continue;
       }
-      const x = (x0Mm + ((i - i0) / fs) * MM_PER_S) * pxPerMm;
-      const y = (yMm - v * MM_PER_MV) * pxPerMm;
+      const x = (x0Mm + ((i - i0) / fs) * paper.speed) * pxPerMm;
+      const y = (yMm - v * paper.gain) * pxPerMm;
       if (pen) ctx.lineTo(x, y);
       else ctx.moveTo(x, y);
       pen = true;
@@ -185,8 +235,8 @@ function ecgPaper() {
   function draw() {
     pxPerMm = basePxPerMm() * ZOOMS[zoomIndex];
     const dpr = window.devicePixelRatio || 1;
-    const w = Math.ceil(PAPER_W_MM * pxPerMm);
-    const hgt = Math.ceil(PAPER_H_MM * pxPerMm);
+    const w = Math.ceil(paper.widthMm * pxPerMm);
+    const hgt = Math.ceil(paper.heightMm * pxPerMm);
     canvas.width = Math.ceil(w * dpr);
     canvas.height = Math.ceil(hgt * dpr);
     canvas.style.width = `${w}px`;
@@ -199,26 +249,28 @@ function ecgPaper() {
     ctx.lineWidth = Math.max(1, pxPerMm * 0.25);
     ctx.lineJoin = 'round';
     ctx.font = `${Math.max(10, 3.2 * pxPerMm)}px system-ui, sans-serif`;
+    const { baselineMm, leftMm, colMm, rowMm } = paper;
+    const pulseEnd = 3 + 0.2 * paper.speed;
     for (let row = 0; row < 4; row += 1) {
-      // Calibration pulse: 1 mV (10 mm) for 0.2 s (5 mm).
+      // Calibration pulse: 1 mV (gain mm high) for 0.2 s (5 mm at 25 mm/s).
       const b = baselineMm(row) * pxPerMm;
-      const top = (baselineMm(row) - MM_PER_MV) * pxPerMm;
+      const top = (baselineMm(row) - paper.gain) * pxPerMm;
       ctx.beginPath();
       ctx.moveTo(1 * pxPerMm, b);
       ctx.lineTo(3 * pxPerMm, b);
       ctx.lineTo(3 * pxPerMm, top);
-      ctx.lineTo(8 * pxPerMm, top);
-      ctx.lineTo(8 * pxPerMm, b);
-      ctx.lineTo(LEFT_MM * pxPerMm, b);
+      ctx.lineTo(pulseEnd * pxPerMm, top);
+      ctx.lineTo(pulseEnd * pxPerMm, b);
+      ctx.lineTo(leftMm * pxPerMm, b);
       ctx.stroke();
     }
     const leads = tracing?.leads ?? {};
     const fs = Number(tracing?.sampling_rate) || 250;
     COLUMNS.forEach((names, col) => {
       names.forEach((name, row) => {
-        const x0 = LEFT_MM + col * COL_MM;
+        const x0 = leftMm + col * colMm;
         const y = baselineMm(row);
-        ctx.fillText(name, (x0 + 1.5) * pxPerMm, (y - ROW_MM * 0.45) * pxPerMm);
+        ctx.fillText(name, (x0 + 1.5) * pxPerMm, (y - rowMm * 0.45) * pxPerMm);
         if (col > 0) { // lead change marker
           ctx.beginPath();
           ctx.moveTo(x0 * pxPerMm, (y - 3) * pxPerMm);
@@ -234,11 +286,13 @@ function ecgPaper() {
     });
     const rhythm = leads[RHYTHM_LEAD];
     const yR = baselineMm(3);
-    ctx.fillText(`${RHYTHM_LEAD} (rhythm)`, (LEFT_MM + 1.5) * pxPerMm, (yR - ROW_MM * 0.45) * pxPerMm);
-    if (Array.isArray(rhythm)) trace(ctx, rhythm, fs, 0, Math.round(4 * COL_S * fs), LEFT_MM, yR);
+    ctx.fillText(`${RHYTHM_LEAD} (rhythm)`, (leftMm + 1.5) * pxPerMm, (yR - rowMm * 0.45) * pxPerMm);
+    if (Array.isArray(rhythm)) trace(ctx, rhythm, fs, 0, Math.round(4 * COL_S * fs), leftMm, yR);
     drawCalipers(ctx);
     canvas.dataset.rendered = tracing ? 'true' : 'false';
     canvas.dataset.pxPerMm = pxPerMm.toFixed(3);
+    canvas.dataset.speed = String(paper.speed);
+    canvas.dataset.gain = String(paper.gain);
     replace(zoomLabel, `${Math.round(ZOOMS[zoomIndex] * 100)}% · ${pxPerMm.toFixed(1)} px/mm`);
     zoomIn.disabled = zoomIndex >= ZOOMS.length - 1;
     zoomOut.disabled = zoomIndex <= 0;
@@ -254,7 +308,7 @@ function ecgPaper() {
     for (const p of points) {
       ctx.beginPath();
       ctx.moveTo(p.x * pxPerMm, 0);
-      ctx.lineTo(p.x * pxPerMm, PAPER_H_MM * pxPerMm);
+      ctx.lineTo(p.x * pxPerMm, paper.heightMm * pxPerMm);
       ctx.stroke();
       ctx.beginPath();
       ctx.arc(p.x * pxPerMm, p.y * pxPerMm, 3, 0, Math.PI * 2);
@@ -276,8 +330,8 @@ function ecgPaper() {
       delete readout.dataset.dtMs;
       return;
     }
-    const dtMs = (Math.abs(points[1].x - points[0].x) / MM_PER_S) * 1000;
-    const dmv = (points[0].y - points[1].y) / MM_PER_MV;
+    const dtMs = (Math.abs(points[1].x - points[0].x) / paper.speed) * 1000;
+    const dmv = (points[0].y - points[1].y) / paper.gain;
     readout.dataset.dtMs = dtMs.toFixed(0);
     readout.dataset.dmv = dmv.toFixed(2);
     replace(readout,
@@ -303,6 +357,14 @@ function ecgPaper() {
     draw();
     showReadout();
   });
+  function setPaper() {
+    paper = paperLayout(Number(speedSelect.value) || 25, Number(gainSelect.value) || 10);
+    points = []; // calipers measure on the paper they were placed on
+    draw();
+    showReadout();
+  }
+  speedSelect.addEventListener('change', setPaper);
+  gainSelect.addEventListener('change', setPaper);
   zoomIn.addEventListener('click', () => { zoomIndex = Math.min(ZOOMS.length - 1, zoomIndex + 1); draw(); });
   zoomOut.addEventListener('click', () => { zoomIndex = Math.max(0, zoomIndex - 1); draw(); });
 
@@ -367,19 +429,21 @@ export function renderEcg(root, ecgId, { navigate }) {
     h('div', { class: 'study-header ecg-header' },
       h('a', { href: '#/ecg', class: 'btn small', testid: 'ecg-back' }, '‹ Queue'), title, qualityBox),
     error,
+    // The tracing and the previous ECG on the left; on the right, first what the
+    // cardiologist edits (statements, then measurements), then the report: at 1366×768
+    // the statements are on screen without scrolling the page.
     h('div', { class: 'ecg-layout' },
-      h('div', { class: 'ecg-main' }, tracingError, paper.element,
-        h('div', { class: 'ecg-compare' },
-          h('div', { class: 'panel ecg-current' },
-            h('h3', {}, 'Measurements'), measurementsBox,
-            h('h3', {}, 'Statements'), statementList,
-            h('div', { class: 'ecg-add' }, addCode, addText,
-              h('label', { class: 'check' }, addCritical, ' critical'), addBtn),
-            aiBox,
-            lockNotice,
-            h('div', { class: 'report-actions' }, saveBtn, saveStatus)),
-          previousBox)),
-      h('aside', { class: 'side-pane ecg-side' }, reportBox))));
+      h('div', { class: 'ecg-main' }, tracingError, paper.element, previousBox),
+      h('aside', { class: 'side-pane ecg-side' },
+        h('div', { class: 'panel ecg-current', testid: 'ecg-editor' },
+          h('h3', {}, 'Statements'), statementList,
+          h('div', { class: 'ecg-add' }, addCode, addText,
+            h('label', { class: 'check' }, addCritical, ' critical'), addBtn),
+          h('div', { class: 'report-actions' }, saveBtn, saveStatus),
+          lockNotice,
+          h('h3', {}, 'Measurements'), measurementsBox,
+          aiBox),
+        reportBox))));
 
   function showError(text) {
     replace(error, text);
@@ -488,13 +552,13 @@ export function renderEcg(root, ecgId, { navigate }) {
       const input = h('input', { id, type: 'number', step: 'any', testid: `ecg-measurement-${name}`, dataset: { name } });
       input.value = m[name] === null || m[name] === undefined ? '' : String(m[name]);
       measurementInputs.set(name, input);
-      return h('div', { class: 'ecg-m-row' }, h('label', { for: id }, humanize(name)), input);
+      return h('div', { class: 'ecg-m-row' }, h('label', { for: id }, measurementLabel(name)), input);
     }));
     if (!names.length) measurementsBox.append(h('p', { class: 'muted' }, 'No measurements.'));
     if (others.length) {
       measurementsBox.append(h('details', { class: 'ecg-m-other', testid: 'ecg-measurements-other' },
         h('summary', { class: 'muted small' }, `Other values (${others.length})`),
-        h('dl', { class: 'small' }, others.map((n) => [h('dt', { class: 'muted' }, humanize(n)),
+        h('dl', { class: 'small' }, others.map((n) => [h('dt', { class: 'muted' }, measurementLabel(n)),
           h('dd', {}, typeof m[n] === 'object' ? JSON.stringify(m[n]) : String(m[n]))]))));
     }
   }
@@ -535,18 +599,39 @@ export function renderEcg(root, ecgId, { navigate }) {
       h('table', { class: 'ecg-compare-table' },
         h('thead', {}, h('tr', {}, h('th', {}, ''), h('th', {}, 'Now'), h('th', {}, 'Previous'))),
         h('tbody', {}, names.map((n) => h('tr', { testid: 'ecg-previous-measurement', dataset: { name: n } },
-          h('td', {}, humanize(n)), h('td', { class: 'num' }, fmtNumber(cur[n])),
+          h('td', {}, measurementLabel(n)), h('td', { class: 'num' }, fmtNumber(cur[n])),
           h('td', { class: 'num' }, fmtNumber(pm[n])))))),
       h('h4', {}, 'Previous statements'),
       h('div', { testid: 'ecg-previous-statements' }, statementBadges(prev.statements)),
       h('a', { href: `#/ecg/${seg(prev.id)}`, class: 'small', testid: 'ecg-previous-open' }, 'Open previous ECG'));
   }
 
+  // The report's status in the header follows the report panel: signing there makes it
+  // "signed" here at once (the panel tells the page through `rdc:report-state`).
+  const statusBadge = h('span', { class: 'badge', testid: 'ecg-report-status' });
+  function showStatus(status) {
+    if (ecg) ecg.status = status;
+    statusBadge.className = `badge st-${cls(status)}`;
+    statusBadge.dataset.status = String(status ?? '');
+    replace(statusBadge, status ?? '');
+  }
+  const onReportStatus = (event) => {
+    if (!ecg || String(event.detail?.studyId) !== String(ecg.study_id)) return;
+    const state = String(event.detail?.state ?? '');
+    if (state === 'final' || state === 'amended') showStatus('signed');
+    else if (event.detail?.reportId && ecg.status === 'unread') showStatus('reported');
+  };
+  document.addEventListener('rdc:report-state', onReportStatus);
+  cleanups.push(() => document.removeEventListener('rdc:report-state', onReportStatus));
+
   function renderAll() {
+    const who = ageSexText(ecg);
     replace(title,
       h('span', { class: 'strong', testid: 'ecg-patient' }, formatPersonName(ecg.patient_name) || '(no name)'),
+      who ? h('span', { class: 'ecg-age-sex', testid: 'ecg-age-sex' }, ` ${who}`) : null,
       h('span', { class: 'muted small' }, ` ${ecg.patient_id ?? ''} · ${ecg.site_name || ecg.site_id || ''} · `),
-      h('span', { class: `badge st-${cls(ecg.status)}`, testid: 'ecg-report-status' }, ecg.status ?? ''));
+      statusBadge);
+    showStatus(ecg.status ?? '');
     renderQuality();
     renderMeasurements();
     statements = (ecg.statements_full ?? []).map((s) => ({
@@ -581,7 +666,7 @@ export function renderEcg(root, ecgId, { navigate }) {
       const before = ecg.measurements?.[name];
       const value = raw === '' ? null : Number(raw);
       if (value !== null && !Number.isFinite(value)) {
-        showError(`${humanize(name)}: not a number`);
+        showError(`${measurementLabel(name)}: not a number`);
         return;
       }
       if (value !== (before ?? null)) changed[name] = value;

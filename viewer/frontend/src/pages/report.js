@@ -2,6 +2,14 @@ import { ApiError, api, me, tuning } from '../api.js';
 import { formatDateTime, h, humanize, replace } from '../dom.js';
 
 const DELIVERY_POLL_MS = 10_000;
+/** A placeholder the reader must resolve (core/reports/templates.py PLACEHOLDER). */
+const PLACEHOLDER = /\{\{[\s\S]*?\}\}/;
+/** Roles that write and sign reports (viewer/worklist.py READER_ROLES). */
+const REPORTING_ROLES = ['radiologist', 'cardiologist', 'pathologist', 'lab_reviewer'];
+
+function canReport(user) {
+  return Array.isArray(user?.roles) && user.roles.some((r) => REPORTING_ROLES.includes(r));
+}
 /** Unsaved text goes to the server this often (localStorage `rdc.autosaveMs` shortens it
  * for the browser tests). */
 const AUTOSAVE_MS = 45_000;
@@ -77,6 +85,12 @@ export function renderReportPanel(root, study) {
   const prelimBtn = h('button', { class: 'btn', type: 'button', testid: 'report-preliminary' }, 'Save preliminary');
   const signBtn = h('button', { class: 'btn primary', type: 'button', testid: 'report-sign', title: 'Sign (Ctrl+Enter)' }, 'Sign…');
   const addendumBtn = h('button', { class: 'btn', type: 'button', testid: 'report-addendum', hidden: true }, 'Addendum');
+  // The signed report as the site received it (sealed PDF): readers and the site's clerk.
+  const pdfLink = h('a', {
+    class: 'btn', testid: 'report-pdf', target: '_blank', rel: 'noopener', hidden: true,
+    title: 'The signed report as a PDF, as the site received it',
+  }, 'PDF');
+  const reporter = canReport(me());
   const deliveriesList = h('ul', { class: 'deliveries', testid: 'delivery-status' });
   const deliveriesBox = h('div', { class: 'deliveries-box', hidden: true },
     h('h4', {}, 'Delivery to the site ',
@@ -86,11 +100,15 @@ export function renderReportPanel(root, study) {
   // Passphrase dialog: the passphrase unlocks the reader's key server-side, never stored.
   const passphrase = h('input', { type: 'password', autocomplete: 'off', testid: 'sign-passphrase', id: 'sign-passphrase', required: true });
   const signError = h('p', { class: 'error', role: 'alert', testid: 'sign-error', hidden: true });
+  // Required fields still empty or holding a {{placeholder}}: named as the dialog opens,
+  // and signing stays off until they are resolved (the server would refuse it).
+  const signUnresolved = h('div', { class: 'warning small sign-unresolved', role: 'alert', testid: 'sign-unresolved', hidden: true });
   const signConfirm = h('button', { class: 'btn primary', type: 'submit', testid: 'sign-confirm' }, 'Sign report');
   const signCancel = h('button', { class: 'btn', type: 'button', testid: 'sign-cancel' }, 'Cancel');
   const signForm = h('form', { method: 'dialog', class: 'sign-form' },
     h('h3', {}, 'Sign report'),
     h('p', { class: 'muted small' }, 'Signing freezes this version and sends it to the referring site.'),
+    signUnresolved,
     h('label', { for: 'sign-passphrase' }, 'Key passphrase'), passphrase, signError,
     h('div', { class: 'row' }, signCancel, signConfirm));
   const dialog = h('dialog', { class: 'sign-dialog', testid: 'sign-dialog' }, signForm);
@@ -100,7 +118,7 @@ export function renderReportPanel(root, study) {
     error,
     notice,
     fieldsBox,
-    h('div', { class: 'report-actions' }, saveBtn, prelimBtn, signBtn, addendumBtn),
+    h('div', { class: 'report-actions' }, saveBtn, prelimBtn, signBtn, addendumBtn, pdfLink),
     status,
     deliveriesBox,
     dialog,
@@ -140,9 +158,11 @@ export function renderReportPanel(root, study) {
       `${report?.template ?? ''} · version ${version?.number ?? '?'}${version?.kind ? ` (${version.kind})` : ''}`,
       report && report.id === null ? ' · not saved yet' : '',
       signed && version?.signed_by ? ` · signed by ${version.signed_by} ${formatDateTime(version.signed_at)}` : '');
-    saveBtn.hidden = prelimBtn.hidden = signBtn.hidden = signed;
-    addendumBtn.hidden = !signed;
+    saveBtn.hidden = prelimBtn.hidden = signBtn.hidden = signed || !reporter;
+    addendumBtn.hidden = !signed || !reporter;
     const anySigned = (report?.versions ?? []).some(isSigned);
+    pdfLink.hidden = !anySigned || report?.id === null || report?.id === undefined;
+    if (!pdfLink.hidden) pdfLink.href = `/api/reports/${seg(report.id)}/pdf`;
     deliveriesBox.hidden = !anySigned;
     if (anySigned) startPolling();
     document.dispatchEvent(new CustomEvent('rdc:report-state', {
@@ -283,17 +303,46 @@ export function renderReportPanel(root, study) {
     }
   }
 
-  function openSign() {
-    if (!report || isSigned(current())) return;
-    passphrase.value = '';
-    signError.hidden = true;
-    dialog.showModal();
-    passphrase.focus();
+  /** Required fields (the template's, from the API) that are empty or hold a {{placeholder}}. */
+  function unresolvedFields() {
+    return (report?.required_fields ?? []).filter((name) => {
+      const text = fieldInputs.get(name)?.value ?? current()?.fields?.[name] ?? '';
+      return !String(text).trim() || PLACEHOLDER.test(String(text));
+    });
   }
 
-  signCancel.addEventListener('click', () => dialog.close());
+  function showUnresolved() {
+    const open = unresolvedFields();
+    for (const [name, input] of fieldInputs) input.classList.toggle('unresolved', open.includes(name));
+    signUnresolved.hidden = !open.length;
+    replace(signUnresolved, open.length ? [
+      'Resolve before signing (empty, or a {{placeholder}} left): ',
+      h('ul', {}, open.map((name) => h('li', { testid: 'sign-unresolved-field', dataset: { field: name } },
+        humanize(name),
+        PLACEHOLDER.test(fieldInputs.get(name)?.value ?? '') ? ' — a {{placeholder}} is left' : ' — empty'))),
+    ] : []);
+    signConfirm.disabled = open.length > 0;
+    passphrase.disabled = open.length > 0;
+    return open;
+  }
+
+  function openSign() {
+    if (!report || isSigned(current()) || !reporter) return;
+    passphrase.value = '';
+    signError.hidden = true;
+    const open = showUnresolved();
+    dialog.showModal();
+    (open.length ? signCancel : passphrase).focus();
+  }
+
+  signCancel.addEventListener('click', () => {
+    dialog.close();
+    const first = unresolvedFields()[0];
+    if (first) fieldInputs.get(first)?.focus();
+  });
   signForm.addEventListener('submit', async (event) => {
     event.preventDefault();
+    if (showUnresolved().length) return;
     if (!passphrase.value) {
       replace(signError, 'Enter the passphrase of your signing key.');
       signError.hidden = false;
@@ -318,7 +367,7 @@ export function renderReportPanel(root, study) {
       replace(signError, message(err));
       signError.hidden = false;
     } finally {
-      signConfirm.disabled = false;
+      signConfirm.disabled = dialog.open && unresolvedFields().length > 0;
     }
   });
 
@@ -374,6 +423,25 @@ export function renderReportPanel(root, study) {
   document.addEventListener('keydown', onKey);
 
   async function load() {
+    if (!reporter) {
+      // A site clerk reads the signed report of its own site, nothing before that.
+      const id = study.report_id;
+      report = null;
+      if (id !== null && id !== undefined) {
+        report = await api('GET', `/api/reports/${seg(id)}`).catch((err) => {
+          if (err instanceof ApiError && err.status === 404) return null;
+          throw err;
+        });
+      }
+      if (disposed) return;
+      if (!report) {
+        fieldsBox.replaceChildren(h('p', { class: 'muted', testid: 'report-none' }, 'No signed report yet.'));
+        saveBtn.hidden = prelimBtn.hidden = signBtn.hidden = addendumBtn.hidden = true;
+        return;
+      }
+      render({ fields: true });
+      return;
+    }
     report = await api('GET', `/api/studies/${seg(study.study_id)}/report`);
     if (disposed) return;
     render({ fields: true });

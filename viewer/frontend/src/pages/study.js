@@ -1,15 +1,35 @@
 import { ApiError, WAVEFORM_MODALITIES, api, ecgOfStudy, me } from '../api.js';
-import { formatDate, formatDuration, formatPersonName, h, replace } from '../dom.js';
+import { formatDate, formatPersonName, h, replace } from '../dom.js';
 import { DICOMWEB_BASE, TOOLS, createStackViewer, loadSeriesImageIds } from '../viewer/cornerstone.js';
 import { createSegOverlay, loadSegmentations } from '../viewer/segOverlay.js';
 import { renderReportPanel } from './report.js';
+import { ageSex, canReport, priorityClass, priorityLabel } from './worklist.js';
 
-export const WL_PRESETS = [
-  { id: 'brain', label: 'Brain', width: 80, center: 40, key: '1' },
-  { id: 'lung', label: 'Lung', width: 1500, center: -600, key: '2' },
+/** Window presets of CT (Hounsfield units); keys 1–4. */
+export const CT_PRESETS = [
+  { id: 'lung', label: 'Lung', width: 1500, center: -600, key: '1' },
+  { id: 'mediastinum', label: 'Mediastinum', width: 350, center: 50, key: '2' },
   { id: 'bone', label: 'Bone', width: 2000, center: 300, key: '3' },
-  { id: 'abdomen', label: 'Abdomen', width: 400, center: 50, key: '4' },
+  { id: 'brain', label: 'Brain', width: 80, center: 40, key: '4' },
 ];
+/** Radiographs, MR, US, ...: no Hounsfield scale, so only the image's own window back. */
+const DEFAULT_PRESETS = [{ id: 'default', label: 'Default', key: '1', reset: true }];
+
+/** The window presets that make sense for a series' modality. */
+export function presetsFor(modality) {
+  return String(modality ?? '').toUpperCase() === 'CT' ? CT_PRESETS : DEFAULT_PRESETS;
+}
+
+/** How often the header's "due in" is brought up to date. */
+const DUE_TICK_MS = 30_000;
+
+/** Time left at minute precision ("2h 05m", "12m", "< 1m"): it changes every half minute. */
+function formatDue(seconds) {
+  const m = Math.floor(Math.abs(seconds) / 60);
+  if (m >= 24 * 60) return `${Math.floor(m / 1440)}d ${String(Math.floor((m % 1440) / 60)).padStart(2, '0')}h`;
+  if (m >= 60) return `${Math.floor(m / 60)}h ${String(m % 60).padStart(2, '0')}m`;
+  return m ? `${m}m` : '< 1m';
+}
 
 const TOOL_BUTTONS = [
   { tool: TOOLS.windowLevel, label: 'W/L', id: 'wl', key: 'w' },
@@ -17,8 +37,8 @@ const TOOL_BUTTONS = [
   { tool: TOOLS.zoom, label: 'Zoom', id: 'zoom', key: 'z' },
   { tool: TOOLS.length, label: 'Length', id: 'length', key: 'l' },
   { tool: TOOLS.angle, label: 'Angle', id: 'angle', key: 'a' },
-  { tool: TOOLS.ellipse, label: 'Ellipse ROI', id: 'ellipse-roi', key: 'e' },
-  { tool: TOOLS.rectangle, label: 'Rect ROI', id: 'rectangle-roi', key: 'r' },
+  { tool: TOOLS.ellipse, label: 'Ellipse', name: 'Ellipse ROI', id: 'ellipse-roi', key: 'e' },
+  { tool: TOOLS.rectangle, label: 'Rect', name: 'Rectangle ROI', id: 'rectangle-roi', key: 'r' },
 ];
 
 function seg(v) {
@@ -63,6 +83,10 @@ function resetTestHook() {
     segOverlayPixels: () => 0,
     /** Indices in the stack of the slices the AI SEG marks. */
     segSliceIndices: () => [],
+    /** Where the current image lies on its canvas (CSS px), and the canvas size. */
+    imageExtent: () => null,
+    /** The same for the prior shown side by side. */
+    priorImageExtent: () => null,
   };
   window.__rdc = hook;
   return { hook, resolveReady };
@@ -107,17 +131,33 @@ export function renderStudy(root, studyId, { navigate }) {
   const reportBox = h('section', { class: 'panel report', testid: 'report-panel' });
 
   const toolButtons = TOOL_BUTTONS.map((t) => h('button', {
-    class: 'btn tool', type: 'button', testid: `tool-${t.id}`, title: `${t.label} (${t.key.toUpperCase()})`,
+    class: 'btn tool', type: 'button', testid: `tool-${t.id}`, title: `${t.name ?? t.label} (${t.key.toUpperCase()})`,
     dataset: { tool: t.tool }, onClick: () => selectTool(t.tool),
   }, t.label));
-  const presetButtons = WL_PRESETS.map((p) => h('button', {
-    class: 'btn preset', type: 'button', testid: `wl-preset-${p.id}`, title: `W ${p.width} / L ${p.center} (${p.key})`,
-    dataset: { width: String(p.width), center: String(p.center) },
-    onClick: () => activeViewer()?.setWindow(p.width, p.center),
-  }, p.label));
+  // Window presets follow the modality of the series in the active viewport.
+  const presetGroup = h('span', { class: 'group presets', testid: 'wl-presets' });
+  let presets = [];
+  function applyPreset(p) {
+    const v = activeViewer();
+    if (!v) return;
+    if (p.reset) v.resetWindow();
+    else v.setWindow(p.width, p.center);
+  }
+  function renderPresets() {
+    const modality = priorActive && prior ? prior.modality : mainModality;
+    presets = presetsFor(modality);
+    presetGroup.dataset.modality = String(modality ?? '');
+    presetGroup.replaceChildren(...presets.map((p) => h('button', {
+      class: 'btn preset', type: 'button', testid: `wl-preset-${p.id}`,
+      title: p.reset ? `The image's own window (${p.key})` : `W ${p.width} / L ${p.center} (${p.key})`,
+      dataset: p.reset ? {} : { width: String(p.width), center: String(p.center) },
+      onClick: () => applyPreset(p),
+    }, p.label)));
+  }
+  let mainModality = '';
   const toolbar = h('div', { class: 'viewer-toolbar', role: 'toolbar' },
     h('span', { class: 'group' }, toolButtons),
-    h('span', { class: 'group' }, presetButtons),
+    presetGroup,
     h('span', { class: 'group' },
       h('button', { class: 'btn', type: 'button', testid: 'viewer-invert', onClick: () => activeViewer()?.invert() }, 'Invert'),
       h('button', { class: 'btn', type: 'button', testid: 'viewer-reset', onClick: () => activeViewer()?.reset() }, 'Reset')),
@@ -146,6 +186,7 @@ export function renderStudy(root, studyId, { navigate }) {
     priorActive = isPrior && Boolean(prior);
     mainWrap.classList.toggle('active', Boolean(prior) && !priorActive);
     prior?.panel.classList.toggle('active', priorActive);
+    renderPresets();
   }
   viewportEl.addEventListener('pointerdown', () => setActive(false));
   viewportEl.addEventListener('focus', () => setActive(false));
@@ -210,9 +251,9 @@ export function renderStudy(root, studyId, { navigate }) {
       segToggle.checked = !segToggle.checked;
       segOverlay?.setVisible(segToggle.checked);
     } else {
-      const preset = WL_PRESETS.find((p) => p.key === event.key);
+      const preset = presets.find((p) => p.key === event.key);
       const tool = TOOL_BUTTONS.find((t) => t.key === event.key.toLowerCase());
-      if (preset) v.setWindow(preset.width, preset.center);
+      if (preset) applyPreset(preset);
       else if (tool) selectTool(tool.tool);
       else return;
     }
@@ -238,12 +279,16 @@ export function renderStudy(root, studyId, { navigate }) {
         });
         if (disposed) { viewer.destroy(); return; }
         hook.getViewport = () => viewer?.viewport ?? null;
+        hook.imageExtent = () => viewer?.imageExtent() ?? null;
         selectTool(TOOLS.windowLevel);
       }
       const imageIds = await loadSeriesImageIds(study.study_uid, series.series_uid, series.instances);
       if (disposed) return;
       if (!imageIds.length) throw new Error('this series has no displayable images');
       viewportEl.dataset.seriesUid = series.series_uid;
+      mainModality = String(series.modality ?? '');
+      viewportEl.dataset.modality = mainModality;
+      renderPresets();
       await viewer.setStack(imageIds, Math.floor(imageIds.length / 2));
       replace(overlayStatus, '');
       updateOverlay();
@@ -333,11 +378,33 @@ export function renderStudy(root, studyId, { navigate }) {
     }
   }
 
+  // "due in" counts down while the study is open: the header keeps the due time and
+  // brings the text up to date every DUE_TICK_MS.
+  let dueMs = NaN;
+  const dueEl = h('span', { class: 'muted due', testid: 'study-due' });
+  function tickDue() {
+    if (Number.isNaN(dueMs)) {
+      dueEl.hidden = true;
+      return;
+    }
+    const left = Math.round((dueMs - Date.now()) / 1000);
+    dueEl.hidden = false;
+    dueEl.className = left < 0 ? 'overdue due' : 'muted due';
+    dueEl.dataset.secondsLeft = String(left);
+    replace(dueEl, left < 0 ? `overdue ${formatDue(-left)}` : `due in ${formatDue(left)}`);
+  }
+  const dueTimer = setInterval(tickDue, DUE_TICK_MS);
+  disposers.push(() => clearInterval(dueTimer));
+
   function renderHeader(study) {
     const user = me();
     const mine = study.claimed_by && study.claimed_by === user?.username;
     const seconds = typeof study.seconds_left === 'number' ? study.seconds_left : null;
-    const claimBtn = !study.claimed_by
+    dueMs = study.status === 'signed' ? NaN // read: nothing is due any more
+      : seconds !== null ? Date.now() + seconds * 1000
+        : study.due_at ? Date.parse(study.due_at) : NaN;
+    const label = priorityLabel(study);
+    const claimBtn = !canReport(user) ? null : !study.claimed_by
       ? h('button', { class: 'btn primary', type: 'button', testid: 'study-claim' }, 'Claim')
       : mine ? h('button', { class: 'btn', type: 'button', testid: 'study-release' }, 'Release') : null;
     claimBtn?.addEventListener('click', async () => {
@@ -356,17 +423,18 @@ export function renderStudy(root, studyId, { navigate }) {
       h('a', { class: 'btn ghost', href: '#/worklist', testid: 'back-to-worklist' }, '‹ Worklist'),
       h('div', { class: 'patient' },
         h('span', { class: 'strong', testid: 'study-patient-name' }, formatPersonName(study.patient_name)),
-        h('span', { class: 'muted' }, ` ${study.patient_id ?? ''}`)),
-      h('div', {}, h('span', { testid: 'study-description' }, study.description ?? ''),
-        h('span', { class: 'muted' }, ` · ${(study.modalities ?? []).join('/')} · ${study.site_name || study.site_id || ''}`)),
-      String(study.priority ?? '') ? h('span', { class: `badge prio prio-${String(study.priority).toLowerCase().replace(/[^a-z]/g, '')}` },
-        String(study.priority).toUpperCase()) : null,
-      study.ai_critical ? h('span', { class: 'badge crit' }, 'AI CRITICAL') : null,
+        h('span', { class: 'muted' }, ` ${study.patient_id ?? ''}`),
+        ageSex(study) ? h('span', { class: 'muted', testid: 'study-age-sex' }, ` · ${ageSex(study)}`) : null),
+      h('div', { class: 'study-what' }, h('span', { testid: 'study-description' }, study.description ?? ''),
+        h('span', { class: 'muted' }, ` · ${[formatDate(study.study_date), (study.modalities ?? []).join('/'),
+          study.site_name || study.site_id || ''].filter(Boolean).join(' · ')}`)),
+      h('span', { class: `badge prio ${priorityClass(label)}`, testid: 'study-priority' }, label),
+      study.ai_critical && label !== 'AI CRITICAL' ? h('span', { class: 'badge crit' }, 'AI CRITICAL') : null,
       h('span', { class: 'muted', testid: 'study-claimed-by' },
         study.claimed_by ? `claimed by ${study.claimed_by}` : 'unclaimed'),
-      seconds !== null ? h('span', { class: seconds < 0 ? 'overdue' : 'muted' },
-        seconds < 0 ? `overdue ${formatDuration(seconds)}` : `due in ${formatDuration(seconds)}`) : null,
+      dueEl,
       claimBtn);
+    tickDue();
   }
 
   // Once the report is signed its AI findings are what it was signed on: read-only
@@ -448,6 +516,7 @@ export function renderStudy(root, studyId, { navigate }) {
     panel.remove();
     setActive(false);
     viewportsBox.classList.remove('side-by-side');
+    viewer?.fit(); // the current image gets its whole width back
   }
   disposers.push(closePrior);
 
@@ -478,7 +547,7 @@ export function renderStudy(root, studyId, { navigate }) {
         '⚠ matched by name and birth date only: check it is the same patient') : null),
     h('div', { class: 'viewport-wrap' }, priorEl,
       h('div', { class: 'viewport-overlay' }, pos, wl, status)));
-    const current = { viewer: null, panel, studyId: p.study_id };
+    const current = { viewer: null, panel, studyId: p.study_id, modality: '' };
     prior = current;
     close.addEventListener('click', closePrior);
     priorEl.addEventListener('pointerdown', () => setActive(true));
@@ -486,6 +555,7 @@ export function renderStudy(root, studyId, { navigate }) {
     viewportsBox.append(panel);
     viewportsBox.classList.add('side-by-side');
     setActive(false);
+    viewer?.fit(); // half the width now: fit the current image into it again
 
     const update = () => {
       const v = current.viewer;
@@ -512,6 +582,7 @@ export function renderStudy(root, studyId, { navigate }) {
       });
       if (disposed || prior !== current) { current.viewer.destroy(); current.viewer = null; return; }
       hook.getPriorViewport = () => (prior === current ? current.viewer?.viewport ?? null : null);
+      hook.priorImageExtent = () => (prior === current ? current.viewer?.imageExtent() ?? null : null);
       if (viewer?.primaryTool) current.viewer.setPrimaryTool(viewer.primaryTool);
       const show = async (s) => {
         replace(status, 'Loading…');
@@ -520,6 +591,8 @@ export function renderStudy(root, studyId, { navigate }) {
           if (disposed || prior !== current) return;
           if (!ids.length) throw new Error('this series has no displayable images');
           priorEl.dataset.seriesUid = s.series_uid;
+          current.modality = String(s.modality ?? '');
+          if (priorActive && prior === current) renderPresets();
           await current.viewer.setStack(ids, Math.floor(ids.length / 2));
           replace(status, '');
           update();

@@ -1,17 +1,51 @@
 import { ApiError, WAVEFORM_MODALITIES, api, ecgOfStudy } from '../api.js';
-import { formatDateTime, formatDuration, formatPersonName, h, replace } from '../dom.js';
+import { formatDate, formatDateTime, formatDuration, formatPersonName, h, replace } from '../dom.js';
 
 const MODALITIES = ['', 'CT', 'MR', 'CR', 'DX', 'US', 'MG', 'PT', 'NM', 'XA', 'RF', 'ECG', 'SM'];
-const STATUSES = ['', 'unread', 'claimed', 'reported', 'signed'];
+/** The API's status filter (viewer/worklist.py STATUSES): "open" is everything not signed. */
+const STATUSES = ['open', 'all', 'unread', 'claimed', 'reported', 'signed'];
+const STATUS_LABELS = { open: 'Open (not signed)', all: 'All', unread: 'Unread', claimed: 'Claimed',
+  reported: 'Reported', signed: 'Signed' };
 const PAGE_SIZE = 50;
+const COLUMNS = ['Priority', 'AI', 'Patient', 'Age/Sex', 'Site', 'Study', 'Accession', 'Body part',
+  'Study date', 'Mod.', 'Img', 'Status', 'Due in', ''];
 const REFRESH_MS = 30_000;
+/** Roles that claim and report (viewer/worklist.py READER_ROLES); a site clerk only looks. */
+const REPORTING_ROLES = ['radiologist', 'cardiologist', 'pathologist', 'lab_reviewer'];
+
+/** Worklist priorities (viewer/worklist.py): 9 STAT, 8 AI-critical, 7 urgent, else routine. */
+export function priorityLabel(item) {
+  if (item?.priority_label) return String(item.priority_label);
+  const p = item?.priority;
+  if (typeof p === 'string' && p.trim() && Number.isNaN(Number(p))) return p.toUpperCase();
+  const n = Number(p) || 0;
+  if (n >= 9) return 'STAT';
+  if (n >= 8) return 'AI CRITICAL';
+  return n >= 7 ? 'URGENT' : 'ROUTINE';
+}
+
+/** The badge class of a priority label: prio-stat, prio-aicritical, prio-urgent, prio-routine. */
+export function priorityClass(label) {
+  return `prio-${String(label).toLowerCase().replace(/[^a-z]/g, '')}`;
+}
+
+/** "66y F": the patient's age at the study and sex, as the API gives them. */
+export function ageSex(item) {
+  return [item?.patient_age, item?.patient_sex].filter(Boolean).join(' ');
+}
+
+export function canReport(user) {
+  return Array.isArray(user?.roles) && user.roles.some((r) => REPORTING_ROLES.includes(r));
+}
 
 function loadFilters() {
+  const defaults = { site: '', modality: '', status: 'open', mine: false, page: 1 };
   try {
-    return { site: '', modality: '', status: '', mine: false, page: 1,
-      ...JSON.parse(sessionStorage.getItem('rdc.worklist') ?? '{}') };
+    const stored = { ...defaults, ...JSON.parse(sessionStorage.getItem('rdc.worklist') ?? '{}') };
+    if (!STATUSES.includes(stored.status)) stored.status = 'open'; // '' was "open" before
+    return stored;
   } catch {
-    return { site: '', modality: '', status: '', mine: false, page: 1 };
+    return defaults;
   }
 }
 
@@ -20,23 +54,38 @@ function select(testid, options, value, labelFor) {
     options.map((o) => h('option', { value: o, selected: o === value }, labelFor(o))));
 }
 
+/** Options of the site filter: "All sites", then each site by name. */
+function siteOptions(control, sites, value) {
+  control.replaceChildren(h('option', { value: '' }, 'All sites'),
+    ...sites.map((s) => h('option', { value: s.id, title: s.id }, s.name || s.id)));
+  control.value = sites.some((s) => s.id === value) ? value : '';
+  return control.value;
+}
+
 /**
  * Worklist: server-side paged and sorted (STAT, AI-critical, time left), filters, live
  * countdowns to due_at, claim/release and open. Returns a cleanup function.
  */
 export function renderWorklist(root, { navigate, user }) {
   const filters = loadFilters();
+  const reporter = canReport(user);
   const timers = [];
   let rows = []; // [{item, dueMs, cell}]
   let loading = false;
+  let again = false;
 
-  const sites = Array.isArray(user?.sites) ? user.sites : null;
-  const siteControl = sites
-    ? select('filter-site', ['', ...sites.map((s) => (typeof s === 'object' ? s.id : s))], filters.site,
-      (s) => s || 'All sites')
-    : h('input', { testid: 'filter-site', placeholder: 'All sites', value: filters.site, size: '12' });
+  // The sites this user may see, by name (GET /api/sites); until it answers, the ids of
+  // the account's own sites.
+  const siteControl = h('select', { testid: 'filter-site', 'aria-label': 'Site' });
+  const ownSites = Array.isArray(user?.sites)
+    ? user.sites.map((s) => (typeof s === 'object' ? s : { id: String(s), name: String(s) })) : [];
+  siteOptions(siteControl, ownSites, filters.site);
+  if (filters.site && !ownSites.length) {
+    siteControl.append(h('option', { value: filters.site }, filters.site));
+    siteControl.value = filters.site;
+  }
   const modality = select('filter-modality', MODALITIES, filters.modality, (m) => m || 'All modalities');
-  const status = select('filter-status', STATUSES, filters.status, (s) => s || 'Any status');
+  const status = select('filter-status', STATUSES, filters.status, (s) => STATUS_LABELS[s] ?? s);
   const mine = h('input', { type: 'checkbox', testid: 'filter-mine', checked: filters.mine });
   const message = h('p', { class: 'error', role: 'alert', testid: 'worklist-error', hidden: true });
   const total = h('span', { class: 'muted', testid: 'worklist-total' });
@@ -48,13 +97,12 @@ export function renderWorklist(root, { navigate, user }) {
     'table',
     { class: 'worklist', testid: 'worklist-table' },
     h('thead', {}, h('tr', {},
-      ['Priority', 'AI', 'Patient', 'Site', 'Study', 'Mod.', 'Img', 'Status', 'Due in', ''].map(
-        (t) => h('th', { scope: 'col' }, t)))),
+      COLUMNS.map((t) => h('th', { scope: 'col' }, t)))),
     tbody,
   );
 
   function readFilters() {
-    filters.site = siteControl.value.trim();
+    filters.site = siteControl.value;
     filters.modality = modality.value;
     filters.status = status.value;
     filters.mine = mine.checked;
@@ -103,17 +151,28 @@ export function renderWorklist(root, { navigate, user }) {
 
   function row(item) {
     const mineClaim = item.claimed_by && item.claimed_by === user?.username;
-    const priority = String(item.priority ?? '').toLowerCase();
+    const label = priorityLabel(item);
+    const priority = label.toLowerCase().replace(/[^a-z]/g, '');
     const countdown = h('td', { class: 'countdown', testid: 'worklist-countdown' });
     const seconds = typeof item.seconds_left === 'number' ? item.seconds_left : null;
-    const dueMs = seconds !== null ? Date.now() + seconds * 1000
-      : item.due_at ? Date.parse(item.due_at) : NaN;
+    const dueMs = item.status === 'signed' ? NaN // read: nothing is due any more
+      : seconds !== null ? Date.now() + seconds * 1000
+        : item.due_at ? Date.parse(item.due_at) : NaN;
     const open = h('button', {
       class: 'btn primary small', type: 'button', testid: 'worklist-open',
       onClick: () => openItem(item),
     }, 'Open');
     const actions = h('div', { class: 'actions' }, open);
-    if (!item.claimed_by && item.status !== 'signed') {
+    if (item.status === 'signed' && item.report_id !== null && item.report_id !== undefined) {
+      // The signed report as the site received it (a site clerk's way to read it).
+      actions.append(h('a', {
+        class: 'btn small', href: `/api/reports/${encodeURIComponent(item.report_id)}/pdf`,
+        target: '_blank', rel: 'noopener', testid: 'worklist-pdf', title: 'The signed report (PDF)',
+      }, 'PDF'));
+    }
+    if (!reporter) {
+      // A site clerk reads; claiming is for the readers.
+    } else if (!item.claimed_by && item.status !== 'signed') {
       const b = h('button', { class: 'btn small', type: 'button', testid: 'worklist-claim' }, 'Claim');
       b.addEventListener('click', () => act(item, 'claim', b));
       actions.append(b);
@@ -129,16 +188,22 @@ export function renderWorklist(root, { navigate, user }) {
         dataset: { studyId: String(item.study_id), status: String(item.status ?? ''), priority },
         class: [item.ai_critical ? 'critical' : '', priority === 'stat' ? 'stat' : ''].join(' ').trim(),
       },
-      h('td', {}, h('span', { class: `badge prio prio-${priority.replace(/[^a-z]/g, '')}`, testid: 'worklist-priority' },
-        String(item.priority ?? '').toUpperCase())),
+      h('td', {}, h('span', {
+        class: `badge prio ${priorityClass(label)}`, testid: 'worklist-priority',
+        title: `priority ${item.priority ?? ''}`,
+      }, label)),
       h('td', {},
         item.ai_critical ? h('span', { class: 'badge crit', testid: 'worklist-ai-critical', title: 'AI flagged a critical finding' }, 'CRITICAL') : null,
         (item.ai_flags ?? []).length ? h('span', { class: 'flags' }, (item.ai_flags ?? []).join(', ')) : null),
       h('td', {}, h('div', { class: 'strong', testid: 'worklist-patient' }, formatPersonName(item.patient_name)),
         h('div', { class: 'muted small' }, item.patient_id ?? '')),
+      h('td', { class: 'nowrap', testid: 'worklist-age-sex' }, ageSex(item) || '—'),
       h('td', {}, item.site_name || item.site_id || ''),
-      h('td', {}, h('div', {}, item.description ?? ''),
-        h('div', { class: 'muted small' }, formatDateTime(item.completed_at))),
+      h('td', { title: item.completed_at ? `complete ${formatDateTime(item.completed_at)}` : null },
+        h('div', { testid: 'worklist-description' }, item.description ?? '')),
+      h('td', { class: 'nowrap', testid: 'worklist-accession' }, item.accession_number || '—'),
+      h('td', { testid: 'worklist-body-part' }, item.body_part || '—'),
+      h('td', { class: 'nowrap', testid: 'worklist-study-date' }, formatDate(item.study_date) || '—'),
       h('td', {}, (item.modalities ?? []).join('/')),
       h('td', { class: 'num' }, item.instances ?? ''),
       h('td', {}, h('span', { class: `badge st-${String(item.status ?? '').replace(/[^a-z]/g, '')}`, testid: 'worklist-status' },
@@ -165,8 +230,12 @@ export function renderWorklist(root, { navigate, user }) {
   }
 
   async function load() {
-    if (loading) return;
+    if (loading) {
+      again = true; // filters changed while a page was on its way: ask once more after
+      return;
+    }
     loading = true;
+    again = false;
     sessionStorage.setItem('rdc.worklist', JSON.stringify(filters));
     table.setAttribute('aria-busy', 'true');
     try {
@@ -181,7 +250,7 @@ export function renderWorklist(root, { navigate, user }) {
       rows = items.map(row);
       tbody.replaceChildren(...rows.map((r) => r.tr));
       if (!items.length) {
-        tbody.append(h('tr', {}, h('td', { colspan: '10', class: 'empty', testid: 'worklist-empty' },
+        tbody.append(h('tr', {}, h('td', { colspan: String(COLUMNS.length), class: 'empty', testid: 'worklist-empty' },
           'No studies match these filters.')));
       }
       const pageSize = data?.page_size || PAGE_SIZE;
@@ -197,6 +266,7 @@ export function renderWorklist(root, { navigate, user }) {
     } finally {
       loading = false;
       table.removeAttribute('aria-busy');
+      if (again) load();
     }
   }
 
@@ -215,6 +285,13 @@ export function renderWorklist(root, { navigate, user }) {
       h('div', { class: 'table-wrap' }, table),
       h('div', { class: 'pager' }, prev, pageLabel, next)),
   );
+
+  api('GET', '/api/sites').then((data) => {
+    const list = Array.isArray(data?.sites) ? data.sites : [];
+    const before = filters.site;
+    filters.site = siteOptions(siteControl, list, filters.site);
+    if (filters.site !== before) { filters.page = 1; load(); }
+  }).catch((err) => console.warn('worklist: cannot list the sites', err));
 
   timers.push(setInterval(tick, 1000));
   timers.push(setInterval(() => { if (!document.hidden) load(); }, REFRESH_MS));

@@ -179,6 +179,44 @@ export async function createStackViewer(element, { onRendered } = {}) {
       viewport.resetProperties();
       viewport.render();
     },
+    /**
+     * Fit the image to the element again, after the layout changed the element's size
+     * (a prior opened or closed beside it). The resize observer keeps the camera on a
+     * resize, so without this the image keeps its old scale and runs off the viewport.
+     */
+    fit() {
+      engine.resize(true, false); // now, not on the observer's next callback
+      viewport.resetCamera();
+      viewport.render();
+    },
+    /** The image's own window (what "Default" restores), keeping the camera. */
+    resetWindow() {
+      const { invert } = viewport.getProperties();
+      viewport.resetProperties();
+      if (invert) viewport.setProperties({ invert });
+      viewport.render();
+    },
+    /**
+     * Where the image lies on the canvas, in CSS pixels: {left, top, width, height} of the
+     * image's corners, and the canvas' own {canvasWidth, canvasHeight} (tests use it).
+     */
+    imageExtent() {
+      const data = viewport.getImageData?.();
+      const canvas = viewport.canvas ?? element.querySelector('canvas');
+      if (!data || !canvas) return null;
+      const { dimensions, spacing, origin, direction } = data;
+      const at = (i, j) => [0, 1, 2].map((a) => origin[a] + i * spacing[0] * direction[a]
+        + j * spacing[1] * direction[3 + a]);
+      const corners = [at(-0.5, -0.5), at(dimensions[0] - 0.5, dimensions[1] - 0.5)]
+        .map((w) => viewport.worldToCanvas(w));
+      const xs = corners.map((c) => c[0]);
+      const ys = corners.map((c) => c[1]);
+      return {
+        left: Math.min(...xs), top: Math.min(...ys),
+        width: Math.abs(xs[1] - xs[0]), height: Math.abs(ys[1] - ys[0]),
+        canvasWidth: canvas.clientWidth, canvasHeight: canvas.clientHeight,
+      };
+    },
     invert() {
       const { invert } = viewport.getProperties();
       viewport.setProperties({ invert: !invert });
