@@ -192,6 +192,16 @@ def test_sign_deliver_verify_round_trip(alg: str, center: Center, api: TestClien
     bad_pdf = _flip(pdf_file, tmp_path / "tampered-pdf.dcm", len(pdf_bytes) // 2)
     out = _verify(c, bad_pdf)
     assert out.returncode == 5 and "FAILED" in out.stderr, out.stderr
+    # The delivered wrapper's identifying attributes are sealed, the patient's sex
+    # and birth date included: relabelled, it no longer verifies.
+    for keyword, value in (("PatientID", "OTHER-1"), ("PatientSex", "F"),
+                           ("PatientBirthDate", "19991231")):
+        relabelled = pydicom.dcmread(pdf_file)
+        setattr(relabelled, keyword, value)
+        relabelled.save_as(tmp_path / f"relabelled-{keyword}.dcm")
+        out = _verify(c, tmp_path / f"relabelled-{keyword}.dcm")
+        assert out.returncode == 5 and f"{keyword} differs" in out.stdout + out.stderr, (
+            out.stdout + out.stderr)
 
     # An addendum is a new version, signed again, pointing at the first.
     r = api.post(f"/api/reports/{rid}/addenda",

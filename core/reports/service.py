@@ -450,7 +450,7 @@ def sign(session: Session, settings: Settings, report_id: int, *, reader_id: str
     doc = replace(_document(settings, report, version, template, subject, predecessor,
                             material.key, signed_at, content_hash, hash_alg), figures=figures)
     sr_ds = sr.build_signed_sr(doc, subject.evidence, seal)
-    pdf_bytes = pdf.render_pdf(doc, seal)
+    pdf_bytes = pdf.render_pdf(doc, seal, subject.evidence)
     pdf_ds = pdf.encapsulated_pdf_dataset(pdf_bytes, doc, subject.evidence)
     with OrthancClient.from_settings(settings) as client:
         for ds in (sr_ds, pdf_ds):
