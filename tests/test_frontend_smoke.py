@@ -886,7 +886,15 @@ def test_admin_adds_a_user_and_disables_one(static_dir: Path, browser: Any) -> N
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         errors = _collect_errors(page)
         page.on("dialog", lambda d: d.accept())  # the confirm() before disable / reset
+        # An administrator reads no patient data: "/" lands on account management, and
+        # neither the worklist nor a study is offered.
+        page.goto(f"{server.url}/")
+        page.wait_for_function("() => location.hash === '#/admin'", timeout=15_000)
+        assert page.get_by_test_id("nav-worklist").count() == 0
         page.goto(f"{server.url}/#/worklist")
+        page.wait_for_function("() => location.hash === '#/admin'", timeout=15_000)
+        page.goto(f"{server.url}/#/study/1")
+        page.get_by_test_id("page-forbidden").wait_for(timeout=15_000)
         page.get_by_test_id("nav-admin").click()
         users = page.get_by_test_id("admin-users")
         users.locator("[data-testid=admin-user-row][data-user-id='2']").wait_for(timeout=15_000)

@@ -58,7 +58,17 @@ function hasRole(user, ...roles) {
   return Array.isArray(user?.roles) && user.roles.some((r) => roles.includes(r));
 }
 
+/** Roles that read patient data (viewer/auth.py READING_ROLES); admin is not one. */
+const READING_ROLES = ['radiologist', 'cardiologist', 'pathologist', 'lab_reviewer', 'site_user'];
+
 const canSeeAdmin = (user) => hasRole(user, 'admin');
+const canRead = (user) => hasRole(user, ...READING_ROLES);
+
+/** A user's home page: the worklist for readers, account management for an admin. */
+function homeOf(user) {
+  if (canRead(user)) return '#/worklist';
+  return canSeeAdmin(user) ? '#/admin' : '#/dashboard';
+}
 const canSeeDashboard = (user) => hasRole(user, ...DASHBOARD_ROLES);
 const canSeeEcg = (user) => hasRole(user, 'cardiologist');
 
@@ -70,9 +80,9 @@ function header(user, current) {
   return h(
     'header',
     { class: 'topbar' },
-    h('a', { class: 'brand', href: '#/worklist' }, 'RDC Reading'),
+    h('a', { class: 'brand', href: homeOf(user) }, 'RDC Reading'),
     h('nav', {},
-      link('worklist', '#/worklist', 'nav-worklist', 'Worklist'),
+      canRead(user) ? link('worklist', '#/worklist', 'nav-worklist', 'Worklist') : null,
       canSeeEcg(user) ? link('ecg', '#/ecg', 'nav-ecg', 'ECG') : null,
       canSeeDashboard(user) ? link('dashboard', '#/dashboard', 'nav-dashboard', 'Dashboard') : null,
       canSeeAdmin(user) ? link('admin', '#/admin', 'nav-admin', 'Admin') : null),
@@ -125,9 +135,15 @@ async function route() {
     return;
   }
   sessionStorage.removeItem(NEXT_KEY);
+  if (r.name === 'worklist' && !canRead(user)) {
+    // An administrator reads no patient data: the home page is account management.
+    navigate(homeOf(user));
+    return;
+  }
   const main = h('main', { class: `page page-${r.name}` });
   replace(app, header(user, r.name === 'ecg-reading' ? 'ecg' : r.name), main);
   if ((r.name === 'admin' && !canSeeAdmin(user)) || (r.name === 'dashboard' && !canSeeDashboard(user))
+    || (r.name === 'study' && !canRead(user))
     || ((r.name === 'ecg' || r.name === 'ecg-reading') && !canSeeEcg(user))) {
     replace(main, h('p', { class: 'error page-error', role: 'alert', testid: 'page-forbidden' },
       'You are not allowed to see this page.'));
