@@ -19,7 +19,6 @@ from core import audit
 from core.db import Database, get_database
 from core.errors import Conflict
 from core.models import ECGAnalysis, Report, Site, Study
-from core.orthanc_client import OrthancClient, OrthancError
 from core.reports import service
 from core.reports.document import Figure
 from core.settings import get_settings
@@ -28,6 +27,7 @@ from ecg.readers import read_ecg
 from ecg.render import tracing_png
 from ecg.signal import LEADS, Ecg12
 from viewer import studies
+from viewer.archive import archived_file
 from viewer.auth import UserContext, require_roles
 from viewer.worklist import patient_age, patient_sex, visible
 
@@ -105,14 +105,7 @@ def _visible_analysis(s: Any, user: UserContext, analysis_id: int) -> tuple[ECGA
 
 
 def _waveform(sop_uid: str) -> Ecg12:
-    try:
-        with OrthancClient.from_settings(get_settings(), retries=1) as client:
-            orthanc_id = client.find_instance(sop_uid)
-            if orthanc_id is None:
-                raise HTTPException(404, "the waveform is not in the archive")
-            return read_ecg(client.instance_file(orthanc_id))
-    except OrthancError as e:
-        raise HTTPException(502, f"the archive did not answer: {e}") from e
+    return read_ecg(archived_file(sop_uid, "waveform"))
 
 
 def report_figures(session: Any, study_id: int) -> tuple[Figure, ...]:

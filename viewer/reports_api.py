@@ -19,7 +19,6 @@ from core import audit
 from core.db import get_database
 from core.errors import RDCError
 from core.models import AIFinding, Delivery, Report, ReportVersion, Study
-from core.orthanc_client import OrthancClient, OrthancError
 from core.reports import service
 from core.reports.pdf import pdf_from_dataset
 from core.reports.templates import get_template
@@ -27,6 +26,7 @@ from core.settings import get_settings
 from core.states import ReportState
 from pacs_gateway import delivery
 from viewer import studies
+from viewer.archive import archived_file
 from viewer.auth import READING_ROLES, UserContext, check_site, require_roles
 from viewer.auth import Reader as PatientDataReader
 from viewer.ecg_api import report_figures
@@ -189,14 +189,7 @@ def _signed_pdf(sop_instance_uid: str) -> bytes:
     """The sealed PDF of a signed version, out of its Encapsulated PDF in Orthanc."""
     import pydicom
 
-    try:
-        with OrthancClient.from_settings(get_settings(), retries=1) as client:
-            orthanc_id = client.find_instance(sop_instance_uid)
-            if orthanc_id is None:
-                raise HTTPException(404, "the report's PDF is not in the archive")
-            data = client.instance_file(orthanc_id)
-    except OrthancError as e:
-        raise HTTPException(502, f"the archive did not answer: {e}") from e
+    data = archived_file(sop_instance_uid, "report's PDF")
     return pdf_from_dataset(pydicom.dcmread(BytesIO(data)))
 
 
