@@ -261,5 +261,16 @@ def test_report_text_survives_the_session_ending(reading: Reading, browser: Any)
                "the restored text autosaved")
     page.wait_for_function("() => !Object.keys(localStorage).some(k => k.startsWith("
                            "'rdc.report-draft:'))")
+
+    # 6. Typing, then signing out at once on a shared workstation: sign-out waits for
+    # the text to reach the server, and no copy of it stays in the browser.
+    findings.click()
+    findings.press("Control+End")
+    findings.press_sequentially(" Fourth line.", delay=10)
+    page.get_by_test_id("logout-button").click()
+    page.wait_for_function("() => location.hash.startsWith('#/login')")
+    assert "Fourth line." in (_findings(c) or "")
+    assert page.evaluate("() => Object.keys(localStorage).filter(k => k.startsWith("
+                         "'rdc.report-draft:'))") == []
     context.close()
     assert _unexpected(errors) == [], "the browser saw problems:\n  " + "\n  ".join(errors)

@@ -193,7 +193,21 @@ export async function loadMe() {
   }
 }
 
+/** Saves a page started as it closed; signing out waits for them first. */
+const pendingSaves = new Set();
+
+export function trackSave(promise) {
+  const tracked = Promise.resolve(promise).catch(() => {}).finally(() => pendingSaves.delete(tracked));
+  pendingSaves.add(tracked);
+}
+
+/**
+ * Sign out after the saves in flight have reached the server: a report page keeps a
+ * local copy of unsent text only until the server has it, so on a shared workstation
+ * nothing stays behind unless the server could not take it.
+ */
 export async function logout() {
+  await Promise.all([...pendingSaves]);
   try {
     await api('POST', '/api/auth/logout');
   } finally {

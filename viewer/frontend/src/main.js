@@ -95,6 +95,17 @@ function header(user, current) {
         type: 'button',
         testid: 'logout-button',
         onClick: async () => {
+          // Close the page first: a report panel sends its unsaved text, and sign-out
+          // waits for it (api.js logout).
+          if (disposeCurrent) {
+            const dispose = disposeCurrent;
+            disposeCurrent = null;
+            try {
+              dispose();
+            } catch (err) {
+              console.warn('page cleanup failed', err);
+            }
+          }
           await logout().catch(() => {});
           sessionStorage.removeItem(NEXT_KEY);
           navigate('#/login');

@@ -1,4 +1,4 @@
-import { ApiError, api, me, tuning } from '../api.js';
+import { ApiError, api, me, trackSave, tuning } from '../api.js';
 import { formatDateTime, h, humanize, replace } from '../dom.js';
 
 const DELIVERY_POLL_MS = 10_000;
@@ -489,7 +489,7 @@ export function renderReportPanel(root, study) {
   return () => {
     // Leaving the page: what is unsaved goes to the server (the local copy stays
     // until it has arrived).
-    if (dirty && editable()) save(stateToKeep(), { auto: true });
+    if (dirty && editable()) trackSave(save(stateToKeep(), { auto: true }));
     disposed = true;
     clearInterval(autosave);
     document.removeEventListener('keydown', onKey);
