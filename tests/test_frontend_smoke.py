@@ -512,8 +512,16 @@ def _stub_app(static_dir: Path, roles: tuple[str, ...] = ("radiologist",)) -> Fa
         leads = {name: np.round(beat * (0.5 + 0.1 * i), 3).tolist()
                  for i, name in enumerate(("I", "II", "III", "aVR", "aVL", "aVF",
                                            "V1", "V2", "V3", "V4", "V5", "V6"))}
-        return {**ecg_summary, "sop_instance_uid": "1.2.3", "measurements": ecg_measurements,
-                "statements_full": ecg_statements, "result": {},
+        # QT could not be measured, and one lead is flat: both are said plainly.
+        measured = {**ecg_measurements, "qt_ms": None,
+                    "not_measurable": {"qt_ms": "T wave end not found on the median beat"}}
+        result = {"needs_human_measurement": True,
+                  "human_measurement_reasons": {"qt_ms": "T wave end not found"},
+                  "quality": {"grade": "poor", "problems": ["limb-lead reversal suspected"],
+                              "leads": {"I": {"problems": []},
+                                        "V3": {"problems": ["flat: 0.01 mV peak to peak"]}}}}
+        return {**ecg_summary, "sop_instance_uid": "1.2.3", "measurements": measured,
+                "statements_full": ecg_statements, "result": result,
                 "previous": {"id": 8, "study_id": 2, "date": "20250101",
                              "measurements": {**ecg_measurements, "heart_rate_bpm": 64.0},
                              "statements": [{"code": "sinus_rhythm", "text": "Old sinus rhythm",
@@ -1013,6 +1021,14 @@ def test_ecg_queue_tracing_calipers_and_edit(static_dir: Path, browser: Any) -> 
         page.wait_for_selector("[data-testid=ecg-canvas][data-rendered=true]", timeout=15_000)
         assert page.evaluate("window.__rdc.ecgNonBlankPixels()") > 1000
         assert page.get_by_test_id("ecg-quality-warning").is_visible()
+        problems = page.get_by_test_id("ecg-lead-problem")
+        assert problems.count() == 1 and problems.inner_text() == "V3: flat: 0.01 mV peak to peak"
+        assert "limb-lead reversal" in page.get_by_test_id("ecg-record-problem").inner_text()
+        unmeasured = page.get_by_test_id("ecg-not-measurable-qt_ms")
+        assert unmeasured.inner_text() == ("Not measurable: T wave end not found on the "
+                                           "median beat")
+        assert page.get_by_test_id("ecg-measurement-qt_ms").input_value() == ""
+        assert "QT" in page.get_by_test_id("ecg-needs-human").inner_text()
         previous = page.get_by_test_id("ecg-previous")
         assert "Old sinus rhythm" in previous.inner_text()
         assert "64" in previous.inner_text()

@@ -396,6 +396,21 @@ function ecgPaper() {
 }
 
 // Reading screen ---------------------------------------------------------------------
+/**
+ * Per-lead signal problems of an analysis (``result.quality.leads``), one line per lead
+ * that has any: a flat or noisy lead is shown by name, never folded into one grade.
+ */
+function qualityProblems(result) {
+  const leads = result?.quality?.leads ?? {};
+  const rows = Object.entries(leads)
+    .filter(([, q]) => Array.isArray(q?.problems) && q.problems.length)
+    .map(([lead, q]) => h('li', { testid: 'ecg-lead-problem', dataset: { lead } },
+      h('strong', {}, lead), `: ${q.problems.join('; ')}`));
+  const record = (result?.quality?.problems ?? []).map((p) => h('li', { testid: 'ecg-record-problem' }, p));
+  if (!rows.length && !record.length) return [];
+  return [h('ul', { class: 'ecg-lead-problems small', testid: 'ecg-lead-problems' }, ...record, ...rows)];
+}
+
 export function renderEcg(root, ecgId, { navigate }) {
   const cleanups = [];
   let ecg = null;
@@ -535,25 +550,38 @@ export function renderEcg(root, ecgId, { navigate }) {
       h('span', { class: 'muted small', testid: 'ecg-confidence' }, `confidence ${fmtNumber(ecg.confidence, 2)}`),
       ecg.critical ? h('span', { class: 'badge crit', testid: 'ecg-critical' }, 'CRITICAL') : null,
       poor ? h('div', { class: 'warning', testid: 'ecg-quality-warning', role: 'status' },
-        `Signal quality is ${ecg.quality}: check the automatic measurements and statements against the tracing.`) : null);
+        `Signal quality is ${ecg.quality}: check the automatic measurements and statements against the tracing.`) : null,
+      ...qualityProblems(ecg.result));
   }
 
   function renderMeasurements() {
     measurementInputs.clear();
     const m = ecg.measurements ?? {};
+    // Values the analysis could not measure stay empty and say why, in plain words.
+    const unmeasured = (m.not_measurable && typeof m.not_measurable === 'object') ? m.not_measurable : {};
     const scalar = (n) => m[n] === null || typeof m[n] === 'number';
     // Numbers are editable; the standard ones first. Anything else (per-lead lists,
     // fiducials, flags) is shown read-only and never sent back.
     const names = [...MEASUREMENTS.filter((n) => n in m && scalar(n)),
       ...Object.keys(m).filter((n) => !MEASUREMENTS.includes(n) && scalar(n))];
-    const others = Object.keys(m).filter((n) => !scalar(n));
+    const others = Object.keys(m).filter((n) => !scalar(n) && n !== 'not_measurable');
     measurementsBox.replaceChildren(...names.map((name) => {
       const id = `ecg-m-${name}`;
       const input = h('input', { id, type: 'number', step: 'any', testid: `ecg-measurement-${name}`, dataset: { name } });
       input.value = m[name] === null || m[name] === undefined ? '' : String(m[name]);
       measurementInputs.set(name, input);
-      return h('div', { class: 'ecg-m-row' }, h('label', { for: id }, measurementLabel(name)), input);
+      const why = (m[name] === null || m[name] === undefined) ? unmeasured[name] : null;
+      if (why) input.placeholder = 'not measurable';
+      return h('div', { class: why ? 'ecg-m-row unmeasured' : 'ecg-m-row' },
+        h('label', { for: id }, measurementLabel(name)), input,
+        why ? h('span', { class: 'warning small', testid: `ecg-not-measurable-${name}` },
+          `Not measurable: ${why}`) : null);
     }));
+    const human = ecg.result?.human_measurement_reasons ?? {};
+    if (Object.keys(human).length) {
+      measurementsBox.prepend(h('div', { class: 'warning', role: 'status', testid: 'ecg-needs-human' },
+        `Needs human measurement: ${Object.keys(human).map(measurementLabel).join(', ')}`));
+    }
     if (!names.length) measurementsBox.append(h('p', { class: 'muted' }, 'No measurements.'));
     if (others.length) {
       measurementsBox.append(h('details', { class: 'ecg-m-other', testid: 'ecg-measurements-other' },
