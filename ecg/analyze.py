@@ -19,7 +19,9 @@ from ecg.quality import Quality, assess
 from ecg.signal import Ecg12
 
 #: Version of the analysis rules and algorithms, stored with every result.
-ANALYSIS_VERSION = "ecg-core-1"
+ANALYSIS_VERSION = "ecg-core-2"
+#: Intervals that, when not measurable on a readable ECG, send it to a human to measure.
+HUMAN_MEASURED = ("qt_ms", "qrs_ms")
 
 
 @dataclass(frozen=True)
@@ -43,11 +45,22 @@ class Analysis:
     def codes(self) -> list[str]:
         return [s.code for s in self.statements]
 
+    @property
+    def needs_human_measurement(self) -> dict[str, str]:
+        """Intervals a human must measure (name -> why the analysis could not) on an ECG
+        that is otherwise readable: the QT and QRS, which the rules depend on."""
+        m = self.measurements
+        if m is None or self.quality.grade == "unusable":
+            return {}
+        return {k: v for k, v in m.not_measurable.items() if k in HUMAN_MEASURED}
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types only (no numpy), suitable for storage and the API."""
         return {
             "version": ANALYSIS_VERSION,
             "critical": self.critical,
+            "needs_human_measurement": bool(self.needs_human_measurement),
+            "human_measurement_reasons": self.needs_human_measurement,
             "confidence": round(self.confidence, 3),
             "failure": self.failure,
             "quality": self.quality.to_dict(),

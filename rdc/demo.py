@@ -6,6 +6,7 @@ import socket
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -152,14 +153,19 @@ def _show_ecg(settings: Settings, console: Console, since: datetime, timeout: fl
         console.print(f"[red]ECG analysis failed[/red]: {failed.error}")
         return 1
     for analysis, study in rows:
-        m = analysis.measurements
         console.print(
-            f"ECG study {study.id}: HR {m.get('heart_rate_bpm')} bpm, PR {m.get('pr_ms')} ms, "
-            f"QRS {m.get('qrs_ms')} ms, QTc {m.get('qtc_bazett_ms')} ms; "
+            f"ECG study {study.id}: {ecg_intervals(analysis.measurements)}; "
             + "; ".join(st.get("text", "") for st in analysis.statements)
             + ("  [CRITICAL]" if analysis.critical else "")
             + " — in the cardiologists' queue")
     return 0
+
+
+def ecg_intervals(m: dict[str, Any]) -> str:
+    """HR, PR, QRS and both QTc formulas, each named (a bare "QTc" hides which)."""
+    return (f"HR {m.get('heart_rate_bpm')} bpm, PR {m.get('pr_ms')} ms, "
+            f"QRS {m.get('qrs_ms')} ms, QTc (Bazett) {m.get('qtc_bazett_ms')} ms, "
+            f"QTcF {m.get('qtc_fridericia_ms')} ms")
 
 
 def _ai_state(settings: Settings, study_uids: list[str]) -> tuple[int, int, list[Job]]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import neurokit2 as nk
@@ -41,38 +42,99 @@ def _hann(t: np.ndarray, start: float, stop: float) -> np.ndarray:
     return out
 
 
+#: Frontal direction of the initial (Q) vector of an infarct by wall, and the precordial
+#: leads that show it.
+INFARCT_Q = {"inferior": (-90.0, ()), "lateral": (180.0, ("V5", "V6")),
+             "anterior": (None, ("V1", "V2", "V3", "V4"))}
+
+
 def synth(hr: float = 75.0, pr: float = 160.0, qrs: float = 90.0, qt: float = 380.0,
           fs: float = 500.0, duration: float = 10.0, axis: float = 60.0, p_wave: bool = True,
           st: dict[str, float] | None = None, rr_jitter: float = 0.0, r_scale: float = 1.0,
-          sex: str | None = None, age: float | None = None, seed: int = 0) -> Ecg12:
-    """A 12-lead ECG whose P onset, QRS onset/offset and T end are exact (ms)."""
+          sex: str | None = None, age: float | None = None, seed: int = 0,
+          rr_ms: Sequence[float] | None = None, pvc: Collection[int] = (),
+          pac: Collection[int] = (), f_waves_mv: float = 0.0, t_amp: float = 0.35,
+          q_infarct: str | None = None, t_invert: Collection[str] = (),
+          noise_mv: float = 0.0) -> Ecg12:
+    """A 12-lead ECG whose P onset, QRS onset/offset and T end are exact (ms).
+
+    ``rr_ms`` gives the beat-to-beat intervals (QRS onset to QRS onset, from 400 ms on)
+    instead of ``hr``/``rr_jitter``; beats listed in ``pvc`` are wide ventricular
+    complexes (140 ms, no P wave, discordant T), those in ``pac`` have an inverted P wave.
+    ``f_waves_mv`` adds fibrillatory waves (4-9 Hz, that peak amplitude in V1),
+    ``q_infarct`` a 40-ms pathological Q wave over one wall, ``t_invert`` inverts the T
+    wave in those precordial leads.
+    """
     rng = np.random.default_rng(seed)
+    extra = np.random.default_rng(seed + 1000)
     n = int(duration * fs)
     t = np.arange(n) / fs * 1000.0
     leads = {name: np.zeros(n) for name in LEADS}
     st = st or {}
     onset = 400.0
+    beat = 0
     while onset < t[-1] + pr:
         rel = t - onset
-        p = 0.15 * _hann(rel, -pr, -pr + 100) if p_wave else 0.0 * rel
-        q = -0.1 * _hann(rel, 0, 0.25 * qrs)
-        r = 1.2 * r_scale * _hann(rel, 0.15 * qrs, 0.75 * qrs)
-        s = -0.35 * r_scale * _hann(rel, 0.6 * qrs, qrs)
-        tw = 0.35 * _hann(rel, qrs + 0.35 * (qt - qrs), qt)
-        rise = np.clip((rel - 0.5 * qrs) / (0.5 * qrs), 0, 1)
-        fall = np.clip((qt - rel) / (0.5 * (qt - qrs)), 0, 1)
-        st_shape = np.where(rel > qrs + 0.5 * (qt - qrs), fall, rise)
+        if beat in pvc:
+            wide = 140.0
+            r = 1.6 * _hann(rel, 0, wide)
+            tw = -0.5 * _hann(rel, wide + 60, qt + 40)
+            for name, angle in LIMB.items():
+                proj = math.cos(math.radians(angle + 60))  # axis -60: a left-ventricular PVC
+                leads[name] += proj * (r + tw)
+            for i in range(6):
+                sign = 1.0 if i < 3 else -1.0  # LBBB-like: up in V1-V3, down in V4-V6
+                leads[f"V{i + 1}"] += sign * (r + tw) * (0.5 + 0.2 * i)
+        else:
+            p_sign = -1.0 if beat in pac else 1.0
+            p = p_sign * 0.15 * _hann(rel, -pr, -pr + 100) if p_wave else 0.0 * rel
+            q = -0.1 * _hann(rel, 0, 0.25 * qrs)
+            r = 1.2 * r_scale * _hann(rel, 0.15 * qrs, 0.75 * qrs)
+            s = -0.35 * r_scale * _hann(rel, 0.6 * qrs, qrs)
+            tw = t_amp * _hann(rel, qrs + 0.35 * (qt - qrs), qt)
+            rise = np.clip((rel - 0.5 * qrs) / (0.5 * qrs), 0, 1)
+            fall = np.clip((qt - rel) / (0.5 * (qt - qrs)), 0, 1)
+            st_shape = np.where(rel > qrs + 0.5 * (qt - qrs), fall, rise)
+            # An infarct's Q: the initial 40 ms point away from the dead wall, and the R
+            # there is smaller and later.
+            q_inf = -0.5 * _hann(rel, 0, 50) if q_infarct else 0.0 * rel
+            q_dir, q_leads = INFARCT_Q.get(q_infarct or "", (None, ()))
+            for name, angle in LIMB.items():
+                proj = math.cos(math.radians(angle - axis))
+                t_proj = math.cos(math.radians(angle - (axis - 10)))
+                p_proj = math.cos(math.radians(angle - 55))
+                q_proj = 0.0 if q_dir is None else -math.cos(math.radians(angle - q_dir))
+                leads[name] += (p_proj * p + proj * (q + r + s) + t_proj * tw
+                                + st.get(name, 0.0) * st_shape + q_proj * q_inf)
+            for i in range(6):
+                name = f"V{i + 1}"
+                t_sign = -1.0 if name in t_invert else 1.0
+                q_here = q_inf if name in q_leads else 0.0 * rel
+                leads[name] += (0.5 * p + R_W[i] * r + S_W[i] * s + t_sign * T_W[i] * tw
+                                + st.get(name, 0.0) * st_shape + q_here)
+        if rr_ms is not None:
+            if beat >= len(rr_ms):
+                break
+            onset += rr_ms[beat]
+        else:
+            onset += 60000.0 / hr * (1 + rr_jitter * rng.uniform(-1, 1))
+        beat += 1
+    if f_waves_mv:
+        freq = 6.0 + 1.5 * np.cumsum(extra.normal(0, 0.02, n))  # wandering 4-9 Hz
+        freq = np.clip(freq, 4.0, 9.0)
+        phase = 2 * np.pi * np.cumsum(freq) / fs
+        wave = f_waves_mv * np.sin(phase) * (0.7 + 0.3 * np.sin(2 * np.pi * 0.3 * t / 1000))
         for name, angle in LIMB.items():
-            proj = math.cos(math.radians(angle - axis))
-            t_proj = math.cos(math.radians(angle - (axis - 10)))
-            p_proj = math.cos(math.radians(angle - 55))
-            leads[name] += (p_proj * p + proj * (q + r + s) + t_proj * tw
-                            + st.get(name, 0.0) * st_shape)
+            leads[name] += 0.6 * math.cos(math.radians(angle - 80)) * wave
+        for i, gain in enumerate((1.0, 0.7, 0.5, 0.35, 0.25, 0.2)):
+            leads[f"V{i + 1}"] += gain * wave
+    if noise_mv:
+        base = extra.normal(0, noise_mv, (3, n))
+        for name, angle in LIMB.items():
+            a = math.radians(angle)
+            leads[name] += math.cos(a) * base[0] + math.sin(a) * base[1]
         for i in range(6):
-            name = f"V{i + 1}"
-            leads[name] += (0.5 * p + R_W[i] * r + S_W[i] * s + T_W[i] * tw
-                            + st.get(name, 0.0) * st_shape)
-        onset += 60000.0 / hr * (1 + rr_jitter * rng.uniform(-1, 1))
+            leads[f"V{i + 1}"] += extra.normal(0, noise_mv, n)
     return assemble(leads, fs, patient_sex=sex, patient_age_years=age,
                     source_format="synthetic")
 
@@ -255,3 +317,192 @@ def test_all_flat_ecg_is_reported_not_raised() -> None:
     assert result.quality.grade == "unusable"
     assert result.codes == ["not_analysable"]
     json.dumps(result.to_dict())
+
+
+# --- Issue 10 ------------------------------------------------------------------------------
+# Each test fails on the analysis before issue 10 (ecg-core-1).
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ecg"
+
+
+def _critical(result: Analysis) -> set[str]:
+    return {s.code for s in result.statements if s.critical}
+
+
+# Item 1: a T wave that ends later than 0.6 RR after the R peak.
+
+def test_long_qt_past_sixty_percent_of_rr_is_measured_and_critical() -> None:
+    result = analyze(synth(hr=100, qt=450))
+    m = result.measurements
+    assert m is not None and m.qt_ms is not None
+    assert m.qt_ms == pytest.approx(450, abs=30)
+    assert m.qtc_fridericia_ms is not None and m.qtc_fridericia_ms > 500  # truly 534
+    (stmt,) = [s for s in result.statements if s.code == "long_qt"]
+    assert stmt.critical and result.critical
+
+
+@pytest.mark.parametrize(("hr", "qt"), [(60, 600), (40, 640), (75, 520), (90, 480), (30, 700)])
+def test_long_qt_is_not_read_short(hr: float, qt: float) -> None:
+    m = analyze(synth(hr=hr, qt=qt)).measurements
+    assert m is not None and m.qt_ms is not None
+    assert m.qt_ms == pytest.approx(qt, abs=30)
+
+
+@pytest.mark.parametrize(("hr", "pr", "qt"), [(130, 160, 280), (140, 150, 260), (150, 140, 250)])
+def test_pr_at_130_to_150_bpm(hr: float, pr: float, qt: float) -> None:
+    m = analyze(synth(hr=hr, pr=pr, qrs=80, qt=qt)).measurements
+    assert m is not None and m.pr_ms == pytest.approx(pr, abs=12)
+
+
+def test_unmeasurable_qt_is_said_and_sent_to_a_human() -> None:
+    result = analyze(synth(t_amp=0.0))  # no T wave to end
+    m = result.measurements
+    assert m is not None and m.qt_ms is None and m.qtc_fridericia_ms is None
+    doc = result.to_dict()
+    assert "qt_ms" in doc["measurements"]["not_measurable"]
+    assert doc["needs_human_measurement"] is True
+    assert "qt_ms" in doc["human_measurement_reasons"]
+    assert "qt_not_measurable" in result.codes and "long_qt" not in result.codes
+    ok = analyze(synth()).to_dict()
+    assert ok["needs_human_measurement"] is False and ok["measurements"]["not_measurable"] == {}
+
+
+# Item 2: AF with fibrillatory waves (a baseline that is not flat before the QRS).
+
+@pytest.mark.parametrize("f_wave", [0.05, 0.1])
+@pytest.mark.parametrize("seed", range(4))
+def test_af_with_fibrillatory_waves(f_wave: float, seed: int) -> None:
+    result = analyze(synth(p_wave=False, rr_jitter=0.35, f_waves_mv=f_wave, seed=seed,
+                           noise_mv=0.01))
+    m = result.measurements
+    assert m is not None
+    assert "atrial_fibrillation_suspected" in result.codes
+    assert m.pr_ms is None and "pr_ms" in m.not_measurable
+    assert "first_degree_av_block" not in result.codes and "sinus_rhythm" not in result.codes
+
+
+def test_premature_atrial_beats_are_not_af() -> None:
+    result = analyze(synth(rr_ms=[800] * 3 + [560, 1000] + [800] * 6, pac=[4], noise_mv=0.01))
+    assert "premature_atrial_complexes" in result.codes
+    assert "atrial_fibrillation_suspected" not in result.codes
+    assert "sinus_rhythm" in result.codes
+
+
+# Item 3: regular fast rhythms.
+
+@pytest.mark.parametrize("hr", [155, 170, 185, 200, 220])
+def test_regular_fast_rhythm_is_not_af_and_has_no_false_stemi(hr: float) -> None:
+    qt = round(400 * (60 / hr) ** (1 / 3))  # a normal QTcF of 400 ms
+    result = analyze(synth(hr=hr, pr=110, qrs=80, qt=qt, sex="F", age=50))
+    m = result.measurements
+    assert m is not None and m.heart_rate_bpm == pytest.approx(hr, abs=2)
+    assert "atrial_fibrillation_suspected" not in result.codes
+    assert "stemi" not in result.codes
+    assert _critical(result) <= {"tachycardia"}
+    assert m.st_offset_ms <= 40  # ST read at J+40 above 100 bpm, not on the T wave
+
+
+@pytest.mark.parametrize(("hr", "t_amp", "r_scale", "qrs"), [
+    (200, 1.5, 0.5, 70), (180, 2.0, 0.5, 70), (150, 1.2, 0.4, 90), (120, 1.5, 0.4, 80)])
+def test_tall_t_waves_are_not_counted_as_beats(hr: float, t_amp: float, r_scale: float,
+                                                qrs: float) -> None:
+    qt = round(400 * (60 / hr) ** (1 / 3))
+    m = analyze(synth(hr=hr, pr=110, qrs=qrs, qt=qt, t_amp=t_amp, r_scale=r_scale)
+                ).measurements
+    assert m is not None and m.heart_rate_bpm == pytest.approx(hr, abs=2)
+
+
+# Item 4: pauses, ectopy, Q waves, T inversion, normal ECG, QT with a wide QRS.
+
+def test_pause_of_three_and_a_half_seconds_is_critical() -> None:
+    result = analyze(synth(rr_ms=[800] * 4 + [3500] + [800] * 6, noise_mv=0.01))
+    (stmt,) = [s for s in result.statements if s.code == "pause"]
+    assert stmt.critical and stmt.evidence["longest_rr_ms"] == pytest.approx(3500, abs=10)
+    assert "bradycardia" not in result.codes and "irregular_rhythm" not in result.codes
+    assert "sinus_rhythm" in result.codes
+
+
+def test_pause_under_three_seconds_is_reported_not_critical() -> None:
+    result = analyze(synth(rr_ms=[800] * 4 + [2300] + [800] * 6, noise_mv=0.01))
+    (stmt,) = [s for s in result.statements if s.code == "pause"]
+    assert not stmt.critical and not result.critical
+
+
+def test_a_third_of_beats_pvcs() -> None:
+    rr: list[float] = []
+    for _ in range(6):
+        rr += [800, 480, 1120]
+    result = analyze(synth(rr_ms=rr, pvc=range(2, 18, 3), noise_mv=0.01))
+    m = result.measurements
+    assert m is not None and m.n_pvc == 4
+    assert "premature_ventricular_complexes" in result.codes
+    assert "ventricular_bigeminy" not in result.codes and "normal_ecg" not in result.codes
+
+
+def test_ventricular_bigeminy() -> None:
+    result = analyze(synth(rr_ms=[480, 1120] * 8, pvc=range(1, 17, 2), noise_mv=0.01))
+    assert {"premature_ventricular_complexes", "ventricular_bigeminy"} <= set(result.codes)
+    assert "sinus_rhythm" in result.codes  # the normal beats keep their P waves
+
+
+@pytest.mark.parametrize("wall", ["inferior", "anterior", "lateral"])
+def test_pathological_q_waves_by_lead_group(wall: str) -> None:
+    result = analyze(synth(q_infarct=wall))
+    (stmt,) = [s for s in result.statements if s.code.startswith("q_waves_")]
+    assert stmt.code == f"q_waves_{wall}" and len(stmt.evidence["leads"]) >= 2
+    assert not any(c.startswith("q_waves_") for c in analyze(synth()).codes)
+
+
+def test_t_wave_inversion() -> None:
+    result = analyze(synth(t_invert=("V3", "V4", "V5")))
+    assert any(c.startswith("t_wave_inversion_") for c in result.codes)
+    assert "normal_ecg" not in result.codes
+
+
+def test_normal_ecg_statement() -> None:
+    assert "normal_ecg" in analyze(synth()).codes
+    assert "normal_ecg" not in analyze(synth(pr=260)).codes
+    assert "normal_ecg" not in analyze(synth(hr=45, qt=440)).codes
+
+
+def test_long_qt_is_adjusted_for_a_wide_qrs() -> None:
+    # QT 480 ms with a 150-ms QRS: the repolarisation is normal (QT - 50 = 430 ms).
+    assert "long_qt" not in analyze(synth(hr=60, qrs=150, qt=480)).codes
+    result = analyze(synth(hr=60, qrs=150, qt=570))
+    (stmt,) = [s for s in result.statements if s.code == "long_qt"]
+    m = result.measurements
+    assert m is not None and m.qt_ms is not None and m.qrs_ms is not None
+    assert "QRS-adjusted" in stmt.evidence["qt_method"]
+    assert stmt.evidence["qt_adjusted_ms"] == pytest.approx(m.qt_ms - (m.qrs_ms - 100))
+
+
+# Item 7: PR repeatability on a real, stable sinus rhythm (MIT-BIH record 100).
+
+@pytest.mark.skipif(not (DATA / "100.dat").exists(), reason="MIT-BIH record 100 not present")
+def test_pr_is_repeatable_on_mitbih_100(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    from benchmarks.ecg_validation import mitbih_ecg12, read_record
+
+    record = read_record("100")
+    width = round(10 * record.fs)
+    prs, avb = [], 0
+    for w in range(0, 180, 3):  # every third 10-s window of the 30 minutes
+        result = analyze(mitbih_ecg12(record.signals[:, w * width:(w + 1) * width],
+                                      record.fs))
+        m = result.measurements
+        assert m is not None and m.pr_ms is not None
+        prs.append(m.pr_ms)
+        avb += "first_degree_av_block" in result.codes
+    assert float(np.std(prs, ddof=1)) <= 10.0
+    assert max(prs) - min(prs) <= 40.0
+    assert avb == 0
+
+
+# Item 9: the demo names its QTc formula.
+
+def test_demo_names_the_qtc_formula() -> None:
+    from rdc.demo import ecg_intervals
+
+    line = ecg_intervals({"heart_rate_bpm": 60.0, "pr_ms": 160.0, "qrs_ms": 90.0,
+                          "qtc_bazett_ms": 410.0, "qtc_fridericia_ms": 405.0})
+    assert "QTc (Bazett) 410.0 ms" in line and "QTcF 405.0 ms" in line
