@@ -506,3 +506,63 @@ def test_demo_names_the_qtc_formula() -> None:
     line = ecg_intervals({"heart_rate_bpm": 60.0, "pr_ms": 160.0, "qrs_ms": 90.0,
                           "qtc_bazett_ms": 410.0, "qtc_fridericia_ms": 405.0})
     assert "QTc (Bazett) 410.0 ms" in line and "QTcF 405.0 ms" in line
+
+
+# The cardiologists' queue puts the ECGs whose QT a human must measure right after the
+# critical ones (viewer/ecg_api.py).
+
+def test_queue_puts_needs_human_measurement_after_critical(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import select
+
+    from core.db import get_database
+    from core.models import ECGAnalysis, Study
+    from core.sites import SiteSpec, add_site
+    from viewer.ecg_api import _summary, needs_human_measurement, queue_order
+
+    db = get_database(f"sqlite:///{tmp_path / 'q.sqlite3'}")
+    flat_t = analyze(synth(t_amp=0.0)).to_dict()
+    plain = analyze(synth()).to_dict()
+    assert flat_t["needs_human_measurement"] and not plain["needs_human_measurement"]
+    now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    kinds = [  # (name, result, critical, quality, edited_by), oldest first
+        ("plain", plain, False, "good", None),
+        ("poor", plain, False, "poor", None),
+        ("measured", flat_t, False, "good", "dr.heart"),
+        ("human", flat_t, False, "good", None),
+        ("critical", plain, True, "good", None),
+    ]
+    try:
+        with db.session() as s:
+            add_site(s, SiteSpec(id="site-q", name="Q hospital", ae_title="SITEQ",
+                                 host="127.0.0.1", port=104, allowed_addresses=("127.0.0.1",)),
+                     actor="test")
+            for i, (name, result, critical, quality, edited_by) in enumerate(kinds):
+                st = Study(site_id="site-q", study_uid=f"9.9.{i}", patient_id=name,
+                           patient_name=name, modalities=["ECG"], state="complete",
+                           completed_at=now - timedelta(minutes=60 - i))
+                s.add(st)
+                s.flush()
+                measurements = dict(result["measurements"])
+                if edited_by:
+                    measurements["qt_ms"] = 400.0  # measured by hand
+                s.add(ECGAnalysis(study_id=st.id, sop_instance_uid=f"9.9.{i}.1",
+                                  series_uid=f"9.9.{i}", analysis_version="x", result=result,
+                                  measurements=measurements,
+                                  statements=result["statements"], critical=critical,
+                                  quality=quality, confidence=0.9, edited_by=edited_by))
+        with db.session() as s:
+            rows = s.execute(select(ECGAnalysis, Study).join(Study, Study.id ==
+                                                             ECGAnalysis.study_id)
+                             .order_by(*queue_order())).all()
+            assert [st.patient_id for _, st in rows] == [
+                "critical", "human", "poor", "plain", "measured"]
+            flags = {st.patient_id: _summary(r, st, "Q", None, now)["needs_human_measurement"]
+                     for r, st in rows}
+            assert flags == {"critical": False, "human": True, "poor": False, "plain": False,
+                             "measured": False}
+            assert needs_human_measurement(rows[1][0])
+    finally:
+        db.dispose()
+        get_database.cache_clear()

@@ -1,8 +1,9 @@
 """The cardiologists' ECG queue: analyses to read, the tracing, edits, priors.
 
-Sorted by severity (critical statements first, then poor quality that needs a
-human look), then by waiting time.  Every view is audited; every edit of a
-measurement or statement is audited with what it was and what it became.
+Sorted by severity (critical statements first, then intervals the analysis could not
+measure, then poor quality that needs a human look), then by waiting time.  Every view
+is audited; every edit of a measurement or statement is audited with what it was and
+what it became.
 """
 
 from __future__ import annotations
@@ -62,7 +63,27 @@ def _summary(row: ECGAnalysis, study: Study, site_name: str, report_state: str |
         "status": "signed" if report_state in SIGNED else
         ("reported" if report_state else "unread"),
         "edited_by": row.edited_by,
+        "needs_human_measurement": needs_human_measurement(row),
     }
+
+
+def needs_human_measurement(row: ECGAnalysis) -> bool:
+    """The analysis could not measure an interval it needs (QT, QRS) on a readable ECG, and
+    no cardiologist has entered it since."""
+    reasons = (row.result or {}).get("human_measurement_reasons") or {}
+    m = row.measurements or {}
+    return bool((row.result or {}).get("needs_human_measurement")) and any(
+        m.get(name) is None for name in reasons)
+
+
+def queue_order() -> tuple[Any, ...]:
+    """Critical first, then ECGs that need a human to measure an interval (and no one has
+    edited yet), then poor quality, then the longest waiting."""
+    needs_human = ECGAnalysis.result["needs_human_measurement"].as_boolean()
+    return (case((ECGAnalysis.critical, 0), else_=1),
+            case((needs_human & ECGAnalysis.edited_by.is_(None), 0), else_=1),
+            case((ECGAnalysis.quality.in_(["poor", "unusable"]), 0), else_=1),
+            func.coalesce(Study.completed_at, ECGAnalysis.created_at), ECGAnalysis.id)
 
 
 @router.get("/queue")
@@ -70,7 +91,8 @@ def queue(user: Cardiologist, status: str = "open",
           page: Annotated[int, Query(ge=1)] = 1,
           page_size: Annotated[int, Query(ge=1, le=200)] = 50,
           study_id: int | None = None) -> dict[str, Any]:
-    """ECGs to read: critical first, then poor quality, then the longest waiting.
+    """ECGs to read: critical first, then those that need a human measurement (see
+    :func:`queue_order`), then poor quality, then the longest waiting.
     ``study_id`` narrows it to one study's ECGs (the worklist opens a study's ECG so)."""
     now = datetime.now(UTC)
     with _db().session() as s:
@@ -87,10 +109,7 @@ def queue(user: Cardiologist, status: str = "open",
         elif status != "all":
             raise HTTPException(422, "status must be 'open' or 'all'")
         total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
-        order = (case((ECGAnalysis.critical, 0), else_=1),
-                 case((ECGAnalysis.quality.in_(["poor", "unusable"]), 0), else_=1),
-                 func.coalesce(Study.completed_at, ECGAnalysis.created_at), ECGAnalysis.id)
-        rows = s.execute(q.order_by(*order).limit(page_size)
+        rows = s.execute(q.order_by(*queue_order()).limit(page_size)
                          .offset((page - 1) * page_size)).all()
         return {"total": int(total), "page": page, "page_size": page_size,
                 "items": [_summary(r, st, name, rs, now) for r, st, name, rs in rows]}
