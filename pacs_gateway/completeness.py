@@ -2,7 +2,8 @@
 
 A study is complete when the number of instances the sender announced
 (Number of Study Related Instances) is stored, or when the site's inactivity
-window has passed with nothing left in the spool.  Completion moves the study
+window has passed with nothing left in the spool.  Only instances Orthanc holds
+count: a study none of whose instances reached Orthanc never completes.  Completion moves the study
 to ``complete``, bumps its generation and queues a ``route`` job by ID.  A
 late instance reopens the study (see :mod:`pacs_gateway.receipts`).
 """
@@ -65,6 +66,11 @@ def complete_ready_studies(session: Session, default_window_s: float,
         if last is not None and _aware(last) > _aware(study.last_received_at):
             study.last_received_at = _aware(last)
         if spooled:
+            continue
+        if stored == 0:
+            # Nothing of it reached the archive (every instance Orthanc refused after
+            # acknowledgement is ``failed``): completing it would put a study with no
+            # images on the worklist.  The failures are in ``rdc status`` and the audit.
             continue
         window = timedelta(seconds=site_window or default_window_s)
         announced = study.expected_instances is not None and \

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from io import BytesIO
 
 from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -63,12 +64,22 @@ def valid_uid(value: str) -> bool:
 
 def _uid(ds: Dataset, keyword: str) -> str:
     raw = ds.get(keyword)
+    if raw is None and _ends_before(ds, keyword):
+        # Nothing at or after where the UID belongs: the stream was cut at an element
+        # boundary, which is a truncated dataset (0xC000) rather than a missing UID.
+        raise InvalidDataset(STATUS_CANNOT_UNDERSTAND,
+                             f"dataset cannot be parsed: it ends before {keyword} (truncated)")
     if raw is None or str(raw) == "":
         raise InvalidDataset(STATUS_MISSING_UID, f"{keyword} is missing")
     value = str(raw)
     if not valid_uid(value):
         raise InvalidDataset(STATUS_INVALID_UID, f"{keyword} is not a valid UID: {value[:80]!r}")
     return value
+
+
+def _ends_before(ds: Dataset, keyword: str) -> bool:
+    tag = tag_for_keyword(keyword)
+    return tag is not None and all(int(t) < tag for t in ds.keys())
 
 
 def _text(ds: Dataset, keyword: str, limit: int) -> str:
@@ -90,18 +101,35 @@ def dataset_offset(data: bytes) -> int:
     return fp.tell()
 
 
+#: The VRs of PS3.5 6.2: two bytes after a tag that read as one of these mean explicit VR.
+_VRS = frozenset(
+    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI "
+    b"UL UN UR US UT UV".split())
+
+
 def _check_encoding(ds: Dataset, data: bytes) -> None:
     """Refuse a dataset whose VR encoding contradicts its transfer syntax.
 
-    pydicom reads such a stream with a warning; Orthanc refuses it.  Accepting it
-    would acknowledge an instance that can never reach the archive.
+    The transfer syntax is the negotiated one (the C-STORE's presentation context).
+    pydicom reads a contradicting stream with a warning, switching encodings; Orthanc
+    refuses it.  Accepting it would acknowledge an instance that can never reach the
+    archive.  Both directions are checked: implicit VR bytes under an explicit syntax,
+    and explicit VR bytes under Implicit VR Little Endian.
     """
     tsyntax = ds.file_meta.get("TransferSyntaxUID")
-    if tsyntax is None or tsyntax.is_implicit_VR or tsyntax.is_deflated:
+    if tsyntax is None or tsyntax.is_deflated:
         return
     start = dataset_offset(data)
     vr = data[start + 4:start + 6]
-    if len(vr) == 2 and not all(0x40 < b < 0x5B for b in vr):
+    if len(vr) < 2:
+        return
+    if tsyntax.is_implicit_VR:
+        # A first element longer than 16 kB whose length happens to spell a VR is the
+        # only way real implicit VR data looks like this (pydicom makes the same call).
+        if vr in _VRS:
+            raise ValueError(f"transfer syntax {tsyntax} says implicit VR but the dataset "
+                             "is encoded with explicit VR")
+    elif not all(0x40 < b < 0x5B for b in vr):
         raise ValueError(f"transfer syntax {tsyntax} says explicit VR but the dataset is "
                          "encoded with implicit VR")
 
@@ -117,7 +145,12 @@ def _check_lengths(ds: Dataset, data: bytes) -> None:
     if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
         return
     delimiter = _SEQ_DELIMITER[ds.is_little_endian is not False]
-    for tag in list(ds.keys()):
+    end_of_elements = dataset_offset(data) if len(ds) == 0 else 0
+    tags = list(ds.keys())
+    # pydicom decodes Specific Character Set while reading; the others stay raw.
+    last = ds.get_item(tags[-1]) if tags else None
+    last_raw = last is None or (isinstance(last, RawDataElement) and last.value_tell is not None)
+    for tag in tags:
         raw = ds.get_item(tag)
         if not isinstance(raw, RawDataElement) or raw.value_tell is None:
             continue
@@ -125,9 +158,17 @@ def _check_lengths(ds: Dataset, data: bytes) -> None:
             end = raw.value_tell + len(raw.value or b"")
             if data[end:end + 8] != delimiter + b"\0\0\0\0":
                 raise ValueError(f"element {tag} ends without its sequence delimiter")
+            end_of_elements = max(end_of_elements, end + 8)
         elif raw.value_tell + raw.length > len(data):
             raise ValueError(f"element {tag} declares {raw.length} bytes but the stream "
                              f"ends after {len(data) - raw.value_tell}")
+        else:
+            end_of_elements = max(end_of_elements, raw.value_tell + raw.length)
+    if last_raw and end_of_elements and end_of_elements < len(data):
+        # pydicom stops quietly at a partial element header; what follows the last
+        # whole element is the start of one that was cut off.
+        raise ValueError(f"the stream ends inside an element header after byte "
+                         f"{end_of_elements}")
 
 
 def inspect_encoded(data: bytes) -> InstanceInfo:

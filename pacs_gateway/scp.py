@@ -91,18 +91,38 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+#: Encapsulated (or deflated) syntaxes that keep every pixel value exactly.
+LOSSLESS_ENCAPSULATED = (
+    DeflatedExplicitVRLittleEndian,
+    "1.2.840.10008.1.2.4.70",   # JPEG Lossless, first-order prediction (SV1)
+    "1.2.840.10008.1.2.4.57",   # JPEG Lossless, process 14
+    "1.2.840.10008.1.2.4.80",   # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.90",   # JPEG 2000 (lossless only)
+    "1.2.840.10008.1.2.4.92",   # JPEG 2000 Part 2 multi-component (lossless only)
+    "1.2.840.10008.1.2.4.201",  # HTJ2K (lossless only)
+    "1.2.840.10008.1.2.4.202",  # HTJ2K RPCL (lossless only)
+    "1.2.840.10008.1.2.5",      # RLE lossless
+)
+
+
 def preferred_transfer_syntaxes() -> list[str]:
     """Every transfer syntax, in the order the gateway prefers them.
 
-    pynetdicom picks the acceptor's first match, so a sender that offers its
-    file's own compressed syntax next to uncompressed ones gets the compressed
-    one: the object is stored exactly as encoded, and a sender without a codec
-    never has to convert.  Explicit VR is preferred over implicit.
+    pynetdicom's acceptor takes, for each proposed presentation context, the first
+    syntax of *this* list that the context also offers (``negotiate_as_acceptor``
+    walks the acceptor's syntaxes in order).  The order therefore decides what a
+    sender that offers several syntaxes in one context has to send, and it prefers
+    what keeps the object bit-exact: Explicit VR Little Endian first, then lossless
+    encapsulated syntaxes, then the other uncompressed ones, and a lossy (or
+    possibly lossy) syntax only when the context offers nothing else.  A sender
+    whose file is already lossy-compressed proposes that syntax in a context of its
+    own (DCMTK's storescu does unless told ``--combine``), and that context is
+    accepted with it, so the file is still stored as encoded.
     """
-    last = [ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,
-            ImplicitVRLittleEndian]
-    encapsulated = [uid for uid in AllTransferSyntaxes if uid not in last]
-    return [*encapsulated, *last]
+    first = [ExplicitVRLittleEndian, *LOSSLESS_ENCAPSULATED, ExplicitVRBigEndian,
+             ImplicitVRLittleEndian]
+    rest = [uid for uid in AllTransferSyntaxes if uid not in first]
+    return [*first, *rest]
 
 
 class GatewaySCP:

@@ -8,7 +8,7 @@ from rich.table import Table
 from core.db import get_database
 from core.orthanc_client import OrthancClient
 from core.settings import Settings
-from core.stats import job_counts, site_status
+from core.stats import failed_instances, job_counts, site_status, spool_counts
 
 
 def print_status(settings: Settings, console: Console) -> None:
@@ -16,6 +16,7 @@ def print_status(settings: Settings, console: Console) -> None:
     with db.session() as s:
         rows = site_status(s)
         jobs = job_counts(s)
+        failed = failed_instances(s)
     table = Table("site", "name", "received", "spooled", "in Orthanc", "failed", "studies",
                   title="Instances per site")
     for r in rows:
@@ -24,6 +25,18 @@ def print_status(settings: Settings, console: Console) -> None:
                       str(r.spooled), str(r.stored),
                       f"[red]{r.failed}[/red]" if r.failed else "0", studies)
     console.print(table)
+    if failed:
+        # Acknowledged to the sender, refused by Orthanc: the sender believes it was
+        # delivered, so an operator has to act (the file is kept in spool/failed).
+        ft = Table("site", "received", "study", "SOP instance", "receipt", "error",
+                   title="[red]Acknowledged but not archived[/red] (newest first)")
+        for f in failed:
+            ft.add_row(f.site_id, f.received_at.strftime("%Y-%m-%d %H:%M:%S"), f.study_uid,
+                       f.sop_instance_uid, f.receipt_id, f.error[:120])
+        console.print(ft)
+    spool = spool_counts(settings.spool_dir)
+    console.print("Spool: " + ", ".join(
+        f"[red]{k} {v}[/red]" if v and k != "ready" else f"{k} {v}" for k, v in spool.items()))
     if jobs:
         jt = Table("job kind", "states", title="Jobs")
         for kind, states in sorted(jobs.items()):

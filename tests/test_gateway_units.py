@@ -101,10 +101,15 @@ def test_inspect_refuses_truncated_dataset() -> None:
         inspect_encoded(data[: len(data) // 3])
 
 
-def test_compressed_syntaxes_are_preferred() -> None:
+def test_bit_exact_syntaxes_are_preferred_over_lossy_ones() -> None:
     order = preferred_transfer_syntaxes()
-    assert order[-1] == "1.2.840.10008.1.2"  # implicit VR little endian last
-    assert order.index("1.2.840.10008.1.2.4.90") < order.index("1.2.840.10008.1.2.1")
+    assert order[0] == "1.2.840.10008.1.2.1"  # explicit VR little endian first
+    # lossless encapsulated (JPEG 2000 lossless, RLE) before any lossy syntax
+    for lossless in ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.70"):
+        for lossy in ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.91",
+                      "1.2.840.10008.1.2.4.81"):
+            assert order.index(lossless) < order.index(lossy)
+    assert order.index("1.2.840.10008.1.2") < order.index("1.2.840.10008.1.2.4.50")
 
 
 # Routing rules ----------------------------------------------------------------------
