@@ -127,11 +127,10 @@ def _check_encoding(ds: Dataset, data: bytes) -> None:
         # A first element longer than 16 kB whose length happens to spell a VR is the
         # only way real implicit VR data looks like this (pydicom makes the same call).
         if vr in _VRS:
-            raise ValueError(f"transfer syntax {tsyntax} says implicit VR but the dataset "
-                             "is encoded with explicit VR")
+            # Short: the C-STORE's Error Comment keeps 64 characters.
+            raise ValueError(f"explicit VR bytes, implicit VR syntax ({tsyntax})")
     elif not all(0x40 < b < 0x5B for b in vr):
-        raise ValueError(f"transfer syntax {tsyntax} says explicit VR but the dataset is "
-                         "encoded with implicit VR")
+        raise ValueError(f"implicit VR bytes, explicit VR syntax ({tsyntax})")
 
 
 def _check_lengths(ds: Dataset, data: bytes) -> None:
