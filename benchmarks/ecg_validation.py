@@ -762,7 +762,7 @@ def speed(n: int, seed: int) -> dict[str, Any]:
 # --- Main ----------------------------------------------------------------------------------------
 
 def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f} %"
+    return "-" if v is None else f"{100 * v:.2f} %" if 0.999 < v < 1 else f"{100 * v:.1f} %"
 
 
 def evaluate(quick: bool, seed: int) -> dict[str, Any]:

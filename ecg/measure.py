@@ -34,11 +34,11 @@ Anything that cannot be measured is None *with a reason* in ``not_measurable``.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-import neurokit2 as nk
 import numpy as np
 import numpy.typing as npt
 from scipy import signal as sps
@@ -259,12 +259,32 @@ class Measurements:
         }
 
 
+@lru_cache(maxsize=16)
+def _clean_filters(fs: float) -> tuple[FloatArray, FloatArray, list[float]]:
+    sos: FloatArray = sps.butter(5, 0.5, btype="highpass", output="sos", fs=fs)
+    b = np.ones(int(fs / 50.0)) if fs >= 100 else np.ones(2)
+    return sos, b, [float(b.size)]
+
+
+#: The last cleaning, kept for the same ECG object (quality and measurement both clean).
+_last_clean: tuple[weakref.ref[Ecg12], FloatArray] | None = None
+
+
 def clean_leads(ecg: Ecg12) -> FloatArray:
-    """neurokit2's default ECG cleaning (0.5 Hz high-pass, powerline notch) on each lead."""
-    fs = ecg.sampling_rate
-    rows = [np.asarray(nk.ecg_clean(lead, sampling_rate=fs), dtype=np.float64)
-            for lead in ecg.leads.astype(np.float64)]
-    return np.vstack(rows)
+    """neurokit2's default ECG cleaning (``nk.ecg_clean``, method "neurokit": 5th-order
+    Butterworth high-pass at 0.5 Hz, then its 50 Hz powerline moving average, both run
+    forwards and backwards), on all 12 leads at once. Treat the result as read-only: the
+    last one is reused for the same ECG."""
+    global _last_clean
+    last = _last_clean
+    if last is not None and last[0]() is ecg:
+        return last[1]
+    sos, b, a = _clean_filters(ecg.sampling_rate)
+    high = sps.sosfiltfilt(sos, ecg.leads.astype(np.float64), axis=1)
+    clean: FloatArray = sps.filtfilt(b, a, high, axis=1, method="pad")
+    clean.setflags(write=False)
+    _last_clean = (weakref.ref(ecg), clean)
+    return clean
 
 
 # --- R peaks ---------------------------------------------------------------------------------
