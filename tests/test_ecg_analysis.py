@@ -566,3 +566,12 @@ def test_queue_puts_needs_human_measurement_after_critical(tmp_path: Path) -> No
     finally:
         db.dispose()
         get_database.cache_clear()
+
+
+def test_readme_reports_accuracy_not_completeness() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## ECG center", 1)[1].split("\n## ", 1)[0]
+    assert "benchmarks.ecg_validation" in section
+    assert "sensitivity" in section and "PPV" in section and "repeatability" in section
+    # The old table counted values produced as "100 %": completeness, not accuracy.
+    assert "| 100 % | 0 % |" not in section and "| 100 % | 100 % |" not in section
