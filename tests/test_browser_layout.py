@@ -161,8 +161,11 @@ def test_due_in_counts_down_on_the_study_page(static_dir: Path, browser: Any) ->
                                "?.textContent.startsWith('due in')", timeout=20_000)
         assert due.inner_text() == "due in 30m"
         page.clock.fast_forward("05:00")
-        page.wait_for_function("() => document.querySelector('[data-testid=study-due]')"
-                               ".textContent === 'due in 25m'", timeout=15_000)
+        # The installed clock still flows with real time, so on a loaded machine the
+        # few seconds since the first render can take the count below 25 minutes.
+        page.wait_for_function("() => ['due in 25m', 'due in 24m'].includes("
+                               "document.querySelector('[data-testid=study-due]').textContent)",
+                               timeout=15_000)
         page.clock.fast_forward("26:00")
         page.wait_for_function("() => document.querySelector('[data-testid=study-due]')"
                                ".textContent === 'overdue 1m'", timeout=15_000)
