@@ -96,23 +96,58 @@ def add_model(session: Session, settings: Settings, folder: Path, *, actor: str,
     return row
 
 
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in version.split("."))
+
+
 def ensure_shipped(session: Session, settings: Settings) -> list[AIModel]:
     """Register the shipped demonstration models once.
 
-    They are enabled in development so that ``rdc demo`` shows pre-reads; in
-    production they are registered disabled, and an operator decides.
+    Only the newest shipped version of each model is enabled, and only in development,
+    so that ``rdc demo`` shows pre-reads; in production every version is registered
+    disabled, and an operator decides.  Older shipped versions stay in the package and
+    are registered disabled (ecg-rhythm 1.0.0 since 1.1.0): an install that registered
+    them in place keeps verifiable weights, and results that name them keep the weights
+    they came from.  When a newer shipped version is registered enabled, the older
+    shipped versions this function enabled are disabled in its place (audited, with
+    ``superseded_by``), so one ECG does not get a pre-read from each version.
     """
     if not settings.ai_register_shipped:
         return []
+    shipped = [(folder, load_manifest(folder)) for folder in shipped_model_dirs()]
+    newest: dict[str, str] = {}
+    for _, manifest in shipped:
+        current = newest.get(manifest.name)
+        if current is None or _version_key(manifest.version) > _version_key(current):
+            newest[manifest.name] = manifest.version
     added = []
-    for folder in shipped_model_dirs():
-        manifest = load_manifest(folder)
+    for folder, manifest in shipped:
         found = session.scalar(select(AIModel.id).where(AIModel.name == manifest.name,
                                                         AIModel.version == manifest.version))
-        if found is None:
-            added.append(add_model(session, settings, folder, actor="system", copy=False,
-                                   enable=settings.environment != "production"))
+        if found is not None:
+            continue
+        enable = (settings.environment != "production"
+                  and manifest.version == newest[manifest.name])
+        row = add_model(session, settings, folder, actor="system", copy=False, enable=enable)
+        added.append(row)
+        if enable:
+            _retire_older_shipped(session, row)
     return added
+
+
+def _retire_older_shipped(session: Session, newer: AIModel) -> None:
+    """Disable the enabled older versions of ``newer``'s model that ensure_shipped
+    registered from the package (an operator's own registrations are left alone)."""
+    rows = session.scalars(select(AIModel).where(AIModel.name == newer.name,
+                                                 AIModel.enabled.is_(True),
+                                                 AIModel.registered_by == "system"))
+    for row in rows:
+        if (row.id != newer.id and _version_key(row.version) < _version_key(newer.version)
+                and Path(row.path).resolve().is_relative_to(SHIPPED_DIR)):
+            row.enabled = False
+            _audit(session, "system", "model.disable", row, superseded_by=newer.version)
+            log.info("model.superseded ref=%s@%s by=%s", row.name, row.version,
+                     newer.version)
 
 
 def get_model(session: Session, name: str, version: str | None = None) -> AIModel:

@@ -382,13 +382,19 @@ ECG_LABELS = [
           code=Code(value="3424008", scheme="SCT", meaning="Tachycardia")),
 ]
 ECG_SOP_CLASSES = [ecg_simulator.TWELVE_LEAD_ECG_STORAGE, ecg_simulator.GENERAL_ECG_STORAGE]
-#: Template rates of a --quick run (the full bank takes ~15 s to simulate).
-ECG_QUICK_RATES = (45, 85, 125, 165)
+#: The version ``train ecg-rhythm`` writes (1.0.0: no high-pass, no ectopy in training).
+ECG_VERSION = "1.1.0"
+#: Template bank of a --quick run: rates, shapes, ventricular shapes (the full bank,
+#: 6 x 4 + 3 ECGSYN runs, takes ~15 s to simulate).
+ECG_QUICK_BANK = ((60, 120), 2, 1)
+#: Versions of the models ``train`` writes, for the default folders.
+VERSIONS = {"cxr-triage": "1.0.0", "ct-nodule-seg": "1.0.0", "ecg-rhythm": ECG_VERSION}
 
 
 def ecg_arrays(records: Sequence[ecg_simulator.SimulatedEcg]
                ) -> tuple[np.ndarray, np.ndarray]:
-    """Network inputs (through the pipeline's own pre-processing) and label targets."""
+    """Network inputs (through the pipeline's own pre-processing, so the same high-pass,
+    notches and resampling as the ECG analysis) and label targets."""
     xs = [ecg_input(r.signal, r.sampling_rate, target_rate=ECG_INPUT.sampling_rate or 250.0,
                     samples=ECG_INPUT.size[0], window=ECG_INPUT.window) for r in records]
     ys = [[float(r.labels[lab.name]) for lab in ECG_LABELS] for r in records]
@@ -408,18 +414,29 @@ def _augment_leads(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def af_scores(probs: np.ndarray, truth: np.ndarray, threshold: float
+              ) -> dict[str, float]:
+    """Sensitivity and positive predictive value of the AF output (column 1)."""
+    called, af = probs[:, 1] >= threshold, truth[:, 1] > 0.5
+    tp = float(np.sum(called & af))
+    return {"af_sensitivity": tp / max(float(af.sum()), 1.0),
+            "af_ppv": tp / max(float(called.sum()), 1.0)}
+
+
 def train_ecg(seed: int, out: Path, *, quick: bool, console: Console) -> Report:
     """A small 1-D CNN on simulated 12-lead ECGs: rhythm and rate labels."""
     started = time.perf_counter()
     _configure(seed)
-    n_train, n_val, epochs, batch = (64, 32, 1, 16) if quick else (3000, 400, 8, 32)
-    rates = ECG_QUICK_RATES if quick else ecg_simulator.TEMPLATE_RATES
+    n_train, n_val, epochs, batch = (64, 32, 1, 16) if quick else (5000, 400, 8, 32)
+    rates, shapes, pvc_shapes = ECG_QUICK_BANK if quick else (
+        ecg_simulator.TEMPLATE_RATES, ecg_simulator.TEMPLATE_SHAPES, ecg_simulator.PVC_SHAPES)
     console.print(f"ecg: simulating {n_train} training and {n_val} held-out 12-lead ECGs "
                   f"(seed {seed})")
     x_train, y_train = ecg_arrays(ecg_simulator.dataset(
-        seed, n_train, ecg_simulator.TemplateBank(seed, rates)))
+        seed, n_train, ecg_simulator.TemplateBank(seed, rates, shapes, pvc_shapes)))
     x_val, y_val = ecg_arrays(ecg_simulator.dataset(
-        seed + 100_000, n_val, ecg_simulator.TemplateBank(seed + 100_000, rates)))
+        seed + 100_000, n_val,
+        ecg_simulator.TemplateBank(seed + 100_000, rates, shapes, pvc_shapes)))
     console.print(f"ecg: records ready ({time.perf_counter() - started:.0f} s)")
     model = ecg_cnn(len(ECG_LABELS))
     steps = epochs * (n_train // batch)
@@ -445,27 +462,39 @@ def train_ecg(seed: int, out: Path, *, quick: bool, console: Console) -> Report:
                       f"({time.perf_counter() - started:.0f} s)")
     path, diff, metrics = _export_and_score("ecg", model, x_val, y_val, ECG_LABELS, out,
                                             parity_n=8, batch=32)
+    session = onnx_session(path)
+    probs = np.concatenate([sigmoid(session.run(None, {"input": x_val[i:i + 32]})[0])
+                            for i in range(0, len(x_val), 32)])
+    metrics.update(af_scores(probs, y_val, ECG_LABELS[1].threshold))
     held_out = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+    mix = "; ".join(f"{share:.0%} {name} at {low:.0f}-{high:.0f}/min"
+                    for name, (share, low, high) in ecg_simulator.MIX.items())
     manifest = Manifest.model_validate({
-        "schema": 1, "name": "ecg-rhythm", "version": "1.0.0", "task": "classification",
+        "schema": 1, "name": "ecg-rhythm", "version": ECG_VERSION, "task": "classification",
         "pipeline": "ecg_rhythm",
         "description": (
-            "12-lead ECG rhythm (1-D CNN, 12 leads x 10 s at 250 Hz): sinus rhythm, atrial "
-            "fibrillation, bradycardia (< 60/min), tachycardia (> 100/min); independent "
-            f"sigmoid outputs. Held-out simulated ECG accuracy: {held_out} ({n_val} "
-            "records)."),
+            "12-lead ECG rhythm (1-D CNN, 12 leads x 10 s at 250 Hz after the ECG "
+            "analysis' conditioning: 0.5 Hz high-pass, 50/60 Hz notches; waveforms "
+            "sampled below 100 Hz are not read): sinus rhythm, atrial fibrillation, "
+            "bradycardia (< 60/min), tachycardia (> 100/min); independent sigmoid "
+            "outputs, shown beside the rule-based statements, never instead of them. "
+            f"Held-out simulated ECGs ({n_val} records): {held_out}."),
         "applies_to": AppliesTo(modalities=["ECG"], sop_classes=ECG_SOP_CLASSES,
                                 photometric=[], max_slices=1),
         "input": ECG_INPUT, "labels": ECG_LABELS, "outputs": ["sr"], "batch_size": 16,
         "weights": Weights(file=WEIGHTS_FILE, sha256=sha256_file(path)),
         "intended_use": ECG_INTENDED_USE, "demonstration": True,
         "training": Training(script=SCRIPT, seed=seed, data=(
-            f"{n_train} simulated 10 s 12-lead ECGs (ai_models.ecg_simulator: neurokit2 "
-            f"ECGSYN beats at {len(rates)} template rates, overlap-added at regular sinus "
-            "R times or independent log-normal AF RR intervals without P waves and with "
-            "4-9 Hz f-waves; 60% sinus at 35-185/min, 40% AF at 50-170/min; gain, baseline "
-            f"wander, mains and white noise); {epochs} epochs, batch {batch}, lead shuffles "
-            "and polarity flips, AdamW with one-cycle LR"))})
+            f"{n_train} simulated 10 s 12-lead ECGs (ai_models.ecg_simulator: QRS-T from "
+            f"neurokit2 ECGSYN beats at {len(rates)} template rates x {shapes} shapes "
+            f"(QRS width, Q/S depth, T amplitude and polarity varied) or from Gaussian "
+            "heart dipoles projected on the leads, with drawn P waves; " + mix + "; "
+            "sinus with PVCs or PACs every 2nd-4th beat or at random, multifocal atrial "
+            "rhythm with P waves (neither sinus nor AF), AF without P waves, with 0-0.1 mV "
+            "f-waves and sometimes PVCs; gain, baseline wander up to 1.5 mV at "
+            "0.05-0.7 Hz, 50/60 Hz hum, EMG and white noise); pre-processed as the "
+            f"pipeline does; {epochs} epochs, batch {batch}, lead shuffles and polarity "
+            "flips, AdamW with one-cycle LR"))})
     _write(out, manifest)
     return Report("ecg-rhythm", out, time.perf_counter() - started, diff, metrics)
 
@@ -479,7 +508,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None,
                         help="model folder for one model (default ai_models/shipped/<name>/"
-                             "<version>); for all, the folder that gets <name>/<version>/")
+                             "<version>: cxr-triage and ct-nodule-seg 1.0.0, ecg-rhythm "
+                             f"{ECG_VERSION}); for all, the folder that gets "
+                             "<name>/<version>/")
     parser.add_argument("--quick", action="store_true",
                         help="train for seconds: proves the script runs, not a usable model")
     args = parser.parse_args(argv)
@@ -491,9 +522,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.model not in (key, "all"):
             continue
         if args.out is None:
-            folder = SHIPPED / name / "1.0.0"
+            folder = SHIPPED / name / VERSIONS[name]
         elif args.model == "all":
-            folder = args.out / name / "1.0.0"
+            folder = args.out / name / VERSIONS[name]
         else:
             folder = args.out
         reports.append(train(args.seed, folder, quick=args.quick, console=console))

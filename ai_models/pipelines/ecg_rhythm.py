@@ -2,14 +2,19 @@
 
 Pre-processing reads the waveform with pydicom (``Dataset.waveform_array``, which
 applies each channel's sensitivity, correction factor and baseline), converts the
-channels to mV from their sensitivity units, puts the 12 standard leads in the
-order I, II, III, aVR, aVL, aVF, V1-V6 (found by their channel source codes), and
-resamples to the manifest's ``sampling_rate`` with numpy.  Then, as the training
-script does: the first ``size`` samples (10 s), each lead's median removed, the
-manifest's ``window`` (mV) mapped to 0..1.
+channels to mV from their sensitivity units and puts the 12 standard leads in the
+order I, II, III, aVR, aVL, aVF, V1-V6 (found by their channel source codes).  Then,
+as the training script does (``to_network_input``): the signal conditioning the ECG
+analysis shares (``core.ecg_filters.prepare``: polyphase resampling to the manifest's
+``sampling_rate``, a 0.5 Hz high-pass against baseline wander, 50 and 60 Hz notches),
+the first ``size`` samples (10 s), each lead's median removed, the manifest's
+``window`` (mV) mapped to 0..1.
+
+A waveform sampled below ``core.ecg_filters.MIN_SAMPLING_RATE_HZ`` (100 Hz, the ECG
+readers' minimum) is not read: the job is skipped with the reason, never resampled up.
 
 This module reads DICOM itself rather than using the ``ecg`` package: the AI
-pipelines and the domain packages are kept apart.
+pipelines and the domain packages are kept apart, and share only ``core``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from ai_models.manifest import Manifest
 from ai_models.pipelines.base import NotApplicable, Predict, Prepared, Result
 from ai_models.pipelines.classify import multilabel_result, predict_batch
 from ai_models.pipelines.common import describe, uid_text
+from core import ecg_filters
 
 #: The network's lead order.
 LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
@@ -68,32 +74,16 @@ def pick_group(ds: Dataset) -> int:
     return max(candidates, key=lambda i: int(groups[i].get("NumberOfWaveformSamples", 0) or 0))
 
 
-def resample(signal: np.ndarray, rate_in: float, rate_out: float) -> np.ndarray:
-    """(leads, n) at ``rate_in`` → (leads, m) at ``rate_out``: a moving average over
-    the decimation factor (anti-aliasing) then linear interpolation."""
-    if abs(rate_in - rate_out) < 1e-9:
-        return signal.astype(np.float64, copy=True)
-    x = signal.astype(np.float64)
-    factor = rate_in / rate_out
-    width = round(factor)
-    if width > 1:
-        kernel = np.ones(width) / width
-        pad = width // 2
-        padded = np.pad(x, ((0, 0), (pad, width - 1 - pad)), mode="edge")
-        x = np.stack([np.convolve(lead, kernel, mode="valid") for lead in padded])
-    n_out = int(np.floor((x.shape[1] - 1) / factor)) + 1
-    t_out = np.arange(n_out) / rate_out
-    t_in = np.arange(x.shape[1]) / rate_in
-    return np.stack([np.interp(t_out, t_in, lead) for lead in x])
-
-
 def to_network_input(signal_mv: np.ndarray, rate: float, *, target_rate: float,
                      samples: int, window: tuple[float, float]) -> np.ndarray:
-    """(12, n) mV at ``rate`` → (12, samples) float32 in 0..1: resampled, the first
-    ``samples`` kept (padded with the baseline if a little short), each lead's
-    median removed, ``window`` (mV) mapped to 0..1 and clipped.  The training script
-    applies this same function to its simulated records."""
-    x = resample(signal_mv, rate, target_rate)[:, :samples]
+    """(12, n) mV at ``rate`` → (12, samples) float32 in 0..1: conditioned as the ECG
+    analysis conditions a signal (``core.ecg_filters.prepare``: resampled to
+    ``target_rate``, high-passed at 0.5 Hz, 50/60 Hz notched), the first ``samples``
+    kept (padded with the baseline if a little short), each lead's median removed,
+    ``window`` (mV) mapped to 0..1 and clipped.  The training script applies this same
+    function to its simulated records.  A ``rate`` below MIN_SAMPLING_RATE_HZ raises
+    ``core.ecg_filters.SamplingRateTooLow`` (a ValueError)."""
+    x = ecg_filters.prepare(signal_mv, rate, target_rate)[:, :samples]
     x = x - np.median(x, axis=1, keepdims=True)
     if x.shape[1] < samples:
         x = np.pad(x, ((0, 0), (0, samples - x.shape[1])))
@@ -154,6 +144,12 @@ class EcgRhythmPipeline:
         if not np.isfinite(fs) or fs <= 0:
             raise NotApplicable(f"{where}: sampling frequency {fs_raw!r} is not a positive "
                                 "number of Hz")
+        if fs < ecg_filters.MIN_SAMPLING_RATE_HZ:
+            raise NotApplicable(
+                f"{where}: sampled at {fs:g} Hz, below the "
+                f"{ecg_filters.MIN_SAMPLING_RATE_HZ:g} Hz a diagnostic ECG needs (the ECG "
+                f"readers refuse it too); {ref} does not resample it up to "
+                f"{self.rate:g} Hz")
         definitions = list(group.get("ChannelDefinitionSequence") or [])
         names = [lead_name(d) for d in definitions]
         channels: list[int] = []
