@@ -300,3 +300,16 @@ def running(center_any_db: Center) -> Iterator[Center]:
     c.add_site()
     c.start_gateway()
     yield c
+
+
+#: The real ECG recordings (PhysioNet) the ECG tests read in place, never copied.
+ECG_DATA = REPO.parent / "shared" / "data" / "ecg"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ecg_data_present() -> None:
+    """The ECG accuracy tests need the real recordings: a missing one fails, never skips."""
+    missing = [n for n in ("100.hea", "100.dat", "100.atr", "s0010_re.hea", "s0010_re.dat")
+               if not (ECG_DATA / n).exists()]
+    if missing:
+        pytest.fail(f"the real ECG recordings are missing from {ECG_DATA}: {', '.join(missing)}")

@@ -327,8 +327,6 @@ def test_af_sensitivity_and_ppv_on_40_held_out_strips(ecg: Model,
     assert sensitivity >= 0.9 and ppv >= 0.9, (sensitivity, ppv)
 
 
-@pytest.mark.skipif(not (ECG_DATA / "s0010_re.hea").exists(),
-                    reason="PhysioNet PTB record s0010_re is not in ../shared/data/ecg")
 def test_a_real_12_lead_ecg_from_ptb_is_not_af(ecg: Model) -> None:
     """PTB s0010_re (1000 Hz, an 81-year-old woman after an inferolateral infarction):
     three 10 s windows, none called AF."""

@@ -478,7 +478,6 @@ def test_long_qt_is_adjusted_for_a_wide_qrs() -> None:
 
 # Item 7: PR repeatability on a real, stable sinus rhythm (MIT-BIH record 100).
 
-@pytest.mark.skipif(not (DATA / "100.dat").exists(), reason="MIT-BIH record 100 not present")
 def test_pr_is_repeatable_on_mitbih_100(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
     from benchmarks.ecg_validation import mitbih_ecg12, read_record

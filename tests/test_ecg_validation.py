@@ -11,15 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from conftest import REPO
 
 DATA = REPO.parent / "shared" / "data" / "ecg"
 
 
-@pytest.mark.skipif(not (DATA / "100.dat").exists() or not (DATA / "s0010_re.dat").exists(),
-                    reason="the PhysioNet records of ../shared/data/ecg are not present")
 def test_ecg_validation_quick_run_meets_the_targets(tmp_path: Path) -> None:
     out = tmp_path / "results"
     r = subprocess.run([sys.executable, "-m", "benchmarks.ecg_validation", "--quick", "--out",
