@@ -23,7 +23,7 @@ import redis
 
 from core.db import Database, get_database
 from core.orthanc_client import OrthancClient
-from core.settings import Settings
+from core.settings import Settings, get_settings
 from core.sites import SiteSpec, add_site
 from rdc.orthanc_runner import start_orthanc, stop_process
 
@@ -313,3 +313,29 @@ def _ecg_data_present() -> None:
                if not (ECG_DATA / n).exists()]
     if missing:
         pytest.fail(f"the real ECG recordings are missing from {ECG_DATA}: {', '.join(missing)}")
+
+
+#: The password of the people the web tests create (long enough for the policy).
+TEST_PASSWORD = "a long enough password 1"
+
+
+def signed_in_client(c: Center, username: str, roles: list[str], sites: list[str] | None,
+                     password: str = TEST_PASSWORD) -> Any:
+    """A new person signed in to the app in-process (TestClient with its CSRF header);
+    ``sites`` None means all sites."""
+    import pyotp
+    from fastapi.testclient import TestClient
+
+    from viewer.accounts import add_user
+    from viewer.app import create_app
+
+    with c.db.session() as s:
+        _, uri = add_user(s, get_settings(), username=username, display_name=username,
+                          password=password, roles=roles, sites=sites or (),
+                          all_sites=sites is None, actor="test")
+    api = TestClient(create_app())
+    r = api.post("/api/auth/login", json={"username": username, "password": password,
+                                          "totp": pyotp.parse_uri(uri).now()})
+    assert r.status_code == 200, r.text
+    api.headers["X-CSRF-Token"] = r.json()["csrf_token"]
+    return api

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-import pyotp
 import pytest
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
@@ -22,12 +21,11 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from conftest import REPO, Center, wait_until
+from conftest import REPO, Center, signed_in_client, wait_until
 from core.models import AIFinding, AIResult, ECGAnalysis, ReportVersion, ShareLink, Study
 from core.settings import get_settings
-from core.sites import SiteSpec, add_site
 from pacs_gateway.dcmtk import storescu
-from viewer.accounts import ROLES, add_user
+from viewer.accounts import ROLES
 from viewer.app import create_app
 from viewer.auth import READING_ROLES, api_token
 from viewer.worklist import READER_ROLES
@@ -47,12 +45,8 @@ def world(center: Center, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
     get_settings.cache_clear()
     c = center
     c.start_orthanc()
-    with c.db.session() as s:
-        for site, ae in (("county-a", "COUNTY_A"), ("county-b", "COUNTY_B")):
-            add_site(s, SiteSpec(id=site, name=f"{site} hospital", ae_title=ae,
-                                 host="127.0.0.1", port=11199,
-                                 allowed_addresses=("127.0.0.1/32",), inactivity_s=1),
-                     actor="test")
+    for site, ae in (("county-a", "COUNTY_A"), ("county-b", "COUNTY_B")):
+        c.add_site(site, ae, allowed=("127.0.0.1/32",), inactivity_s=1)
     c.start_gateway()
     ids: dict[str, int] = {}
     for site, ae, name in (("county-a", "COUNTY_A", XSS), ("county-b", "COUNTY_B", "ROE^B")):
@@ -77,16 +71,8 @@ def world(center: Center, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 
 def client_for(c: Center, username: str, roles: list[str], sites: list[str] | None,
                ) -> TestClient:
-    with c.db.session() as s:
-        _, uri = add_user(s, get_settings(), username=username, display_name=username,
-                          password=PASSWORD, roles=roles, sites=sites or (),
-                          all_sites=sites is None, actor="test")
-    api = TestClient(create_app())
-    r = api.post("/api/auth/login", json={"username": username, "password": PASSWORD,
-                                          "totp": pyotp.parse_uri(uri).now()})
-    assert r.status_code == 200, r.text
-    api.headers["X-CSRF-Token"] = r.json()["csrf_token"]
-    return api
+    client: TestClient = signed_in_client(c, username, roles, sites, PASSWORD)
+    return client
 
 
 def _issue_key(c: Center, reader: str) -> None:

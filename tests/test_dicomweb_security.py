@@ -30,7 +30,6 @@ from conftest import Center, wait_until
 from core.models import AIResult, AuditRecord, Report, ReportVersion, Study
 from core.orthanc_client import OrthancClient, OrthancRejected
 from core.settings import get_settings
-from core.sites import SiteSpec, add_site
 from pacs_gateway.dcmtk import storescu
 from viewer.accounts import add_user
 from viewer.dicomweb_paths import BadPath, Resource, parse
@@ -140,12 +139,8 @@ def world(center: Center, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> It
     get_settings.cache_clear()
     c = center
     c.start_orthanc()
-    with c.db.session() as s:
-        for site, ae in (("county-a", "COUNTY_A"), ("county-b", "COUNTY_B")):
-            add_site(s, SiteSpec(id=site, name=f"{site} hospital", ae_title=ae,
-                                 host="127.0.0.1", port=11199,
-                                 allowed_addresses=("127.0.0.1/32",), inactivity_s=1),
-                     actor="test")
+    for site, ae in (("county-a", "COUNTY_A"), ("county-b", "COUNTY_B")):
+        c.add_site(site, ae, allowed=("127.0.0.1/32",), inactivity_s=1)
     c.start_gateway()
     studies: dict[str, list[str]] = {"county-a": [], "county-b": []}
     series: dict[str, str] = {}

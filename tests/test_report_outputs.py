@@ -702,23 +702,9 @@ def pdf_world(center: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str
 
 
 def _signed_in(center: Any, username: str, roles: list[str], sites: list[str] | None) -> Any:
-    import pyotp
-    from fastapi.testclient import TestClient
+    from conftest import signed_in_client
 
-    from core.settings import get_settings
-    from viewer.accounts import add_user
-    from viewer.app import create_app
-
-    with center.db.session() as s:
-        _, uri = add_user(s, get_settings(), username=username, display_name=username,
-                          password=_PASSWORD, roles=roles, sites=sites or (),
-                          all_sites=sites is None, actor="test")
-    api = TestClient(create_app())
-    r = api.post("/api/auth/login", json={"username": username, "password": _PASSWORD,
-                                          "totp": pyotp.parse_uri(uri).now()})
-    assert r.status_code == 200, r.text
-    api.headers["X-CSRF-Token"] = r.json()["csrf_token"]
-    return api
+    return signed_in_client(center, username, roles, sites, _PASSWORD)
 
 
 def test_site_clerk_reads_its_own_sites_signed_report_pdf(pdf_world: dict[str, Any]) -> None:
