@@ -297,6 +297,16 @@ def test_qido_paging_for_a_site_limited_account(world: World) -> None:
     # Matching keys still reach Orthanc: a search by patient ID finds only that study.
     status, _, body = _raw_get(w, "/dicom-web/studies?PatientID=B-TWO", cookie)
     assert [d["0020000D"]["Value"][0] for d in json.loads(body)] == [w.studies["county-b"][1]]
+    for match in ("PatientName=B-TWO%5EX", "PatientName=B-TWO^X", "PatientName=B-TW*"):
+        status, _, body = _raw_get(w, f"/dicom-web/studies?{match}", cookie)
+        assert status == 200, body[:200]
+        assert [d["0020000D"]["Value"][0] for d in json.loads(body)] == [
+            w.studies["county-b"][1]], match
+    # A value the archive cannot match literally is refused, not silently unmatched.
+    for bad in ("PatientName=B%20TWO", "PatientName=%E6%9D%8E*", "PatientName=a%26b",
+                "PatientName=%25"):
+        status, _, body = _raw_get(w, f"/dicom-web/studies?{bad}", cookie)
+        assert status == 400 and b"wildcards" in body, (bad, status, body[:200])
     # The other site's patient is not found even when searched for by ID.
     status, _, body = _raw_get(w, f"/dicom-web/studies?PatientID={SECRET_PATIENT}", cookie)
     assert json.loads(body) == []

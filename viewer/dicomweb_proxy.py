@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
-from urllib.parse import parse_qsl, quote
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from sqlalchemy import select
@@ -56,6 +56,9 @@ _SOP_UID_TAG = "00080018"
 #: QIDO matching keys: a keyword, a tag, or a dotted sequence path of either.
 _QIDO_KEY = re.compile(r"^([A-Za-z][A-Za-z0-9]{0,63}|[0-9A-Fa-f]{8})"
                        r"(\.([A-Za-z][A-Za-z0-9]{0,63}|[0-9A-Fa-f]{8})){0,7}$")
+#: What a query value may hold: sent on literally (see _encode), so nothing that ends a
+#: parameter or the query, and no escapes.
+_QUERY_VALUE = re.compile(r"^[A-Za-z0-9^*?.,_:/+()-]*$")
 _RENDER_KEYS = frozenset({"viewport", "window", "quality"})
 _SEARCHES = frozenset({Resource.SEARCH_STUDIES, Resource.SEARCH_SERIES,
                        Resource.SEARCH_INSTANCES, Resource.SEARCH_SERIES_INSTANCES})
@@ -100,6 +103,11 @@ def _query(target: Target, request: Request, *, paging: bool) -> list[tuple[str,
     for key, value in pairs:
         if len(value) > _MAX_QUERY_VALUE:
             raise HTTPException(400, f"query parameter {key[:40]!r} is too long")
+        if not _QUERY_VALUE.match(value):
+            raise HTTPException(
+                400, f"query parameter {key[:40]!r}: the image archive matches only letters, "
+                     "digits and ^ * ? . , - _ : / + ( ) literally (no spaces or other "
+                     "characters); use the * and ? wildcards instead")
         if key in allowed:
             out.append((key, value))
         elif target.resource in _SEARCHES and key in ("limit", "offset"):
@@ -116,9 +124,11 @@ def _query(target: Target, request: Request, *, paging: bool) -> list[tuple[str,
 
 
 def _encode(pairs: list[tuple[str, str]]) -> str:
-    # Commas stay literal: Orthanc's DICOMweb plugin does not decode an escaped comma
-    # (viewport=128%2C128); ``*`` and ``?`` wildcards and ``-`` ranges stay readable.
-    return "&".join(f"{quote(k, safe='')}={quote(v, safe=',*-')}" for k, v in pairs)
+    # Orthanc's DICOMweb plugin matches the query values exactly as they arrive, without
+    # percent-decoding them (``PatientName=DOE%5EJ`` finds nothing, ``viewport=128%2C128``
+    # is refused), so the checked values go on literally.  _query has made sure they hold
+    # nothing that would change the query's structure.
+    return "&".join(f"{k}={v}" for k, v in pairs)
 
 
 def _accept(target: Target, asked: str | None) -> str | None:
