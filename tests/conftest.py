@@ -339,3 +339,19 @@ def signed_in_client(c: Center, username: str, roles: list[str], sites: list[str
     assert r.status_code == 200, r.text
     api.headers["X-CSRF-Token"] = r.json()["csrf_token"]
     return api
+
+
+@pytest.fixture
+def two_sites(center: Center, monkeypatch: pytest.MonkeyPatch) -> Iterator[Center]:
+    """Orthanc and the gateway running for two county sites (county-a/COUNTY_A and
+    county-b/COUNTY_B, from loopback), with this process's settings pointing at them."""
+    for k, v in center.env.items():
+        if k.startswith("RDC_"):
+            monkeypatch.setenv(k, v)
+    get_settings.cache_clear()
+    center.start_orthanc()
+    for site, ae in (("county-a", "COUNTY_A"), ("county-b", "COUNTY_B")):
+        center.add_site(site, ae, allowed=("127.0.0.1/32",), inactivity_s=1)
+    center.start_gateway()
+    yield center
+    get_settings.cache_clear()

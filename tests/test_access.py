@@ -36,18 +36,9 @@ XSS = "<script>alert(1)</script>^<img src=x onerror=alert(2)>"
 
 
 @pytest.fixture
-def world(center: Center, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-          ) -> Iterator[tuple[Center, dict[str, int]]]:
+def world(two_sites: Center, tmp_path: Path) -> Iterator[tuple[Center, dict[str, int]]]:
     """Two sites, each with one study; the site A patient's name is an XSS payload."""
-    for k, v in center.env.items():
-        if k.startswith("RDC_"):
-            monkeypatch.setenv(k, v)
-    get_settings.cache_clear()
-    c = center
-    c.start_orthanc()
-    for site, ae in (("county-a", "COUNTY_A"), ("county-b", "COUNTY_B")):
-        c.add_site(site, ae, allowed=("127.0.0.1/32",), inactivity_s=1)
-    c.start_gateway()
+    c = two_sites
     ids: dict[str, int] = {}
     for site, ae, name in (("county-a", "COUNTY_A", XSS), ("county-b", "COUNTY_B", "ROE^B")):
         ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))

@@ -132,16 +132,8 @@ def _send(c: Center, tmp_path: Path, site: str, ae: str, patient: str) -> tuple[
 
 
 @pytest.fixture
-def world(center: Center, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[World]:
-    for k, v in center.env.items():
-        if k.startswith("RDC_"):
-            monkeypatch.setenv(k, v)
-    get_settings.cache_clear()
-    c = center
-    c.start_orthanc()
-    for site, ae in (("county-a", "COUNTY_A"), ("county-b", "COUNTY_B")):
-        c.add_site(site, ae, allowed=("127.0.0.1/32",), inactivity_s=1)
-    c.start_gateway()
+def world(two_sites: Center, tmp_path: Path) -> Iterator[World]:
+    c = two_sites
     studies: dict[str, list[str]] = {"county-a": [], "county-b": []}
     series: dict[str, str] = {}
     sops: dict[str, str] = {}
