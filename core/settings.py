@@ -8,13 +8,14 @@ different homes and ports can run side by side on one machine.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -114,10 +115,22 @@ class Settings(BaseSettings):
     #: ... and in any case this long after sign-in (absolute lifetime), so a stolen
     #: cookie or a workstation left signed in is good for a bounded time only.
     session_max_age_s: float = Field(default=12 * 3600.0, gt=0)
-    #: After this many failed sign-ins in a row an account is locked for
-    #: ``login_lockout_s``; this bounds password and TOTP guessing per account.
+    #: After this many failed sign-ins in a row for one username from one client
+    #: address, that pair (not the whole account) is locked for ``login_lockout_s``;
+    #: each further lockout of the pair doubles the wait, up to ``login_lockout_max_s``
+    #: (see :mod:`viewer.login_throttle`).
     login_max_failures: int = Field(default=5, ge=1, le=100)
     login_lockout_s: float = Field(default=15 * 60.0, gt=0)
+    login_lockout_max_s: float = Field(default=24 * 3600.0, gt=0)
+    #: Against guessing spread over many addresses: once a username collected this many
+    #: failures within ``login_account_window_s``, it is refused from addresses it has
+    #: never signed in from, until the window ends.  Its familiar addresses still work.
+    login_account_max_failures: int = Field(default=50, ge=1, le=100_000)
+    login_account_window_s: float = Field(default=3600.0, gt=0)
+    #: Reverse proxies (IP addresses or networks, comma separated) whose
+    #: X-Forwarded-For and X-Forwarded-Proto the web app believes.  Empty: none, and
+    #: the client address is the TCP peer's.
+    trusted_proxies: str = ""
     #: ``Secure`` flag of the session cookie.  Unset: on in production (served over
     #: HTTPS behind the reverse proxy), off in development, where the web app listens
     #: on plain http://127.0.0.1 and a browser would never send back a Secure cookie.
@@ -141,6 +154,19 @@ class Settings(BaseSettings):
         if toml is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
         return tuple(sources)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: str) -> str:
+        for entry in (e.strip() for e in value.split(",")):
+            if not entry:
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"RDC_TRUSTED_PROXIES: {entry!r} is not an IP address or "
+                                 "network (e.g. 127.0.0.1, 10.0.0.0/8, ::1)") from None
+        return value
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:
@@ -198,6 +224,11 @@ class Settings(BaseSettings):
         if self.session_cookie_secure is not None:
             return self.session_cookie_secure
         return self.environment == "production"
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        """``trusted_proxies`` as a list of addresses and networks."""
+        return [e.strip() for e in self.trusted_proxies.split(",") if e.strip()]
 
     @property
     def gateway_process_count(self) -> int:
