@@ -411,6 +411,35 @@ class WebSession(Base):
     client: Mapped[str] = mapped_column(String(255), default="")
 
 
+class LoginThrottle(Base):
+    """Failed sign-ins of one username from one client address (see
+    :mod:`viewer.login_throttle`).  The row with address ``"*"`` counts the username's
+    failures from every address within the current window.  Keyed by the name typed,
+    not by a user id, so that an unknown username is throttled exactly like a real one
+    and the answers never tell which usernames exist."""
+
+    __tablename__ = "login_throttles"
+    __table_args__ = (Index("ix_login_throttles_last_failure", "last_failure_at"),)
+
+    username: Mapped[str] = mapped_column(String(128), primary_key=True)
+    address: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: Pair: failures in a row since the last lockout or success.  ``"*"``: failures
+    #: in the window that started at ``window_started_at``.
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    #: Lockouts of the pair so far; each one waits twice as long as the one before.
+    lockouts: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: Attempts refused while locked (audited at 1, 2, 4, 8 ... so a flood costs few rows).
+    refused: Mapped[int] = mapped_column(Integer, default=0)
+    window_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                               nullable=True)
+    last_failure_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                             nullable=True)
+    #: The last successful sign-in from this address: it makes the address familiar.
+    last_success_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                             nullable=True)
+
+
 class ShareLink(Base):
     """A "cloud film" link to one final report: expiring, revocable, every open audited.
     Only the token's hash is stored."""
