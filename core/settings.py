@@ -139,6 +139,22 @@ class Settings(BaseSettings):
     #: within this window (with the number of requests it covered), so that a
     #: 300-frame stack is one audit record, not 300.
     dicomweb_audit_window_s: float = Field(default=600.0, gt=0)
+    #: Seconds between signed checkpoints of the audit chain's head, written by the
+    #: gateway's primary process to ``audit/checkpoints.jsonl``; 0 turns the timer off
+    #: (``rdc audit checkpoint`` still works).
+    audit_checkpoint_s: float = Field(default=300.0, ge=0)
+    #: Where audit events go as DICOM audit messages (PS3.15 A.5) over syslog:
+    #: ``udp://host:514``, ``tcp://host:601`` or ``tls://host:6514``.  Empty: off.
+    atna_syslog_url: str = ""
+    #: AuditSourceID of those messages; empty: this machine's host name.
+    atna_source_id: str = ""
+    #: For ``tls://``: the CA bundle the audit repository's certificate is checked
+    #: against (empty: the system's), and this node's client certificate and key.
+    atna_tls_ca_file: Path | None = None
+    atna_tls_cert_file: Path | None = None
+    atna_tls_key_file: Path | None = None
+    #: How often the exporter looks for new audit records to send.
+    atna_poll_s: float = Field(default=2.0, gt=0)
 
     @classmethod
     def settings_customise_sources(
@@ -217,6 +233,11 @@ class Settings(BaseSettings):
     @property
     def secrets_dir(self) -> Path:
         return self.home / "secrets"
+
+    @property
+    def audit_dir(self) -> Path:
+        """Signed audit checkpoints and the audit export cursor, outside the database."""
+        return self.home / "audit"
 
     @property
     def cookie_secure(self) -> bool:
