@@ -52,6 +52,17 @@ class Settings(BaseSettings):
     gateway_port: int = Field(default=11112, ge=1, le=65535)
     #: Processes sharing the gateway port (SO_REUSEPORT); 0 means one per CPU, up to 4.
     gateway_processes: int = Field(default=0, ge=0, le=64)
+    #: The mutual-TLS DICOM port (PS3.15 BCP 195 profile).  Unset: 2762, the IANA
+    #: "dicom-tls" port, in production, and off in development (so that test centers
+    #: side by side never fight over one fixed port); 0 turns it off.
+    gateway_tls_port: int | None = Field(default=None, ge=0, le=65535)
+    #: Extra DNS names / IP addresses for the gateway's TLS certificate (besides this
+    #: host's names and loopback), comma-separated: the names county sites connect to.
+    gateway_tls_names: str = ""
+    #: A TLS handshake on the TLS port must complete within this many seconds.
+    gateway_tls_handshake_s: float = Field(default=10.0, gt=0, le=120)
+    #: Lifetime of a site's TLS client certificate.
+    site_cert_days: int = Field(default=730, ge=1, le=3650)
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=8000, ge=1, le=65535)
 
@@ -250,6 +261,18 @@ class Settings(BaseSettings):
     def trusted_proxy_list(self) -> list[str]:
         """``trusted_proxies`` as a list of addresses and networks."""
         return [e.strip() for e in self.trusted_proxies.split(",") if e.strip()]
+
+    @property
+    def gateway_tls_listen_port(self) -> int | None:
+        """The TLS port the gateway listens on, or None when TLS is off."""
+        if self.gateway_tls_port is None:
+            return 2762 if self.environment == "production" else None
+        return self.gateway_tls_port or None
+
+    @property
+    def gateway_tls_name_list(self) -> list[str]:
+        """``gateway_tls_names`` as a list."""
+        return [n.strip() for n in self.gateway_tls_names.split(",") if n.strip()]
 
     @property
     def gateway_process_count(self) -> int:
