@@ -63,6 +63,27 @@ class Settings(BaseSettings):
     gateway_tls_handshake_s: float = Field(default=10.0, gt=0, le=120)
     #: Lifetime of a site's TLS client certificate.
     site_cert_days: int = Field(default=730, ge=1, le=3650)
+    #: The DICOM front door against hostile peers (pacs_gateway/admission.py).  Every
+    #: limit is per gateway process: with N processes on one port (SO_REUSEPORT) the
+    #: kernel spreads connections over them, so the center admits up to N times as many.
+    #: A connection must deliver a complete A-ASSOCIATE-RQ within this many seconds
+    #: of being accepted (after its TLS handshake, if any), or it is closed.
+    gateway_associate_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    #: An established association with no incoming data for this long is aborted;
+    #: so is one whose PDU stops arriving midway or whose peer stops reading.
+    gateway_idle_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    #: Associations at once from the addresses of registered sites.
+    gateway_max_associations: int = Field(default=32, ge=1, le=1024)
+    #: Connections at once from addresses no site is registered at: a separate small
+    #: pool (they can only be told why they are refused), so they never take the above.
+    gateway_unregistered_connections: int = Field(default=4, ge=0, le=256)
+    #: Connections at once from one peer address, registered or not.
+    gateway_max_connections_per_address: int = Field(default=8, ge=1, le=1024)
+    #: Refusals (capacity, garbage, timeouts, unknown AE or address) are audited per
+    #: peer address and window: the first ``burst`` of each kind individually, the
+    #: rest counted and written as one summary row per peer when the window ends.
+    gateway_refusal_audit_window_s: float = Field(default=60.0, gt=0)
+    gateway_refusal_audit_burst: int = Field(default=5, ge=1, le=1000)
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=8000, ge=1, le=65535)
 
@@ -89,6 +110,19 @@ class Settings(BaseSettings):
     #: Default inactivity window after which a study counts as complete.
     study_inactivity_s: float = Field(default=120.0, gt=0)
     monitor_interval_s: float = Field(default=2.0, gt=0)
+    #: ``rdc up`` restarts a process that exits while it is not stopping (systemd's
+    #: ``Restart=on-failure``): first after the base delay, doubling up to the cap; a
+    #: process that stayed up ``stable_after`` starts again from the base delay.
+    supervisor_restart_base_s: float = Field(default=1.0, gt=0)
+    supervisor_restart_max_s: float = Field(default=30.0, gt=0)
+    supervisor_stable_after_s: float = Field(default=60.0, gt=0)
+    #: ... and gives a process up after this many failures within the window (like
+    #: ``StartLimitBurst`` / ``StartLimitIntervalSec``); the others keep serving.
+    supervisor_give_up_failures: int = Field(default=5, ge=1, le=1000)
+    supervisor_give_up_window_s: float = Field(default=300.0, gt=0)
+    #: A restarted process that does not listen on its port within this is killed,
+    #: and that counts as a failure.
+    supervisor_start_timeout_s: float = Field(default=120.0, gt=0)
     routing_rules: Path | None = None
     #: A job queued or running longer than this is handed to the queue again.
     job_stale_after_s: float = Field(default=900.0, gt=0)
