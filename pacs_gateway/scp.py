@@ -40,6 +40,7 @@ from pacs_gateway.inspect import (
 )
 from pacs_gateway.receipts import record_receipt
 from pacs_gateway.spool import Spool, SpoolFull
+from pacs_gateway.tls import TLSAcceptor, transport_refusal
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,8 @@ class GatewaySCP:
         self._assocs: dict[int, _AssocState] = {}
         self._lock = threading.Lock()
         self.server: ThreadedAssociationServer | None = None
+        #: Set when this SCP serves the mutual-TLS port (pacs_gateway.tls).
+        self.tls: TLSAcceptor | None = None
 
     # Set-up ---------------------------------------------------------------
     def _make_ae(self) -> AE:
@@ -157,9 +160,12 @@ class GatewaySCP:
             ae.add_supported_context(cx.abstract_syntax, ts)
         return ae
 
-    def start(self, reuse_port: bool = False) -> ThreadedAssociationServer:
+    def start(self, reuse_port: bool = False, *, port: int | None = None,
+              tls: TLSAcceptor | None = None) -> ThreadedAssociationServer:
         """Listen.  With ``reuse_port`` several gateway processes share the port and
-        the kernel spreads associations over them (pynetdicom is bound by the GIL)."""
+        the kernel spreads associations over them (pynetdicom is bound by the GIL).
+        ``port`` defaults to ``RDC_GATEWAY_PORT``; with ``tls`` the port accepts mutual
+        TLS only and each association must come from its certificate's site."""
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._on_conn_open),
             (evt.EVT_REQUESTED, self._on_requested),
@@ -170,8 +176,12 @@ class GatewaySCP:
             (evt.EVT_ABORTED, self._on_closed),
         ]
         ae = self._make_ae()
-        address = (self.settings.gateway_host, self.settings.gateway_port)
+        self.tls = tls
+        port = self.settings.gateway_port if port is None else port
+        address = (self.settings.gateway_host, port)
         server_class = _ReusePortServer if reuse_port else ThreadedAssociationServer
+        if tls is not None:
+            server_class = tls.server_class(server_class)
         server = ae.make_server(address, evt_handlers=handlers, server_class=server_class)
         thread = threading.Thread(target=server.serve_forever, name="gateway-acceptor",
                                   daemon=True)
@@ -179,8 +189,8 @@ class GatewaySCP:
         # What ae.start_server() does too: the server's shutdown() expects it.
         ae._servers.append(server)
         self.server = server
-        log.info("gateway.listening ae=%s port=%s", self.settings.gateway_ae,
-                 self.settings.gateway_port)
+        log.info("gateway.listening ae=%s port=%s tls=%s", self.settings.gateway_ae, port,
+                 tls is not None)
         return server
 
     def stop(self) -> None:
@@ -229,6 +239,7 @@ class GatewaySCP:
         detail = {"calling_ae": calling, "called_ae": called, "peer": peer}
         reject: tuple[int, int, int] | None = None
         reason = ""
+        transport: str | None = None
         if called != self.settings.gateway_ae:
             reject, reason = REJECT_CALLED_AE, "called AE title not recognised"
         else:
@@ -236,6 +247,8 @@ class GatewaySCP:
                 with self.db.session() as s:
                     site = find_sender(s, calling, peer)
                     site_id = site.id if site is not None else None
+                    if site is not None:
+                        transport = transport_refusal(assoc, site, tls=self.tls is not None)
             except Exception:
                 log.exception("gateway.site_lookup_failed")
                 site_id = None
@@ -243,6 +256,8 @@ class GatewaySCP:
                 reject, reason = (0x02, 0x03, 0x01), "center temporarily unavailable"
             if reject is None and site_id is None:
                 reject, reason = REJECT_CALLING_AE, "calling AE title / address not registered"
+            if reject is None and transport is not None:
+                reject, reason = REJECT_CALLING_AE, transport
             if reject is None and site_id is not None:
                 with self._lock:
                     self._assocs[id(assoc)] = _AssocState(site_id, calling, peer)
