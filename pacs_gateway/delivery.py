@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -71,12 +72,13 @@ from sqlalchemy.orm import Session
 
 from core import audit, jobs
 from core.db import Database, after_commit
-from core.errors import Conflict, InvalidInput, NotFound
+from core.errors import Conflict, InvalidInput, NotFound, RDCError
 from core.models import Delivery, Job, Report, ReportVersion, Site
 from core.orthanc_client import OrthancClient, OrthancError
 from core.queue import enqueue_job
 from core.settings import get_settings
 from core.states import DeliveryState, JobState, ReportState, check_transition
+from pacs_gateway.tls import center_client_context, probe_handshake
 
 log = logging.getLogger(__name__)
 
@@ -457,6 +459,8 @@ class _Attempt:
     #: Set when the site may no longer receive results (disabled, or stopped taking them
     #: since the delivery was scheduled): the attempt fails without touching the network.
     refusal: str | None = None
+    #: PEM CA(s) for the site's SCP certificate: the DICOM channel then goes over TLS.
+    tls_ca: str | None = None
 
 
 @dataclass
@@ -540,11 +544,13 @@ def _claim(db: Database, job: Job) -> _Attempt:
             storage_commitment=site.storage_commitment, objects=objects,
             hl7_message=version.hl7_message or "",
             refusal=None if site.enabled and site.accepts_results else
-            f"site {site.id!r} no longer accepts results (disabled or --no-results)")
+            f"site {site.id!r} no longer accepts results (disabled or --no-results)",
+            tls_ca=site.delivery_tls_ca if delivery.channel == "dicom" else None)
         audit.append(s, actor="worker", action="delivery.attempt_start",
                      object_type="delivery", object_id=str(delivery_id), detail={
                          "attempt": number, "job_id": job.id, "channel": attempt.channel,
-                         "site": site.id, "target": f"{attempt.host}:{attempt.port}"})
+                         "site": site.id, "target": f"{attempt.host}:{attempt.port}",
+                         "tls": attempt.tls_ca is not None})
     return attempt
 
 
@@ -557,11 +563,12 @@ def _perform(attempt: _Attempt, policy: RetryPolicy) -> _Outcome:
             control_id, ack = send_hl7(attempt.host, attempt.port, attempt.hl7_message)
             return _Outcome(detail={"control_id": control_id, "ack": ack})
         settings = get_settings()
+        tls = _tls_context(attempt) if attempt.tls_ca else None
         files = _fetch_outputs(attempt.objects)
         result = send_dicom(
             files, host=attempt.host, port=attempt.port, called_ae=attempt.ae_title,
             calling_ae=settings.gateway_ae, commitment=attempt.storage_commitment,
-            commit_wait_s=policy.commit_wait_s)
+            commit_wait_s=policy.commit_wait_s, tls=tls)
         return _Outcome(
             detail={"objects": {uid: label for label, uid in attempt.objects},
                     "statuses": result.statuses, "warnings": result.warnings},
@@ -572,6 +579,17 @@ def _perform(attempt: _Attempt, policy: RetryPolicy) -> _Outcome:
     except Exception as e:  # safety net: an attempt never ends without a recorded reason
         log.exception("delivery.attempt_crashed delivery_id=%s", attempt.delivery_id)
         return _Outcome(error=f"unexpected {type(e).__name__}: {e}")
+
+
+def _tls_context(attempt: _Attempt) -> ssl.SSLContext:
+    """The center's client context for this site: its certificate from the TLS CA, the
+    site's SCP checked against the site's configured CA and its host name."""
+    assert attempt.tls_ca is not None
+    try:
+        return center_client_context(get_settings(), attempt.tls_ca)
+    except (ssl.SSLError, ValueError, OSError, RDCError) as e:
+        raise DeliveryFailed(f"cannot set up TLS for site {attempt.site_id!r}: {e} (check "
+                             "its delivery CA: rdc sites cert SITE --delivery-ca FILE)") from e
 
 
 def _fetch_outputs(objects: Sequence[tuple[str, str]]) -> list[bytes]:
@@ -718,9 +736,13 @@ def _probe(host: str, port: int) -> str:
 
 
 def _not_established(assoc: Association, watch: _Watch, host: str, port: int,
-                     called_ae: str) -> str:
+                     called_ae: str, tls: ssl.SSLContext | None = None) -> str:
     where = f"{called_ae}@{host}:{port}"
     if not watch.connected:
+        if tls is not None:
+            why = probe_handshake(host, port, tls, timeout_s=CONNECT_TIMEOUT_S)
+            if why is not None:
+                return f"cannot connect to {where} over TLS: {why}"
         return f"cannot connect to {where}: {_probe(host, port)}"
     prim = watch.acse
     if assoc.is_rejected and isinstance(prim, A_ASSOCIATE):
@@ -747,14 +769,16 @@ def _parse(data: bytes) -> Dataset:
 
 def send_dicom(files: Sequence[bytes], *, host: str, port: int, called_ae: str,
                calling_ae: str, commitment: bool, commit_wait_s: float = 10.0,
-               ) -> DicomResult:
+               tls: ssl.SSLContext | None = None) -> DicomResult:
     """C-STORE ``files`` (Part 10 bytes) to ``called_ae@host:port`` on one association.
 
     Each object's SOP class is proposed with its own transfer syntax, then Explicit and
     Implicit VR Little Endian.  Success means every C-STORE answered 0x0000 or a warning
     (0xB000-0xBFFF); anything else raises :class:`DeliveryFailed` with the reason.  With
     ``commitment`` a Storage Commitment N-ACTION follows on the same association, which
-    stays open up to ``commit_wait_s`` for the site's N-EVENT-REPORT.
+    stays open up to ``commit_wait_s`` for the site's N-EVENT-REPORT.  With ``tls`` the
+    association runs over TLS with that client context (:mod:`pacs_gateway.tls`), the
+    peer's certificate checked for ``host``.
     """
     datasets = [_parse(data) for data in files]
     ae = AE(ae_title=calling_ae)
@@ -775,11 +799,12 @@ def send_dicom(files: Sequence[bytes], *, host: str, port: int, called_ae: str,
         ae.add_requested_context(STORAGE_COMMITMENT_PUSH, list(_TRANSFER_SYNTAXES))
     watch = _Watch()
     try:
-        assoc = ae.associate(host, port, ae_title=called_ae, evt_handlers=watch.handlers())
+        assoc = ae.associate(host, port, ae_title=called_ae, evt_handlers=watch.handlers(),
+                             tls_args=(tls, host) if tls is not None else None)
     except OSError as e:  # the host name does not resolve
         raise DeliveryFailed(f"cannot connect to {called_ae}@{host}:{port}: {e}") from e
     if not assoc.is_established:
-        raise DeliveryFailed(_not_established(assoc, watch, host, port, called_ae))
+        raise DeliveryFailed(_not_established(assoc, watch, host, port, called_ae, tls))
     result = DicomResult()
     try:
         for ds in datasets:

@@ -32,6 +32,7 @@ from pacs_gateway.completeness import complete_ready_studies
 from pacs_gateway.delivery import requeue_due
 from pacs_gateway.scp import GatewaySCP, port_is_free
 from pacs_gateway.spool import Spool
+from pacs_gateway.tls import TLSAcceptor, audit_each_refusal
 from pacs_gateway.uploader import Uploader
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,11 @@ class Gateway:
                                  retry_max_s=settings.upload_retry_max_s)
         self.scp = GatewaySCP(settings, self.db, self.spool, self.committer,
                               on_spooled=self.uploader.submit)
+        #: The second, mutual-TLS-only listener (RDC_GATEWAY_TLS_PORT), when on.
+        self.tls_scp: GatewaySCP | None = None
+        if settings.gateway_tls_listen_port is not None:
+            self.tls_scp = GatewaySCP(settings, self.db, self.spool, self.committer,
+                                      on_spooled=self.uploader.submit)
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
         self._listeners: list[subprocess.Popen[bytes]] = []
@@ -61,9 +67,16 @@ class Gateway:
             if not port_is_free(self.settings.gateway_host, self.settings.gateway_port):
                 raise ConfigurationError(
                     f"port {self.settings.gateway_port} is already in use (another gateway?)")
+            tls_port = self.settings.gateway_tls_listen_port
+            if tls_port is not None and not port_is_free(self.settings.gateway_host, tls_port):
+                raise ConfigurationError(
+                    f"the TLS port {tls_port} (RDC_GATEWAY_TLS_PORT) is already in use")
             self.uploader.recover()
         self.uploader.start()
         self.scp.start(reuse_port=processes > 1)
+        if self.tls_scp is not None:
+            acceptor = TLSAcceptor(self.settings, self.db, refuse=audit_each_refusal(self.db))
+            self.tls_scp.start(reuse_port=processes > 1, port=acceptor.port, tls=acceptor)
         if self.primary:
             for _ in range(processes - 1):
                 self._listeners.append(self._spawn_listener())
@@ -83,6 +96,8 @@ class Gateway:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         self.scp.stop()
+        if self.tls_scp is not None:
+            self.tls_scp.stop()
         for proc in self._listeners:
             try:
                 proc.wait(30)
