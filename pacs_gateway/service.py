@@ -20,6 +20,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
+from core.audit_background import AuditBackground
 from core.db import Database, after_commit, get_database
 from core.errors import ConfigurationError
 from core.group_commit import GroupCommitter
@@ -60,6 +61,8 @@ class Gateway:
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
         self._listeners: list[subprocess.Popen[bytes]] = []
+        #: Signed audit checkpoints and the ATNA export: primary only (one per center).
+        self.audit_background = AuditBackground(settings, self.db) if primary else None
 
     def start(self) -> None:
         processes = self.settings.gateway_process_count
@@ -83,6 +86,8 @@ class Gateway:
             self._monitor = threading.Thread(target=self._monitor_loop, name="gateway-monitor",
                                              daemon=True)
             self._monitor.start()
+            if self.audit_background is not None:
+                self.audit_background.start()
         log.info("gateway.started role=%s processes=%s", "primary" if self.primary
                  else "listener", processes)
 
@@ -106,6 +111,8 @@ class Gateway:
         self.uploader.stop()
         if self._monitor is not None:
             self._monitor.join(10)
+        if self.audit_background is not None:
+            self.audit_background.stop()
         self.committer.stop()
         self.orthanc.close()
 
