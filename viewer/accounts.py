@@ -14,9 +14,10 @@ it is lost, every user needs ``rdc users reset-totp``.
 
 Credential failures (unknown user, wrong password, wrong code) all read
 :data:`GENERIC_FAILURE`, so that the answer never tells whether a username
-exists.  A locked or disabled account gets its own clear message, which is only
-said once the account is known to exist (locked) or the password was right
-(disabled).
+exists.  Lockouts are per username and client address, with back-off, and an
+unknown username is locked exactly like a real one (see
+:mod:`viewer.login_throttle`); a locked sign-in gets its own clear message.  A
+disabled account's message is only said once the password was right.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from core import audit
 from core.errors import Conflict, InvalidInput, NotFound, RDCError
 from core.models import Site, User, UserSite
 from core.settings import Settings
+from viewer import login_throttle
 from viewer.sessions import revoke_user_sessions
 
 #: Every role a user may hold.  ``admin`` manages accounts; it is not a reading role.
@@ -82,7 +84,8 @@ class AuthenticationFailed(RDCError):
 
 
 class AccountLocked(AuthenticationFailed):
-    """Too many failed sign-ins in a row; the account waits out the lockout."""
+    """Too many failed sign-ins for this username from this address (or from many
+    addresses, for an unfamiliar one); the sign-in waits out the lockout."""
 
     http_status = 403
 
@@ -99,7 +102,8 @@ class CodeReplayed(AuthenticationFailed):
 
 @dataclass(frozen=True)
 class Client:
-    """Who is signing in, for the audit log and the session row (not for decisions)."""
+    """Who is signing in: the audit log and session row show it, and lockouts count per
+    username and ``address`` (already resolved through trusted proxies)."""
 
     address: str = ""
     user_agent: str = ""
@@ -292,14 +296,15 @@ def disable_user(session: Session, ref: int | str, *, actor: str,
 
 
 def enable_user(session: Session, ref: int | str, *, actor: str) -> User:
-    """Enable an account again; this also lifts a sign-in lockout."""
+    """Enable an account again; this also lifts its sign-in lockouts, from every address."""
     user = get_user(session, ref)
     user.enabled = True
     user.disabled_at = None
     user.failed_logins = 0
     user.locked_until = None
+    lifted = login_throttle.lift(session, user.username)
     audit.append(session, actor=actor, action="user.enabled", object_type="user",
-                 object_id=user.username)
+                 object_id=user.username, detail={"lockouts_lifted": lifted})
     return user
 
 
@@ -326,36 +331,40 @@ def set_password(session: Session, ref: int | str, password: str, *, actor: str)
 
 # Sign-in ------------------------------------------------------------------------
 def _refuse(session: Session, exc: AuthenticationFailed, *, username: str, reason: str,
-            client: Client) -> AuthenticationFailed:
+            client: Client, audited: bool = True) -> AuthenticationFailed:
     """Audit a refused sign-in and commit it, then hand back ``exc`` to raise.
 
     Committed here because the caller's transaction rolls back with the error,
     and the failure count (lockout) and the audit record must outlive it.
+    ``audited=False``: attempts refused during a lockout, which
+    :func:`viewer.login_throttle.check` audits at a logarithmic rate instead.
     """
-    audit.append(session, actor=username[:128] or "-", action="login.failed",
-                 object_type="user", object_id=username[:128],
-                 detail={"reason": reason, "client": client.describe()})
+    if audited:
+        audit.append(session, actor=username[:128] or "-", action="login.failed",
+                     object_type="user", object_id=username[:128],
+                     detail={"reason": reason, "client": client.describe()})
     session.commit()
     return exc
 
 
-def _count_failure(session: Session, settings: Settings, user: User, now: datetime) -> None:
-    # Counted in the database (not read-modify-write in Python), so that parallel
-    # guesses cannot lose each other's increments and slip past the limit.
+def _count_failure(session: Session, settings: Settings, name: str, user: User | None,
+                   client: Client, now: datetime) -> None:
+    """Count a failure for the lockouts (:mod:`viewer.login_throttle`) and the account."""
+    login_throttle.record_failure(session, settings, name, client.address, now,
+                                  known_user=user is not None)
+    if user is None:
+        return
+    # Failed sign-ins in a row from any address, for the record (lockouts are counted
+    # per address above).  In the database, so parallel failures all count.
     count = int(session.execute(
         update(User).where(User.id == user.id).values(failed_logins=User.failed_logins + 1)
         .returning(User.failed_logins).execution_options(synchronize_session=False)
     ).scalar_one())
     set_committed_value(user, "failed_logins", count)  # in step, without a second write
-    if count >= settings.login_max_failures:
-        until = now + timedelta(seconds=settings.login_lockout_s)
-        # The next round after the lockout starts afresh.
-        user.locked_until = until
-        user.failed_logins = 0
-        audit.append(session, actor="system", action="user.locked", object_type="user",
-                     object_id=user.username,
-                     detail={"until": until.isoformat(),
-                             "after_failures": settings.login_max_failures})
+    # The per-username ceiling, shown to administrators as the account's lockout.
+    ceiling = login_throttle.account_locked_until(session, name, now)
+    if ceiling is not None:
+        user.locked_until = ceiling
 
 
 def _match_totp_step(secret: str, code: str, now: datetime) -> list[int]:
@@ -378,28 +387,28 @@ def authenticate(
     """
     now = now or _now()
     name = normalize_username(username)
+    # Before anything else, for known and unknown usernames alike, so that guessing
+    # stops during a lockout and the answer tells nothing about the username.
+    refusal = login_throttle.check(session, settings, name, client.address, now)
+    if refusal is not None:
+        raise _refuse(session, AccountLocked(refusal.message), username=name,
+                      reason=f"locked ({refusal.scope})", client=client, audited=False)
     user = session.scalar(select(User).where(User.username == name)) if name else None
     if user is None:
         try:
             _hasher.verify(_dummy_hash(), password[:MAX_PASSWORD_LENGTH])
         except VerificationError:
             pass
+        _count_failure(session, settings, name, None, client, now)
         raise _refuse(session, AuthenticationFailed(GENERIC_FAILURE), username=name,
                       reason="unknown user", client=client)
-
-    if user.locked_until is not None and is_locked(user, now):
-        # Checked before the password, so that guessing stops during the lockout.
-        minutes = max(1, round((_aware(user.locked_until) - now).total_seconds() / 60))
-        raise _refuse(session, AccountLocked(
-            f"account locked after too many failed sign-ins; try again in {minutes} min "
-            "or ask an administrator"), username=name, reason="locked", client=client)
 
     try:
         # Cut one past the policy's limit: a huge request costs no more to hash, and
         # an over-long input still never matches a stored password.
         _hasher.verify(user.password_hash, password[:MAX_PASSWORD_LENGTH + 1])
     except (VerifyMismatchError, InvalidHashError, VerificationError):
-        _count_failure(session, settings, user, now)
+        _count_failure(session, settings, name, user, client, now)
         raise _refuse(session, AuthenticationFailed(GENERIC_FAILURE), username=name,
                       reason="wrong password", client=client) from None
 
@@ -413,7 +422,7 @@ def authenticate(
              if _TOTP_CODE.match(code) else [])
     fresh = [s for s in steps if s > user.totp_last_step]
     if not fresh:
-        _count_failure(session, settings, user, now)
+        _count_failure(session, settings, name, user, client, now)
         if steps:
             raise _refuse(session, CodeReplayed(
                 "this code was already used; wait for the next code and try again"),
@@ -427,13 +436,13 @@ def authenticate(
         update(User).where(User.id == user.id, User.totp_last_step < max(fresh))
         .values(totp_last_step=max(fresh)).execution_options(synchronize_session=False))
     if not getattr(claimed, "rowcount", 0):
-        _count_failure(session, settings, user, now)
+        _count_failure(session, settings, name, user, client, now)
         raise _refuse(session, CodeReplayed(
             "this code was already used; wait for the next code and try again"),
             username=name, reason="replayed code", client=client)
     set_committed_value(user, "totp_last_step", max(fresh))
     user.failed_logins = 0
-    user.locked_until = None
+    login_throttle.record_success(session, name, client.address, now)
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
     audit.append(session, actor=name, action="login", object_type="user", object_id=name,
