@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -159,6 +160,24 @@ class OrthancClient:
 
     def instance_file(self, orthanc_id: str) -> bytes:
         return self._request("GET", f"/instances/{orthanc_id}/file").content
+
+    def stream_instance_file(self, orthanc_id: str, chunk_size: int = 1 << 20,
+                             ) -> Iterator[bytes]:
+        """The instance's file in chunks, so that a copy of any size (a backup of a
+        whole-slide image) never holds it in memory.  Errors are typed as for every call."""
+        path = f"/instances/{orthanc_id}/file"
+        self.check_path(path)
+        try:
+            with self._http.stream("GET", path) as r:
+                if r.status_code == 404:
+                    raise OrthancNotFound(f"GET {path}: not found", 404)
+                if r.status_code >= 400:
+                    detail = r.read()[:500].decode(errors="replace")
+                    raise OrthancError(f"GET {path}: HTTP {r.status_code} {detail}",
+                                       r.status_code)
+                yield from r.iter_bytes(chunk_size)
+        except httpx.TransportError as e:
+            raise OrthancUnavailable(f"GET {path}: {e!r}") from e
 
     def lookup(self, uid: str) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._json("POST", "/tools/lookup", content=uid.encode())
