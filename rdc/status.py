@@ -1,4 +1,4 @@
-"""``rdc status``: what each site sent and where it is now."""
+"""``rdc status``: the processes ``rdc up`` runs, what each site sent and where it is now."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ from core.db import get_database
 from core.orthanc_client import OrthancClient
 from core.settings import Settings
 from core.stats import failed_instances, job_counts, site_status, spool_counts
+from rdc.status_processes import print_processes
 
 
 def print_status(settings: Settings, console: Console) -> None:
+    # First, and from a file: it still answers when the database does not.
+    print_processes(settings, console)
     db = get_database(settings.database_url)
     with db.session() as s:
         rows = site_status(s)
