@@ -36,6 +36,12 @@ class SkipJob(Exception):
     """The job does not apply to its object; the message says why, for people."""
 
 
+class JobFailed(Exception):
+    """The handler did its work and its outcome is a failure, already recorded where it
+    belongs (a delivery attempt that the site refused): the job ends ``failed`` with this
+    message, logged without a traceback since nothing in the code went wrong."""
+
+
 Handler = Callable[[Session, Job], None]
 _HANDLERS: dict[str, Handler] = {}
 
@@ -187,6 +193,10 @@ def _record(s: Session, job: Job, kind: str, error: Exception | None,
         job.error = f"skipped: {error}"
         outcome = JobState.SKIPPED
         log.info("job.skipped job_id=%s kind=%s reason=%s", job.id, kind, error)
+    elif isinstance(error, JobFailed):
+        job.error = str(error)
+        outcome = JobState.FAILED
+        log.warning("job.failed job_id=%s kind=%s reason=%s", job.id, kind, error)
     elif isinstance(error, TransientJobError):
         job.error = f"transient: {error}"
         outcome = JobState.QUEUED if job.attempts < max_attempts else JobState.DEAD

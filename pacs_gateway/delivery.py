@@ -6,8 +6,8 @@ in the center's Orthanc) by C-STORE to the site's AE, followed by a Storage Comm
 request where the site supports it; ``hl7`` sends the version's ORU^R01 over MLLP.
 
 Each attempt is one ``deliver`` job, queued by ID after commit, keyed
-``deliver:<delivery id>:attempt-<n>``.  Why a job per attempt, and why the job *succeeds*
-when the attempt fails:
+``deliver:<delivery id>:attempt-<n>``.  Why a job per attempt, and why a failed attempt's
+job ends ``failed`` without being retried by the job machinery:
 
 * The retry schedule belongs to the delivery (exponential backoff from
   ``RDC_DELIVERY_RETRY_BASE_S`` up to ``RDC_DELIVERY_RETRY_MAX_S``, dead-lettered once the
@@ -15,8 +15,9 @@ when the attempt fails:
   would hand retries to the job machinery instead (Celery's countdown, at most five
   attempts), a policy that knows nothing of the site and ends in a dead *job* that no
   operator's dead-letter list shows.  So an attempt that fails records its reason,
-  ``next_attempt_at`` and the failed/dead state on the delivery, and its job ends
-  ``succeeded``: the job's work - making and recording one attempt - is done.
+  ``next_attempt_at`` and the failed/dead state on the delivery first, and only then
+  ends its job ``failed`` (:class:`~core.jobs.JobFailed`, no job retry) with the same
+  reason, so that ``rdc status`` never counts a failed attempt as a succeeded job.
 * :func:`requeue_due`, called by the gateway's monitor, makes the next attempt's job when
   ``next_attempt_at`` has passed.  It reads only the database, so retries survive a
   restarted worker or a broker that lost its messages.
@@ -99,6 +100,8 @@ HL7_MAX_ACK_BYTES = 1 << 20
 #: It must exceed the Celery time limit, after which the attempt is surely over.
 ATTEMPT_LEASE_S = 900.0
 IN_FLIGHT = "in flight: "
+#: How a failed attempt's job error begins (``attempt 2 failed: ...``).
+_ATTEMPT_FAILED = "attempt {} failed:"
 
 STORAGE_COMMITMENT_PUSH = UID("1.2.840.10008.1.20.1")
 STORAGE_COMMITMENT_INSTANCE = UID("1.2.840.10008.1.20.1.1")
@@ -477,9 +480,10 @@ def run_delivery_job(db: Database, job: Job) -> None:
     """Make one attempt: claim it, send without a transaction open, record the outcome.
 
     A db_handler (its own sessions) because the send must not sit inside a transaction;
-    see the module docstring.  A failed attempt is recorded on the delivery and the job
-    still succeeds; a job with nothing to do (delivery already sent, dead, superseded, or
-    its attempt in flight elsewhere) ends ``skipped`` with the reason.
+    see the module docstring.  A failed attempt is recorded on the delivery, then the job
+    ends ``failed`` with its reason (the delivery's own schedule retries it); a job with
+    nothing to do (delivery already sent, dead, superseded, or its attempt in flight
+    elsewhere) ends ``skipped`` with the reason.
     """
     policy = retry_policy()  # a configuration error fails the job before anything is claimed
     attempt = _claim(db, job)
@@ -487,6 +491,10 @@ def run_delivery_job(db: Database, job: Job) -> None:
              attempt.delivery_id, attempt.number, attempt.channel, attempt.site_id)
     outcome = _perform(attempt, policy)
     _record(db, attempt, outcome, policy)
+    refused_commitment = outcome.commitment is not None and not outcome.commitment[0]
+    if outcome.error is not None or refused_commitment:
+        why = outcome.error or (outcome.commitment[1] if outcome.commitment else "")
+        raise jobs.JobFailed(f"{_ATTEMPT_FAILED.format(attempt.number)} {why}")
 
 
 def _claim(db: Database, job: Job) -> _Attempt:
@@ -501,6 +509,11 @@ def _claim(db: Database, job: Job) -> _Attempt:
         delivery = s.get(Delivery, delivery_id)
         if delivery is None:
             raise LookupError(f"deliver job {job.id}: delivery {delivery_id} does not exist")
+        if delivery.attempts >= number and (job.error or "").startswith(
+                _ATTEMPT_FAILED.format(number)):
+            # A second message for a job whose attempt failed: it stays failed (the job
+            # machinery runs a failed job again when a message comes).
+            raise jobs.JobFailed(job.error or "")
         why_not = None
         if delivery.state in (DeliveryState.SENT, DeliveryState.COMMITTED):
             why_not = f"delivery {delivery_id} is already {delivery.state}"

@@ -373,7 +373,7 @@ def test_site_down_then_up_is_delivered_exactly_once(live: Center, tmp_path: Pat
     delivery = schedule(live, signed_version(live, "county-a", outputs), "county-a")
     first_job = job_of(live, delivery.id)
 
-    assert jobs.execute(live.db, first_job) == "succeeded"  # the attempt ran; it failed
+    assert jobs.execute(live.db, first_job) == "failed"  # the attempt ran and failed
     failed = reload(live, delivery.id)
     assert failed.state == "failed" and failed.attempts == 1
     assert f"cannot connect to COUNTY_A@127.0.0.1:{port}" in (failed.last_error or "")
@@ -411,6 +411,35 @@ def test_site_down_then_up_is_delivered_exactly_once(live: Center, tmp_path: Pat
     assert actions.count("delivery.attempt") == 2 and "delivery.requeue" in actions
 
 
+def test_rdc_status_never_counts_a_failed_attempt_as_succeeded(live: Center) -> None:
+    """Issue 11: a delivery to a dead site showed as ``deliver: succeeded`` in
+    ``rdc status``.  The attempt's job now ends ``failed`` with the attempt's reason, and
+    stays failed when its message comes again (nothing is sent twice)."""
+    outputs = make_outputs("Nobody home.")
+    upload(live, outputs)
+    port = free_port()  # nothing listens: the county PACS is down
+    register_site(live, "county-a", "COUNTY_A", port)
+    delivery = schedule(live, signed_version(live, "county-a", outputs), "county-a")
+    job_id = job_of(live, delivery.id)
+    assert jobs.execute(live.db, job_id) == "failed"
+    assert jobs.execute(live.db, job_id) == "failed"  # a duplicate message
+    with live.db.session() as s:
+        job = s.get(Job, job_id)
+        assert job is not None and job.state == "failed"
+        assert (job.error or "").startswith(
+            f"attempt 1 failed: cannot connect to COUNTY_A@127.0.0.1:{port}"), job.error
+        assert [r.action for r in s.scalars(select(AuditRecord).where(
+            AuditRecord.object_type == "job", AuditRecord.object_id == str(job_id))
+            .order_by(AuditRecord.seq))] == ["job.create", "job.failed", "job.failed"]
+    failed = reload(live, delivery.id)
+    assert failed.state == "failed" and failed.attempts == 1  # one attempt, not two
+    assert audit_actions(live, delivery.id).count("delivery.attempt_start") == 1
+
+    r = live.rdc("status")
+    assert r.returncode == 0, r.stderr
+    row = [line for line in r.stdout.splitlines() if " deliver " in f" {line} "]
+    assert row and "failed 1" in row[0] and "succeeded" not in row[0], r.stdout
+
 def test_site_that_never_comes_back_is_dead_lettered_and_resent(
         live: Center, tmp_path: Path, scps: list[CountySCP],
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -419,7 +448,7 @@ def test_site_that_never_comes_back_is_dead_lettered_and_resent(
     port = free_port()
     register_site(live, "county-a", "COUNTY_A", port)
     delivery = schedule(live, signed_version(live, "county-a", outputs), "county-a")
-    assert jobs.execute(live.db, job_of(live, delivery.id)) == "succeeded"
+    assert jobs.execute(live.db, job_of(live, delivery.id)) == "failed"
     assert reload(live, delivery.id).state == "failed"
 
     monkeypatch.setenv("RDC_DELIVERY_MAX_AGE_S", "0.001")  # its retry window is over
@@ -427,7 +456,7 @@ def test_site_that_never_comes_back_is_dead_lettered_and_resent(
     later = datetime.now(UTC) + timedelta(hours=2)
     with live.db.session() as s:
         assert dl.requeue_due(s, now=later) == [delivery.id]
-    assert jobs.execute(live.db, job_of(live, delivery.id)) == "succeeded"
+    assert jobs.execute(live.db, job_of(live, delivery.id)) == "failed"
     dead = reload(live, delivery.id)
     assert dead.state == "dead" and dead.attempts == 2 and dead.next_attempt_at is None
     assert "Connection refused" in (dead.last_error or "")
@@ -453,7 +482,7 @@ def test_site_that_never_comes_back_is_dead_lettered_and_resent(
         site.accepts_results = False
     with live.db.session() as s:
         assert dl.resend(s, delivery.id, actor="operator-1", force=True).state == "pending"
-    assert jobs.execute(live.db, job_of(live, delivery.id)) == "succeeded"
+    assert jobs.execute(live.db, job_of(live, delivery.id)) == "failed"
     refused = reload(live, delivery.id)
     assert refused.state == "dead"  # its retry window is long over
     assert "no longer accepts results" in (refused.last_error or "")
@@ -485,14 +514,14 @@ def test_site_refusing_store_or_association_fails_with_reason(
     version_id = signed_version(live, "county-a", outputs)
 
     full = schedule(live, version_id, "county-a")
-    assert jobs.execute(live.db, job_of(live, full.id)) == "succeeded"
+    assert jobs.execute(live.db, job_of(live, full.id)) == "failed"
     refused = reload(live, full.id)
     assert refused.state == "failed"
     assert "status 0xA700 (Refused: Out of Resources)" in (refused.last_error or "")
     assert outputs["SR"][0] in (refused.last_error or "")
 
     wrong_ae = schedule(live, version_id, "county-b")
-    assert jobs.execute(live.db, job_of(live, wrong_ae.id)) == "succeeded"
+    assert jobs.execute(live.db, job_of(live, wrong_ae.id)) == "failed"
     rejected = reload(live, wrong_ae.id)
     assert rejected.state == "failed"
     assert "association rejected by NOT_THEIR_AE@127.0.0.1" in (rejected.last_error or "")
@@ -510,7 +539,7 @@ def test_site_refusing_store_or_association_fails_with_reason(
         wait_port(abort_port, 30, proc)
         register_site(live, "county-c", "COUNTY_C", abort_port)
         aborted = schedule(live, version_id, "county-c")
-        assert jobs.execute(live.db, job_of(live, aborted.id)) == "succeeded"
+        assert jobs.execute(live.db, job_of(live, aborted.id)) == "failed"
     finally:
         proc.terminate()
         proc.wait(30)
@@ -542,7 +571,7 @@ def test_storage_commitment_on_the_same_association(
     assert audit_actions(live, committed.id)[-2:] == ["delivery.attempt", "delivery.commitment"]
 
     refused = schedule(live, version_id, "county-b")
-    assert jobs.execute(live.db, job_of(live, refused.id)) == "succeeded"
+    assert jobs.execute(live.db, job_of(live, refused.id)) == "failed"
     failed = reload(live, refused.id)
     assert failed.state == "failed" and failed.commitment_uid == bad.transactions[0]
     assert (f"site did not commit {outputs['PDF'][0]}: 0x0110 processing failure"
@@ -628,7 +657,7 @@ def test_hl7_result_over_mllp(env_center: Center) -> None:
                       hl7_port=server.port)
         delivery = schedule(center, signed_version(center, "county-a", None, hl7=message),
                             "county-a", channel="hl7")
-        assert jobs.execute(center.db, job_of(center, delivery.id)) == "succeeded"
+        assert jobs.execute(center.db, job_of(center, delivery.id)) == "failed"
         failed = reload(center, delivery.id)
         assert failed.state == "failed"
         assert "answered AE (MSA-3: database busy)" in (failed.last_error or "")
