@@ -18,17 +18,20 @@ from rich.table import Table
 from core.db import get_database
 from core.errors import RDCError
 from core.settings import Settings, get_settings
+from rdc.audit_cli import audit_app
+from rdc.backup_cli import backup as backup_command
+from rdc.backup_cli import restore as restore_command
 from rdc.console import console, err, fail
 from rdc.console import load_settings as _settings
 from rdc.models_cli import models_app
 from rdc.reports_cli import deliveries_app, keys_app, reports_app
+from rdc.sites_tls_cli import sites_cert
 from rdc.users_cli import users_app
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
 sites_app = typer.Typer(help="Manage county sites that send studies and receive results.",
                         no_args_is_help=True)
-audit_app = typer.Typer(help="Inspect the hash-chained audit log.", no_args_is_help=True)
 app.add_typer(sites_app, name="sites")
 app.add_typer(audit_app, name="audit")
 app.add_typer(models_app, name="models")
@@ -36,6 +39,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(reports_app, name="reports")
 app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(users_app, name="users")
+app.command("backup")(backup_command)
+app.command("restore")(restore_command)
 
 
 
@@ -124,8 +129,10 @@ def gateway(
         err.print(f"[red]error:[/red] cannot listen on port {s.gateway_port}: {e.strerror}")
         raise typer.Exit(1) from e
     if not listener:
+        tls_port = s.gateway_tls_listen_port
         console.print(f"gateway: DICOM AE {s.gateway_ae} on {s.gateway_host}:{s.gateway_port} "
-                      f"({s.gateway_process_count} processes)")
+                      f"({s.gateway_process_count} processes)"
+                      + (f", mutual TLS on port {tls_port}" if tls_port else ""))
     try:
         gw.wait()
     except KeyboardInterrupt:
@@ -170,12 +177,15 @@ def web() -> None:
     import uvicorn
 
     s = _settings()
+    _check_web_deployment(s)
     setup_logging(s, "web")
     token = _ensure_api_token(s)
     console.print(f"web: http://{s.web_host}:{s.web_port} (API docs at /docs for admins; "
                   f"operator token in {token})")
+    # Proxy headers are the app's business (RDC_TRUSTED_PROXIES, viewer/deployment.py):
+    # uvicorn's own handling would believe any X-Forwarded-For from 127.0.0.1.
     uvicorn.run("viewer.app:create_app", factory=True, host=s.web_host, port=s.web_port,
-                log_level="info")
+                log_level="info", proxy_headers=False)
 
 
 @app.command()
@@ -184,6 +194,7 @@ def up() -> None:
     from rdc.supervisor import run_all
 
     s = _settings()
+    _check_web_deployment(s)
     setup_logging(s, "up")
     _ensure_api_token(s)
     try:
@@ -191,6 +202,16 @@ def up() -> None:
     except RDCError as e:
         raise fail(e) from e
     raise typer.Exit(code)
+
+
+def _check_web_deployment(settings: Settings) -> None:
+    """Refuse, before anything starts, a production web app without secure cookies."""
+    from viewer.deployment import check_production
+
+    try:
+        check_production(settings)
+    except RDCError as e:
+        raise fail(e) from e
 
 
 def _ensure_api_token(settings: Settings) -> Path:
@@ -230,6 +251,15 @@ def sites_add(
         help="HOST:PORT of the site's HL7 v2 (MLLP) endpoint for ORU^R01 results.")] = None,
     result_format: Annotated[list[str] | None, typer.Option(
         "--result-format", help="Also send results as 'hl7' (repeatable).")] = None,
+    tls: Annotated[bool, typer.Option(
+        "--tls", help="Issue the site a DICOM TLS client certificate; it then sends over "
+        "the TLS port only (see `rdc sites cert`).")] = False,
+    tls_out: Annotated[Path | None, typer.Option(
+        "--tls-out", help="With --tls: directory for its key, certificate and CA files "
+        "(default ./SITE-tls).")] = None,
+    delivery_tls_ca: Annotated[Path | None, typer.Option(
+        "--delivery-tls-ca", help="Deliver results over TLS, checking the site's SCP "
+        "certificate against this PEM CA file.")] = None,
 ) -> None:
     """Register a county site.  Unknown senders are refused by default."""
     from core.sites import SiteSpec, add_site
@@ -247,6 +277,15 @@ def sites_add(
             site = add_site(sess, spec, actor="cli")
             console.print(f"site {site.id!r} added: AE {site.ae_title}, "
                           f"allowed {', '.join(site.allowed_addresses)}")
+            if delivery_tls_ca is not None:
+                from core.site_certs import set_delivery_ca
+                from rdc.sites_tls_cli import read_ca_file
+
+                set_delivery_ca(sess, site.id, read_ca_file(delivery_tls_ca), actor="cli")
+            if tls:
+                from rdc.sites_tls_cli import issue_and_write
+
+                issue_and_write(sess, s, site.id, tls_out)
     except RDCError as e:
         raise fail(e) from e
 
@@ -258,6 +297,9 @@ def _host_port(value: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit():
         raise InvalidInput(f"expected HOST:PORT, got {value!r}")
     return host, int(port)
+
+
+sites_app.command("cert")(sites_cert)
 
 
 @sites_app.command("list")
@@ -300,23 +342,6 @@ def status() -> None:
 
     s = _settings()
     print_status(s, console)
-
-
-@audit_app.command("verify")
-def audit_verify() -> None:
-    """Check the audit chain; report the first broken record."""
-    from core.audit import verify
-
-    s = _settings()
-    db = get_database(s.database_url)
-    with db.session() as sess:
-        result = verify(sess)
-    if result.ok:
-        console.print(f"audit log intact: {result.checked} records verified")
-        return
-    err.print(f"[red]audit log broken at record {result.first_broken_seq}:[/red] "
-              f"{result.reason} ({result.checked} records before it verified)")
-    raise typer.Exit(1)
 
 
 @app.command()

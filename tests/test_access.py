@@ -239,6 +239,7 @@ MATRIX: dict[tuple[str, str], Expect] = {
     ("POST", "/api/admin/users/{user_id}/disable"): Expect(ADMIN),
     ("POST", "/api/admin/users/{user_id}/enable"): Expect(ADMIN),
     ("POST", "/api/admin/users/{user_id}/reset-totp"): Expect(ADMIN),
+    ("GET", "/api/admin/front-door"): _signed_in(ADMIN),
     ("GET", "/api/worklist"): _signed_in(READING),
     ("GET", "/api/studies/{study_id}"): Expect(READING),
     ("POST", "/api/studies/{study_id}/claim"): Expect(REPORTING, operator=403),

@@ -14,8 +14,10 @@ from core.settings import get_settings
 from core.stats import job_counts, site_status
 from viewer.auth import Operator
 from viewer.auth_api import router as auth_router
+from viewer.deployment import check_production, trust_proxy_headers
 from viewer.dicomweb_proxy import router as dicomweb_router
 from viewer.ecg_api import router as ecg_router
+from viewer.front_door_api import router as front_door_router
 from viewer.frontend_routes import mount_docs, mount_frontend
 from viewer.headers import PatientDataHeaders
 from viewer.reports_api import router as reports_router
@@ -24,12 +26,14 @@ from viewer.worklist_api import router as worklist_router
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    check_production(settings)  # no session cookie over plain HTTP in production
     # No open /docs, /redoc or /openapi.json: mount_docs serves them to admins and the
     # operator token, with Swagger UI from the build instead of a CDN.
     app = FastAPI(title=settings.center_name, version="0.1.0",
                   description="Regional imaging and diagnostic center API.",
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(PatientDataHeaders)
+    trust_proxy_headers(app, settings)  # added last: it runs first, so all see the client
 
     @app.exception_handler(RDCError)
     def rdc_error(_request: Request, exc: RDCError) -> JSONResponse:
@@ -50,6 +54,7 @@ def create_app() -> FastAPI:
             return {"sites": [asdict(r) for r in site_status(s)], "jobs": job_counts(s)}
 
     app.include_router(auth_router)
+    app.include_router(front_door_router)
     app.include_router(worklist_router)
     app.include_router(reports_router)
     app.include_router(ecg_router)
