@@ -58,7 +58,7 @@ class AuditBackground:
         """Stop both threads, and anchor what was appended since the last checkpoint."""
         self._stop.set()
         for thread in self._threads:
-            thread.join(15)
+            thread.join(5)
         if self.settings.audit_checkpoint_s > 0:
             self.checkpoint_once()
 

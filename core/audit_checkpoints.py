@@ -312,24 +312,32 @@ class AnchorReport:
         return max(0, self.head_seq - self.anchored)
 
 
-def read_checkpoints(path: Path) -> tuple[list[Checkpoint], list[Problem]]:
+@dataclass(frozen=True)
+class Line:
+    """One line of the checkpoint file: its position, bytes, and the checkpoint in it
+    (None when it cannot be read as one)."""
+
+    position: int
+    raw: bytes
+    checkpoint: Checkpoint | None
+
+
+def read_checkpoints(path: Path) -> tuple[list[Line], list[Problem]]:
     """Every line of the file, and a problem for each line that cannot be read."""
     if not path.exists():
         return [], []
-    checkpoints: list[Checkpoint] = []
+    entries: list[Line] = []
     problems: list[Problem] = []
     with open(path, "rb") as f:
         for position, line in enumerate(f, start=1):
             raw = line.rstrip(b"\n")
-            if not raw:
-                problems.append(Problem("checkpoint", f"checkpoint line {position} is empty"))
-                continue
             try:
-                checkpoints.append(parse_line(raw))
+                entries.append(Line(position, raw, parse_line(raw)))
             except ValueError as e:
+                entries.append(Line(position, raw, None))
                 problems.append(Problem("checkpoint", f"checkpoint line {position} {e}: it "
                                         "was edited or damaged"))
-    return checkpoints, problems
+    return entries, problems
 
 
 def _ca_key(ca_cert: bytes) -> tuple[str, str, crypto.PublicKey]:
@@ -337,20 +345,26 @@ def _ca_key(ca_cert: bytes) -> tuple[str, str, crypto.PublicKey]:
     return info.alg, info.fingerprint, info.public_key
 
 
-def check_file(checkpoints: list[Checkpoint], ca_cert: bytes | None, *,
+def check_file(entries: list[Line], ca_cert: bytes | None, *,
                all_signatures: bool = False) -> tuple[list[Problem], set[int]]:
-    """Links, line numbers and signatures; the problems and the bad lines' numbers.
+    """Links, line numbers and signatures; the problems and the bad lines' positions.
 
     Signatures: every line for Ed25519 and P-256 (fractions of a millisecond each);
     for SM2 the last line, whose signature covers the links back to the first line,
     and every line only when the last one or a link does not fit.
     """
     problems: list[Problem] = []
-    bad: set[int] = set()
+    bad: set[int] = {e.position for e in entries if e.checkpoint is None}
     prev_raw: bytes | None = None
     prev_seq = 0
-    for position, cp in enumerate(checkpoints, start=1):
+    readable: list[tuple[int, Checkpoint]] = []
+    for entry in entries:
+        cp, position = entry.checkpoint, entry.position
         expected = line_hash(prev_raw) if prev_raw is not None else audit.GENESIS
+        prev_raw = entry.raw
+        if cp is None:
+            continue
+        readable.append((position, cp))
         if cp.prev != expected:
             problems.append(Problem("checkpoint", f"checkpoint line {position} does not "
                                     "follow the line before it: that line was edited, or "
@@ -362,16 +376,16 @@ def check_file(checkpoints: list[Checkpoint], ca_cert: bytes | None, *,
             bad.add(position)
         if cp.seq < prev_seq:
             problems.append(Problem("checkpoint", f"checkpoint line {position} anchors "
-                                    f"record {cp.seq}, before line {position - 1}'s "
-                                    f"record {prev_seq}"))
+                                    f"record {cp.seq}, before record {prev_seq} of an "
+                                    "earlier line"))
             bad.add(position)
-        prev_raw, prev_seq = cp.raw, max(prev_seq, cp.seq)
-    if not checkpoints:
+        prev_seq = max(prev_seq, cp.seq)
+    if not readable:
         return problems, bad
     if ca_cert is None:
         problems.append(Problem("checkpoint", "the center CA's certificate is missing: the "
                                 "checkpoints' signatures cannot be checked"))
-        return problems, bad | {cp.n for cp in checkpoints}
+        return problems, bad | {position for position, _ in readable}
     alg, fingerprint, public = _ca_key(ca_cert)
 
     def verify_one(position: int, cp: Checkpoint) -> bool:
@@ -388,12 +402,11 @@ def check_file(checkpoints: list[Checkpoint], ca_cert: bytes | None, *,
 
     every = all_signatures or alg != crypto.SM2 or bool(bad)
     if not every:
-        last = len(checkpoints)
         before = len(problems)
-        if verify_one(last, checkpoints[-1]):
+        if verify_one(*readable[-1]):
             return problems, bad
         del problems[before:]  # reported again below, with every other line that fails
-    for position, cp in enumerate(checkpoints, start=1):
+    for position, cp in readable:
         if not verify_one(position, cp):
             bad.add(position)
     return problems, bad
@@ -419,20 +432,21 @@ def verify_anchored(settings: Settings, db: Database, *, ca_cert: bytes | None =
         top = int(s.scalar(select(func.max(AuditRecord.seq))) or 0)
         head_seq, _ = audit.read_head(s)
     report = AnchorReport(chain=chain, head_seq=max(top, head_seq))
-    checkpoints, problems = read_checkpoints(checkpoints_path(settings))
+    entries, problems = read_checkpoints(checkpoints_path(settings))
     report.problems.extend(problems)
     if ca_cert is None:
         cert_path = settings.ca_dir / pki.CA_CERT_FILE
         ca_cert = cert_path.read_bytes() if cert_path.is_file() else None
-    file_problems, bad = check_file(checkpoints, ca_cert, all_signatures=all_signatures)
+    file_problems, bad = check_file(entries, ca_cert, all_signatures=all_signatures)
     report.problems.extend(file_problems)
-    good = [cp for position, cp in enumerate(checkpoints, start=1) if position not in bad]
+    good = [e.checkpoint for e in entries
+            if e.checkpoint is not None and e.position not in bad]
     report.checkpoints = len(good)
     report.last_checkpoint = good[-1] if good else None
     _compare(report, good, db, top)
     if not chain.ok and chain.first_broken_seq is not None:
         report.anchored = min(report.anchored, chain.first_broken_seq - 1)
-    _warn_if_stale(report, settings, db, bool(checkpoints))
+    _warn_if_stale(report, settings, db, bool(entries))
     return report
 
 
