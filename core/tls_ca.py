@@ -268,6 +268,22 @@ def issue_site_certificate(ca: TLSCA, site_id: str, organization: str, *, days: 
                   not_after=start + timedelta(days=days))
 
 
+def issue_server_certificate(ca: TLSCA, common_name: str, organization: str,
+                             names: Sequence[str], *, days: int, unit: str | None = None,
+                             client_auth: bool = False,
+                             now: datetime | None = None) -> IssuedCertificate:
+    """A TLS server certificate for ``names`` (DNS names or IP addresses); with
+    ``client_auth`` it may also be presented as a client certificate."""
+    start = _now(now)
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH]
+    if client_auth:
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+    return _issue(ca, _name(common_name, organization, unit), usages=usages,
+                  not_before=start - timedelta(minutes=5),
+                  not_after=start + timedelta(days=days),
+                  alt_names=[_alt_name(n) for n in names])
+
+
 def _alt_name(value: str) -> x509.GeneralName:
     try:
         return x509.IPAddress(ipaddress.ip_address(value))
@@ -311,13 +327,9 @@ def gateway_key_pair(settings: Settings) -> tuple[Path, Path]:
     if not _gateway_cert_usable(directory, ca, names):
         with _locked(directory):
             if not _gateway_cert_usable(directory, ca, names):
-                start = _now(None)
-                issued = _issue(
-                    ca, _name(settings.gateway_ae, settings.center_name, GATEWAY_OU),
-                    usages=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
-                    not_before=start - timedelta(minutes=5),
-                    not_after=start + timedelta(days=GATEWAY_CERT_DAYS),
-                    alt_names=[_alt_name(n) for n in names])
+                issued = issue_server_certificate(
+                    ca, settings.gateway_ae, settings.center_name, names,
+                    days=GATEWAY_CERT_DAYS, unit=GATEWAY_OU, client_auth=True)
                 # Key first: a reader that sees the new certificate finds its key.
                 write_private(key_path, issued.key_pem)
                 write_private(cert_path, issued.cert_pem, 0o644)
