@@ -105,6 +105,21 @@ class Settings(BaseSettings):
 
     #: Below this much free disk in the spool the gateway answers 0xA700.
     spool_min_free_mb: int = Field(default=512, ge=0)
+    #: What one DICOM association may make the gateway receive (pacs_gateway/receive_limits.py).
+    #: The Maximum Length announced in A-ASSOCIATE-AC: senders cut P-DATA to this size.
+    gateway_pdu_size_kb: int = Field(default=1024, ge=16, le=65536)
+    #: A PDU whose header declares more than this aborts the association before its
+    #: body is read (a sender may exceed the announced size a little, never 2**32).
+    gateway_pdu_limit_mb: int = Field(default=16, ge=1, le=1024)
+    #: One C-STORE dataset as received, at most: a larger one aborts the association.
+    #: 2 GiB covers tomosynthesis and long multi-frame objects; Orthanc holds each
+    #: instance in memory while it stores it.
+    gateway_dataset_limit_mb: int = Field(default=2048, ge=1, le=1024 * 1024)
+    #: A deflated dataset may inflate to this much (0: the dataset limit), and past
+    #: 64 MiB to at most this many times its deflated size (0: no ratio limit);
+    #: beyond either it is refused with 0xA700.
+    gateway_inflated_limit_mb: int = Field(default=0, ge=0, le=1024 * 1024)
+    gateway_inflate_ratio_limit: int = Field(default=100, ge=0)
     upload_workers: int = Field(default=4, ge=1, le=64)
     upload_retry_max_s: float = Field(default=30.0, gt=0)
     #: Default inactivity window after which a study counts as complete.
