@@ -46,6 +46,7 @@ from typing import Any
 
 from rich.console import Console
 
+from core.errors import ConfigurationError
 from core.process import die_with_parent
 from core.settings import Settings
 from rdc.orthanc_runner import check_installed, wait_healthy
@@ -56,9 +57,11 @@ from rdc.supervisor_state import (
     ChildRecord,
     ChildStateName,
     ExitRecord,
+    StateUnreadable,
     SupervisorRecord,
     SupervisorStateName,
     process_start_ticks,
+    read_state,
     state_path,
     write_state,
 )
@@ -322,7 +325,7 @@ class Supervisor:
     def _restart(self, c: _Child, now: float) -> None:
         try:
             c.proc = self._popen(c.spec)
-        except OSError as e:
+        except (OSError, subprocess.SubprocessError) as e:
             # Cannot even be started (a binary gone, no memory): a failure like any other.
             c.last_exit = _exit_record(None, 0.0, f"could not be started: {e}")
             self._decide(c, now, None)
@@ -428,9 +431,37 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float) ->
     return False
 
 
+def claim_home(path: Path) -> int:
+    """Take the home's supervisor lock, held for the life of this ``rdc up``.
+
+    A second ``rdc up`` on the same home would find every port taken, and on its
+    way out overwrite the running one's state file; it is refused before it
+    starts anything.  An flock, not the pid in the state file: the kernel drops it
+    when the holder dies, even by ``kill -9``, and two at once cannot both win.
+    Returns the descriptor to keep open.
+    """
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        try:
+            record = read_state(path)
+        except StateUnreadable:
+            record = None
+        who = f" (pid {record.pid})" if record is not None else ""
+        raise ConfigurationError(f"rdc up is already running for {path.parent.parent}{who}; "
+                                 "stop it first") from None
+    return fd
+
+
 def run_all(settings: Settings, console: Console) -> int:
     check_installed(settings)
     settings.ensure_dirs()
+    lock = claim_home(state_path(settings.home))
     audit = SupervisorAudit(settings.database_url)
     sup = Supervisor(center_specs(settings), RestartPolicy.from_settings(settings),
                      state_path(settings.home), audit.record,
@@ -469,3 +500,4 @@ def run_all(settings: Settings, console: Console) -> int:
     finally:
         sup.stop_all(lambda name: console.print(f"  {name:8} stopped"))
         audit.close()
+        os.close(lock)

@@ -573,6 +573,17 @@ def test_orthanc_down_the_gateway_keeps_acknowledging_and_nothing_is_lost(
     assert (last.detail["pid"], last.detail["exit_code"]) == (wrapper, 1), last.detail
 
 
+def test_a_second_rdc_up_on_the_same_home_is_refused_and_touches_nothing(up: Up) -> None:
+    before = up.children()
+    second = up.center.rdc("up", timeout=120)
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert f"rdc up is already running for {up.center.home} (pid {up.proc.pid})" in \
+        second.stderr, second.stderr
+    assert up.proc.poll() is None
+    assert {n: c.pid for n, c in up.children().items()} == \
+        {n: c.pid for n, c in before.items()}  # children() also checks the file's pid
+
+
 def test_a_stop_after_restarts_is_clean_and_rdc_status_says_so(up: Up) -> None:
     up.proc.send_signal(signal.SIGTERM)
     assert up.proc.wait(120) == 0, up.logs()
