@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 from sqlalchemy.orm import Session
 
 from core import site_certs, tls_ca
 from core.db import get_database
-from core.errors import InvalidInput, RDCError
+from core.errors import InvalidInput, NotFound, RDCError
+from core.models import Site
 from core.settings import Settings
 from rdc.console import console, fail
 from rdc.console import load_settings as _settings
@@ -41,6 +43,21 @@ def issue_and_write(session: Session, settings: Settings, site_id: str, out: Pat
         f"{settings.gateway_ae} HOST {port or 2762} FILE")
 
 
+def _print_certificates(session: Session, site_id: str) -> None:
+    site = session.get(Site, site_id)
+    if site is None:
+        raise NotFound(f"no such site {site_id!r}")
+    table = Table("serial", "not before", "not after", "state", "issued by", "revoked")
+    for cert in site_certs.list_certificates(session, site_id):
+        table.add_row(cert.serial, f"{cert.not_before:%Y-%m-%d}", f"{cert.not_after:%Y-%m-%d}",
+                      site_certs.state(cert), cert.issued_by,
+                      f"{cert.revoked_at:%Y-%m-%d %H:%M} {cert.revoke_reason}".strip()
+                      if cert.revoked_at else "")
+    console.print(table)
+    console.print(f"site {site_id!r}: {'TLS only' if site.tls_required else 'plain or TLS'}; "
+                  f"results over {'TLS' if site.delivery_tls_ca else 'plain DICOM'}")
+
+
 def read_ca_file(path: Path) -> str:
     try:
         return path.read_text(encoding="ascii")
@@ -65,6 +82,8 @@ def sites_cert(
         "against this PEM CA file (nothing is issued).")] = None,
     delivery_plain: Annotated[bool, typer.Option(
         "--delivery-plain", help="Deliver results over plain DICOM again.")] = False,
+    list_: Annotated[bool, typer.Option(
+        "--list", help="List the site's certificates (serial, validity, state).")] = False,
 ) -> None:
     """Issue (or re-issue) a site's DICOM TLS client certificate, or revoke it.
 
@@ -74,12 +93,15 @@ def sites_cert(
     s = _settings()
     db = get_database(s.database_url)
     try:
-        if sum((revoke, delivery_ca is not None, delivery_plain)) > 1:
-            raise InvalidInput("--revoke, --delivery-ca and --delivery-plain exclude each other")
+        if sum((revoke, delivery_ca is not None, delivery_plain, list_)) > 1:
+            raise InvalidInput("--revoke, --delivery-ca, --delivery-plain and --list exclude "
+                               "each other")
         if serial is not None and not revoke:
             raise InvalidInput("a serial is only given with --revoke")
         with db.session() as sess:
-            if revoke:
+            if list_:
+                _print_certificates(sess, site_id)
+            elif revoke:
                 done = site_certs.revoke(sess, site_id, serial, actor="cli", reason=reason)
                 for cert in done:
                     console.print(f"revoked certificate {cert.serial} of site {site_id!r}")

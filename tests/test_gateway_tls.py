@@ -217,6 +217,9 @@ def test_wrong_expired_revoked_missing_and_plain_are_refused_and_audited(
     assert c.gateway_proc.poll() is None
     r = storescu(port, "COUNTY_A", _tls_args(a, a.ca))
     assert r.returncode == 0 and "Received Store Response (Success)" in _out(r), _out(r)
+    listed = c.rdc("sites", "cert", "county-a", "--list")
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(rf"{serial}.*revoked.*laptop lost", listed.stdout), listed.stdout
     with c.db.session() as s:
         states = {row.serial: site_certs.state(row) for row in
                   s.scalars(select(SiteCertificate).where(SiteCertificate.site_id == "county-a"))}
