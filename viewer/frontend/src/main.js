@@ -1,5 +1,5 @@
 // Single-page app: hash routes #/login, #/worklist, #/study/<id>, #/ecg, #/ecg/<id>,
-// #/dashboard, #/admin.
+// #/dashboard, #/admin, #/admin/front-door.
 import './styles.css';
 import {
   ApiError, loadMe, logout, noteActivity, onUnauthorized, setReauthenticate, startKeepalive,
@@ -47,6 +47,7 @@ function parseRoute() {
   if (path === '/ecg') return { name: 'ecg' };
   if (path.startsWith('/login')) return { name: 'login' };
   if (path === '/admin') return { name: 'admin' };
+  if (path === '/admin/front-door') return { name: 'admin-front-door' };
   if (path === '/dashboard') return { name: 'dashboard' };
   return { name: 'worklist' };
 }
@@ -71,6 +72,17 @@ function homeOf(user) {
 }
 const canSeeDashboard = (user) => hasRole(user, ...DASHBOARD_ROLES);
 const canSeeEcg = (user) => hasRole(user, 'cardiologist');
+
+/** The admin area's pages: accounts, and the DICOM front door. */
+function adminTabs(current) {
+  const tab = (name, href, testid, label) => h('a', {
+    href, testid, class: current === name ? 'active' : null,
+    'aria-current': current === name ? 'page' : null,
+  }, label);
+  return h('nav', { class: 'subnav', 'aria-label': 'Administration' },
+    tab('admin', '#/admin', 'admin-tab-accounts', 'Accounts'),
+    tab('admin-front-door', '#/admin/front-door', 'admin-tab-front-door', 'DICOM front door'));
+}
 
 function header(user, current) {
   const link = (name, href, testid, label) => h('a', {
@@ -152,15 +164,22 @@ async function route() {
     return;
   }
   const main = h('main', { class: `page page-${r.name}` });
-  replace(app, header(user, r.name === 'ecg-reading' ? 'ecg' : r.name), main);
-  if ((r.name === 'admin' && !canSeeAdmin(user)) || (r.name === 'dashboard' && !canSeeDashboard(user))
+  const area = { 'ecg-reading': 'ecg', 'admin-front-door': 'admin' }[r.name] ?? r.name;
+  replace(app, header(user, area), main);
+  if (((r.name === 'admin' || r.name === 'admin-front-door') && !canSeeAdmin(user)) || (r.name === 'dashboard' && !canSeeDashboard(user))
     || (r.name === 'study' && !canRead(user))
     || ((r.name === 'ecg' || r.name === 'ecg-reading') && !canSeeEcg(user))) {
     replace(main, h('p', { class: 'error page-error', role: 'alert', testid: 'page-forbidden' },
       'You are not allowed to see this page.'));
     return;
   }
-  if (r.name === 'admin' || r.name === 'dashboard') {
+  if (r.name === 'admin-front-door') {
+    main.append(adminTabs(r.name));
+    const { renderFrontDoor } = await import('./pages/front_door.js');
+    if (seq !== navSeq) return;
+    disposeCurrent = renderFrontDoor(main, { navigate, user });
+  } else if (r.name === 'admin' || r.name === 'dashboard') {
+    if (r.name === 'admin') main.append(adminTabs(r.name));
     // Small pages most users never open: separate chunks, like the viewer.
     const page = r.name === 'admin'
       ? (await import('./pages/admin.js')).renderAdmin
