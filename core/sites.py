@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from core import audit
 from core.errors import Conflict, InvalidInput, NotFound
-from core.models import Site, Study
+from core.models import Site, SiteCertificate, Study
 
 _SITE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # PS3.5 AE title: up to 16 chars of the default repertoire, no backslash or control chars.
@@ -108,15 +108,20 @@ def list_sites(session: Session) -> list[Site]:
 def remove_site(session: Session, site_id: str, actor: str) -> str:
     """Remove a site so that it can no longer send.
 
-    A site that has sent studies is only disabled: its studies, receipts and
-    audit trail must keep pointing at it.  Returns ``"deleted"`` or ``"disabled"``.
+    A site that has sent studies, or was issued TLS certificates, is only disabled:
+    its studies, receipts, certificates and audit trail must keep pointing at it (a
+    disabled site's certificates are refused at the TLS handshake).  Returns
+    ``"deleted"`` or ``"disabled"``.
     """
     site = session.get(Site, site_id)
     if site is None or not site.enabled:
         raise NotFound(f"no such site {site_id!r}")
     has_studies = session.scalar(select(Study.id).where(Study.site_id == site_id).limit(1))
-    outcome = "disabled" if has_studies is not None else "deleted"
-    if has_studies is not None:
+    has_certs = session.scalar(
+        select(SiteCertificate.id).where(SiteCertificate.site_id == site_id).limit(1))
+    keep = has_studies is not None or has_certs is not None
+    outcome = "disabled" if keep else "deleted"
+    if keep:
         site.enabled = False
     else:
         session.delete(site)

@@ -160,6 +160,14 @@ def test_site_certificate_echoes_and_stores_over_tls(world: TLSWorld) -> None:
     # county-b has no certificate: the plain port still serves it.
     r = echoscu(c.gateway_port, "COUNTY_B", [])
     assert r.returncode == 0 and "Success" in _out(r), _out(r)
+
+    # A removed site that holds certificates is disabled (the certificates keep their
+    # history), and its certificate no longer opens the TLS port.
+    r = c.rdc("sites", "remove", "county-a")
+    assert r.returncode == 0 and "disabled" in r.stdout, r.stdout + r.stderr
+    r = echoscu(world.tls_port, "COUNTY_A", _tls_args(a, a.ca))
+    assert r.returncode != 0 and "Success" not in _out(r), _out(r)
+    wait_until(lambda: tls_refusals(c, "site_disabled"), 30, "the refusal's audit record")
     with c.db.session() as s:
         assert audit.verify(s).ok
 
