@@ -40,7 +40,15 @@ from conftest import (
 )
 from core.audit_checkpoints import make_checkpoint, verify_anchored
 from core.db import get_database
-from core.models import AIResult, AuditRecord, Delivery, Instance, ReportVersion, Study
+from core.models import (
+    AIResult,
+    AuditRecord,
+    Delivery,
+    Instance,
+    ReportVersion,
+    Study,
+    WebSession,
+)
 from core.orthanc_client import SOURCE_SITE_METADATA
 from core.reports.keys import ca_certificate_pem, revocations
 from core.reports.verify import verify_bytes
@@ -144,7 +152,7 @@ def test_backup_of_a_working_center_restores_elsewhere_byte_for_byte(
     # Studies through the gateway: a chest radiograph (AI pre-read) and a CT (report).
     dx = write_chest_radiograph(tmp_path / "dx", size=256, seed=21,
                                 patient=Patient(id="BK-DX"))
-    ct = Path(get_testdata_file("CT_small.dcm"))
+    ct = Path(str(get_testdata_file("CT_small.dcm")))
     _send(c, [*dx.paths, ct])
     ct_uid = str(pydicom.dcmread(ct, stop_before_pixels=True).StudyInstanceUID)
     ct_study = _study_id(c, ct_uid, 1)
@@ -246,6 +254,9 @@ def test_backup_of_a_working_center_restores_elsewhere_byte_for_byte(
         versions = list(s.scalars(select(ReportVersion).where(ReportVersion.sr_sop_uid
                                                               .is_not(None))))
         assert s.scalar(select(AuditRecord).where(AuditRecord.action == "backup.restore"))
+        # The reader's web session from before the backup does not survive the restore.
+        sessions = list(s.scalars(select(WebSession)))
+        assert sessions and all(w.revoked_at is not None for w in sessions)
     assert versions
     ca = ca_certificate_pem(s2)
     with r2.orthanc() as client:
@@ -280,7 +291,7 @@ def small(center: Center) -> Iterator[Center]:
     """A center with Orthanc running and one instance, nothing else."""
     center.start_orthanc()
     with center.orthanc() as client:
-        client.upload_instance(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+        client.upload_instance(Path(str(get_testdata_file("CT_small.dcm"))).read_bytes())
     yield center
 
 
@@ -324,12 +335,12 @@ def test_refusals_leave_nothing_behind(small: Center, tmp_path: Path) -> None:
     # A non-empty home.
     other.home.mkdir()
     (other.home / "something").write_text("x")
-    code, out = _restore(other, dest)
-    assert code == 1 and "is not empty" in out, out
+    code, said = _restore(other, dest)
+    assert code == 1 and "is not empty" in said, said
     (other.home / "something").unlink()
     # A wrong passphrase.
-    code, out = _restore(other, dest, "not the backup passphrase")
-    assert code == 6 and "wrong passphrase" in out, out
+    code, said = _restore(other, dest, "not the backup passphrase")
+    assert code == 6 and "wrong passphrase" in said, said
     assert list(other.home.iterdir()) == []
     # A corrupted file is named, and nothing is restored.
     manifest = json.loads((dest / "manifest.json").read_text())
@@ -337,14 +348,14 @@ def test_refusals_leave_nothing_behind(small: Center, tmp_path: Path) -> None:
     data = bytearray((dest / instance_file).read_bytes())
     data[len(data) // 2] ^= 0x01
     (dest / instance_file).write_bytes(bytes(data))
-    code, out = _restore(other, dest)
-    assert code == 5 and f"backup file {instance_file} is corrupted" in out.replace("\n", ""), \
-        out
+    code, said = _restore(other, dest)
+    assert code == 5 and f"backup file {instance_file} is corrupted" in said.replace("\n", " "), \
+        said
     assert list(other.home.iterdir()) == []
     # Its checksum rewritten in the manifest: the manifest's seal no longer matches.
     manifest["files"][instance_file]["sha256"] = hashlib.sha256(bytes(data)).hexdigest()
     (dest / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True,
                                                    ensure_ascii=False))
-    code, out = _restore(other, dest)
-    assert code == 5 and "manifest was altered" in out.replace("\n", " "), out
+    code, said = _restore(other, dest)
+    assert code == 5 and "manifest was altered" in said.replace("\n", " "), said
     assert list(other.home.iterdir()) == []

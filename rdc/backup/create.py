@@ -75,7 +75,7 @@ def _check_dest(settings: Settings, dest: Path) -> None:
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise BackupError(f"{dest} already exists and is not an empty folder; a backup is "
                           "written only into a new (or empty) folder, never over another")
-    if dest.is_relative_to(settings.home):
+    if dest.resolve().is_relative_to(settings.home):
         raise BackupError(f"{dest} is inside the center's home {settings.home}: keep "
                           "backups on another disk, where a lost home does not take them too")
 

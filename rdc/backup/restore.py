@@ -18,6 +18,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,12 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 from rich.console import Console
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from core import audit
 from core.db import get_database
 from core.errors import ConfigurationError
-from core.models import AIModel, Instance
+from core.models import AIModel, Instance, WebSession
 from core.orthanc_client import OrthancClient, OrthancError
 from core.settings import Settings
 from core.states import InstanceState
@@ -54,6 +55,7 @@ class RestoreSummary:
     backup_created_at: str
     center_name: str
     reconciled: int = 0
+    sessions_ended: int = 0
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -230,7 +232,8 @@ def _fix_up_database(target: Settings, info: dict[str, Any], listing: dict[str, 
     new one, the shipped ones to this installation's package.  A receipt the copied
     database calls spooled, whose file was archived between the database snapshot and
     the spool copy, is marked stored (it is in the restored Orthanc) instead of waiting
-    forever for a file that is not coming.
+    forever for a file that is not coming.  Web sessions recorded in the backup are
+    ended.
     """
     from ai_models.manifest import load_manifest, verify_weights
     from ai_models.registry import SHIPPED_DIR
@@ -265,6 +268,11 @@ def _fix_up_database(target: Settings, info: dict[str, Any], listing: dict[str, 
                     s, inst.id, str(entry["id"]), inst.study_id, str(entry["study"]) or None,
                     note="restored from backup: archived while the backup was taken"):
                 summary.reconciled += 1
+        # Sessions from before the backup end: whoever signed out or was disabled since
+        # must not be let back in by the restore.  Everyone signs in again.
+        ended = s.execute(update(WebSession).where(WebSession.revoked_at.is_(None))
+                          .values(revoked_at=datetime.now(UTC)))
+        summary.sessions_ended = int(getattr(ended, "rowcount", 0) or 0)
         audit.append(s, actor="cli", action="backup.restore", object_type="backup",
                      object_id=str(info.get("backup_id")),
                      detail={"created_at": summary.backup_created_at,
@@ -274,4 +282,5 @@ def _fix_up_database(target: Settings, info: dict[str, Any], listing: dict[str, 
                              "schema_revision": summary.schema_revision,
                              "instances": summary.instances, "models_moved": moved,
                              "receipts_reconciled": summary.reconciled,
+                             "web_sessions_ended": summary.sessions_ended,
                              "warnings": summary.warnings})
