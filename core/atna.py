@@ -158,9 +158,14 @@ ACTION_EVENTS: Final[Mapping[str, Event]] = {
     "audit.verify": _e(AUDIT_LOG_USED, "R"),
     "audit.export": _e(AUDIT_LOG_USED, "R"),
     "audit.anchor_mismatch": _e(SECURITY_ALERT, "E", SECURITY_CONFIGURATION),
+    # Certificates of the DICOM TLS port.
+    "site.cert_issue": _e(SECURITY_ALERT, "C", SECURITY_CONFIGURATION),
+    "site.cert_revoke": _e(SECURITY_ALERT, "D", SECURITY_CONFIGURATION),
+    "site.delivery_tls": _e(SECURITY_ALERT, "U", SECURITY_CONFIGURATION),
     # Backup and restore.
     "backup.create": _e(EXPORT, "R"),
-    "restore.done": _e(IMPORT, "C"),
+    "backup.failed": _e(EXPORT, "R"),
+    "backup.restore": _e(IMPORT, "C"),
 }
 
 #: By family, for the actions of a family not listed above (and new ones).
@@ -172,6 +177,7 @@ FAMILY_EVENTS: Final[Mapping[str, Event]] = {
     "tls": _e(SECURITY_ALERT, "E", NODE_AUTHENTICATION, node=True),
     "association": _e(SECURITY_ALERT, "E", NODE_AUTHENTICATION, node=True),
     "dicom": _e(SECURITY_ALERT, "E", NODE_AUTHENTICATION, node=True),
+    "connection": _e(SECURITY_ALERT, "E", NODE_AUTHENTICATION, node=True),
     "model": _e(SECURITY_ALERT, "U", SOFTWARE_CONFIGURATION),
     "share": _e(SECURITY_ALERT, "U", OBJECT_SECURITY_CHANGED),
     "study": _e(PROCEDURE_RECORD, "U"),
@@ -188,6 +194,7 @@ FAMILY_EVENTS: Final[Mapping[str, Event]] = {
     "service": _e(APPLICATION_ACTIVITY, "E"),
     "process": _e(APPLICATION_ACTIVITY, "E"),
     "supervisor": _e(APPLICATION_ACTIVITY, "E"),
+    "admin": _e(APPLICATION_ACTIVITY, "R"),
 }
 
 GENERIC: Final = _e(APPLICATION_ACTIVITY, "E")
@@ -210,21 +217,23 @@ def event_for(action: str) -> tuple[Event, bool]:
     return event, True
 
 
-_SERIOUS: Final = re.compile(r"(dead|mismatch|error|lost)")
-_MINOR: Final = re.compile(r"(fail|reject|refus|denied|abort|lock|invalid|revoke)")
+_SERIOUS: Final = re.compile(r"(dead|mismatch|error|lost|gave_up)")
+_MINOR: Final = re.compile(r"(fail|reject|refus|denied|abort|invalid)")
 
 
 def outcome_of(action: str, detail: Mapping[str, Any]) -> int:
     """EventOutcomeIndicator: 0 success, 4 minor failure, 8 serious failure."""
     result = str(detail.get("outcome", "")).lower()
-    if _SERIOUS.search(action) or result == "dead":
+    if _OUTCOME_OF_ACTION.get(action, 0) == 8 or _SERIOUS.search(action) or result == "dead":
         return 8
     if (_MINOR.search(action.rpartition(".")[2]) or result in ("failed", "superseded")
             or detail.get("ok") is False or detail.get("committed") is False):
         return 4
-    if action == "user.locked":
-        return 4
-    return 0
+    return _OUTCOME_OF_ACTION.get(action, 0)
+
+
+#: Actions whose outcome their name does not tell.
+_OUTCOME_OF_ACTION: Final = {"user.locked": 4, "instance.upload_failed": 8}
 
 
 def _outcome_text(action: str, detail: Mapping[str, Any]) -> str | None:

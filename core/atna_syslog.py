@@ -171,19 +171,36 @@ class SyslogSender:
                                   f" ({pending}): nothing listens there")
 
     def _send_stream(self, messages: Sequence[bytes]) -> None:
-        raw = socket.create_connection((self.target.host, self.target.port),
-                                       timeout=self.timeout)
+        try:
+            raw = socket.create_connection((self.target.host, self.target.port),
+                                           timeout=self.timeout)
+        except OSError as e:
+            raise SyslogError(f"syslog {self.target}: cannot connect: {e}") from e
         with raw:
             payload = b"".join(octet_counted(m) for m in messages)
             if self.target.scheme == "tls":
                 assert self.context is not None
-                with self.context.wrap_socket(raw, server_hostname=self.target.host) as tls:
-                    tls.sendall(payload)
+                try:
+                    tls = self.context.wrap_socket(raw, server_hostname=self.target.host)
+                except (OSError, ssl.SSLError) as e:
+                    raise SyslogError(f"syslog {self.target}: TLS handshake failed: {e}") from e
+                with tls:
+                    try:
+                        tls.sendall(payload)
+                    except (OSError, ssl.SSLError) as e:
+                        raise self._dropped(e) from e
                     self._confirm_tls(tls)
                 return
-            raw.sendall(payload)
-            raw.shutdown(socket.SHUT_WR)
+            try:
+                raw.sendall(payload)
+                raw.shutdown(socket.SHUT_WR)
+            except OSError as e:
+                raise self._dropped(e) from e
             self._confirm(raw)
+
+    def _dropped(self, e: BaseException) -> SyslogError:
+        return SyslogError(f"syslog {self.target} dropped the connection before reading the "
+                           f"batch ({e}); it will be sent again")
 
     def _confirm(self, sock: socket.socket) -> None:
         """Wait for the receiver to close after reading everything up to our FIN."""
@@ -194,9 +211,8 @@ class SyslogSender:
                     return  # it read to the end and closed: delivered
             except TimeoutError:
                 break
-            except ConnectionError as e:
-                raise SyslogError(f"syslog {self.target} dropped the connection before "
-                                  f"reading the batch ({e}); it will be sent again") from e
+            except OSError as e:
+                raise self._dropped(e) from e
         # Still open after the timeout: it holds our data and refused nothing.
         log.debug("syslog.no_close target=%s", self.target)
 
@@ -207,6 +223,5 @@ class SyslogSender:
             return  # it closed without a close_notify of its own after reading: delivered
         except TimeoutError:
             log.debug("syslog.no_close target=%s", self.target)
-        except (ConnectionError, ssl.SSLError) as e:
-            raise SyslogError(f"syslog {self.target} dropped the TLS connection before "
-                              f"reading the batch ({e}); it will be sent again") from e
+        except (OSError, ssl.SSLError) as e:
+            raise self._dropped(e) from e
