@@ -21,7 +21,7 @@ from io import BytesIO
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from core.errors import InvalidInput
+from core.errors import InvalidInput, RDCError
 from core.reports import envelope, pdf, sr
 from core.reports.crypto import SignatureInvalid
 
@@ -40,6 +40,19 @@ class FileVerification:
 def verify_bytes(data: bytes, ca_cert_pem: bytes,
                  revoked: Mapping[str, datetime] | None = None) -> FileVerification:
     """Verify one file's bytes; raise :class:`SignatureInvalid` or ``InvalidInput``."""
+    try:
+        return _verify_bytes(data, ca_cert_pem, revoked)
+    except RDCError:
+        raise
+    except Exception as e:
+        # pydicom decodes elements lazily and fails on a damaged one with whatever its
+        # decoder raises (BytesLengthException, LookupError, struct.error ...): the file
+        # does not verify, and `rdc reports verify` says so instead of a traceback.
+        raise InvalidInput(f"the file cannot be read: {type(e).__name__}: {e}") from e
+
+
+def _verify_bytes(data: bytes, ca_cert_pem: bytes,
+                  revoked: Mapping[str, datetime] | None) -> FileVerification:
     if data.startswith(b"%PDF-"):
         signed, env = pdf.sealed_content_of_pdf(data)
         result = envelope.verify(signed, env, ca_cert_pem, revoked=revoked)

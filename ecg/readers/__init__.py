@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 
 from ecg.errors import UnreadableWaveform
 from ecg.readers.aecg import read_aecg
@@ -23,10 +24,19 @@ MAX_WFDB_ZIP_BYTES = 64 * 1024 * 1024
 
 def _read_wfdb_zip(data: bytes) -> Ecg12:
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as exc:
-        raise UnreadableWaveform(f"not a readable zip: {exc}") from exc
-    with archive:
+        header, others = _wfdb_zip_entries(data)
+    except (zipfile.BadZipFile, zlib.error, EOFError, IndexError, NotImplementedError,
+            RuntimeError, ValueError, OverflowError) as exc:
+        # zipfile trips over a damaged archive in many ways (a bad CRC, a corrupt deflate
+        # stream, an empty entry name, an unsupported method, an encrypted entry): all
+        # are the file's fault, and reach the sender as an unreadable file.
+        raise UnreadableWaveform(f"not a readable zip: {type(exc).__name__}: {exc}") from exc
+    return read_wfdb_record(header, others)
+
+
+def _wfdb_zip_entries(data: bytes) -> tuple[bytes, dict[str, bytes]]:
+    """(header, other entries by name) of a zipped WFDB record."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
         infos = [i for i in archive.infolist() if not i.is_dir()]
         if sum(i.file_size for i in infos) > MAX_WFDB_ZIP_BYTES:
             raise UnreadableWaveform(f"zip expands beyond {MAX_WFDB_ZIP_BYTES} bytes")
@@ -36,7 +46,7 @@ def _read_wfdb_zip(data: bytes) -> Ecg12:
                 f"a WFDB zip must hold exactly one .hea header, found {len(headers)}"
             )
         others = {i.filename: archive.read(i) for i in infos if i is not headers[0]}
-        return read_wfdb_record(archive.read(headers[0]), others)
+        return archive.read(headers[0]), others
 
 
 def read_ecg(data: bytes, filename_hint: str | None = None) -> Ecg12:

@@ -96,7 +96,8 @@ def read_aecg(data: bytes) -> Ecg12:
     """
     try:
         root = SafeET.fromstring(data)
-    except (SafeET.ParseError, DefusedXmlException, ValueError) as exc:
+    except (SafeET.ParseError, DefusedXmlException, ValueError, LookupError) as exc:
+        # LookupError: the XML declaration names an encoding Python does not know.
         raise UnreadableWaveform(f"aECG is not well-formed or safe XML: {exc}") from exc
     if root.tag != f"{NS}AnnotatedECG":
         raise UnreadableWaveform(f"root element is {root.tag!r}, not HL7 v3 AnnotatedECG")

@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from ecg.errors import InconsistentWaveform, NotAnEcg, UnreadableWaveform
+from ecg.errors import EcgError, InconsistentWaveform, NotAnEcg, UnreadableWaveform
 from ecg.signal import Ecg12, assemble, canonical_lead_name
 
 #: SOP classes whose waveforms are ECGs (PS3.4 B.5). Hemodynamic, audio, arterial pulse,
@@ -160,6 +160,19 @@ def read_dicom_ecg(data: bytes) -> Ecg12:
     counts, sample counts, data length (exact, one pad byte allowed) or sampling frequency
     disagree, when a lead is labelled twice, or when a channel has no sensitivity.
     """
+    try:
+        return _read_dicom_ecg(data)
+    except EcgError:
+        raise
+    except Exception as exc:
+        # pydicom decodes each element when it is first used, and a damaged value fails
+        # there with whatever its decoder raises (BytesLengthException, ValueError,
+        # LookupError for an unknown character set, struct.error ...): still the file.
+        raise UnreadableWaveform(
+            f"the DICOM file cannot be decoded: {type(exc).__name__}: {exc}") from exc
+
+
+def _read_dicom_ecg(data: bytes) -> Ecg12:
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
