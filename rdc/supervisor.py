@@ -245,7 +245,7 @@ class Supervisor:
                 changed = self._rearm(now)
             for c in self.children:
                 changed = self._step(c, now) or changed
-            if all(c.state == "gave-up" for c in self.children):
+            if self.children and all(c.state == "gave-up" for c in self.children):
                 log.critical("supervisor.nothing_left every process is given up; rdc up exits")
                 self.write_state()
                 return 1
