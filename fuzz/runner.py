@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,12 +71,20 @@ def run_target(target: str, workdir: Path, *, seconds: int | None = None,
            str(corpus(target))]
     if nice:
         cmd = ["nice", "-n", str(nice), *cmd]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    # Scratch space for harnesses that need files (the gateway's spool and database),
+    # on tmpfs when there is one, removed when the run ends however it ends.
+    shm = Path("/dev/shm")  # noqa: S108 - mkdtemp makes a private (0700) folder there
+    scratch = tempfile.mkdtemp(prefix="rdc-fuzz-",
+                               dir=shm if shm.is_dir() and os.access(shm, os.W_OK) else None)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "RDC_FUZZ_SCRATCH": scratch}
     log = workdir / "fuzz.log"
     started = time.monotonic()
-    with log.open("wb") as out:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                              check=False)
+    try:
+        with log.open("wb") as out:
+            proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=out,
+                                  stderr=subprocess.STDOUT, check=False)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     result = FuzzRun(target, proc.returncode, time.monotonic() - started)
     text = log.read_text(errors="replace")
     result.output_tail = text[-6000:]

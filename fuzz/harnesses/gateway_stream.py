@@ -53,10 +53,10 @@ CALLING_AE = "FUZZSCU"
 
 
 def _scratch() -> Path:
-    """A folder on tmpfs when there is one: every acknowledged instance is fsynced."""
-    shm = Path("/dev/shm")  # noqa: S108 - mkdtemp makes a private (0700) folder there
-    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
-    return Path(tempfile.mkdtemp(prefix="rdc-fuzz-gateway-", dir=base))
+    """The center's home for the run: in ``RDC_FUZZ_SCRATCH`` (which :mod:`fuzz.runner`
+    makes on tmpfs, since every acknowledged instance is fsynced, and removes after)."""
+    return Path(tempfile.mkdtemp(prefix="rdc-fuzz-gateway-",
+                                 dir=os.environ.get("RDC_FUZZ_SCRATCH") or None))
 
 
 def load() -> Callable[[bytes], None]:
