@@ -20,8 +20,10 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pyotp
@@ -29,7 +31,7 @@ import pytest
 from sqlalchemy import select
 
 from browser_support import Codes, start_web, stop
-from conftest import REPO, TEST_PASSWORD, Center, wait_port
+from conftest import REPO, TEST_PASSWORD, Center, _make_center, wait_port
 from core.db import Database
 from core.models import AuditRecord, LoginThrottle
 from core.settings import Settings
@@ -142,12 +144,19 @@ def test_lockout_is_per_username_and_address_behind_a_trusted_proxy(web: Web) ->
 
 
 # The policy, against the real database with a controlled clock ---------------------------
-@pytest.fixture
-def svc(center: Center) -> tuple[Database, Settings]:
+@pytest.fixture(params=["sqlite", "postgres"])
+def svc(request: pytest.FixtureRequest, tmp_path: Path, pg_admin: str,
+        ) -> Iterator[tuple[Database, Settings]]:
+    """The sign-in service on SQLite and on PostgreSQL (whose row locks differ)."""
+    gen = _make_center(tmp_path, request.param, "", pg_admin)
+    center = next(gen)
     settings = center.settings.model_copy(update={
         "login_max_failures": 3, "login_lockout_s": 60.0, "login_lockout_max_s": 300.0,
         "login_account_max_failures": 7, "login_account_window_s": 600.0})
-    return center.db, settings
+    try:
+        yield center.db, settings
+    finally:
+        gen.close()
 
 
 def _attempt(db: Database, settings: Settings, address: str, at: datetime, *,
@@ -195,6 +204,18 @@ def test_each_lockout_of_a_pair_waits_twice_as_long_up_to_the_cap(
         _attempt(db, settings, ATTACKER_IP, at)
     assert _audit(db, "user.locked")[-1].detail["lockout_s"] == 60.0
 
+
+def test_parallel_guesses_from_one_address_stop_at_the_limit(
+        svc: tuple[Database, Settings]) -> None:
+    db, settings = svc
+    _add_user(db, settings)
+    at = datetime.now(UTC)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda _: _attempt(db, settings, ATTACKER_IP, at), range(8)))
+    guessed = [a for a in answers if a.startswith("AuthenticationFailed")]
+    assert len(guessed) == settings.login_max_failures, answers
+    assert all(a.startswith("AccountLocked") for a in answers if a not in guessed), answers
+    assert len(_audit(db, "user.locked")) == 1
 
 def test_ceiling_for_many_addresses_spares_familiar_ones_and_hides_usernames(
         svc: tuple[Database, Settings]) -> None:
