@@ -7,6 +7,7 @@ send files with arbitrary or missing extensions.
 from __future__ import annotations
 
 import io
+import lzma
 import zipfile
 import zlib
 
@@ -25,11 +26,11 @@ MAX_WFDB_ZIP_BYTES = 64 * 1024 * 1024
 def _read_wfdb_zip(data: bytes) -> Ecg12:
     try:
         header, others = _wfdb_zip_entries(data)
-    except (zipfile.BadZipFile, zlib.error, EOFError, IndexError, NotImplementedError,
-            RuntimeError, ValueError, OverflowError) as exc:
-        # zipfile trips over a damaged archive in many ways (a bad CRC, a corrupt deflate
-        # stream, an empty entry name, an unsupported method, an encrypted entry): all
-        # are the file's fault, and reach the sender as an unreadable file.
+    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, OSError, EOFError, IndexError,
+            NotImplementedError, RuntimeError, ValueError, OverflowError) as exc:
+        # zipfile trips over a damaged archive in many ways (a bad CRC, a corrupt deflate,
+        # bzip2 or LZMA stream, an empty entry name, an unsupported method, an encrypted
+        # entry): all are the file's fault, and reach the sender as an unreadable file.
         raise UnreadableWaveform(f"not a readable zip: {type(exc).__name__}: {exc}") from exc
     return read_wfdb_record(header, others)
 
