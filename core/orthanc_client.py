@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -41,6 +42,20 @@ class OrthancRejected(OrthancError):
 
 class OrthancNotFound(OrthancRejected):
     pass
+
+
+class _FileBody:
+    """A request body read from a file in chunks, afresh on each iteration: httpx
+    iterates it once per attempt, so a retried upload sends the whole file again."""
+
+    def __init__(self, path: Path, chunk_size: int = 1 << 20) -> None:
+        self.path = path
+        self.chunk_size = chunk_size
+
+    def __iter__(self) -> Iterator[bytes]:
+        with open(self.path, "rb") as f:
+            while chunk := f.read(self.chunk_size):
+                yield chunk
 
 
 class OrthancClient:
@@ -141,6 +156,17 @@ class OrthancClient:
         result: dict[str, Any] = self._json(
             "POST", "/instances", content=data, headers={"Content-Type": "application/dicom"}
         )
+        if "ID" not in result:
+            raise OrthancRejected(f"unexpected answer to upload: {result!r}")
+        return result
+
+    def upload_instance_file(self, path: Path) -> dict[str, Any]:
+        """Store the DICOM file at ``path``, streamed from disk in 1 MiB chunks so that
+        an instance of any size is never held in memory (a retry reads it again)."""
+        size = path.stat().st_size
+        result: dict[str, Any] = self._json(
+            "POST", "/instances", content=_FileBody(path),
+            headers={"Content-Type": "application/dicom", "Content-Length": str(size)})
         if "ID" not in result:
             raise OrthancRejected(f"unexpected answer to upload: {result!r}")
         return result

@@ -4,10 +4,15 @@ File names come from UUIDs generated here, never from DICOM content.  A write
 goes to ``tmp/``, is fsynced, renamed into ``ready/`` and the directory is
 fsynced, so after a crash a file in ``ready/`` is whole and one in ``tmp/``
 was never acknowledged and can be dropped.
+
+A dataset received as a stream is written into ``tmp/`` while it arrives
+(:mod:`pacs_gateway.receive_limits`) and taken whole by :meth:`Spool.adopt`: the
+same fsync, rename and directory fsync, with no copy and nothing held in memory.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import threading
@@ -49,15 +54,19 @@ class Spool:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
-    def has_room(self, size: int) -> bool:
+    def has_room(self, size: int, *, on_disk: bool = False) -> bool:
         """Free space minus ``size`` stays above the watermark.
 
         statvfs per instance is costly on some file systems, so the figure is
         re-read every half second or 64 MiB, and our own writes are subtracted
         in between: the estimate only errs on the safe side for our writes.
+        ``on_disk``: the ``size`` bytes are written already (a streamed receive),
+        so free space is read afresh when they are many.
         """
         now = time.monotonic()
         with self._free_lock:
+            if on_disk and size > 64 * 2**20:
+                self._free_at = -1e9
             if now - self._free_at > 0.5 or self._written_since > 64 * 2**20:
                 self._free = self.free_bytes()
                 self._free_at, self._written_since = now, 0
@@ -85,6 +94,49 @@ class Spool:
         os.replace(tmp_path, self.path(receipt_id))
         _fsync_dir(self.ready)
         return receipt_id
+
+    def take(self, source: Path | bytes) -> str:
+        """:meth:`adopt` a received file, :meth:`write` received bytes."""
+        return self.adopt(source) if isinstance(source, Path) else self.write(source)
+
+    def adopt(self, src: Path) -> str:
+        """Make the complete file ``src`` (written under ``tmp/``) durable as a new
+        spooled instance and return its receipt ID.  ``src`` is gone afterwards.
+
+        The file is fsynced, then renamed into ``ready/`` (a copy, fsynced, if it is
+        on another file system) and the directory fsynced: a file in ``ready/`` is
+        always whole.  Raises SpoolFull (and leaves ``src``) below the watermark.
+        """
+        size = src.stat().st_size
+        if not self.has_room(size, on_disk=True):
+            raise SpoolFull(f"less than {self.min_free_bytes // 2**20} MiB free in the spool")
+        fd = os.open(src, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        receipt_id = str(uuid.uuid4())
+        try:
+            os.replace(src, self.path(receipt_id))
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            self._copy_in(src, receipt_id)
+            src.unlink()
+        _fsync_dir(self.ready)
+        return receipt_id
+
+    def _copy_in(self, src: Path, receipt_id: str) -> None:
+        tmp_path = self.tmp / f"{receipt_id}.part"
+        try:
+            with open(src, "rb") as fin, open(tmp_path, "xb") as fout:
+                shutil.copyfileobj(fin, fout, 2**20)
+                fout.flush()
+                os.fsync(fout.fileno())
+            os.replace(tmp_path, self.path(receipt_id))
+        except BaseException:
+            tmp_path.unlink(missing_ok=True)
+            raise
 
     def path(self, receipt_id: str) -> Path:
         return self.ready / f"{_checked_id(receipt_id)}.dcm"

@@ -159,14 +159,14 @@ class Uploader:
             self.spool.remove(rid)
             return True
         try:
-            data = self.spool.read(rid)
+            # Streamed from the spool file: an instance of any size costs a chunk of memory.
+            answer = self.orthanc.upload_instance_file(self.spool.path(rid))
+            self.orthanc.set_metadata("instances", answer["ID"], SOURCE_SITE_METADATA, site_id)
         except FileNotFoundError:
+            # Gone (a no-op for a receipt that another process stored meanwhile).
             with self.db.session() as s:
                 mark_attempt_failed(s, rid, "spool file missing", final=True)
             return True
-        try:
-            answer = self.orthanc.upload_instance(data)
-            self.orthanc.set_metadata("instances", answer["ID"], SOURCE_SITE_METADATA, site_id)
         except OrthancRejected as e:
             log.error("uploader.rejected receipt=%s sop=%s error=%s", rid, sop_uid, e)
             self.committer.run(partial(mark_attempt_failed, receipt_id=rid,
