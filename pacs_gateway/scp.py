@@ -33,12 +33,15 @@ from core.db import Database
 from core.group_commit import GroupCommitter
 from core.settings import Settings
 from core.sites import find_sender
+from pacs_gateway.admission import FrontDoor
+from pacs_gateway.connection import GatewayAssociation, GatewayServer
 from pacs_gateway.inspect import (
     STATUS_SOP_CLASS_MISMATCH,
     InvalidDataset,
     inspect_encoded,
 )
 from pacs_gateway.receipts import record_receipt
+from pacs_gateway.receive_limits import ReceiveLimiter, ReceiveLimits, received_dataset
 from pacs_gateway.spool import Spool, SpoolFull
 from pacs_gateway.tls import TLSAcceptor, transport_refusal
 
@@ -70,13 +73,6 @@ def _failure(status: int, comment: str) -> Dataset:
     # ErrorComment is LO: 64 characters at most.
     ds.ErrorComment = comment.replace("\\", "/")[:64]
     return ds
-
-
-class _ReusePortServer(ThreadedAssociationServer):
-    def server_bind(self) -> None:
-        assert self.socket is not None
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -143,16 +139,25 @@ class GatewaySCP:
         self.server: ThreadedAssociationServer | None = None
         #: Set when this SCP serves the mutual-TLS port (pacs_gateway.tls).
         self.tls: TLSAcceptor | None = None
+        #: Admission, read/idle deadlines and the refusal audit (per process and SCP).
+        self.front_door = FrontDoor.from_settings(settings, db)
 
     # Set-up ---------------------------------------------------------------
     def _make_ae(self) -> AE:
         ae = AE(ae_title=self.settings.gateway_ae)
         ae.require_called_aet = True
-        ae.maximum_associations = 32
-        ae.maximum_pdu_size = 0
-        ae.acse_timeout = 30
+        # The front door's admission is the real limit (registered and unregistered
+        # pools, per address); pynetdicom's own count also holds threads that are
+        # finishing, so it only backs that up.
+        ae.maximum_associations = 2 * self.front_door.admission.limits.total + 8
+        # Announced in A-ASSOCIATE-AC; what a PDU may declare is capped separately
+        # (pacs_gateway.receive_limits, installed in start()).
+        ae.maximum_pdu_size = ReceiveLimits.from_settings(self.settings).pdu_size
+        # The A-ASSOCIATE-RQ deadline (ARTIM) and the idle limit of an association;
+        # pacs_gateway.connection enforces both on every read.
+        ae.acse_timeout = self.settings.gateway_associate_timeout_s
         ae.dimse_timeout = 120
-        ae.network_timeout = 120
+        ae.network_timeout = self.settings.gateway_idle_timeout_s
         ts = preferred_transfer_syntaxes()
         ae.add_supported_context(Verification, ts)
         for cx in AllStoragePresentationContexts:
@@ -175,14 +180,19 @@ class GatewaySCP:
             (evt.EVT_RELEASED, self._on_closed),
             (evt.EVT_ABORTED, self._on_closed),
         ]
+        # PDU and dataset size limits; datasets are received into the spool's tmp/.
+        handlers += ReceiveLimiter(ReceiveLimits.from_settings(self.settings),
+                                   self.spool.tmp).handlers()
         ae = self._make_ae()
         self.tls = tls
         port = self.settings.gateway_port if port is None else port
         address = (self.settings.gateway_host, port)
-        server_class = _ReusePortServer if reuse_port else ThreadedAssociationServer
+        server_class: type[ThreadedAssociationServer] = GatewayServer
         if tls is not None:
             server_class = tls.server_class(server_class)
-        server = ae.make_server(address, evt_handlers=handlers, server_class=server_class)
+        self.front_door.start()
+        server = ae.make_server(address, evt_handlers=handlers, server_class=server_class,
+                                gate=self.front_door, reuse_port=reuse_port)
         thread = threading.Thread(target=server.serve_forever, name="gateway-acceptor",
                                   daemon=True)
         thread.start()
@@ -201,6 +211,7 @@ class GatewaySCP:
         Aborting also ends pynetdicom's non-daemon DUL threads, which would otherwise
         keep the process alive until the peer's own timeout.
         """
+        self.front_door.stopping = True
         if self.server is not None:
             server, self.server = self.server, None
             server.shutdown()
@@ -209,6 +220,8 @@ class GatewaySCP:
                     assoc.abort()
                 except Exception:  # pragma: no cover - best effort on the way out
                     log.debug("gateway.abort_failed", exc_info=True)
+        # The refusal windows still open are written as their summaries now.
+        self.front_door.stop()
 
     # Handlers -------------------------------------------------------------
     def _on_conn_open(self, event: evt.Event) -> None:
@@ -265,8 +278,12 @@ class GatewaySCP:
         assert reject is not None
         log.warning("gateway.association_rejected reason=%r calling=%s called=%s peer=%s",
                     reason, calling, called, peer)
-        self._audit("association.reject", f"{calling}@{peer}", {**detail, "reason": reason,
-                                                               "rsd": list(reject)})
+        # Aggregated per peer and window (pacs_gateway.refusal_audit): a stranger
+        # retrying in a loop costs a bounded number of audit rows.
+        self.front_door.auditor.refuse(
+            peer, category="association", kind="rejected", action="association.reject",
+            object_id=f"{calling}@{peer}", calling_ae=calling,
+            detail={**detail, "reason": reason, "rsd": list(reject)})
         assoc.acse.send_reject(*reject)
         assoc.is_rejected = True
         evt.trigger(assoc, evt.EVT_REJECTED, {})
@@ -301,9 +318,12 @@ class GatewaySCP:
             return _failure(STATUS_PROCESSING_FAILURE, f"internal error: {type(e).__name__}")
 
     def _store(self, event: evt.Event, state: _AssocState) -> int | Dataset:
-        data = event.encoded_dataset(include_meta=True)
+        # A file in the spool's tmp/, written as it arrived; inspected from disk and
+        # taken by a rename (pynetdicom deletes it after this handler if not taken).
+        received = received_dataset(event)
         try:
-            info = inspect_encoded(data)
+            info = inspect_encoded(received.source,
+                                   ReceiveLimits.from_settings(self.settings).inflate)
             if info.sop_class_uid != str(event.context.abstract_syntax):
                 raise InvalidDataset(STATUS_SOP_CLASS_MISMATCH,
                                      "SOP Class UID does not match the presentation context")
@@ -318,7 +338,7 @@ class GatewaySCP:
             log.warning("gateway.store_refused site=%s status=%s reason=%s", state.site_id, key, e)
             return _failure(e.status, str(e))
         try:
-            receipt_id = self.spool.write(data)
+            receipt_id = self.spool.take(received.source)
         except SpoolFull as e:
             state.refused += 1
             log.error("gateway.spool_full site=%s %s", state.site_id, e)
@@ -330,7 +350,7 @@ class GatewaySCP:
         try:
             self.committer.run(partial(
                 record_receipt, receipt_id=receipt_id, site_id=state.site_id, info=info,
-                size=len(data), calling_ae=state.calling_ae, peer_address=state.peer,
+                size=received.size, calling_ae=state.calling_ae, peer_address=state.peer,
                 urgent=getattr(event.request, "Priority", 0) == PRIORITY_HIGH))
         except Exception:
             # No receipt: the sender will hear a failure, so the file must go too.
@@ -347,8 +367,11 @@ class GatewaySCP:
         if state is None:
             return
         how = "release" if event.event is evt.EVT_RELEASED else "abort"
-        self._audit(f"association.{how}", state.site_id,
-                    {"calling_ae": state.calling_ae, "peer": state.peer, "stored": state.stored,
-                     "refused": state.refused, "refusals": state.refusals},
-                    actor=f"site:{state.site_id}")
+        detail: dict[str, Any] = {"calling_ae": state.calling_ae, "peer": state.peer,
+                                  "stored": state.stored, "refused": state.refused,
+                                  "refusals": state.refusals}
+        assoc = event.assoc
+        if isinstance(assoc, GatewayAssociation) and assoc.close_reason:
+            detail["reason"] = assoc.close_reason  # e.g. aborted by the idle limit
+        self._audit(f"association.{how}", state.site_id, detail, actor=f"site:{state.site_id}")
 
