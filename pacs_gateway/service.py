@@ -33,7 +33,7 @@ from pacs_gateway.completeness import complete_ready_studies
 from pacs_gateway.delivery import requeue_due
 from pacs_gateway.scp import GatewaySCP, port_is_free
 from pacs_gateway.spool import Spool
-from pacs_gateway.tls import TLSAcceptor, audit_each_refusal
+from pacs_gateway.tls import TLSAcceptor, aggregated_refusals
 from pacs_gateway.uploader import Uploader
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,10 @@ class Gateway:
         self.uploader.start()
         self.scp.start(reuse_port=processes > 1)
         if self.tls_scp is not None:
-            acceptor = TLSAcceptor(self.settings, self.db, refuse=audit_each_refusal(self.db))
+            # Failed handshakes go through the TLS port's refusal audit: aggregated per
+            # peer and window, like every other refusal at the door.
+            acceptor = TLSAcceptor(self.settings, self.db, refuse=aggregated_refusals(
+                self.tls_scp.front_door.auditor))
             self.tls_scp.start(reuse_port=processes > 1, port=acceptor.port, tls=acceptor)
         if self.primary:
             for _ in range(processes - 1):

@@ -45,6 +45,7 @@ from core import audit, site_certs, tls_ca
 from core.db import Database
 from core.models import Site
 from core.settings import Settings
+from pacs_gateway.refusal_audit import RefusalAuditor
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +195,16 @@ def audit_each_refusal(db: Database) -> RefusalSink:
                              object_id=peer, detail=detail)
         except Exception:
             log.exception("tls.audit_failed peer=%s category=%s", peer, category)
+    return sink
+
+
+def aggregated_refusals(auditor: RefusalAuditor) -> RefusalSink:
+    """A refusal sink through the gateway's refusal auditor: aggregated per peer and
+    window (:mod:`pacs_gateway.refusal_audit`), so that a flood of failed handshakes
+    costs a bounded number of audit rows.  The kind is ``tls_<category>``."""
+    def sink(peer: str, category: str, detail: dict[str, Any]) -> None:
+        auditor.refuse(peer, category="connection", kind=f"tls_{category}",
+                       action="tls.refuse", object_id=peer, detail=detail)
     return sink
 
 

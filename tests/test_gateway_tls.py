@@ -68,12 +68,10 @@ def _issue_cli(c: Center, site_id: str, out: Path) -> tuple[Bundle, str]:
     return _bundle(out, site_id), serial.group(1)
 
 
-@pytest.fixture
-def world(center: Center, tmp_path: Path) -> Iterator[TLSWorld]:
-    """Orthanc and the gateway (plain and TLS port) for county-a (COUNTY_A, holding a
-    certificate) and county-b (COUNTY_B), both from loopback."""
+def _start_world(center: Center, tmp_path: Path, **env: str) -> TLSWorld:
     tls_port = free_port()
     center.extra_env["RDC_GATEWAY_TLS_PORT"] = str(tls_port)
+    center.extra_env.update(env)
     center.start_orthanc()
     center.add_site("county-a", "COUNTY_A", allowed=("127.0.0.1/32",))
     center.add_site("county-b", "COUNTY_B", allowed=("127.0.0.1/32",))
@@ -81,7 +79,15 @@ def world(center: Center, tmp_path: Path) -> Iterator[TLSWorld]:
     center.start_gateway()
     assert center.gateway_proc is not None
     wait_port(tls_port, 60, center.gateway_proc)
-    yield TLSWorld(center, tls_port, tmp_path, a)
+    return TLSWorld(center, tls_port, tmp_path, a)
+
+
+@pytest.fixture
+def world(center: Center, tmp_path: Path) -> TLSWorld:
+    """Orthanc and the gateway (plain and TLS port) for county-a (COUNTY_A, holding a
+    certificate) and county-b (COUNTY_B), both from loopback.  Refusals are aggregated
+    per peer and window; these tests see each one's own record (a high burst)."""
+    return _start_world(center, tmp_path, RDC_GATEWAY_REFUSAL_AUDIT_BURST="200")
 
 
 def _tls_args(bundle: Bundle | None, ca: Path | None) -> list[str]:
@@ -285,6 +291,29 @@ def test_profile_refuses_old_protocols_and_non_aead_ciphers(world: TLSWorld) -> 
     assert handshake(lambda ctx: None).startswith("TLSv1.3 ")
     wait_until(lambda: len(tls_refusals(world.center, "weak_tls")) >= 2, 30,
                "audit records of the refused weak handshakes")
+
+
+def test_a_flood_of_failed_handshakes_costs_a_bounded_number_of_audit_rows(
+        center: Center, tmp_path: Path) -> None:
+    """Failed handshakes go through the gateway's refusal audit: the first few of a
+    window get their own record, the rest one summary per peer and window."""
+    w = _start_world(center, tmp_path, RDC_GATEWAY_REFUSAL_AUDIT_BURST="3",
+                     RDC_GATEWAY_REFUSAL_AUDIT_WINDOW_S="3")
+    c = w.center
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", w.tls_port), timeout=10) as sock:
+            sock.sendall(b"\x01\x00" + b"\x00" * 8)  # the start of a plain A-ASSOCIATE-RQ
+            sock.settimeout(10)
+            try:  # closed by the gateway (a reset: it left our bytes unread), no answer
+                answer = sock.recv(1)
+            except ConnectionResetError:
+                answer = b""
+            assert answer == b""
+    summaries = wait_until(lambda: [r.detail for r in audit_rows(c, "refusal.summary")
+                                    if r.detail.get("kinds", {}).get("tls_not_tls")],
+                           60, "the window's refusal summary")
+    assert sum(d["kinds"]["tls_not_tls"] for d in summaries) >= 20 - 3, summaries
+    assert len(audit_rows(c, "tls.refuse")) <= 3 * 2  # at most the burst per window
 
 
 # Delivery over TLS ------------------------------------------------------------------
