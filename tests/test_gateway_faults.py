@@ -287,7 +287,10 @@ _FIXED_FILES = {
     "logs/worker.log", "secrets/orthanc-password", "orthanc/orthanc.json",
     "orthanc/index/index", "orthanc/index/index-wal", "orthanc/index/index-shm",
     "orthanc/index/index-journal",
+    "audit/checkpoints.jsonl", "audit/checkpoints.lock", "audit/atna.cursor", "audit/atna.lock",
 }
+#: Folders whose files have names the center chose (keys and certificates).
+_FIXED_DIRS = {"secrets", "secrets/ca", "secrets/tls", "secrets/tls-ca", "run"}
 _UUID_DIRS = {"spool/ready", "spool/tmp", "spool/unacknowledged", "spool/failed"}
 _ORTHANC_STORAGE = re.compile(r"^orthanc/storage/[0-9a-f]{2}/[0-9a-f]{2}$")
 
@@ -300,7 +303,7 @@ def _unexpected_files(home: Path) -> list[str]:
             continue
         rel = p.relative_to(home).as_posix()
         parent = p.parent.relative_to(home).as_posix()
-        if rel in _FIXED_FILES:
+        if rel in _FIXED_FILES or parent in _FIXED_DIRS:
             continue
         stem = p.name.split(".", 1)[0]
         if parent in _UUID_DIRS and _UUID.match(stem) and p.name in (
