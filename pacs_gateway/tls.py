@@ -41,7 +41,7 @@ from cryptography import x509
 from pynetdicom.association import Association
 from pynetdicom.transport import ThreadedAssociationServer
 
-from core import audit, site_certs, tls_ca
+from core import site_certs, tls_ca
 from core.db import Database
 from core.models import Site
 from core.settings import Settings
@@ -183,19 +183,6 @@ def probe_handshake(host: str, port: int, context: ssl.SSLContext, *,
 # The acceptor of the TLS port --------------------------------------------------------
 #: Called for each refused connection: (peer address, category, detail for the audit).
 RefusalSink = Callable[[str, str, dict[str, Any]], None]
-
-
-def audit_each_refusal(db: Database) -> RefusalSink:
-    """A refusal sink writing one audit row per refusal (when no aggregating auditor is
-    at hand; the gateway uses its refusal auditor instead)."""
-    def sink(peer: str, category: str, detail: dict[str, Any]) -> None:
-        try:
-            with db.session() as s:
-                audit.append(s, actor="gateway", action="tls.refuse", object_type="connection",
-                             object_id=peer, detail=detail)
-        except Exception:
-            log.exception("tls.audit_failed peer=%s category=%s", peer, category)
-    return sink
 
 
 def aggregated_refusals(auditor: RefusalAuditor) -> RefusalSink:
