@@ -404,7 +404,22 @@ def _read_meta(fp: BinaryIO) -> Dataset:
         if len(value) < length:
             raise _Truncated("the stream ends inside the file meta information")
         kept.append(raw + value)
-    return read_dataset(BytesIO(b"".join(kept)), False, True)
+    return _decode(b"".join(kept), implicit=False, little=True)
+
+
+def _decode(data: bytes, *, implicit: bool, little: bool) -> Dataset:
+    """Elements already in memory, decoded by pydicom, every one of them touched so that
+    a garbled value fails here and not in Orthanc.  pydicom signals some malformed
+    data with OSError: here that is the data's fault (a ValueError), never I/O."""
+    try:
+        ds = read_dataset(BytesIO(data), implicit, little)
+        for elem in ds:
+            _ = elem.VR
+    except (InvalidDataset, ValueError):
+        raise
+    except Exception as e:
+        raise ValueError(f"{type(e).__name__}: {e}") from e
+    return ds
 
 
 @contextmanager
@@ -443,10 +458,7 @@ def _walk(fp: BinaryIO, end: int, limits: InflateLimits) -> tuple[str, Dataset, 
         src = _FileSource(fp, end)
     walker = _Walker(src, implicit=implicit, little=little, tsyntax=tsyntax)
     walker.dataset()
-    ds = read_dataset(BytesIO(b"".join(walker.kept)), implicit, little)
-    # Decode every kept element so that a garbled value fails here, not in Orthanc.
-    for elem in ds:
-        _ = elem.VR
+    ds = _decode(b"".join(walker.kept), implicit=implicit, little=little)
     return tsyntax, ds, walker.last_tag
 
 

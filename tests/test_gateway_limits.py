@@ -416,6 +416,13 @@ def test_inspect_walks_nested_sequences_and_refuses_a_cut_one() -> None:
         with pytest.raises(InvalidDataset) as e:
             inspect_encoded(data[:start + cut])
         assert e.value.status == STATUS_CANNOT_UNDERSTAND, (cut, e.value)
+    # A small sequence whose items are garbage: pydicom says so with an OSError, which
+    # is the dataset's fault (0xC000), not an I/O error (found by the fuzzer).
+    ct = _testdata("CT_small.dcm").read_bytes()
+    garbled = ct + b"\xfa\xff\xfa\xffSQ\x00\x00" + struct.pack("<L", 3) + b"\xfe\xff\x00"
+    with pytest.raises(InvalidDataset) as e:
+        inspect_encoded(garbled)
+    assert e.value.status == STATUS_CANNOT_UNDERSTAND, e.value
 
 
 def test_receive_limits_come_from_settings(tmp_path: Path) -> None:
