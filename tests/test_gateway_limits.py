@@ -302,6 +302,26 @@ def test_a_huge_declared_pdu_length_costs_nothing(gw: Center) -> None:
     _echo_ok(c)
 
 
+def test_an_endless_command_set_is_cut_off(gw: Center) -> None:
+    """pynetdicom collects a command set in memory until its last fragment: the guard
+    counts command bytes per message, and 64 KiB of command ends the association."""
+    c = gw
+    assoc = _associate(c, CTImageStorage, ExplicitVRLittleEndian)
+    cx_id = assoc.accepted_contexts[0].context_id
+    assert cx_id is not None
+    fragment = 100 * 1024
+    pdv = struct.pack(">LBB", fragment + 2, cx_id, 0x01) + bytes(fragment)  # command, not last
+    raw = assoc.dul.socket.socket  # type: ignore[union-attr]
+    assert raw is not None
+    sent, _ = _blast(raw, struct.pack(">BBL", 0x04, 0, len(pdv)) + pdv, 64 * MiB)
+    assert sent < 32 * MiB, f"the gateway kept reading: {sent / MiB:.0f} MiB"
+    wait_until(lambda: "a DIMSE command set of more than 65536 bytes" in c.logs(), 10,
+               "the refusal in the gateway log")
+    if assoc.is_established:
+        assoc.abort()
+    _echo_ok(c)
+
+
 # 2. A large dataset goes through disk ---------------------------------------------------
 def test_a_large_dataset_is_stored_exactly_in_bounded_memory(gw: Center,
                                                              tmp_path: Path) -> None:
