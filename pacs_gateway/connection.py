@@ -347,7 +347,31 @@ class GatewayDUL(DULServiceProvider):
                 log.debug("gateway.fsm_invalid_event peer=%s event=%s state=%s",
                           self.record.peer, event, self.state_machine.current_state)
                 return
+            except Exception as exc:
+                # A P-DATA whose command set pynetdicom cannot decode (no or an unknown
+                # CommandField) raises inside the state machine and would end this
+                # thread with no A-ABORT: the peer would hang and the association's end
+                # would go unaudited (fuzzing finding G1).  Abort it instead.
+                log.warning("gateway.dul_action_failed peer=%s event=%s %s: %s; aborting",
+                            self.record.peer, event, type(exc).__name__, exc)
+                self._abort_from_reactor(sock)
+                return
             self.on_activity()
+
+    def _abort_from_reactor(self, sock: DeadlineSocket) -> None:
+        """Send an A-ABORT (service provider) past the state machine and stop."""
+        abort_pdu = A_ABORT_RQ()
+        abort_pdu.source = 0x02
+        abort_pdu.reason_diagnostic = 0x00
+        try:
+            sock.send(abort_pdu.encode())
+        except Exception:  # the peer may be gone already
+            log.debug("gateway.abort_send_failed peer=%s", self.record.peer, exc_info=True)
+        # Not ``assoc._kill``: the association's loop must see the DUL gone and end
+        # as an abort (EVT_ABORTED), so the association's end is audited.
+        self.assoc.is_aborted = True
+        self.assoc.is_established = False
+        self._kill_thread = True
 
 
 class GatewayAssociation(Association):
@@ -467,6 +491,14 @@ class GatewayAssociation(Association):
                 return
 
             if not self.dul.is_alive():
+                if self.is_established or self.is_aborted:
+                    # The DUL stopped on its own (a transport error or a PDU it could
+                    # not act on, after sending an A-ABORT): the association ends as
+                    # an abort, so the handlers audit it and drop its state.
+                    self.close_reason = self.close_reason or "protocol error; aborted"
+                    self.is_aborted = True
+                    self.is_established = False
+                    evt.trigger(self, evt.EVT_ABORTED, {})
                 self.kill()
                 return
 

@@ -412,3 +412,52 @@ def test_a_refusal_flood_costs_a_bounded_number_of_audit_rows(center: Center) ->
     c.stop_gateway()
     r = c.rdc("audit", "verify")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _p_data_command(elements: bytes, context_id: int = 1) -> bytes:
+    """A P-DATA-TF with one PDV: a whole command set (message control header 0x03)."""
+    pdv = bytes([context_id, 0x03]) + elements
+    item = struct.pack(">I", len(pdv)) + pdv
+    return struct.pack(">BBI", 0x04, 0, len(item)) + item
+
+
+def _implicit(group: int, elem: int, value: bytes) -> bytes:
+    return struct.pack("<HHI", group, elem, len(value)) + value
+
+
+def test_a_command_set_pynetdicom_cannot_decode_is_aborted_and_audited(
+        gateway: Center) -> None:
+    """Fuzzing finding G1: a command set with no CommandField raised inside pynetdicom's
+    state machine and ended the DUL thread with no A-ABORT, no audit record, and the
+    association's state left behind.  The gateway now aborts and audits it."""
+    c = gateway
+    before = len(audit_rows(c, ("association.abort",), REGISTERED_ATTACKER))
+    for command in (
+        _implicit(0x0000, 0x0002, b"1.2.840.10008.1.1\x00"),           # no CommandField
+        _implicit(0x0000, 0x0100, struct.pack("<H", 0x7777))            # unknown one
+        + _implicit(0x0000, 0x0002, b"1.2.840.10008.1.1\x00"),
+    ):
+        s = established_raw(REGISTERED_ATTACKER, c)
+        assert s is not None, f"the association was not established\n{c.logs()}"
+        try:
+            s.sendall(_p_data_command(command))
+            s.settimeout(5)
+            got = b""
+            try:
+                while len(got) < 6:
+                    chunk = s.recv(6 - len(got))
+                    if not chunk:
+                        break
+                    got += chunk
+            except (ConnectionResetError, TimeoutError):
+                pass
+            assert got[:1] == b"\x07", f"no A-ABORT for an undecodable command set: {got!r}"
+        finally:
+            s.close()
+    def new_aborts() -> list[tuple[str, dict[str, Any]]] | None:
+        rows = audit_rows(c, ("association.abort",), REGISTERED_ATTACKER)[before:]
+        return rows if len(rows) >= 2 else None
+
+    rows = wait_until(new_aborts, 15, "both aborts audited")
+    assert all(d.get("reason") for _, d in rows), rows
+    assert echo_seconds(c) < 5, "the gateway still serves"

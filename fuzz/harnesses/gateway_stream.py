@@ -14,10 +14,10 @@ header, type, declared length); then, as pynetdicom's reactor does:
   inside the state machine's action (``fsm.DT_2``), where pynetdicom lets the exception
   kill the DUL thread.  The association then ends without an A-ABORT PDU and without
   EVT_ABORTED, so the gateway neither audits its end nor forgets its ``_AssocState``.
-  That is finding G1 of benchmarks/RESULTS.md (reported, open: the fix belongs in the
-  gateway's DUL, ``pacs_gateway/connection.py``).  The harness counts it in
-  :data:`DIMSE_DECODE_FAILURES` and ends the association there, as the fix must, so
-  that fuzzing goes on past it;
+  That was finding G1 of benchmarks/RESULTS.md, fixed in the gateway's DUL
+  (``pacs_gateway/connection.py`` aborts the association and audits it; tested against
+  a real gateway in tests/test_gateway_hostile.py).  The harness counts such inputs in
+  :data:`DIMSE_DECODE_FAILURES` and ends the association there, as the gateway does;
 - an exception from ``GatewaySCP._store``: the handler's safety net turns it into
   0x0110 "internal error"; a finding (every refusal must be a defined status).
 
