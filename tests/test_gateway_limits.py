@@ -51,7 +51,7 @@ from sqlalchemy import select
 
 from conftest import SENDER_AE, Center, _make_center, wait_until
 from core.errors import ConfigurationError
-from core.models import Instance
+from core.models import AuditRecord, Instance
 from core.settings import Settings
 from pacs_gateway.dcmtk import echoscu, storescu
 from pacs_gateway.inspect import (
@@ -215,6 +215,12 @@ def _receipts(c: Center, sop_uid: str) -> list[Any]:
                               .where(Instance.sop_instance_uid == sop_uid)).all())
 
 
+def _audited(c: Center, action: str) -> list[dict[str, Any]]:
+    with c.db.session() as s:
+        return [dict(d) for d in s.scalars(select(AuditRecord.detail)
+                                           .where(AuditRecord.action == action))]
+
+
 def _spool_empty(c: Center) -> bool:
     return c.spool_files() == [] and c.spool_files("tmp") == []
 
@@ -286,6 +292,9 @@ def test_a_huge_declared_pdu_length_costs_nothing(gw: Center) -> None:
     assert growth < 50 * MiB, f"the gateway grew by {growth / MiB:.0f} MiB"
     wait_until(lambda: "P-DATA-TF PDU declares 4294967295 bytes" in c.logs(), 10,
                "the refusal in the gateway log")
+    wait_until(lambda: any("declares 4294967295 bytes" in str(d.get("reason", ""))
+                           for d in _audited(c, "association.abort")), 10,
+               "the abort audited with its reason")
     if assoc.is_established:
         assoc.abort()
     _echo_ok(c)
