@@ -79,7 +79,7 @@ from core.orthanc_client import OrthancClient, OrthancError
 from core.queue import enqueue_job
 from core.settings import get_settings
 from core.states import DeliveryState, JobState, ReportState, check_transition
-from pacs_gateway.tls import center_client_context, probe_handshake
+from pacs_gateway.tls import center_client_context, describe_failure, probe_handshake
 
 log = logging.getLogger(__name__)
 
@@ -558,7 +558,8 @@ def _claim(db: Database, job: Job) -> _Attempt:
             hl7_message=version.hl7_message or "",
             refusal=None if site.enabled and site.accepts_results else
             f"site {site.id!r} no longer accepts results (disabled or --no-results)",
-            tls_ca=site.delivery_tls_ca if delivery.channel == "dicom" else None)
+            # The site's delivery CA covers both channels: DICOM TLS and MLLP over TLS.
+            tls_ca=site.delivery_tls_ca)
         audit.append(s, actor="worker", action="delivery.attempt_start",
                      object_type="delivery", object_id=str(delivery_id), detail={
                          "attempt": number, "job_id": job.id, "channel": attempt.channel,
@@ -572,11 +573,13 @@ def _perform(attempt: _Attempt, policy: RetryPolicy) -> _Outcome:
     if attempt.refusal is not None:
         return _Outcome(error=attempt.refusal)
     try:
-        if attempt.channel == "hl7":
-            control_id, ack = send_hl7(attempt.host, attempt.port, attempt.hl7_message)
-            return _Outcome(detail={"control_id": control_id, "ack": ack})
-        settings = get_settings()
         tls = _tls_context(attempt) if attempt.tls_ca else None
+        if attempt.channel == "hl7":
+            control_id, ack = send_hl7(attempt.host, attempt.port, attempt.hl7_message,
+                                       tls=tls)
+            return _Outcome(detail={"control_id": control_id, "ack": ack,
+                                    "tls": tls is not None})
+        settings = get_settings()
         files = _fetch_outputs(attempt.objects)
         result = send_dicom(
             files, host=attempt.host, port=attempt.port, called_ae=attempt.ae_title,
@@ -903,12 +906,15 @@ def _hl7_fields(segment: str, separator: str) -> list[str]:
     return segment.split(separator)
 
 
-def send_hl7(host: str, port: int, message: str,
-             timeout_s: float = HL7_TIMEOUT_S) -> tuple[str, str]:
+def send_hl7(host: str, port: int, message: str, timeout_s: float = HL7_TIMEOUT_S,
+             tls: ssl.SSLContext | None = None) -> tuple[str, str]:
     """Send one HL7 v2 message over MLLP and wait for its ACK.
 
     Success only for MSA-1 ``AA``/``CA`` acknowledging our MSH-10; returns (control ID,
-    ACK code).  Anything else raises :class:`DeliveryFailed` with the reason.
+    ACK code).  Anything else raises :class:`DeliveryFailed` with the reason.  With
+    ``tls`` (the center's client context for the site, :mod:`pacs_gateway.tls`) the
+    MLLP stream runs inside TLS, as IHE ITI's secure node profile has it: the HIS's
+    certificate and host name are checked before a byte of the report is sent.
     """
     if not message.startswith("MSH") or len(message) < 8:
         raise DeliveryFailed("the HL7 message does not start with an MSH segment")
@@ -921,6 +927,14 @@ def send_hl7(host: str, port: int, message: str,
         sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
     except OSError as e:
         raise DeliveryFailed(f"cannot connect to {where}: {e}") from e
+    if tls is not None:
+        try:
+            sock = tls.wrap_socket(sock, server_hostname=host)
+        except (ssl.SSLError, OSError) as e:
+            sock.close()
+            raise DeliveryFailed(f"TLS handshake with {where} failed: "
+                                 f"{describe_failure(e)[1]} (results go to this site over "
+                                 "TLS only)") from e
     try:
         with sock:
             sock.settimeout(timeout_s)

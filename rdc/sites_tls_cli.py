@@ -109,7 +109,7 @@ def sites_cert(
                 pem = read_ca_file(delivery_ca) if delivery_ca is not None else None
                 site_certs.set_delivery_ca(sess, site_id, pem, actor="cli")
                 console.print(f"results to site {site_id!r} go over "
-                              f"{'DICOM TLS' if pem else 'plain DICOM'}")
+                              f"{'DICOM TLS (and HL7 MLLP over TLS)' if pem else 'plain DICOM'}")
             else:
                 issue_and_write(sess, s, site_id, out)
     except RDCError as e:

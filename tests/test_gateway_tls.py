@@ -15,6 +15,7 @@ import re
 import socket
 import ssl
 import subprocess
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -398,3 +399,99 @@ def test_delivery_over_tls_to_dcmtk_storescp(env_center: Center, tmp_path: Path)
         assert starts and all(d["tls"] is True for d in starts), starts
         site = s.get(Site, "county-d")
         assert site is not None and site.delivery_tls_ca == hospital_ca.read_text()
+
+
+class TLSMLLPServer:
+    """A county HIS behind MLLP over TLS: its own server certificate, and (like the
+    DICOM receiver above) it requires the center's client certificate."""
+
+    def __init__(self, key: Path, cert: Path, client_ca: Path) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.context.load_cert_chain(str(cert), str(key))
+        self.context.load_verify_locations(str(client_ca))
+        self.context.verify_mode = ssl.CERT_REQUIRED
+        self.messages: list[str] = []
+        self.peers: list[str] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                raw, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                conn = self.context.wrap_socket(raw, server_side=True)
+            except (ssl.SSLError, OSError):
+                raw.close()
+                continue
+            with conn:
+                conn.settimeout(30)
+                cert = conn.getpeercert() or {}
+                names = [str(value) for rdn in cert.get("subject", ())
+                         for key, value in rdn if key == "commonName"]
+                self.peers.append(names[0] if names else "")
+                buf = b""
+                while b"\x1c\x0d" not in buf:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    buf += chunk
+                message = buf[1:buf.index(b"\x1c\x0d")].decode("utf-8")
+                self.messages.append(message)
+                control_id = message.split("\r", 1)[0].split("|")[9]
+                ack = (f"MSH|^~\\&|HIS|COUNTY_D|RDC|CENTER|20261201000001||ACK^R01|A{control_id}"
+                       f"|P|2.5.1\rMSA|AA|{control_id}\r")
+                conn.sendall(b"\x0b" + ack.encode() + b"\x1c\x0d")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_hl7_results_over_mllp_inside_tls(env_center: Center, tmp_path: Path) -> None:
+    """ORU^R01 to a site with a delivery CA goes inside TLS: the HIS sees the center's
+    client certificate, the report arrives intact; a site whose CA did not issue the
+    HIS's certificate fails with the TLS reason and nothing is sent."""
+    c = env_center
+    hospital_ca, his_key, his_cert = _hospital_scp_identity(tmp_path / "hospital", "County D")
+    other_ca, _k, _c = _hospital_scp_identity(tmp_path / "elsewhere", "Somewhere Else")
+    server = TLSMLLPServer(his_key, his_cert, tls_ca.ca_file(c.settings))
+    message = ("MSH|^~\\&|RDC|CENTER|HIS|COUNTY_D|20261201000000||ORU^R01|MSGTLS1|P|2.5.1\r"
+               "PID|1||PAT-TLS||Doe^Jane\r"
+               "OBX|1|TX|18748-4^Diagnostic imaging report^LN||Kein Befund.||||||F\r")
+    try:
+        with c.db.session() as s:
+            for site_id, ae in (("county-d", "COUNTY_D"), ("county-e", "COUNTY_E")):
+                site = add_site(s, SiteSpec(id=site_id, name=site_id, ae_title=ae,
+                                            host="127.0.0.1", port=104,
+                                            allowed_addresses=("127.0.0.1/32",),
+                                            accepts_results=True), actor="test")
+                site.hl7_host, site.hl7_port = "127.0.0.1", server.port
+        for site_id, ca in (("county-d", hospital_ca), ("county-e", other_ca)):
+            r = c.rdc("sites", "cert", site_id, "--delivery-ca", str(ca))
+            assert r.returncode == 0 and "HL7 MLLP over TLS" in r.stdout, r.stdout + r.stderr
+        good = schedule(c, signed_version(c, "county-d", None, hl7=message), "county-d",
+                        channel="hl7")
+        assert jobs.execute(c.db, job_of(c, good.id)) == "succeeded"
+        assert reload(c, good.id).state == "sent"
+        assert server.messages == [message], "the report did not arrive intact"
+        assert server.peers and server.peers[0], "the HIS saw no client certificate"
+        wrong = schedule(c, signed_version(c, "county-e", None, hl7=message), "county-e",
+                         channel="hl7")
+        jobs.execute(c.db, job_of(c, wrong.id))
+        failed = reload(c, wrong.id)
+        assert failed.state == "failed"
+        assert "TLS handshake with HL7 endpoint" in (failed.last_error or "") and \
+            "unable to get local issuer certificate" in (failed.last_error or ""), \
+            failed.last_error
+        assert server.messages == [message], "a report went to an unverified HIS"
+    finally:
+        server.close()
+    with c.db.session() as s:
+        starts = [r.detail for r in s.scalars(select(AuditRecord).where(
+            AuditRecord.action == "delivery.attempt_start"))]
+    assert len(starts) == 2 and all(d["tls"] is True for d in starts), starts
