@@ -99,6 +99,8 @@ case "$mode" in
     .venv/bin/ruff check .
     say "mypy"
     .venv/bin/mypy
+    say "import-linter (the one-way dependency rules in .importlinter)"
+    .venv/bin/lint-imports --no-cache
     say "pytest"
     exec .venv/bin/pytest -q ;;
 esac

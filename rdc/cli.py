@@ -88,7 +88,7 @@ def _stop_within(stop: Callable[[], None], log_file: Path, deadline_s: float = 2
 @app.command()
 def orthanc() -> None:
     """Run the center's Orthanc (generated config, loopback only) in the foreground."""
-    from rdc.orthanc_runner import start_orthanc, stop_process
+    from core.orthanc_process import start_orthanc, stop_process
 
     s = _settings()
     setup_logging(s, "orthanc")

@@ -47,9 +47,9 @@ from typing import Any
 from rich.console import Console
 
 from core.errors import ConfigurationError
+from core.orthanc_process import check_installed, wait_healthy
 from core.process import die_with_parent
 from core.settings import Settings
-from rdc.orthanc_runner import check_installed, wait_healthy
 from rdc.restart_policy import FailureHistory, RestartPolicy
 from rdc.supervisor_audit import SupervisorAudit
 from rdc.supervisor_state import (

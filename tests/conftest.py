@@ -23,9 +23,9 @@ import redis
 
 from core.db import Database, get_database
 from core.orthanc_client import OrthancClient
+from core.orthanc_process import start_orthanc, stop_process
 from core.settings import Settings, get_settings
 from core.sites import SiteSpec, add_site
-from rdc.orthanc_runner import start_orthanc, stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 #: The browser fixture (Debian's Chromium through Playwright) for the browser tests.

@@ -116,7 +116,7 @@ def test_orthanc_port_in_use_is_a_clear_error(center: Center) -> None:
     import socket
 
     from core.errors import ConfigurationError
-    from rdc.orthanc_runner import start_orthanc
+    from core.orthanc_process import start_orthanc
 
     with socket.socket() as blocker:
         blocker.bind(("0.0.0.0", center.orthanc_http_port))

@@ -154,7 +154,7 @@ def _write_backup(settings: Settings, work: Path, dest: Path, passphrase: str,
     client = _orthanc_client(settings)
     try:
         if not client.is_alive():
-            from rdc.orthanc_runner import start_orthanc
+            from core.orthanc_process import start_orthanc
 
             console.print("Orthanc is not running: starting it for the backup")
             temporary = start_orthanc(settings)
@@ -166,7 +166,7 @@ def _write_backup(settings: Settings, work: Path, dest: Path, passphrase: str,
     finally:
         client.close()
         if temporary is not None:
-            from rdc.orthanc_runner import stop_process
+            from core.orthanc_process import stop_process
 
             stop_process(temporary)
     instances = len(listing["instances"])

@@ -144,7 +144,7 @@ def restore_backup(settings: Settings, src: Path, passphrase: str,
     target = _target_settings(settings, bundle.config)
     db_info = dict(info.get("database") or {})
     db_kind = _check_database_target(db_info, target)
-    from rdc.orthanc_runner import check_installed
+    from core.orthanc_process import check_installed
 
     check_installed(target)
 
@@ -207,7 +207,7 @@ def _restore_routing_rules(src: Path, listed: dict[str, Any], target: Settings,
 
 def _restore_orthanc(target: Settings, src: Path, listing: dict[str, Any], console: Console,
                      summary: RestoreSummary) -> None:
-    from rdc.orthanc_runner import start_orthanc, stop_process
+    from core.orthanc_process import start_orthanc, stop_process
 
     console.print("starting Orthanc in the new home to load the archive")
     proc = start_orthanc(target)
