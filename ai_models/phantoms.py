@@ -1,5 +1,5 @@
 """Synthetic training data, reproducible from a seed: the demonstration models learn
-the same phantoms that `core.samples` writes as DICOM, with their geometry,
+the same phantoms that `devkit.samples` writes as DICOM, with their geometry,
 intensities and noise varied around the values that the DICOM phantoms use.
 
 Nothing here is patient data, and nothing here says anything about patients: a
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.samples import ct_phantom_slice, draw_pneumothorax
+from devkit.samples import ct_phantom_slice, draw_pneumothorax
 
 #: Radiograph sizes drawn for training (square, pixels); the pipeline resizes every
 #: one to the network input, so training sees the resize's smoothing of noise too.
@@ -29,7 +29,7 @@ class CxrPhantom:
 
 def chest_radiograph(rng: np.random.Generator, size: int, *, opacity: bool,
                      pneumothorax: bool) -> np.ndarray:
-    """A frontal chest phantom like `core.samples.write_chest_radiograph`'s, varied.
+    """A frontal chest phantom like `devkit.samples.write_chest_radiograph`'s, varied.
 
     Each structure's position, size and level is drawn around the DICOM
     phantom's (which lies inside every range); a lung opacity is a dense blob
@@ -86,7 +86,7 @@ def cxr_phantoms(seed: int, n: int) -> Iterator[CxrPhantom]:
         yield CxrPhantom(image, labels)
 
 
-#: Source geometry of a `core.samples.write_ct_series` phantom.
+#: Source geometry of a `devkit.samples.write_ct_series` phantom.
 CT_FIELD_MM = 350.0
 CT_SLICE_MM = 1.25
 
@@ -132,7 +132,7 @@ def lesion_mask(lesion: tuple[float, float, float, float], slices: int,
 
 def ct_phantom(rng: np.random.Generator, slices: int, size: int,
                lesion: tuple[float, float, float, float] | None) -> CtPhantom:
-    """A whole series as `core.samples.write_ct_series` would write it, in HU."""
+    """A whole series as `devkit.samples.write_ct_series` would write it, in HU."""
     volume = np.stack([ct_phantom_slice(i / max(1, slices - 1), size, rng, lesion)
                        for i in range(slices)]).astype(np.float32) - 1024.0
     mask = (lesion_mask(lesion, slices, size) if lesion is not None

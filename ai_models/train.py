@@ -58,7 +58,7 @@ TRAIN_THREADS = 2
 INTENDED_USE = (
     "DEMONSTRATION WEIGHTS trained on synthetic phantoms, NOT FOR CLINICAL USE. "
     "They show the center's AI pre-read path (registry, batching, SR/SEG outputs, "
-    "worklist priority) end to end on the phantoms of core.samples; they have never seen a "
+    "worklist priority) end to end on the phantoms of devkit.samples; they have never seen a "
     "patient image and say nothing about patients.")
 
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
@@ -194,7 +194,7 @@ def train_cxr(seed: int, out: Path, *, quick: bool, console: Console) -> Report:
         spec=CXR_INPUT, labels=CXR_LABELS, outputs=["sr"], batch_size=8,
         sha256=sha256_file(path), seed=seed,
         data=(f"{n_train} synthetic chest radiograph phantoms (ai_models.phantoms."
-              "cxr_phantoms: the core.samples DX phantom with varied geometry, levels and "
+              "cxr_phantoms: the devkit.samples DX phantom with varied geometry, levels and "
               "noise, 256-1024 px), each with an independent 50% pneumothorax and 50% lung "
               f"opacity; {epochs} epochs, batch {batch}, Adam with one-cycle LR"))
     _write(out, manifest)
@@ -347,7 +347,7 @@ def train_ct(seed: int, out: Path, *, quick: bool, console: Console) -> Report:
             spec=CT_INPUT, labels=CT_LABELS, outputs=["sr", "seg"], batch_size=2,
             sha256=sha, seed=seed,
             data=(f"{n_train} synthetic chest CT phantom series (ai_models.phantoms."
-                  "ct_phantoms: core.samples.ct_phantom_slice stacks of 40-320 slices, "
+                  "ct_phantoms: devkit.samples.ct_phantom_slice stacks of 40-320 slices, "
                   "192-512 px, 75% with one nodule of random position and radius inside a "
                   f"lung) resampled to 1.5 mm; {steps} steps of {batch} 64^3 ROIs (60% on "
                   "a nodule placed anywhere in the ROI, random z/x flips), Dice + "

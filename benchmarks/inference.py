@@ -93,14 +93,14 @@ CT_MODEL = "ct-nodule-seg"
 DENSENET = "densenet121"
 UNET = "unet3d"
 
-#: The demo's CT (``rdc demo``: ``core.samples.write_ct_series`` defaults): 300 slices
+#: The demo's CT (``rdc demo``: ``devkit.samples.write_ct_series`` defaults): 300 slices
 #: 1.25 mm apart, 512 x 512 px over a 350 mm field of view.
 DEMO_CT_SLICES = 300
 DEMO_CT_SLICE_MM = 1.25
 DEMO_CT_PIXELS = 512
 DEMO_CT_FOV_MM = 350.0
 QUICK_CT_SHAPE = (96, 96, 96)
-#: The demo's chest radiograph (``core.samples.write_chest_radiograph`` default).
+#: The demo's chest radiograph (``devkit.samples.write_chest_radiograph`` default).
 DEMO_DX_PIXELS = 1024
 
 SECTION = {"a": "(a) torch eager", "b": "(b) ONNX Runtime", "c": "(c) pipeline, queued"}
@@ -528,10 +528,10 @@ def bench_pipeline(plan: Plan, args: argparse.Namespace, root: Path, progress: P
     from core.jobs import NewJob, create_job
     from core.models import AIResult, Instance, Job, Study
     from core.orthanc_client import OrthancClient
-    from core.samples import Patient, write_chest_radiograph
     from core.settings import get_settings
     from core.sites import SiteSpec, add_site
     from core.states import InstanceState, JobState, StudyState
+    from devkit.samples import Patient, write_chest_radiograph
 
     home = root / "home"
     config = root / "rdc.toml"

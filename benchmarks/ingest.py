@@ -61,11 +61,11 @@ from core.errors import RDCError
 from core.models import Instance
 from core.orthanc_client import OrthancClient, OrthancError
 from core.orthanc_process import start_orthanc, stop_process
-from core.samples import write_ct_series
 from core.settings import Settings
 from core.sites import SiteSpec, add_site
 from core.states import InstanceState
-from pacs_gateway.dcmtk import nodelay_env, require, start_storescp
+from devkit.dcmtk import nodelay_env, require, start_storescp
+from devkit.samples import write_ct_series
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "results"

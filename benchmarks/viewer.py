@@ -42,9 +42,9 @@ from core.db import get_database
 from core.models import Study
 from core.orthanc_client import OrthancClient
 from core.orthanc_process import start_orthanc, stop_process
-from core.samples import write_ct_series
 from core.settings import Settings
 from core.sites import SiteSpec, add_site
+from devkit.samples import write_ct_series
 from viewer.auth import api_token
 
 console = Console()

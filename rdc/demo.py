@@ -17,10 +17,10 @@ from core.db import get_database
 from core.errors import ConfigurationError, NotFound
 from core.models import AIFinding, AIResult, ECGAnalysis, Instance, Job, Site, Study
 from core.orthanc_client import OrthancClient
-from core.samples import chunks, storage_sample_files, write_chest_radiograph, write_ct_series
 from core.settings import Settings
 from core.sites import SiteSpec, add_site
-from pacs_gateway.dcmtk import storescu
+from devkit.dcmtk import storescu
+from devkit.samples import chunks, storage_sample_files, write_chest_radiograph, write_ct_series
 
 DEMO_SITE = SiteSpec(id="demo-county", name="Demo County Hospital", ae_title="DEMO_COUNTY",
                      host="127.0.0.1", port=11113, allowed_addresses=("127.0.0.1/32", "::1"),

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from conftest import REPO, Center, signed_in_client, wait_until
 from core.models import AIFinding, AIResult, ECGAnalysis, ReportVersion, ShareLink, Study
 from core.settings import get_settings
-from pacs_gateway.dcmtk import storescu
+from devkit.dcmtk import storescu
 from viewer.accounts import ROLES
 from viewer.app import create_app
 from viewer.auth import READING_ROLES, api_token

@@ -19,8 +19,8 @@ from sqlalchemy import select
 
 from conftest import SENDER_AE, Center, wait_until
 from core.models import AIFinding, AIResult, Job, Study
-from core.samples import Patient, write_chest_radiograph, write_ct_series
-from pacs_gateway.dcmtk import storescu
+from devkit.dcmtk import storescu
+from devkit.samples import Patient, write_chest_radiograph, write_ct_series
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """The demonstration models and their pipelines, on files: shipped manifests and
-weights, ONNX export parity, reproducible training, findings on the core.samples
+weights, ONNX export parity, reproducible training, findings on the devkit.samples
 phantoms, and the reasons a series is not read."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from ai_models.pipelines import PIPELINES, get_pipeline
 from ai_models.pipelines.base import NotApplicable, Pipeline, Result
 from ai_models.pipelines.common import connected_components
 from core.errors import InvalidInput
-from core.samples import write_chest_radiograph, write_ct_series
+from devkit.samples import write_chest_radiograph, write_ct_series
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "ai_models" / "shipped"

@@ -52,9 +52,9 @@ from core.models import (
 from core.orthanc_client import SOURCE_SITE_METADATA
 from core.reports.keys import ca_certificate_pem, revocations
 from core.reports.verify import verify_bytes
-from core.samples import Patient, write_chest_radiograph, write_ct_series
 from core.settings import get_settings
-from pacs_gateway.dcmtk import storescu
+from devkit.dcmtk import storescu
+from devkit.samples import Patient, write_chest_radiograph, write_ct_series
 from viewer.app import create_app
 
 BACKUP_PASSPHRASE = "a backup passphrase long enough"

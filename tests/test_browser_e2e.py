@@ -38,8 +38,8 @@ from browser_support import (
 )
 from conftest import SENDER_AE, Center, free_port, wait_until
 from core.models import AIFinding, Delivery, ReportVersion, Study
-from core.samples import Patient, write_ct_series
-from pacs_gateway.dcmtk import start_storescp, storescu
+from devkit.dcmtk import start_storescp, storescu
+from devkit.samples import Patient, write_ct_series
 from viewer.accounts import add_user
 
 READER = "dr.e2e"

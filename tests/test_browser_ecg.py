@@ -40,7 +40,7 @@ from browser_support import (
 )
 from conftest import SENDER_AE, Center, free_port, wait_until
 from core.models import AIFinding, Delivery, ECGAnalysis, Report, ReportVersion, Study
-from pacs_gateway.dcmtk import start_storescp, storescu
+from devkit.dcmtk import start_storescp, storescu
 from viewer.accounts import add_user
 
 CARDIOLOGIST = "dr.heart"

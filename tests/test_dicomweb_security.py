@@ -30,7 +30,7 @@ from conftest import Center, wait_until
 from core.models import AIResult, AuditRecord, Report, ReportVersion, Study
 from core.orthanc_client import OrthancClient, OrthancRejected
 from core.settings import get_settings
-from pacs_gateway.dcmtk import storescu
+from devkit.dcmtk import storescu
 from viewer.accounts import add_user
 from viewer.dicomweb_paths import BadPath, Resource, parse
 from viewer.dicomweb_proxy import visible_objects

@@ -25,7 +25,7 @@ from core import jobs
 from core.models import AuditRecord, ECGAnalysis, Job, Study
 from core.reports.pdf import pdf_from_dataset
 from core.settings import get_settings
-from pacs_gateway.dcmtk import storescu
+from devkit.dcmtk import storescu
 from viewer.accounts import add_user
 from viewer.app import create_app
 

@@ -10,8 +10,8 @@ from sqlalchemy import select
 from conftest import SENDER_AE, Center, wait_until
 from core.models import AuditRecord, Instance, Study
 from core.orthanc_client import SOURCE_SITE_METADATA
+from devkit.dcmtk import echoscu, storescu
 from dicom_compare import same_dataset
-from pacs_gateway.dcmtk import echoscu, storescu
 
 
 def test_echo_and_store_reach_orthanc_tagged_with_site(running: Center) -> None:

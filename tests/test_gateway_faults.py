@@ -25,9 +25,9 @@ from sqlalchemy import func, select
 
 from conftest import REPO, SENDER_AE, Center, wait_until
 from core.models import AuditRecord, Instance, Study
-from core.samples import write_ct_series
+from devkit.dcmtk import SendResult, echoscu, storescu
+from devkit.samples import write_ct_series
 from dicom_compare import same_dataset
-from pacs_gateway.dcmtk import SendResult, echoscu, storescu
 
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_SOP_MISMATCH = 0xA900

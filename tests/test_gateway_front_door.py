@@ -37,7 +37,7 @@ from sqlalchemy import func, select
 
 from conftest import SENDER_AE, Center, _make_center, wait_until
 from core.models import AuditRecord, Instance, Job, Study
-from pacs_gateway.dcmtk import storescu
+from devkit.dcmtk import storescu
 from pacs_gateway.inspect import InstanceInfo, dataset_offset
 from pacs_gateway.receipts import mark_attempt_failed, record_receipt
 

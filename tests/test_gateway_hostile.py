@@ -32,7 +32,7 @@ from sqlalchemy import select
 from conftest import SENDER_AE, Center, wait_until
 from core.models import AuditRecord
 from core.settings import Settings
-from pacs_gateway.dcmtk import storescu
+from devkit.dcmtk import storescu
 
 HOSTILE_AE = "HOSTILE"
 REGISTERED_ATTACKER = "127.0.0.2"   # registered as site "hostile"

@@ -40,9 +40,9 @@ from sqlalchemy import select
 from conftest import SENDER_AE, Center, wait_until
 from core.models import Instance
 from core.orthanc_client import OrthancClient
-from core.samples import pydicom_test_files, storage_sample_files
+from devkit.dcmtk import storescu
+from devkit.samples import pydicom_test_files, storage_sample_files
 from dicom_compare import same_dataset
-from pacs_gateway.dcmtk import storescu
 
 _IGNORED = re.compile(r"in file: (.+), ignoring file\s*$")
 #: storescu may decline to read a handful of files that pydicom reads; no more than this.

@@ -53,7 +53,7 @@ from conftest import SENDER_AE, Center, _make_center, wait_until
 from core.errors import ConfigurationError
 from core.models import AuditRecord, Instance
 from core.settings import Settings
-from pacs_gateway.dcmtk import echoscu, storescu
+from devkit.dcmtk import echoscu, storescu
 from pacs_gateway.inspect import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_OUT_OF_RESOURCES,

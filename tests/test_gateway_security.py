@@ -22,7 +22,7 @@ from sqlalchemy import func, select, text
 from conftest import SENDER_AE, Center, wait_until
 from core.models import AuditRecord, Instance
 from core.sites import remove_site
-from pacs_gateway.dcmtk import SendResult, storescu
+from devkit.dcmtk import SendResult, storescu
 
 #: A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4: rejected-permanent by the
 #: service user because the calling / called AE title is not recognised.

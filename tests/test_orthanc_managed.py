@@ -15,7 +15,7 @@ from pydicom.data import get_testdata_file
 
 from conftest import Center, _create_pg_database, _drop_pg_database
 from core.orthanc_config import write_config
-from pacs_gateway.dcmtk import echoscu, storescu
+from devkit.dcmtk import echoscu, storescu
 
 
 def test_generated_config_is_locked_down(center: Center) -> None:

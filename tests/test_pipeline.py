@@ -9,9 +9,9 @@ from sqlalchemy import select
 from conftest import SENDER_AE, Center, wait_until
 from core import audit
 from core.models import AuditRecord, Job, Study
-from core.samples import write_chest_radiograph, write_ct_series
 from core.settings import Settings
-from pacs_gateway.dcmtk import storescu
+from devkit.dcmtk import storescu
+from devkit.samples import write_chest_radiograph, write_ct_series
 from pacs_gateway.routing import load_rules
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from conftest import REPO, SENDER_AE, Center, free_port, wait_until
 from core.models import AuditRecord, Delivery, ReportVersion, Study
 from core.settings import get_settings
-from pacs_gateway.dcmtk import start_storescp, storescu
+from devkit.dcmtk import start_storescp, storescu
 from viewer.accounts import add_user
 from viewer.app import create_app
 from viewer.auth import api_token

@@ -34,8 +34,8 @@ from core.db import get_database
 from core.models import AuditRecord, Instance, Study
 from core.settings import Settings
 from core.states import InstanceState, StudyState
+from devkit.dcmtk import echoscu, storescu
 from dicom_compare import same_dataset
-from pacs_gateway.dcmtk import echoscu, storescu
 from rdc.restart_policy import FailureHistory, RestartPolicy
 from rdc.status_processes import print_processes
 from rdc.supervisor import ChildSpec, Supervisor
