@@ -179,6 +179,24 @@ def test_wfdb_truncated_signal_file_is_refused(tmp_path: Path) -> None:
         read_ecg(_wfdb_zip(tmp_path, list(LEADS), _signals(), cut_dat=24000))
 
 
+def test_wfdb_header_declaring_more_than_its_files_hold_costs_nothing() -> None:
+    """Found by the fuzzing campaign: wfdb sizes its read buffer from the header, so a
+    header declaring 3.7e11 samples made it ask numpy for 1 TiB (MemoryError)."""
+    from ecg.readers.wfdb import read_wfdb_record
+
+    leads = b"rec.dat 212 200 12 0 0 0 0 MLII\nrec.dat 212 200 12 0 0 0 0 V5\n"
+    header = b"rec 2 360 366666666660\n" + leads
+    with pytest.raises(InconsistentWaveform, match="more than 24 hours"):
+        read_wfdb_record(header, {"rec.dat": bytes(300)})
+    header = b"rec 2 1e12 366666666660\n" + leads
+    with pytest.raises(InconsistentWaveform, match="hold only 300 bytes"):
+        read_wfdb_record(header, {"rec.dat": bytes(300)})
+    header = (b"rec 2 360 1000\nrec.dat 212x4000000 200 12 0 0 0 0 MLII\n"
+              b"rec.dat 212 200 12 0 0 0 0 V5\n")
+    with pytest.raises(InconsistentWaveform, match="hold only 300 bytes"):
+        read_wfdb_record(header, {"rec.dat": bytes(300)})
+
+
 def test_wfdb_header_alone_is_refused() -> None:
     with pytest.raises(UnreadableWaveform, match=r"send the \.hea and its \.dat"):
         read_ecg(b"rec 12 500 5000\n", "rec.hea")

@@ -90,6 +90,40 @@ def _check_gain(fields: list[str], number: int) -> None:
         )
 
 
+#: The longest recording a WFDB upload may declare: a 24-hour Holter.
+MAX_DURATION_S = 24 * 3600.0
+
+
+def _check_declared_size(name: str, header: str, fs: float, n_samples: int | None,
+                         signal_bytes: int) -> None:
+    """Refuse a header whose declared length the signal files cannot hold, before wfdb
+    allocates it: wfdb sizes its read buffer from the header (a fuzzed header declaring
+    ~10^11 samples made it ask numpy for 1 TiB).  Every uncompressed WFDB format stores
+    at least one byte per sample (format 8/80; 212 takes 1.5, 16 takes 2), so the
+    declared samples (times each signal's samples per frame) need at least as many
+    bytes; FLAC formats (5xx) need at least one byte per 64 samples."""
+    if n_samples is None:
+        return
+    if n_samples > fs * MAX_DURATION_S:
+        raise InconsistentWaveform(
+            f"WFDB record {name!r} declares {n_samples} samples at {fs:g} Hz, more than "
+            f"{MAX_DURATION_S / 3600:g} hours"
+        )
+    needed = 0
+    for line in _specification_lines(header)[1:]:
+        fields = line.split()
+        spec = fields[1] if len(fields) > 1 else ""
+        fmt = re.match(r"\d+", spec)
+        per_frame = re.search(r"x(\d+)", spec)
+        samples = n_samples * (int(per_frame.group(1)) if per_frame else 1)
+        needed += samples // 64 if fmt is not None and int(fmt.group()) >= 500 else samples
+    if needed > signal_bytes:
+        raise InconsistentWaveform(
+            f"WFDB record {name!r}: header declares {n_samples} samples per signal, but "
+            f"the signal files hold only {signal_bytes} bytes (truncated?)"
+        )
+
+
 def read_wfdb_record(header: bytes, files: Mapping[str, bytes]) -> Ecg12:
     """Read a WFDB record from its header bytes and its signal files (name -> bytes).
 
@@ -104,6 +138,7 @@ def read_wfdb_record(header: bytes, files: Mapping[str, bytes]) -> Ecg12:
     name, n_sig, fs, n_samples = _check_header(text)
     if not _SAFE_NAME.match(name):
         raise UnreadableWaveform(f"WFDB record name {name!r} is not a plain file name")
+    _check_declared_size(name, text, fs, n_samples, sum(len(c) for c in files.values()))
     with tempfile.TemporaryDirectory(prefix="rdc-wfdb-") as tmp:
         root = Path(tmp)
         (root / f"{name}.hea").write_bytes(header)
