@@ -95,6 +95,8 @@ case "$mode" in
     say "starting the center (Ctrl-C stops it)"
     exec .venv/bin/rdc up ;;
   test)
+    say "front end: typecheck, lint, unit tests"
+    (cd viewer && npm run check)
     say "ruff"
     .venv/bin/ruff check .
     say "mypy"

@@ -1,3 +1,4 @@
+// @ts-check
 // The one place that talks HTTP to the center's API (viewer/API_CONTRACT.md).
 // Session cookie + X-CSRF-Token on every state-changing request.
 
@@ -22,6 +23,10 @@ export function tuning(key, fallback, min = 500) {
 }
 
 export class ApiError extends Error {
+  /**
+   * @param {number} status HTTP status; 0 when the server could not be reached
+   * @param {string} detail the message shown to the reader
+   */
   constructor(status, detail) {
     super(detail);
     this.name = 'ApiError';
@@ -54,6 +59,11 @@ function detailText(data, response) {
  * has signed in again, the request is sent again: nothing typed on the page is lost.
  * Only if they give up are the listeners told (the app then shows the sign-in page).
  * `quiet`: a 401 is just an error (the first "who is signed in?" of a page load).
+ *
+ * @param {string} method
+ * @param {string} path
+ * @param {{ body?: unknown, query?: Record<string, unknown>, quiet?: boolean, retried?: boolean }} [options]
+ * @returns {Promise<any>}
  */
 export async function api(method, path, { body, query, quiet = false, retried = false } = {}) {
   let url = path;
@@ -65,6 +75,7 @@ export async function api(method, path, { body, query, quiet = false, retried = 
     const qs = params.toString();
     if (qs) url += `?${qs}`;
   }
+  /** @type {Record<string, string>} */
   const headers = { Accept: 'application/json' };
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   if (!['GET', 'HEAD'].includes(method) && csrfToken) headers['X-CSRF-Token'] = csrfToken;

@@ -1,3 +1,4 @@
+// @ts-check
 // Tiny DOM builder. Every piece of data goes in as a text node or a property, never as
 // HTML: patient names, descriptions and API messages may contain markup.
 

@@ -1,3 +1,4 @@
+// @ts-check
 // Single-page app: hash routes #/login, #/worklist, #/study/<id>, #/ecg, #/ecg/<id>,
 // #/dashboard, #/admin, #/admin/front-door.
 import './styles.css';
@@ -177,10 +178,11 @@ async function route() {
     main.append(adminTabs(r.name));
     const { renderFrontDoor } = await import('./pages/front_door.js');
     if (seq !== navSeq) return;
-    disposeCurrent = renderFrontDoor(main, { navigate, user });
+    disposeCurrent = renderFrontDoor(main);
   } else if (r.name === 'admin' || r.name === 'dashboard') {
     if (r.name === 'admin') main.append(adminTabs(r.name));
     // Small pages most users never open: separate chunks, like the viewer.
+    /** @type {(root: HTMLElement, ctx: PageContext) => () => void} */
     const page = r.name === 'admin'
       ? (await import('./pages/admin.js')).renderAdmin
       : (await import('./pages/dashboard.js')).renderDashboard;

@@ -1,3 +1,4 @@
+// @ts-check
 // Account administration (admin role): list users, add one, disable / enable, reset TOTP.
 // Usernames and display names are user-supplied: everything goes in as text (dom.js h()).
 import { ApiError, api } from '../api.js';
@@ -19,6 +20,10 @@ function sitesText(sites) {
 /**
  * Admin page. `user` is the signed-in administrator (their own account cannot be
  * disabled: the server refuses, so the button is not offered). Returns a cleanup function.
+ */
+/**
+ * @param {HTMLElement} root
+ * @param {PageContext} ctx
  */
 export function renderAdmin(root, { user }) {
   let disposed = false;

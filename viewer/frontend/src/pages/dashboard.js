@@ -1,3 +1,4 @@
+// @ts-check
 // Turnaround dashboard: per site and modality, percentiles (minutes) of each stage
 // interval over the last N days, as a table and as the server-drawn chart.
 import { ApiError, api } from '../api.js';

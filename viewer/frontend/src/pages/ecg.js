@@ -1,8 +1,14 @@
+// @ts-check
 // Cardiologists' ECG queue (#/ecg) and 12-lead reading screen (#/ecg/<id>).
 // API: viewer/ecg_api.py (queue, one ECG with its tracing, edits) and the report API.
 import { ApiError, api } from '../api.js';
 import { formatDate, formatDuration, formatPersonName, h, humanize, replace } from '../dom.js';
 import { renderReportPanel } from './report.js';
+import {
+  COL_S, GAINS, SPEEDS, STANDARD, basePxPerMm as fitPxPerMm, caliperReading, paperLayout, samplePointMm,
+} from './ecg_geometry.js';
+
+export { GAINS, SPEEDS };
 
 const QUEUE_REFRESH_MS = 30_000;
 const MEASUREMENTS = ['heart_rate_bpm', 'pr_ms', 'qrs_ms', 'qt_ms', 'qtc_bazett_ms',
@@ -23,6 +29,10 @@ function statementBadges(statements) {
 }
 
 // Queue ------------------------------------------------------------------------------
+/**
+ * @param {HTMLElement} root
+ * @param {PageContext} ctx
+ */
 export function renderEcgQueue(root, { navigate }) {
   let loading = false;
   const status = h('select', { testid: 'ecg-filter-status' },
@@ -102,32 +112,11 @@ export function renderEcgQueue(root, { navigate }) {
 }
 
 // 12-lead paper ----------------------------------------------------------------------
-/** Paper speeds (mm/s) and gains (mm/mV) a reader may choose; 25 and 10 are the standard. */
-export const SPEEDS = [25, 50];
-export const GAINS = [5, 10, 20];
-const COL_S = 2.5;
 const COLUMNS = [['I', 'II', 'III'], ['aVR', 'aVL', 'aVF'], ['V1', 'V2', 'V3'], ['V4', 'V5', 'V6']];
 const RHYTHM_LEAD = 'II';
 const ZOOMS = [0.75, 1, 1.5, 2, 3, 4];
 
-/**
- * The paper's layout in millimetres at a speed (mm/s) and gain (mm/mV): each of the four
- * columns holds 2.5 s, so 50 mm/s makes the paper twice as wide; rows grow at 20 mm/mV
- * so that a QRS stays within its row. The calibration pulse (1 mV for 0.2 s) is drawn
- * at the left.
- */
-function paperLayout(speed, gain) {
-  const leftMm = 7 + 0.2 * speed;
-  const colMm = COL_S * speed;
-  const rowMm = gain >= 20 ? 60 : 30;
-  return {
-    speed, gain, leftMm, colMm, rowMm,
-    widthMm: leftMm + 4 * colMm + 3,
-    heightMm: 4 * rowMm + 4,
-    baselineMm: (row) => 2 + row * rowMm + rowMm * 0.6,
-  };
-}
-const STANDARD = paperLayout(25, 10);
+/* The paper's layout, scale and caliper arithmetic: ecg_geometry.js. */
 
 /** Measurement names as a reader writes them (the API's keys are machine names). */
 const MEASUREMENT_LABELS = {
@@ -189,14 +178,15 @@ function ecgPaper() {
   function basePxPerMm() {
     // Millimetres stay millimetres: the standard 25 mm/s paper fits the width, so at
     // 50 mm/s the paper is twice as wide (it scrolls) and a millimetre is as large.
-    const width = wrap.clientWidth || 1000;
-    return Math.max(1.5, (width - 4) / STANDARD.widthMm);
+    return fitPxPerMm(wrap.clientWidth);
   }
 
   function drawGrid(ctx) {
     ctx.fillStyle = '#fff8f6';
     ctx.fillRect(0, 0, paper.widthMm * pxPerMm, paper.heightMm * pxPerMm);
-    for (const [step, color, width] of [[1, '#f7d4d0', 0.5], [5, '#e79c94', 1]]) {
+    /** @type {Array<[number, string, number]>} */
+    const lines = [[1, '#f7d4d0', 0.5], [5, '#e79c94', 1]];
+    for (const [step, color, width] of lines) {
       ctx.strokeStyle = color;
       ctx.lineWidth = width;
       ctx.beginPath();
@@ -223,8 +213,9 @@ function ecgPaper() {
         pen = false;
         continue;
       }
-      const x = (x0Mm + ((i - i0) / fs) * paper.speed) * pxPerMm;
-      const y = (yMm - v * paper.gain) * pxPerMm;
+      const at = samplePointMm(paper, i, i0, fs, v, x0Mm, yMm);
+      const x = at.x * pxPerMm;
+      const y = at.y * pxPerMm;
       if (pen) ctx.lineTo(x, y);
       else ctx.moveTo(x, y);
       pen = true;
@@ -330,13 +321,12 @@ function ecgPaper() {
       delete readout.dataset.dtMs;
       return;
     }
-    const dtMs = (Math.abs(points[1].x - points[0].x) / paper.speed) * 1000;
-    const dmv = (points[0].y - points[1].y) / paper.gain;
+    const { dtMs, dmv, ratePerMin } = caliperReading(paper, points[0], points[1]);
     readout.dataset.dtMs = dtMs.toFixed(0);
     readout.dataset.dmv = dmv.toFixed(2);
     replace(readout,
       h('span', { testid: 'ecg-caliper-dt' }, `Δt ${dtMs.toFixed(0)} ms`), ' · ',
-      h('span', { testid: 'ecg-caliper-rate' }, dtMs > 0 ? `${(60000 / dtMs).toFixed(0)} /min` : '—'), ' · ',
+      h('span', { testid: 'ecg-caliper-rate' }, ratePerMin !== null ? `${ratePerMin.toFixed(0)} /min` : '—'), ' · ',
       h('span', { testid: 'ecg-caliper-dmv' }, `ΔmV ${dmv.toFixed(2)}`));
   }
 
@@ -411,7 +401,12 @@ function qualityProblems(result) {
   return [h('ul', { class: 'ecg-lead-problems small', testid: 'ecg-lead-problems' }, ...record, ...rows)];
 }
 
-export function renderEcg(root, ecgId, { navigate }) {
+/**
+ * @param {HTMLElement} root
+ * @param {string} ecgId
+ * @param {PageContext} _ctx
+ */
+export function renderEcg(root, ecgId, _ctx) {
   const cleanups = [];
   let ecg = null;
   let statements = [];

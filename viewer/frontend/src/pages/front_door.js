@@ -1,3 +1,4 @@
+// @ts-check
 // The DICOM front door (admin role): instances the gateway acknowledged to a county site
 // but the archive (Orthanc) refused, the spool folders, and per-site counts
 // (GET /api/admin/front-door, viewer/front_door_api.py). No patient data: sites, receipts

@@ -1,3 +1,4 @@
+// @ts-check
 import { ApiError, login } from '../api.js';
 import { h, replace } from '../dom.js';
 
@@ -5,6 +6,9 @@ import { h, replace } from '../dom.js';
  * The sign-in fields (username, password, TOTP code) and their submit logic.
  * `username`: fixed (read-only) when the same person signs in again over a page.
  * `prefix`: the ids and test ids of the fields (two forms can be on one page).
+ *
+ * @param {{ prefix: string, username?: string, onSuccess: (user: any) => void,
+ *   intro: unknown[], extra?: unknown[] }} options
  */
 function signInForm({ prefix, username: fixedUsername, onSuccess, intro, extra = [] }) {
   const error = h('p', { class: 'error', role: 'alert', testid: `${prefix}-error`, hidden: true });
@@ -70,6 +74,10 @@ function signInForm({ prefix, username: fixedUsername, onSuccess, intro, extra =
 }
 
 /** Login form: username, password, TOTP code. Returns a cleanup function. */
+/**
+ * @param {HTMLElement} root
+ * @param {{ onSuccess: () => void }} options
+ */
 export function renderLogin(root, { onSuccess }) {
   const { form, focus } = signInForm({
     prefix: 'login',

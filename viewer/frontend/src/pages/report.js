@@ -1,9 +1,11 @@
+// @ts-check
 import { ApiError, api, me, trackSave, tuning } from '../api.js';
 import { formatDateTime, h, humanize, replace } from '../dom.js';
+import {
+  PLACEHOLDER, differingFields, draftKey, fieldRows, isSigned, parseDraft, unresolvedFields as openFields,
+} from './report_form.js';
 
 const DELIVERY_POLL_MS = 10_000;
-/** A placeholder the reader must resolve (core/reports/templates.py PLACEHOLDER). */
-const PLACEHOLDER = /\{\{[\s\S]*?\}\}/;
 /** Roles that write and sign reports (viewer/worklist.py READER_ROLES). */
 const REPORTING_ROLES = ['radiologist', 'cardiologist', 'pathologist', 'lab_reviewer'];
 
@@ -13,27 +15,20 @@ function canReport(user) {
 /** Unsaved text goes to the server this often (localStorage `rdc.autosaveMs` shortens it
  * for the browser tests). */
 const AUTOSAVE_MS = 45_000;
-/** Until the server has it, the text typed into a report version is also kept in this
- * browser, under this prefix + user + study + version: a session that ends, a closed tab
- * or a crash does not lose it, and reopening the report puts it back. */
-const LOCAL_PREFIX = 'rdc.report-draft';
+/** Until the server has it, typed text is also kept in this browser (report_form.js
+ * draftKey): a session that ends, a closed tab or a crash does not lose it. */
 
 function seg(v) {
   return encodeURIComponent(String(v));
 }
 
-function isSigned(version) {
-  return Boolean(version?.signed_at) || ['final', 'amended', 'signed'].includes(version?.state);
-}
-
 function localKey(studyId, version) {
-  return `${LOCAL_PREFIX}:${me()?.username ?? ''}:${studyId}:v${version?.number ?? 1}`;
+  return draftKey(me()?.username, studyId, version);
 }
 
 function readLocal(key) {
   try {
-    const data = JSON.parse(localStorage.getItem(key) ?? 'null');
-    return data && typeof data.fields === 'object' ? data : null;
+    return parseDraft(localStorage.getItem(key));
   } catch {
     return null;
   }
@@ -179,7 +174,7 @@ export function renderReportPanel(root, study) {
     for (const [name, value] of Object.entries(version?.fields ?? {})) {
       const id = `report-field-${fieldInputs.size}`;
       const input = h('textarea', {
-        id, rows: String(Math.min(12, Math.max(2, String(value ?? '').split('\n').length + 1))),
+        id, rows: String(fieldRows(value)),
         testid: `report-field-${name}`, dataset: { field: name }, readonly: signed ? true : null,
         spellcheck: 'true',
       });
@@ -200,8 +195,8 @@ export function renderReportPanel(root, study) {
     const saved = readLocal(key());
     notice.hidden = true;
     if (!saved) return;
-    const differs = Object.entries(saved.fields)
-      .filter(([name, value]) => fieldInputs.has(name) && fieldInputs.get(name).value !== value);
+    const differs = differingFields(saved.fields,
+      new Map([...fieldInputs].map(([name, input]) => [name, input.value])));
     if (!differs.length) {
       dropLocal(key());
       return;
@@ -305,10 +300,8 @@ export function renderReportPanel(root, study) {
 
   /** Required fields (the template's, from the API) that are empty or hold a {{placeholder}}. */
   function unresolvedFields() {
-    return (report?.required_fields ?? []).filter((name) => {
-      const text = fieldInputs.get(name)?.value ?? current()?.fields?.[name] ?? '';
-      return !String(text).trim() || PLACEHOLDER.test(String(text));
-    });
+    return openFields(report?.required_fields ?? [],
+      (name) => fieldInputs.get(name)?.value ?? current()?.fields?.[name] ?? '');
   }
 
   function showUnresolved() {

@@ -1,3 +1,4 @@
+// @ts-check
 import { ApiError, WAVEFORM_MODALITIES, api, ecgOfStudy, me } from '../api.js';
 import { formatDate, formatPersonName, h, replace } from '../dom.js';
 import { DICOMWEB_BASE, TOOLS, createStackViewer, loadSeriesImageIds } from '../viewer/cornerstone.js';
@@ -56,6 +57,7 @@ function isImageSeries(series) {
 
 /** Pixels of the first canvas under `selector` that are not black: > 0 once an image shows. */
 function nonBlankPixels(selector) {
+  /** @type {HTMLCanvasElement | null} */
   const canvas = document.querySelector(`${selector} canvas`);
   if (!canvas) return 0;
   const ctx = canvas.getContext('2d');
@@ -68,7 +70,8 @@ function nonBlankPixels(selector) {
 
 /** A fresh test hook for this viewer (see the front end's README section). */
 function resetTestHook() {
-  let resolveReady;
+  /** @type {(viewport: unknown) => void} */
+  let resolveReady = () => {};
   const ready = new Promise((resolve) => { resolveReady = resolve; });
   const hook = {
     viewportReady: ready,
@@ -93,6 +96,11 @@ function resetTestHook() {
 }
 
 /** Study page: series, viewer, AI findings, priors, report. Returns a cleanup function. */
+/**
+ * @param {HTMLElement} root
+ * @param {string} studyId
+ * @param {PageContext} ctx
+ */
 export function renderStudy(root, studyId, { navigate }) {
   const disposers = [];
   let viewer = null;

@@ -1,3 +1,4 @@
+// @ts-check
 import { ApiError, WAVEFORM_MODALITIES, api, ecgOfStudy } from '../api.js';
 import { formatDate, formatDateTime, formatDuration, formatPersonName, h, replace } from '../dom.js';
 
@@ -65,6 +66,10 @@ function siteOptions(control, sites, value) {
 /**
  * Worklist: server-side paged and sorted (STAT, AI-critical, time left), filters, live
  * countdowns to due_at, claim/release and open. Returns a cleanup function.
+ */
+/**
+ * @param {HTMLElement} root
+ * @param {PageContext} ctx
  */
 export function renderWorklist(root, { navigate, user }) {
   const filters = loadFilters();

@@ -1,3 +1,4 @@
+// @ts-check
 // Cornerstone3D glue: one StackViewport per study page, fed with wadors: image IDs
 // through the center's authenticated DICOMweb proxy.
 import {
@@ -99,6 +100,10 @@ export async function loadSeriesImageIds(studyUid, seriesUid, orderedSops) {
  * left = the selected tool (window/level by default), middle = pan, right = zoom,
  * wheel = scroll through the stack. Returns a small controller.
  */
+/**
+ * @param {HTMLDivElement} element
+ * @param {{ onRendered?: (viewport: import('@cornerstonejs/core').Types.IStackViewport) => void }} [options]
+ */
 export async function createStackViewer(element, { onRendered } = {}) {
   await initCornerstone();
   instanceCounter += 1;
@@ -112,7 +117,8 @@ export async function createStackViewer(element, { onRendered } = {}) {
     element,
     defaultOptions: { background: [0, 0, 0] },
   });
-  const viewport = engine.getViewport(viewportId);
+  const viewport = /** @type {import('@cornerstonejs/core').Types.IStackViewport} */ (
+    engine.getViewport(viewportId));
 
   const toolGroup = ToolGroupManager.createToolGroup(toolGroupId);
   for (const tool of ALL_TOOLS) toolGroup.addTool(tool.toolName);
@@ -205,8 +211,9 @@ export async function createStackViewer(element, { onRendered } = {}) {
       const canvas = viewport.canvas ?? element.querySelector('canvas');
       if (!data || !canvas) return null;
       const { dimensions, spacing, origin, direction } = data;
-      const at = (i, j) => [0, 1, 2].map((a) => origin[a] + i * spacing[0] * direction[a]
-        + j * spacing[1] * direction[3 + a]);
+      /** @type {(i: number, j: number) => import('@cornerstonejs/core').Types.Point3} */
+      const at = (i, j) => /** @type {import('@cornerstonejs/core').Types.Point3} */ (
+        [0, 1, 2].map((a) => origin[a] + i * spacing[0] * direction[a] + j * spacing[1] * direction[3 + a]));
       const corners = [at(-0.5, -0.5), at(dimensions[0] - 0.5, dimensions[1] - 0.5)]
         .map((w) => viewport.worldToCanvas(w));
       const xs = corners.map((c) => c[0]);

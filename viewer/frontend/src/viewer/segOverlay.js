@@ -1,3 +1,4 @@
+// @ts-check
 // AI segmentations (DICOM SEG, as highdicom writes them) drawn over a StackViewport.
 //
 // No labelmap machinery: the SEG instance's DICOM JSON metadata and its frames come
