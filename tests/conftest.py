@@ -5,6 +5,7 @@ Redis, PostgreSQL or SQLite.  A missing dependency fails loudly, never skips.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -36,10 +37,39 @@ REDIS_HOST = os.environ.get("RDC_TEST_REDIS_HOST", "127.0.0.1")
 SENDER_AE = "COUNTY_A"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+#: Ports below the ephemeral range that other services of a test machine commonly use.
+_TAKEN = {11211, 15672, 25672, 27017}
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port that is free now, for a center or peer started next.
+
+    Chosen at random *below* the kernel's ephemeral range: a port the kernel handed out
+    with ``bind(0)`` is also what it hands to this machine's outbound connections (to
+    PostgreSQL, Redis, Orthanc...), so one could take it between this call and the
+    server's bind (Orthanc once failed to start that way on a busy CI machine).
+    """
+    low, _high = _ephemeral_range()
+    top = max(low - 1, 20000)
+    for _ in range(500):
+        port = random.randint(10000, top)
+        if port in _TAKEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 def wait_port(port: int, timeout: float = 30.0,
