@@ -189,11 +189,11 @@ def test_wfdb_header_declaring_more_than_its_files_hold_costs_nothing() -> None:
     with pytest.raises(InconsistentWaveform, match="more than 24 hours"):
         read_wfdb_record(header, {"rec.dat": bytes(300)})
     header = b"rec 2 1e12 366666666660\n" + leads
-    with pytest.raises(InconsistentWaveform, match="hold only 300 bytes"):
+    with pytest.raises(InconsistentWaveform, match=r"\(truncated\?\)"):
         read_wfdb_record(header, {"rec.dat": bytes(300)})
     header = (b"rec 2 360 1000\nrec.dat 212x4000000 200 12 0 0 0 0 MLII\n"
               b"rec.dat 212 200 12 0 0 0 0 V5\n")
-    with pytest.raises(InconsistentWaveform, match="hold only 300 bytes"):
+    with pytest.raises(InconsistentWaveform, match=r"\(truncated\?\)"):
         read_wfdb_record(header, {"rec.dat": bytes(300)})
 
 

@@ -12,6 +12,7 @@ import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import wfdb
@@ -94,29 +95,30 @@ def _check_gain(fields: list[str], number: int) -> None:
 MAX_DURATION_S = 24 * 3600.0
 
 
-def _check_declared_size(name: str, header: str, fs: float, n_samples: int | None,
-                         signal_bytes: int) -> None:
+def _check_declared_size(name: str, header: Any, signal_bytes: int) -> None:
     """Refuse a header whose declared length the signal files cannot hold, before wfdb
-    allocates it: wfdb sizes its read buffer from the header (a fuzzed header declaring
-    ~10^11 samples made it ask numpy for 1 TiB).  Every uncompressed WFDB format stores
-    at least one byte per sample (format 8/80; 212 takes 1.5, 16 takes 2), so the
-    declared samples (times each signal's samples per frame) need at least as many
-    bytes; FLAC formats (5xx) need at least one byte per 64 samples."""
+    allocates it: wfdb sizes its buffers from the header (fuzzed headers declaring
+    ~10^10 samples made it ask numpy for 27 GiB and 1 TiB).  The values are those wfdb
+    itself parsed (``rdheader``), so they are what ``rdrecord`` would allocate for.
+    Every uncompressed WFDB format stores at least one byte per sample (format 8/80;
+    212 takes 1.5, 16 takes 2), so each signal's samples (times its samples per frame)
+    need at least as many bytes; FLAC formats (5xx) at least one byte per 64 samples."""
+    n_samples = header.sig_len
     if n_samples is None:
         return
-    if n_samples > fs * MAX_DURATION_S:
+    fs = float(header.fs or 0)
+    if n_samples < 0 or n_samples > fs * MAX_DURATION_S:
         raise InconsistentWaveform(
             f"WFDB record {name!r} declares {n_samples} samples at {fs:g} Hz, more than "
             f"{MAX_DURATION_S / 3600:g} hours"
         )
+    formats = list(header.fmt or [])
+    per_frame = list(header.samps_per_frame or [1] * len(formats))
     needed = 0
-    for line in _specification_lines(header)[1:]:
-        fields = line.split()
-        spec = fields[1] if len(fields) > 1 else ""
-        fmt = re.match(r"\d+", spec)
-        per_frame = re.search(r"x(\d+)", spec)
-        samples = n_samples * (int(per_frame.group(1)) if per_frame else 1)
-        needed += samples // 64 if fmt is not None and int(fmt.group()) >= 500 else samples
+    for fmt, spf in zip(formats, per_frame, strict=False):
+        samples = int(n_samples) * int(spf or 1)
+        compressed = str(fmt).isdigit() and int(str(fmt)) >= 500
+        needed += samples // 64 if compressed else samples
     if needed > signal_bytes:
         raise InconsistentWaveform(
             f"WFDB record {name!r}: header declares {n_samples} samples per signal, but "
@@ -138,7 +140,6 @@ def read_wfdb_record(header: bytes, files: Mapping[str, bytes]) -> Ecg12:
     name, n_sig, fs, n_samples = _check_header(text)
     if not _SAFE_NAME.match(name):
         raise UnreadableWaveform(f"WFDB record name {name!r} is not a plain file name")
-    _check_declared_size(name, text, fs, n_samples, sum(len(c) for c in files.values()))
     with tempfile.TemporaryDirectory(prefix="rdc-wfdb-") as tmp:
         root = Path(tmp)
         (root / f"{name}.hea").write_bytes(header)
@@ -148,6 +149,8 @@ def read_wfdb_record(header: bytes, files: Mapping[str, bytes]) -> Ecg12:
                 raise UnreadableWaveform(f"WFDB signal file name {file_name!r} is not plain")
             (root / base).write_bytes(content)
         try:
+            _check_declared_size(name, wfdb.rdheader(str(root / name)),
+                                 sum(len(c) for c in files.values()))
             record = wfdb.rdrecord(str(root / name), physical=True)
         except FileNotFoundError as exc:
             missing = Path(str(exc.filename)).name
