@@ -115,7 +115,8 @@ def private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write ``data`` to a temporary file created with ``mode``, then rename it into place:
-    a key is never readable by others, not even briefly."""
+    a key is never readable by others, not even briefly.  Both CAs (this TLS CA and the
+    signing CA of core.reports.pki) write their files with it."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:

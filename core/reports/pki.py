@@ -22,7 +22,6 @@ import binascii
 import functools
 import hashlib
 import json
-import os
 import re
 import secrets
 import unicodedata
@@ -54,6 +53,7 @@ from core.reports.crypto import (
     PublicKey,
     SignatureInvalid,
 )
+from core.tls_ca import write_private
 
 __all__ = [
     "CAMaterial",
@@ -386,23 +386,6 @@ def _load_private_key_pem(data: bytes, alg: str) -> PrivateKey:
         raise ConfigurationError(f"CA private key file is malformed: {exc}") from exc
 
 
-def _write_file(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to a new temporary file with ``mode`` from the start (the key is
-    never readable by others, not even briefly), then rename it into place."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)  # in case the umask removed bits we asked for
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_ca(ca: CAMaterial, directory: Path, *, overwrite: bool = False) -> tuple[Path, Path]:
     """Write ``ca-cert.pem`` (0644) and ``ca-key.pem`` (0600, unencrypted PKCS#8) under
     ``directory``; returns (certificate path, key path).
@@ -418,8 +401,8 @@ def save_ca(ca: CAMaterial, directory: Path, *, overwrite: bool = False) -> tupl
     cert_path, key_path = directory / CA_CERT_FILE, directory / CA_KEY_FILE
     if not overwrite and (cert_path.exists() or key_path.exists()):
         raise Conflict(f"a CA already exists in {directory}; refusing to replace it")
-    _write_file(key_path, _private_key_pem(ca.private_key()), 0o600)
-    _write_file(cert_path, ca.cert_pem, 0o644)
+    write_private(key_path, _private_key_pem(ca.private_key()), 0o600)
+    write_private(cert_path, ca.cert_pem, 0o644)
     return cert_path, key_path
 
 
