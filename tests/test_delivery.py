@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import socket
+import ssl
 import subprocess
 import threading
 import uuid
@@ -607,11 +608,15 @@ def test_delivery_to_dcmtk_storescp(live: Center, tmp_path: Path) -> None:
 
 
 class MLLPServer:
-    """A county HIS: reads MLLP frames and answers each with the next scripted ACK code."""
+    """A county HIS: reads MLLP frames and answers each with the next scripted ACK code.
+    With ``tls`` (a server context) it speaks MLLP inside TLS and records the common
+    name of each client certificate in ``peers``."""
 
-    def __init__(self, codes: list[str]) -> None:
+    def __init__(self, codes: list[str], tls: ssl.SSLContext | None = None) -> None:
         self.codes = codes
+        self.tls = tls
         self.messages: list[str] = []
+        self.peers: list[str] = []
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.sock.getsockname()[1])
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -623,6 +628,16 @@ class MLLPServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            if self.tls is not None:
+                try:
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                except (ssl.SSLError, OSError):
+                    conn.close()
+                    continue
+                cert = conn.getpeercert() or {}
+                names = [str(value) for rdn in cert.get("subject", ())
+                         for key, value in rdn if key == "commonName"]
+                self.peers.append(names[0] if names else "")
             with conn:
                 conn.settimeout(30)
                 buf = b""

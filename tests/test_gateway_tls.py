@@ -15,7 +15,6 @@ import re
 import socket
 import ssl
 import subprocess
-import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +26,15 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from sqlalchemy import select
-from test_delivery import job_of, make_outputs, reload, schedule, signed_version, upload
+from test_delivery import (
+    MLLPServer,
+    job_of,
+    make_outputs,
+    reload,
+    schedule,
+    signed_version,
+    upload,
+)
 
 import core.queue
 from conftest import Center, free_port, wait_port, wait_until
@@ -401,55 +408,15 @@ def test_delivery_over_tls_to_dcmtk_storescp(env_center: Center, tmp_path: Path)
         assert site is not None and site.delivery_tls_ca == hospital_ca.read_text()
 
 
-class TLSMLLPServer:
-    """A county HIS behind MLLP over TLS: its own server certificate, and (like the
-    DICOM receiver above) it requires the center's client certificate."""
-
-    def __init__(self, key: Path, cert: Path, client_ca: Path) -> None:
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
-        self.context.load_cert_chain(str(cert), str(key))
-        self.context.load_verify_locations(str(client_ca))
-        self.context.verify_mode = ssl.CERT_REQUIRED
-        self.messages: list[str] = []
-        self.peers: list[str] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.sock.getsockname()[1])
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                raw, _ = self.sock.accept()
-            except OSError:
-                return
-            try:
-                conn = self.context.wrap_socket(raw, server_side=True)
-            except (ssl.SSLError, OSError):
-                raw.close()
-                continue
-            with conn:
-                conn.settimeout(30)
-                cert = conn.getpeercert() or {}
-                names = [str(value) for rdn in cert.get("subject", ())
-                         for key, value in rdn if key == "commonName"]
-                self.peers.append(names[0] if names else "")
-                buf = b""
-                while b"\x1c\x0d" not in buf:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    buf += chunk
-                message = buf[1:buf.index(b"\x1c\x0d")].decode("utf-8")
-                self.messages.append(message)
-                control_id = message.split("\r", 1)[0].split("|")[9]
-                ack = (f"MSH|^~\\&|HIS|COUNTY_D|RDC|CENTER|20261201000001||ACK^R01|A{control_id}"
-                       f"|P|2.5.1\rMSA|AA|{control_id}\r")
-                conn.sendall(b"\x0b" + ack.encode() + b"\x1c\x0d")
-
-    def close(self) -> None:
-        self.sock.close()
+def _his_context(key: Path, cert: Path, client_ca: Path) -> ssl.SSLContext:
+    """A county HIS's TLS server context: its own certificate, and (like the DICOM
+    receiver above) it requires the center's client certificate."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(cert), str(key))
+    context.load_verify_locations(str(client_ca))
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def test_hl7_results_over_mllp_inside_tls(env_center: Center, tmp_path: Path) -> None:
@@ -459,7 +426,7 @@ def test_hl7_results_over_mllp_inside_tls(env_center: Center, tmp_path: Path) ->
     c = env_center
     hospital_ca, his_key, his_cert = _hospital_scp_identity(tmp_path / "hospital", "County D")
     other_ca, _k, _c = _hospital_scp_identity(tmp_path / "elsewhere", "Somewhere Else")
-    server = TLSMLLPServer(his_key, his_cert, tls_ca.ca_file(c.settings))
+    server = MLLPServer([], tls=_his_context(his_key, his_cert, tls_ca.ca_file(c.settings)))
     message = ("MSH|^~\\&|RDC|CENTER|HIS|COUNTY_D|20261201000000||ORU^R01|MSGTLS1|P|2.5.1\r"
                "PID|1||PAT-TLS||Doe^Jane\r"
                "OBX|1|TX|18748-4^Diagnostic imaging report^LN||Kein Befund.||||||F\r")
