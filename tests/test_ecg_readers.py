@@ -195,6 +195,11 @@ def test_wfdb_header_declaring_more_than_its_files_hold_costs_nothing() -> None:
               b"rec.dat 212 200 12 0 0 0 0 V5\n")
     with pytest.raises(InconsistentWaveform, match=r"\(truncated\?\)"):
         read_wfdb_record(header, {"rec.dat": bytes(300)})
+    # A skew longer than the record: wfdb pads the skewed frames with zeros (129 GiB).
+    header = (b"rec 2 360 100\nrec.dat 212:27608874281 200 12 0 0 0 0 MLII\n"
+              b"rec.dat 212 200 12 0 0 0 0 V5\n")
+    with pytest.raises(InconsistentWaveform, match="skew"):
+        read_wfdb_record(header, {"rec.dat": bytes(300)})
 
 
 def test_wfdb_header_alone_is_refused() -> None:

@@ -102,8 +102,17 @@ def _check_declared_size(name: str, header: Any, signal_bytes: int) -> None:
     itself parsed (``rdheader``), so they are what ``rdrecord`` would allocate for.
     Every uncompressed WFDB format stores at least one byte per sample (format 8/80;
     212 takes 1.5, 16 takes 2), so each signal's samples (times its samples per frame)
-    need at least as many bytes; FLAC formats (5xx) at least one byte per 64 samples."""
+    need at least as many bytes; FLAC formats (5xx) at least one byte per 64 samples.
+    A skew beyond the record's length is refused too (wfdb pads the skewed frames)."""
     n_samples = header.sig_len
+    skews = [int(k) for k in (header.skew or []) if k is not None]
+    limit = n_samples if n_samples is not None else signal_bytes
+    if skews and (min(skews) < 0 or max(skews) > limit):
+        # wfdb reads (samples + skew) frames and pads what the file lacks with zeros.
+        raise InconsistentWaveform(
+            f"WFDB record {name!r}: a signal's skew ({max(skews, key=abs)} samples) is "
+            f"negative or longer than the record"
+        )
     if n_samples is None:
         return
     fs = float(header.fs or 0)
