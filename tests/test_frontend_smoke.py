@@ -829,6 +829,11 @@ def test_ai_seg_overlay_and_a_prior_side_by_side(static_dir: Path, browser: Any)
         assert warning.is_visible()
         assert warning.inner_text().endswith(
             "matched by name and birth date only: check it is the same patient")
+        # The title shows the site's id at once and its name when the prior's own study
+        # has been fetched: wait for the name rather than race that request.
+        page.wait_for_function(
+            "() => (document.querySelector('[data-testid=prior-title]')?.textContent ?? '')"
+            ".includes('County B')", timeout=20_000)
         title = panel.get_by_test_id("prior-title").inner_text()
         assert "County B" in title and "2025-01-01" in title and "CT head" in title
         page.wait_for_selector("[data-testid=prior-viewport-image][data-rendered=true]",
