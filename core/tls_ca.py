@@ -187,16 +187,24 @@ def save_ca(ca: TLSCA, directory: Path) -> None:
     write_private(directory / CA_CERT_FILE, ca.cert_pem, 0o644)
 
 
-def load_ca(directory: Path) -> TLSCA:
-    """Read the CA, refusing a key file that others can read."""
-    cert_path, key_path = directory / CA_CERT_FILE, directory / CA_KEY_FILE
+def ca_files(directory: Path, cert_name: str, key_name: str,
+             what: str) -> tuple[Path, Path]:
+    """(certificate, key) paths of a CA on disk, refusing a missing file or a key file
+    that others can read.  Both CAs (this one and core.reports.pki's) load through it."""
+    cert_path, key_path = directory / cert_name, directory / key_name
     if not cert_path.is_file() or not key_path.is_file():
-        raise ConfigurationError(f"no TLS CA in {directory}: {CA_CERT_FILE} or {CA_KEY_FILE} "
+        raise ConfigurationError(f"no {what} in {directory}: {cert_name} or {key_name} "
                                  "is missing")
     mode = key_path.stat().st_mode & 0o777
     if mode & 0o077:
         raise ConfigurationError(f"{key_path} is accessible by group or others (mode "
                                  f"{mode:04o}); run chmod 600 on it")
+    return cert_path, key_path
+
+
+def load_ca(directory: Path) -> TLSCA:
+    """Read the CA, refusing a key file that others can read."""
+    cert_path, key_path = ca_files(directory, CA_CERT_FILE, CA_KEY_FILE, "TLS CA")
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)

@@ -53,7 +53,7 @@ from core.reports.crypto import (
     PublicKey,
     SignatureInvalid,
 )
-from core.tls_ca import write_private
+from core.tls_ca import ca_files, write_private
 
 __all__ = [
     "CAMaterial",
@@ -408,14 +408,7 @@ def save_ca(ca: CAMaterial, directory: Path, *, overwrite: bool = False) -> tupl
 
 def load_ca(directory: Path) -> CAMaterial:
     """Read the CA written by :func:`save_ca`, refusing a key file others can read."""
-    cert_path, key_path = directory / CA_CERT_FILE, directory / CA_KEY_FILE
-    if not cert_path.is_file() or not key_path.is_file():
-        raise ConfigurationError(f"no CA in {directory}: {CA_CERT_FILE} or {CA_KEY_FILE} "
-                                 "is missing")
-    mode = key_path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise ConfigurationError(f"{key_path} is accessible by group or others (mode "
-                                 f"{mode:04o}); run chmod 600 on it")
+    cert_path, key_path = ca_files(directory, CA_CERT_FILE, CA_KEY_FILE, "CA")
     try:
         cert_der = certificate_der(cert_path.read_bytes())
         info = _parse(cert_der, "CA certificate")
