@@ -249,7 +249,6 @@ def _raise_priority(s: Session, study_id: int) -> None:
               .values(priority=AI_CRITICAL_PRIORITY))
 
 
-@jobs.db_handler("ai_inference")
 def run_inference_job(db: Database, job: Job) -> None:
     settings = get_settings()
     name, version = str(job.params["model"]), str(job.params["version"])

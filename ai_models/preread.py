@@ -37,7 +37,6 @@ def _reads(model: RegisteredModel, modality: str, sop_class: str) -> bool:
                                                or sop_class in applies.sop_classes)
 
 
-@jobs.handler("ai_preread")
 def fan_out(session: Session, job: Job) -> None:
     if job.study_id is None:
         raise ValueError(f"ai_preread job {job.id} has no study")

@@ -47,7 +47,7 @@ from core import audit
 from core.db import Database
 from core.errors import ConfigurationError, RDCError
 from core.models import AuditRecord
-from core.reports import crypto, pki
+from core import crypto, pki
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ def make_checkpoint(settings: Settings, db: Database) -> Checkpoint | None:
     since are walked from it (a few hundred per interval), so a rewrite is refused
     here with :class:`AnchorMismatch` instead of being blessed by a new signature.
     """
-    from core.reports.keys import center_ca
+    from core.pki import center_ca
 
     path = checkpoints_path(settings)
     with checkpoint_lock(settings):

@@ -50,31 +50,38 @@ DbHandler = Callable[[Database, Job], None]
 _DB_HANDLERS: dict[str, DbHandler] = {}
 
 
-def db_handler(kind: str) -> Callable[[DbHandler], DbHandler]:
-    """Register a handler that opens its own sessions (it gets a detached job).
+def register_db_handler(kind: str, fn: DbHandler) -> None:
+    """Declare the handler of ``kind`` that opens its own sessions (it gets a detached job).
 
     For work that commits as it goes, such as a batch that claims and finishes
     other jobs: on SQLite, a long transaction held open around those commits
     would see a stale snapshot and could not write the job's state afterwards.
     The handler's own writes must then be idempotent, since the job's state is
     recorded in a separate transaction.
+
+    Called from a domain's ``plugin.register()`` (see ``rdc/domains.py``), never at
+    import time, so that which kinds run is declared in one place.
     """
-
-    def deco(fn: DbHandler) -> DbHandler:
-        _DB_HANDLERS[kind] = fn
-        return fn
-
-    return deco
+    _check_free(kind, fn)
+    _DB_HANDLERS[kind] = fn
 
 
-def handler(kind: str) -> Callable[[Handler], Handler]:
-    """Register the function that runs jobs of ``kind``."""
+def register_handler(kind: str, fn: Handler) -> None:
+    """Declare the function that runs jobs of ``kind`` inside the worker's session."""
+    _check_free(kind, fn)
+    _HANDLERS[kind] = fn
 
-    def deco(fn: Handler) -> Handler:
-        _HANDLERS[kind] = fn
-        return fn
 
-    return deco
+def _check_free(kind: str, fn: object) -> None:
+    taken = _HANDLERS.get(kind) or _DB_HANDLERS.get(kind)
+    if taken is not None and taken is not fn:
+        raise ValueError(f"job kind {kind!r} is already handled by {taken!r}; "
+                         f"two domains cannot claim one kind")
+
+
+def registered_kinds() -> frozenset[str]:
+    """The job kinds some domain has declared (``rdc check`` and the worker use it)."""
+    return frozenset(_HANDLERS) | frozenset(_DB_HANDLERS)
 
 
 @dataclass(frozen=True)
@@ -172,7 +179,8 @@ def execute(db: Database, job_id: int, max_attempts: int = 5,
         assert job is not None
         try:
             if fn is None:
-                raise LookupError(f"no handler registered for job kind {kind!r}")
+                raise LookupError(f"no handler registered for job kind {kind!r}: is its domain "
+                                  f"listed in rdc/domains.py?")
             with s.begin_nested():
                 fn(s, job)
             error = None

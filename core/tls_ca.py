@@ -1,6 +1,6 @@
 """The center's DICOM TLS certificate authority, and the certificates it issues.
 
-Why a CA of its own instead of the report-signing CA (``core.reports.keys.center_ca``):
+Why a CA of its own instead of the report-signing CA (``reports.keys.center_ca``):
 
 * The signing CA's algorithm is ``RDC_SIGNING_ALGORITHM``: SM2 (which no TLS stack a
   county PACS runs can verify) or Ed25519 by default, which OpenSSL accepts but the
@@ -116,7 +116,7 @@ def private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write ``data`` to a temporary file created with ``mode``, then rename it into place:
     a key is never readable by others, not even briefly.  Both CAs (this TLS CA and the
-    signing CA of core.reports.pki) write their files with it."""
+    signing CA of core.pki) write their files with it."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
@@ -190,7 +190,7 @@ def save_ca(ca: TLSCA, directory: Path) -> None:
 def ca_files(directory: Path, cert_name: str, key_name: str,
              what: str) -> tuple[Path, Path]:
     """(certificate, key) paths of a CA on disk, refusing a missing file or a key file
-    that others can read.  Both CAs (this one and core.reports.pki's) load through it."""
+    that others can read.  Both CAs (this one and core.pki's) load through it."""
     cert_path, key_path = directory / cert_name, directory / key_name
     if not cert_path.is_file() or not key_path.is_file():
         raise ConfigurationError(f"no {what} in {directory}: {cert_name} or {key_name} "

@@ -70,7 +70,6 @@ def store_analysis(session: Session, study: Study, data: bytes, analysis: Analys
     return row
 
 
-@jobs.handler(JOB_KIND)
 def run_ecg_analysis(session: Session, job: Job) -> None:
     """Analyse the study's ECGs; refuses the whole study if one waveform is unreadable."""
     study = session.get(Study, job.study_id) if job.study_id is not None else None

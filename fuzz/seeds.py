@@ -304,10 +304,11 @@ def _dicomweb_seeds() -> Iterator[tuple[str, bytes]]:
 # ------------------------------------------------------------------------- reports
 
 def _report_seeds() -> Iterator[tuple[str, bytes]]:
-    from core.reports import crypto, envelope, pdf, pki
-    from core.reports.document import ReportDocument, Section, SignerInfo
-    from core.reports.sr import build_signed_sr
-    from core.reports.verify import verify_bytes
+    from core import crypto, pki
+    from reports import envelope, pdf
+    from reports.document import ReportDocument, Section, SignerInfo
+    from reports.sr import build_signed_sr
+    from reports.verify import verify_bytes
 
     alg = crypto.ECDSA_P256
     t0 = datetime(2026, 6, 1, 8, 0, 0, tzinfo=UTC)

@@ -475,7 +475,6 @@ class _Outcome:
     commitment: tuple[bool, str] | None = None  # the N-EVENT-REPORT, if one came
 
 
-@jobs.db_handler(JOB_KIND)
 def run_delivery_job(db: Database, job: Job) -> None:
     """Make one attempt: claim it, send without a transaction open, record the outcome.
 

@@ -145,7 +145,6 @@ def route_study(session: Session, study: Study, rules: RuleSet) -> list[Job]:
     return created
 
 
-@jobs.handler("route")
 def run_route_job(session: Session, job: Job) -> None:
     """Worker side of a ``route`` job: apply the current rules to the study."""
     if job.study_id is None:

@@ -151,14 +151,11 @@ def worker(
     """Run a Celery worker for the center's queues in the foreground."""
     s = _settings()
     setup_logging(s, "worker")
-    # Importing these registers their job handlers.
-    import ai_models.inference  # ai_inference
-    import ai_models.preread  # noqa: F401  (ai_preread)
-    import ecg.jobs  # noqa: F401  (ecg_analysis)
-    import pacs_gateway.delivery  # deliver
-    import pacs_gateway.routing  # noqa: F401  (route)
     from ai_models.runtime import cpu_threads
     from core.tasks import app as celery_app
+    from rdc.domains import load_domains
+
+    load_domains()  # every listed domain declares its job kinds (rdc/domains.py)
 
     if "inference" in queues.split(",") and s.ai_threads == 0 and concurrency > 1:
         # One ONNX Runtime session per worker process: share the cores between them.

@@ -56,7 +56,7 @@ def keys_issue(
 ) -> None:
     """Issue a key pair and certificate from the center's CA; the private key is
     stored encrypted under the reader's passphrase."""
-    from core.reports import keys
+    from reports import keys
 
     s = _settings()
     try:
@@ -75,7 +75,7 @@ def keys_issue(
 def keys_list(reader: Annotated[str | None, typer.Option(help="Only this reader.")] = None,
               ) -> None:
     """Readers' keys with their state (active, revoked, expired)."""
-    from core.reports import keys
+    from reports import keys
 
     s = _settings()
     table = Table("id", "reader", "name", "algorithm", "fingerprint", "issued", "valid until",
@@ -94,7 +94,7 @@ def keys_revoke(
     reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "unspecified",
 ) -> None:
     """Revoke a key: it never signs again; earlier signatures still verify."""
-    from core.reports import keys
+    from reports import keys
 
     s = _settings()
     try:
@@ -112,7 +112,7 @@ def keys_export(
     out: Annotated[Path | None, typer.Option(help="Write to this file.")] = None,
 ) -> None:
     """Export a reader's certificate (or the CA's) as PEM; never a private key."""
-    from core.reports import keys
+    from reports import keys
 
     s = _settings()
     try:
@@ -139,8 +139,8 @@ def reports_verify(
     the center's CA, content hash, and for a DICOM-wrapped PDF the wrapper's patient,
     study and document attributes against the sealed ones.  Exit code 5 if any file
     fails."""
-    from core.reports import keys
-    from core.reports.verify import verify_bytes
+    from reports import keys
+    from reports.verify import verify_bytes
 
     s = _settings()
     try:
@@ -177,7 +177,7 @@ def reports_list(state: Annotated[str | None, typer.Option(help="Only this state
     from sqlalchemy import select
 
     from core.models import Report
-    from core.reports import service
+    from reports import service
 
     s = _settings()
     table = Table("id", "study", "site", "template", "state", "version", "signed by",

@@ -27,6 +27,11 @@ from core.orthanc_client import OrthancClient
 from core.orthanc_process import start_orthanc, stop_process
 from core.settings import Settings, get_settings
 from core.sites import SiteSpec, add_site
+from rdc.domains import load_domains
+
+# Tests run jobs in-process (core.jobs.execute) as a worker would: declare every
+# domain's job kinds the way `rdc worker` does, once for the session.
+load_domains()
 
 REPO = Path(__file__).resolve().parent.parent
 #: The browser fixture (Debian's Chromium through Playwright) for the browser tests.

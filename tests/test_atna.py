@@ -262,7 +262,7 @@ def sign_in(c: Center, monkeypatch: pytest.MonkeyPatch) -> None:
 def study_view_and_report_sign(c: Center) -> tuple[int, int]:
     """A study and its report in the database, and the records that viewing it and
     signing its report write (the same actions, objects and details as
-    viewer/studies.py and core/reports/service.py)."""
+    viewer/studies.py and reports/service.py)."""
     with c.db.session() as s:
         study = Study(site_id="county-a", study_uid="1.2.826.0.1.3680043.8.498.1",
                       patient_id="P-0042", patient_name="WANG^FANG",

@@ -22,7 +22,7 @@ from conftest import Center, _make_center, wait_until
 from core import audit
 from core.audit_checkpoints import SIGNING_CONTEXT, line_hash
 from core.models import AuditHead, AuditRecord
-from core.reports import crypto
+from core import crypto
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

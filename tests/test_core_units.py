@@ -191,13 +191,14 @@ def test_jobs_are_idempotent_and_run_through_their_state_machine(db: Database) -
     calls: list[int] = []
     kind = f"test-{uuid.uuid4().hex[:6]}"
 
-    @jobs.handler(kind)
     def _run(session: object, job: Job) -> None:
         calls.append(job.id)
         if job.params.get("fail") == "transient" and calls.count(job.id) < 2:
             raise jobs.TransientJobError("service down")
         if job.params.get("fail") == "hard":
             raise ValueError("bad input 42")
+
+    jobs.register_handler(kind, _run)  # type: ignore[arg-type]
 
     with db.session() as s:
         ok, created = jobs.create_job(s, jobs.NewJob(key=f"{kind}:1", kind=kind, queue="q"))
@@ -224,9 +225,10 @@ def test_worker_drops_foreign_messages_and_human_jobs(db: Database) -> None:
     kind = f"test-{uuid.uuid4().hex[:6]}"
     ran: list[int] = []
 
-    @jobs.handler(kind)
     def _run(session: object, job: Job) -> None:
         ran.append(job.id)
+
+    jobs.register_handler(kind, _run)  # type: ignore[arg-type]
 
     with db.session() as s:
         mine, _ = jobs.create_job(s, jobs.NewJob(key=f"{kind}:a", kind=kind, queue="q"))

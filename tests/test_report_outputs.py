@@ -40,11 +40,11 @@ from pydicom.uid import (
 )
 
 from core.errors import ConfigurationError, InvalidInput
-from core.reports import pdf as pdf_module
-from core.reports.document import ReportDocument, Section, SignerInfo
-from core.reports.fhir import diagnostic_report
-from core.reports.hl7 import oru_r01
-from core.reports.pdf import (
+from reports import pdf as pdf_module
+from reports.document import ReportDocument, Section, SignerInfo
+from reports.fhir import diagnostic_report
+from reports.hl7 import oru_r01
+from reports.pdf import (
     MissingFontError,
     encapsulated_pdf_dataset,
     pdf_from_dataset,
@@ -53,7 +53,7 @@ from core.reports.pdf import (
     sealed_content_of_file,
     sealed_content_of_pdf,
 )
-from core.reports.sr import (
+from reports.sr import (
     SEAL_CREATOR,
     SEAL_FORMAT,
     MalformedReportFileError,
@@ -592,7 +592,7 @@ def _pdf_text(pdf: bytes, tmp_path: Path) -> str:
 def test_pdf_names_the_patient_dates_the_study_and_shows_a_key_image(
     evidence: Dataset, tmp_path: Path
 ) -> None:
-    from core.reports.document import Figure
+    from reports.document import Figure
 
     key = _key_image_png()
     doc = make_doc(evidence, patient_name="Phantom^Demo", study_date="20040119",

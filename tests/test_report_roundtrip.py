@@ -166,7 +166,7 @@ def test_sign_deliver_verify_round_trip(alg: str, center: Center, api: TestClien
 
     # The same sealed PDF through the app (what the site's clerk opens), dated, the
     # patient named as on paper, with a key image of the study; it verifies as it is.
-    from core.reports.pdf import pdf_from_dataset
+    from reports.pdf import pdf_from_dataset
 
     r = api.get(f"/api/reports/{rid}/pdf")
     assert r.status_code == 200 and r.headers["content-type"] == "application/pdf", r.text

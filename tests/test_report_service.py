@@ -11,8 +11,8 @@ import pytest
 from core.db import Database, get_database
 from core.errors import Conflict, InvalidInput
 from core.models import AIFinding, AIResult, Report, Study
-from core.reports import service
-from core.reports.templates import get_template, template_for
+from reports import service
+from reports.templates import get_template, template_for
 from core.sites import SiteSpec, add_site
 
 

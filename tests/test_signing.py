@@ -31,9 +31,10 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 
 from core.errors import ConfigurationError, Conflict, InvalidInput, RDCError
-from core.reports import crypto, envelope, pdf, pki
-from core.reports.crypto import SignatureInvalid
-from core.reports.document import ReportDocument, Section, SignerInfo
+from core import crypto, pki
+from reports import envelope, pdf
+from core.crypto import SignatureInvalid
+from reports.document import ReportDocument, Section, SignerInfo
 
 ALGS = crypto.ALGORITHMS
 T0 = datetime(2026, 6, 1, 8, 0, 0, tzinfo=UTC)
@@ -613,7 +614,7 @@ RELABELS = {
 
 
 def test_relabelled_dicom_pdf_fails_and_names_the_attribute(reader: Reader) -> None:
-    from core.reports.verify import verify_bytes
+    from reports.verify import verify_bytes
 
     doc, sealed_pdf, evidence = _signed_report(reader)
     wrapped = _dicom_bytes(pdf.encapsulated_pdf_dataset(sealed_pdf, doc, evidence))
@@ -650,7 +651,7 @@ def test_relabelled_dicom_pdf_fails_and_names_the_attribute(reader: Reader) -> N
 def test_a_wrapper_without_sealed_attributes_is_refused(reader: Reader) -> None:
     """A PDF sealed as before (its seal records no wrapper attributes) still verifies
     bare, but not inside a DICOM wrapper: nothing there ties the patient to the seal."""
-    from core.reports.verify import verify_bytes
+    from reports.verify import verify_bytes
 
     doc, sealed_pdf, evidence = _signed_report(reader)
     signed, _ = pdf.sealed_content_of_pdf(sealed_pdf)

@@ -20,8 +20,8 @@ from core import audit
 from core.db import Database, get_database
 from core.errors import Conflict
 from core.models import ECGAnalysis, Report, Site, Study
-from core.reports import service
-from core.reports.document import Figure
+from reports import service
+from reports.document import Figure
 from core.settings import get_settings
 from core.states import ReportState
 from ecg.readers import read_ecg

@@ -1,7 +1,7 @@
 """HTTP API of reports, AI finding review and deliveries (screens come with the viewer).
 
 Thin endpoints: authentication and schemas here, the logic in
-:mod:`core.reports.service` and :mod:`pacs_gateway.delivery`.  Every read of a
+:mod:`reports.service` and :mod:`pacs_gateway.delivery`.  Every read of a
 report is audited; every change is audited by the service it calls.
 """
 
@@ -19,9 +19,9 @@ from core import audit
 from core.db import get_database
 from core.errors import RDCError
 from core.models import AIFinding, Delivery, Report, ReportVersion, Study
-from core.reports import service
-from core.reports.pdf import pdf_from_dataset
-from core.reports.templates import get_template
+from reports import service
+from reports.pdf import pdf_from_dataset
+from reports.templates import get_template
 from core.settings import get_settings
 from core.states import ReportState
 from pacs_gateway import delivery

@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 from core import audit
 from core.errors import Conflict, InvalidInput, NotFound, RDCError
 from core.models import Report, ReportVersion, ShareLink, Study
-from core.reports import service
-from core.reports.pdf import display_date, display_person_name
+from reports import service
+from reports.pdf import display_date, display_person_name
 from core.states import ReportState
 from viewer.auth import UserContext
 

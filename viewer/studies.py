@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from core import audit
 from core.models import AIFinding, AIResult, Study
 from core.orthanc_client import OrthancClient, OrthancError
-from core.reports.document import Figure
+from reports.document import Figure
 from core.settings import Settings
 from viewer.auth import UserContext
 from viewer.worklist import get_visible_study, visible, work_item

@@ -1,4 +1,4 @@
-"""``core.reports.verify.verify_bytes``: what ``rdc reports verify`` runs on a delivered
+"""``reports.verify.verify_bytes``: what ``rdc reports verify`` runs on a delivered
 SR, sealed PDF or DICOM-wrapped PDF.
 
 The trust anchor is the test CA that signed the seeds (``fuzz/data/report-ca.pem``, made
@@ -14,14 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-INSTRUMENT = ("core.reports", "pydicom", "asn1crypto")
+INSTRUMENT = ("reports", "pydicom", "asn1crypto")
 MAX_LEN = 160 * 1024
 CA_PEM = Path(__file__).resolve().parents[1] / "data" / "report-ca.pem"
 
 
 def load() -> Callable[[bytes], None]:
     from core.errors import RDCError
-    from core.reports.verify import verify_bytes
+    from reports.verify import verify_bytes
 
     ca = CA_PEM.read_bytes()
     #: Content hashes of the seeds' sealed reports: the only ones that may verify.

@@ -27,8 +27,8 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
 from core.errors import InvalidInput
-from core.reports.document import ReportDocument
-from core.reports.sr import section_concept
+from reports.document import ReportDocument
+from reports.sr import section_concept
 
 __all__ = ["HL7_VERSION", "HL7MessageError", "escape_hl7", "oru_r01", "text_lines"]
 

@@ -63,9 +63,9 @@ from reportlab.platypus import (
 )
 
 from core.errors import ConfigurationError
-from core.reports.crypto import SignatureInvalid
-from core.reports.document import Figure, ReportDocument, Sealer
-from core.reports.sr import (
+from core.crypto import SignatureInvalid
+from reports.document import Figure, ReportDocument, Sealer
+from reports.sr import (
     MalformedReportFileError,
     ReportFileError,
     ReportRenderError,

@@ -27,7 +27,7 @@ from fhir.resources.diagnosticreport import DiagnosticReport
 from pydantic import ValidationError
 
 from core.errors import InvalidInput
-from core.reports.document import ReportDocument
+from reports.document import ReportDocument
 
 __all__ = ["FHIR_VERSION", "FHIRValidationError", "diagnostic_report"]
 
@@ -76,7 +76,7 @@ def _type(text: str, code: str | None = None) -> dict[str, Any]:
 def diagnostic_report(doc: ReportDocument, *, pdf: bytes | None) -> dict[str, Any]:
     """The DiagnosticReport of ``doc`` as FHIR JSON (a dict), validated.
 
-    ``pdf`` is the sealed PDF from :func:`core.reports.pdf.render_pdf`; it is
+    ``pdf`` is the sealed PDF from :func:`reports.pdf.render_pdf`; it is
     embedded unchanged so that the receiver can verify it.
     """
     signer = doc.signer

@@ -43,9 +43,12 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
+import logging
+
 from core.errors import ConfigurationError, Conflict, InvalidInput
-from core.reports import crypto
-from core.reports.crypto import (
+from core.settings import Settings
+from core import crypto
+from core.crypto import (
     ECDSA_P256,
     ED25519,
     SM2,
@@ -636,3 +639,20 @@ def verify_certificate(cert: bytes, ca_cert: bytes, *, at: datetime | None = Non
     check_validity(_parse(ca_cert, "CA certificate"), moment, what="CA certificate")
     check_validity(info, moment)
     return info
+
+
+log = logging.getLogger(__name__)
+
+
+def center_ca(settings: Settings) -> CAMaterial:
+    """The center's CA, created with ``settings.signing_algorithm`` on first use."""
+    directory = settings.ca_dir
+    if not (directory / CA_CERT_FILE).exists():
+        ca = create_ca(f"{settings.center_name} CA", settings.signing_algorithm,
+                       organization=settings.center_name)
+        try:
+            save_ca(ca, directory)
+            log.info("ca.created alg=%s fingerprint=%s", ca.alg, ca.fingerprint)
+        except Conflict:
+            pass  # another process made it first; read theirs
+    return load_ca(directory)

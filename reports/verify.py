@@ -22,8 +22,8 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from core.errors import InvalidInput, RDCError
-from core.reports import envelope, pdf, sr
-from core.reports.crypto import SignatureInvalid
+from reports import envelope, pdf, sr
+from core.crypto import SignatureInvalid
 
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 

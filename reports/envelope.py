@@ -31,9 +31,9 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from core.errors import InvalidInput
-from core.reports import crypto, pki
-from core.reports.crypto import PrivateKey, SignatureInvalid
-from core.reports.document import Sealer, SignerInfo
+from core import crypto, pki
+from core.crypto import PrivateKey, SignatureInvalid
+from reports.document import Sealer, SignerInfo
 
 __all__ = [
     "VERSION",
@@ -126,7 +126,7 @@ class Verified:
         return f"valid; certificate revoked later at {self.revoked_at.isoformat()}"
 
     def signer_info(self) -> SignerInfo:
-        """The signature block of the outputs, as :mod:`core.reports.document` shows it."""
+        """The signature block of the outputs, as :mod:`reports.document` shows it."""
         return SignerInfo(name=self.signer_name, reader_id=self.reader_id,
                           fingerprint=self.fingerprint, algorithm=self.algorithm,
                           signed_at=self.signed_at)
@@ -172,7 +172,7 @@ def seal(data: bytes, *, private_key: PrivateKey, cert_pem: bytes, alg: str,
 
 def make_sealer(private_key: PrivateKey, cert_pem: bytes, alg: str,
                 signed_at: datetime) -> Sealer:
-    """A :data:`~core.reports.document.Sealer` that seals with this key, certificate and
+    """A :data:`~reports.document.Sealer` that seals with this key, certificate and
     time, so every output of one signing (SR, PDF) carries the same signer and time.
     The key is checked against the certificate here, before any output is rendered."""
     _check_key(private_key, cert_pem, alg)

@@ -1,4 +1,4 @@
-"""Readers' signing keys over the database, and the center's CA on disk.
+"""Readers' signing keys over the database (the center's CA itself is core.pki).
 
 The CA lives under ``$RDC_HOME/secrets/ca`` and is made on first use with the
 configured algorithm.  Each reader key row keeps the certificate and the
@@ -20,8 +20,8 @@ from core import audit
 from core.db import get_database
 from core.errors import Conflict, Forbidden, NotFound
 from core.models import ReaderKey
-from core.reports import pki
-from core.reports.crypto import PrivateKey
+from core import pki
+from core.crypto import PrivateKey
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,18 +32,7 @@ def _aware(t: datetime) -> datetime:
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
-def center_ca(settings: Settings) -> pki.CAMaterial:
-    """The center's CA, created with ``settings.signing_algorithm`` on first use."""
-    directory = settings.ca_dir
-    if not (directory / pki.CA_CERT_FILE).exists():
-        ca = pki.create_ca(f"{settings.center_name} CA", settings.signing_algorithm,
-                           organization=settings.center_name)
-        try:
-            pki.save_ca(ca, directory)
-            log.info("ca.created alg=%s fingerprint=%s", ca.alg, ca.fingerprint)
-        except Conflict:
-            pass  # another process made it first; read theirs
-    return pki.load_ca(directory)
+center_ca = pki.center_ca  # the CA lives in the kernel (audit anchoring signs with it)
 
 
 def ca_certificate_pem(settings: Settings) -> bytes:

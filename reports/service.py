@@ -35,12 +35,12 @@ from core.models import (
     Study,
 )
 from core.orthanc_client import OrthancClient
-from core.reports import fhir, hl7, keys, pdf, sr
-from core.reports.canonical import canonical_bytes, normalize_text
-from core.reports.crypto import digest, hash_algorithm
-from core.reports.document import Figure, ReportDocument, Section, SignerInfo
-from core.reports.envelope import make_sealer
-from core.reports.templates import Template, get_template, template_for
+from reports import fhir, hl7, keys, pdf, sr
+from reports.canonical import canonical_bytes, normalize_text
+from core.crypto import digest, hash_algorithm
+from reports.document import Figure, ReportDocument, Section, SignerInfo
+from reports.envelope import make_sealer
+from reports.templates import Template, get_template, template_for
 from core.settings import Settings
 from core.states import ReportState, check_transition
 

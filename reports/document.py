@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 #: Seals bytes with the signer's key: given the exact bytes to protect, returns
-#: the serialized signature envelope (see :mod:`core.reports.envelope`).
+#: the serialized signature envelope (see :mod:`reports.envelope`).
 Sealer = Callable[[bytes], bytes]
 
 

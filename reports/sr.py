@@ -20,7 +20,7 @@ the file's bytes:
 * without the seal's own private block (group 0099, creator
   ``RDC REPORT SIGNATURE``).
 
-The seal is whatever the :data:`~core.reports.document.Sealer` returns for those
+The seal is whatever the :data:`~reports.document.Sealer` returns for those
 bytes, stored in the private block; :func:`sealed_content_of_sr` hands the same
 two pieces back from a delivered file for the verifier.
 
@@ -52,7 +52,7 @@ from pydicom.uid import UID, ComprehensiveSRStorage
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 from core.errors import InvalidInput
-from core.reports.document import ReportDocument, Sealer, Section
+from reports.document import ReportDocument, Sealer, Section
 
 __all__ = [
     "SEAL_CREATOR",
