@@ -9,17 +9,54 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import DateTime, Dialect, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.types import TypeDecorator
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 AFTER_COMMIT = "rdc_after_commit"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A ``TIMESTAMP WITH TIME ZONE`` column whose values are always aware, in UTC.
+
+    SQLite keeps no offset: it stores the wall-clock digits and hands back a naive
+    datetime, so code reading a row used to re-attach UTC itself (a copy of that helper
+    sat in every module that compared a stored time with now).  This type does it once,
+    at the database boundary: a value read back is aware in UTC on every database, and a
+    value written is converted to UTC first, so SQLite never stores another zone's wall
+    clock.  A naive value is refused when written: its zone is unknown, and guessing it
+    is how wrong times get stored.  The SQL type is plain ``DateTime(timezone=True)``,
+    so the schema (and the migrations) are the same as without it.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise TypeError(f"UTCDateTime takes a datetime, not {type(value).__name__}")
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(
+                f"naive datetime {value.isoformat()} given for a UTCDateTime column: "
+                "pass an aware datetime (e.g. datetime.now(UTC))")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:  # SQLite: the stored digits are UTC (see above)
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
 
 def after_commit(session: Session, callback: Callable[[], None]) -> None:

@@ -8,7 +8,6 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
-    DateTime,
     Float,
     ForeignKey,
     Index,
@@ -19,6 +18,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from core.db import UTCDateTime
 from core.models.base import Base, utcnow
 
 
@@ -39,9 +39,8 @@ class AIModel(Base):
     demonstration: Mapped[bool] = mapped_column(Boolean, default=False)
     manifest: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     registered_by: Mapped[str] = mapped_column(String(128), default="")
-    registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    last_verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
-                                                              nullable=True)
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class AIResult(Base):
@@ -64,7 +63,7 @@ class AIResult(Base):
     sr_sop_uid: Mapped[str] = mapped_column(String(64))
     seg_sop_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
     critical: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class AIFinding(Base):

@@ -7,7 +7,6 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
-    DateTime,
     ForeignKey,
     Index,
     Integer,
@@ -17,6 +16,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from core.db import UTCDateTime
 from core.models.base import Base, utcnow
 
 
@@ -39,9 +39,9 @@ class ReaderKey(Base):
     fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
     cert_pem: Mapped[str] = mapped_column(Text)
     encrypted_private_key: Mapped[str] = mapped_column(Text)
-    issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    not_after: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    not_after: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     revoke_reason: Mapped[str] = mapped_column(String(200), default="")
 
 
@@ -61,8 +61,8 @@ class Report(Base):
     template_id: Mapped[str] = mapped_column(String(64))
     template_version: Mapped[str] = mapped_column(String(32))
     state: Mapped[str] = mapped_column(String(16), default="draft")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class ReportVersion(Base):
@@ -81,12 +81,12 @@ class ReportVersion(Base):
     author: Mapped[str] = mapped_column(String(128), default="")
     predecessor_id: Mapped[int | None] = mapped_column(ForeignKey("report_versions.id"),
                                                        nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     signed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
     signer_key_id: Mapped[int | None] = mapped_column(ForeignKey("reader_keys.id"),
                                                       nullable=True)
-    signed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    signed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     #: Exactly the bytes that were signed (canonical JSON, UTF-8).
     canonical: Mapped[str | None] = mapped_column(Text, nullable=True)
     hash_algorithm: Mapped[str | None] = mapped_column(String(16), nullable=True)

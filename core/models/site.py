@@ -7,7 +7,6 @@ from datetime import datetime
 from sqlalchemy import (
     JSON,
     Boolean,
-    DateTime,
     Float,
     ForeignKey,
     Index,
@@ -17,6 +16,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from core.db import UTCDateTime
 from core.models.base import Base, utcnow
 
 
@@ -43,7 +43,7 @@ class Site(Base):
     result_formats: Mapped[list[str]] = mapped_column(JSON, default=list)
     #: Agreed turnaround from completion to signed report, in minutes (routine work).
     turnaround_target_min: Mapped[int] = mapped_column(Integer, default=240)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     #: The site holds a TLS client certificate and may send over the mutual-TLS port
     #: only: the plain DICOM port refuses its AE title (see pacs_gateway.tls).
     tls_required: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -69,10 +69,10 @@ class SiteCertificate(Base):
     fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
     subject: Mapped[str] = mapped_column(String(255))
     cert_pem: Mapped[str] = mapped_column(Text)
-    not_before: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    not_after: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    not_before: Mapped[datetime] = mapped_column(UTCDateTime())
+    not_after: Mapped[datetime] = mapped_column(UTCDateTime())
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     issued_by: Mapped[str] = mapped_column(String(128))
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     revoked_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
     revoke_reason: Mapped[str] = mapped_column(String(200), default="")

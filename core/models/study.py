@@ -8,7 +8,6 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
-    DateTime,
     ForeignKey,
     Index,
     Integer,
@@ -18,6 +17,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from core.db import UTCDateTime
 from core.models.base import Base, utcnow
 
 
@@ -48,7 +48,7 @@ class Study(Base):
     patient_age: Mapped[str] = mapped_column(String(4), default="")
     body_part: Mapped[str] = mapped_column(String(64), default="")
     #: When the signed report is due: completion + the site's turnaround target.
-    due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     modalities: Mapped[list[str]] = mapped_column(JSON, default=list)
     state: Mapped[str] = mapped_column(String(16), default="received")
     #: How many times the study has been completed; job keys include it.
@@ -62,13 +62,12 @@ class Study(Base):
     orthanc_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     #: The reader who holds the study (claim/lock), so two never read the same one.
     claimed_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
-    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     #: First time a reader opened it (turnaround: complete → opened).
-    first_opened_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
-                                                             nullable=True)
-    first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    first_opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    first_received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Instance(Base):
@@ -96,5 +95,5 @@ class Instance(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     calling_ae: Mapped[str] = mapped_column(String(16), default="")
     peer_address: Mapped[str] = mapped_column(String(64), default="")
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    stored_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    stored_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
