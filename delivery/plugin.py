@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from core import jobs
+from core import jobs, scheduler
 
 
 def register() -> None:
-    from pacs_gateway import delivery as legacy  # moves into this package (issue 12)
+    from delivery import service, tasks
 
-    jobs.register_db_handler(legacy.JOB_KIND, legacy.run_delivery_job)
+    jobs.register_db_handler(service.JOB_KIND, tasks.run_delivery_job)
+    # Failed deliveries whose backoff has run out, and attempts whose lease ran out,
+    # get their next attempt from the center's scheduler (every RDC_MONITOR_INTERVAL_S).
+    scheduler.register_periodic("delivery.requeue_due", None,
+                                lambda session, _settings: service.requeue_due(session))

@@ -30,7 +30,7 @@ from core.process import die_with_parent
 from core.queue import enqueue_job
 from core.settings import Settings
 from pacs_gateway.completeness import complete_ready_studies
-from pacs_gateway.delivery import requeue_due
+from delivery.service import requeue_due
 from pacs_gateway.scp import GatewaySCP, port_is_free
 from pacs_gateway.spool import Spool
 from pacs_gateway.tls import TLSAcceptor, aggregated_refusals

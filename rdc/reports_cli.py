@@ -199,7 +199,7 @@ def reports_list(state: Annotated[str | None, typer.Option(help="Only this state
 def deliveries_list(state: Annotated[str | None, typer.Option(
         help="Only this state; 'dead' is the dead-letter list.")] = None) -> None:
     """Deliveries of signed results to county sites, with attempts and errors."""
-    from pacs_gateway.delivery import list_deliveries
+    from delivery.service import list_deliveries
 
     s = _settings()
     table = Table("id", "version", "site", "channel", "state", "attempts", "next attempt",
@@ -218,7 +218,7 @@ def deliveries_resend(
     force: Annotated[bool, typer.Option(help="Also resend one already delivered.")] = False,
 ) -> None:
     """Put a failed or dead-lettered delivery back in line."""
-    from pacs_gateway.delivery import resend
+    from delivery.service import resend
 
     s = _settings()
     try:

@@ -39,8 +39,9 @@ from core.errors import Conflict, InvalidInput, NotFound
 from core.models import AuditRecord, Delivery, Job, Report, ReportVersion, Site
 from core.settings import get_settings
 from core.sites import SiteSpec, add_site
+from delivery import service as dl
+from delivery.dicom_scu import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH
 from dicom_compare import same_dataset
-from pacs_gateway import delivery as dl
 
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
@@ -234,7 +235,7 @@ class CountySCP:
         ae = AE(ae_title=self.ae_title)
         ae.require_called_aet = True
         ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = 60
-        for uid in (BASIC_TEXT_SR, ENCAPSULATED_PDF, dl.STORAGE_COMMITMENT_PUSH):
+        for uid in (BASIC_TEXT_SR, ENCAPSULATED_PDF, STORAGE_COMMITMENT_PUSH):
             ae.add_supported_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         self._server = ae.start_server(
             ("127.0.0.1", self.port), block=False,
@@ -305,8 +306,8 @@ class CountySCP:
         if failed:
             report.FailedSOPSequence = failed
         status, _ = assoc.send_n_event_report(report, 2 if failed else 1,
-                                              dl.STORAGE_COMMITMENT_PUSH,
-                                              dl.STORAGE_COMMITMENT_INSTANCE)
+                                              STORAGE_COMMITMENT_PUSH,
+                                              STORAGE_COMMITMENT_INSTANCE)
         self.report_statuses.append(int(status.get("Status", -1)))
 
 

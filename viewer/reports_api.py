@@ -1,7 +1,7 @@
 """HTTP API of reports, AI finding review and deliveries (screens come with the viewer).
 
 Thin endpoints: authentication and schemas here, the logic in
-:mod:`reports.service` and :mod:`pacs_gateway.delivery`.  Every read of a
+:mod:`reports.service` and :mod:`delivery.service`.  Every read of a
 report is audited; every change is audited by the service it calls.
 """
 
@@ -24,7 +24,7 @@ from reports.pdf import pdf_from_dataset
 from reports.templates import get_template
 from core.settings import get_settings
 from core.states import ReportState
-from pacs_gateway import delivery
+from delivery import service as delivery
 from viewer import studies
 from viewer.archive import archived_file
 from viewer.auth import READING_ROLES, UserContext, check_site, require_roles
