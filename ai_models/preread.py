@@ -10,16 +10,13 @@ and a late series gets its own jobs when the study completes again.
 from __future__ import annotations
 
 import logging
-from functools import partial
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ai_models.registry import RegisteredModel, enabled_models, ensure_shipped
 from core import jobs
-from core.db import after_commit
 from core.models import Instance, Job, Study
-from core.queue import enqueue_job
 from core.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -55,15 +52,13 @@ def fan_out(session: Session, job: Job) -> None:
             if not _reads(model, modality, sop_class):
                 continue
             m = model.manifest
-            new_job, new = jobs.create_job(session, jobs.NewJob(
+            new_job, new = jobs.submit(session, jobs.NewJob(
                 key=inference_key(m.name, m.version, series_uid), kind="ai_inference",
                 queue=INFERENCE_QUEUE, study_id=study.id, priority=job.priority,
                 rule=job.rule, params={"model": m.name, "version": m.version,
                                        "series_uid": series_uid}))
             if new:
                 created.append(new_job.key)
-                after_commit(session, partial(enqueue_job, new_job.id, new_job.key,
-                                              new_job.queue, new_job.priority))
     if not created and not any(_reads(m, mod, sop) for _, mod, sop, _ in series
                                for m in models):
         what = ", ".join(sorted({f"{mod} ({sop})" for _, mod, sop, _ in series})) or "none"

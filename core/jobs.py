@@ -11,6 +11,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import select, update
@@ -18,7 +19,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core import audit
-from core.db import Database
+from core import queue as job_queue
+from core.db import Database, after_commit
 from core.models import Job
 from core.states import JobState, check_transition
 
@@ -116,6 +118,31 @@ def create_job(session: Session, spec: NewJob) -> tuple[Job, bool]:
                  object_id=str(job.id), detail={"key": job.key, "kind": job.kind,
                                                 "queue": job.queue, "rule": job.rule})
     return job, True
+
+
+def enqueue_after_commit(session: Session, job: Job) -> None:
+    """Hand ``job`` to the queue by ID once ``session`` has committed.
+
+    Only then is the job's row visible to the worker that gets the message.  For a
+    job that exists already and needs another message: stale-job recovery, a
+    delivery attempt nudged again.
+    """
+    after_commit(session, partial(job_queue.enqueue_job, job.id, job.key, job.queue,
+                                  job.priority))
+
+
+def submit(session: Session, spec: NewJob) -> tuple[Job, bool]:
+    """Create the job (see :func:`create_job`) and, when it is new and machine work,
+    queue it once the session commits; returns (job, created).
+
+    The one way a package starts work: a job that existed already was queued by
+    whoever created it, and a job on a human queue (:data:`HUMAN_QUEUES`) waits on
+    a worklist, never in the broker.
+    """
+    job, created = create_job(session, spec)
+    if created and job.queue not in HUMAN_QUEUES:
+        enqueue_after_commit(session, job)
+    return job, created
 
 
 def _move(job: Job, new: JobState) -> None:
@@ -302,3 +329,15 @@ def stale_jobs(session: Session, older_than_s: float) -> list[Job]:
             _move(job, JobState.QUEUED)
         job.updated_at = datetime.now(UTC)
     return list(rows)
+
+
+def requeue_stale(session: Session, older_than_s: float) -> list[int]:
+    """Queue again every stale job (see :func:`stale_jobs`) once ``session`` commits;
+    returns their IDs.  A periodic task of the center's scheduler (``core.scheduler``).
+    A duplicate message is harmless: :func:`execute` skips a finished job."""
+    ids: list[int] = []
+    for job in stale_jobs(session, older_than_s):
+        log.warning("job.requeue_stale job_id=%s kind=%s", job.id, job.kind)
+        enqueue_after_commit(session, job)
+        ids.append(job.id)
+    return ids

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
-from functools import partial
 
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from core import audit, jobs
-from core.db import after_commit
 from core.models import Instance, Site, Study
-from core.queue import enqueue_job
 from core.states import InstanceState, StudyState, check_transition
 from pacs_gateway.receipts import STAT_PRIORITY
 
@@ -93,7 +90,7 @@ def _complete(session: Session, study: Study, why: str) -> None:
     if study.priority >= STAT_PRIORITY:
         target_min = max(15, target_min // 4)  # STAT: a quarter of the routine target
     study.due_at = study.completed_at + timedelta(minutes=target_min)
-    job, created = jobs.create_job(session, jobs.NewJob(
+    job, _created = jobs.submit(session, jobs.NewJob(
         key=f"route:study-{study.id}:gen-{study.generation}", kind="route", queue="routing",
         study_id=study.id, priority=max(5, study.priority)))
     audit.append(session, actor="gateway", action="study.complete", object_type="study",
@@ -103,5 +100,3 @@ def _complete(session: Session, study: Study, why: str) -> None:
                      "expected": study.expected_instances, "route_job": job.id})
     log.info("study.complete study=%s site=%s why=%r generation=%s", study.id, study.site_id,
              why, study.generation)
-    if created:
-        after_commit(session, partial(enqueue_job, job.id, job.key, "routing", job.priority))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import tomllib
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core import audit, jobs
-from core.db import after_commit
 from core.errors import ConfigurationError
 from core.models import Instance, Job, Study
-from core.queue import enqueue_job
 from core.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -126,7 +123,7 @@ def route_study(session: Session, study: Study, rules: RuleSet) -> list[Job]:
     created: list[Job] = []
     for rule in selected:
         priority = max(rule.priority, study.priority)
-        job, new = jobs.create_job(session, jobs.NewJob(
+        job, new = jobs.submit(session, jobs.NewJob(
             key=f"{rule.job}:study-{study.id}:gen-{study.generation}:{rule.id}",
             kind=rule.job, queue=rule.queue, study_id=study.id, priority=priority,
             rule=f"{rule.id}@v{rules.version}", params=rule.params,
@@ -134,8 +131,6 @@ def route_study(session: Session, study: Study, rules: RuleSet) -> list[Job]:
         study.priority = max(study.priority, priority)
         if new:
             created.append(job)
-            if rule.queue not in jobs.HUMAN_QUEUES:
-                after_commit(session, partial(enqueue_job, job.id, job.key, job.queue, priority))
     audit.append(session, actor="worker", action="study.route", object_type="study",
                  object_id=str(study.id), detail={
                      "generation": study.generation, "rules_version": rules.version,

@@ -4,7 +4,9 @@ pynetdicom handles each association in a thread, so one process is bound by
 the GIL.  The gateway therefore runs as one *primary* process and a few
 *listener* processes that share the DICOM port (SO_REUSEPORT): every process
 receives, spools and uploads what it received; only the primary recovers the
-spool at start-up, watches study completeness and re-queues stale work.
+spool at start-up and watches study completeness.  Re-queueing stale jobs and due
+deliveries is not the gateway's: the center's scheduler (``core.scheduler``, ``rdc
+scheduler``) does it, so that a stopped gateway stops neither.
 Listeners die with the primary (PR_SET_PDEATHSIG), so a killed gateway never
 leaves a process behind that still answers on its port.
 """
@@ -18,19 +20,15 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from functools import partial
 
 from core.audit_background import AuditBackground
-from core.db import Database, after_commit, get_database
+from core.db import Database, get_database
 from core.errors import ConfigurationError
 from core.group_commit import GroupCommitter
-from core.jobs import stale_jobs
 from core.orthanc_client import OrthancClient
 from core.process import die_with_parent
-from core.queue import enqueue_job
 from core.settings import Settings
 from pacs_gateway.completeness import complete_ready_studies
-from delivery.service import requeue_due
 from pacs_gateway.scp import GatewaySCP, port_is_free
 from pacs_gateway.spool import Spool
 from pacs_gateway.tls import TLSAcceptor, aggregated_refusals
@@ -125,16 +123,7 @@ class Gateway:
 
     def monitor_once(self) -> list[int]:
         with self.db.session() as s:
-            completed = complete_ready_studies(s, self.settings.study_inactivity_s)
-        with self.db.session() as s:
-            for job in stale_jobs(s, self.settings.job_stale_after_s):
-                log.warning("job.requeue_stale job_id=%s kind=%s", job.id, job.kind)
-                after_commit(s, partial(enqueue_job, job.id, job.key, job.queue, job.priority))
-        with self.db.session() as s:
-            # Failed deliveries whose backoff has run out get a new attempt, even
-            # after a broker or worker restart lost the message that would retry them.
-            requeue_due(s)
-        return completed
+            return complete_ready_studies(s, self.settings.study_inactivity_s)
 
     def _check_listeners(self) -> None:
         for i, proc in enumerate(self._listeners):

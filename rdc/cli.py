@@ -169,6 +169,28 @@ def worker(
 
 
 @app.command()
+def scheduler() -> None:
+    """Run the center's periodic tasks (stale-job recovery, due delivery retries) in the
+    foreground.  One runs per center: a second one waits in standby (core/scheduler.py)."""
+    from core.scheduler import periodic_tasks, run_scheduler
+    from rdc.domains import load_domains
+
+    s = _settings()
+    setup_logging(s, "scheduler")
+    load_domains()  # every listed domain declares its periodic tasks (rdc/domains.py)
+    stop = threading.Event()
+
+    def on_term(*_: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    names = ", ".join(t.name for t in periodic_tasks())
+    console.print(f"scheduler: {names}")
+    run_scheduler(s, stop)
+
+
+@app.command()
 def web() -> None:
     """Run the web app (FastAPI) in the foreground."""
     import uvicorn

@@ -1,7 +1,7 @@
 """``rdc up``: run every process of the center, keep them running, stop them together.
 
 At start every process must come up once, in dependency order (Orthanc, the
-gateway, the worker, the web app); if one does not, ``rdc up`` stops and says
+gateway, the worker, the scheduler, the web app); if one does not, ``rdc up`` stops and says
 why, since that is nearly always configuration (a port in use).
 
 From then on it supervises like systemd's ``Restart=on-failure`` (see
@@ -22,7 +22,7 @@ Children run in their own sessions, so Ctrl-C reaches only this process, and
 in their own process groups, so that when one dies whatever it left behind (the
 gateway's listener processes, Orthanc under its wrapper, Celery's pool) is
 killed with it before the restart, instead of holding its port.  On stop they
-go in reverse order (web, worker, gateway, Orthanc last, so the gateway's
+go in reverse order (web, scheduler, worker, gateway, Orthanc last, so the gateway's
 uploader can finish what it has in hand).
 
 The state (per process: pid, state, start time, restarts, last exit) is written
@@ -418,6 +418,9 @@ def center_specs(settings: Settings) -> list[ChildSpec]:
              f"{settings.gateway_port}", settings.gateway_port),
         spec("worker", f"queues routing,inference,delivery on "
              f"{settings.public_summary()['broker_url']}", None),
+        # Stale-job recovery and delivery retries, apart from the gateway so that a
+        # stopped gateway stops neither (core/scheduler.py).
+        spec("scheduler", "periodic tasks: stale jobs, due delivery retries", None),
         spec("web", f"http://{settings.web_host}:{settings.web_port}", settings.web_port),
     ]
 
@@ -480,7 +483,7 @@ def run_all(settings: Settings, console: Console) -> int:
     try:
         wait_healthy(settings, sup.start("orthanc"), 60)
         sup.ready("orthanc")
-        for name in ("gateway", "worker", "web"):
+        for name in ("gateway", "worker", "scheduler", "web"):
             proc = sup.start(name)
             port = sup.child(name).spec.ready_port
             if port is not None and not _wait_listening(port, proc, 60):
