@@ -116,11 +116,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive UTC datetimes; PostgreSQL aware ones."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-
-
 # TOTP secret at rest ------------------------------------------------------------
 def _totp_key(settings: Settings) -> bytes:
     """The AES-256 key of TOTP secrets, created once (0600) beside the API token."""
@@ -274,7 +269,7 @@ def add_user(
 
 def is_locked(user: User, now: datetime | None = None) -> bool:
     """Whether the account is waiting out a sign-in lockout."""
-    return user.locked_until is not None and _aware(user.locked_until) > (now or _now())
+    return user.locked_until is not None and user.locked_until > (now or _now())
 
 
 def list_users(session: Session) -> list[User]:

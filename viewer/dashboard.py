@@ -25,10 +25,6 @@ STAGES = ("received", "complete", "ai_done", "opened", "signed", "delivered")
 CHART_MIN_HEIGHT_IN = 3.4
 
 
-def _aware(t: datetime | None) -> datetime | None:
-    return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
-
-
 def turnaround(session: Session, user: UserContext, days: int = 30) -> dict[str, Any]:
     """Percentiles (minutes) of each stage interval, per (site, modality)."""
     since = datetime.now(UTC) - timedelta(days=days)
@@ -49,9 +45,9 @@ def turnaround(session: Session, user: UserContext, days: int = 30) -> dict[str,
     samples: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(
         lambda: defaultdict(list))
     for study, t_ai, t_signed, t_delivered in session.execute(q):
-        times = dict(zip(STAGES, map(_aware, (study.first_received_at, study.completed_at,
-                                              t_ai, study.first_opened_at, t_signed,
-                                              t_delivered)), strict=True))
+        times: dict[str, datetime | None] = dict(zip(
+            STAGES, (study.first_received_at, study.completed_at, t_ai, study.first_opened_at,
+                     t_signed, t_delivered), strict=True))
         key = (study.site_id, "/".join(study.modalities) or "?")
         for a, b in pairwise(STAGES):
             start, end = times[a], times[b]

@@ -43,14 +43,10 @@ def _db() -> Database:
     return get_database(get_settings().database_url)
 
 
-def _aware(t: datetime | None) -> datetime | None:
-    return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
-
-
 def _summary(row: ECGAnalysis, study: Study, site_name: str, report_state: str | None,
              now: datetime) -> dict[str, Any]:
     m = row.measurements or {}
-    waited = _aware(study.completed_at) or _aware(row.created_at) or now
+    waited = study.completed_at or row.created_at or now
     return {
         "id": row.id, "study_id": study.id, "site_id": study.site_id, "site_name": site_name,
         "patient_id": study.patient_id, "patient_name": study.patient_name,

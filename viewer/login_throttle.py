@@ -44,7 +44,7 @@ flood of refused attempts costs a logarithmic number of audit rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Literal
 
 from sqlalchemy import or_, select
@@ -71,13 +71,6 @@ class Refusal:
     scope: Literal["address", "account"]
     until: datetime
     message: str
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    """SQLite hands back naive UTC datetimes; PostgreSQL aware ones."""
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment
 
 
 def _key(username: str, address: str) -> tuple[str, str]:
@@ -124,18 +117,18 @@ def check(session: Session, settings: Settings, username: str, address: str,
     """
     pair = _row(session, username, address)
     refusal: Refusal | None = None
-    locked_until = _aware(pair.locked_until)
+    locked_until = pair.locked_until
     if locked_until is not None and locked_until > now:
         refusal = Refusal("address", locked_until, (
             "sign-in locked for this username from your address after too many failed "
             f"attempts; try again in {_minutes(locked_until, now)} min or ask an "
             "administrator"))
     else:
-        familiar = _aware(pair.last_success_at)
+        familiar = pair.last_success_at
         if familiar is None or now - familiar > FAMILIAR_FOR:
             name, _ = _key(username, ACCOUNT)
             account = session.get(LoginThrottle, (name, ACCOUNT))
-            started = _aware(account.window_started_at) if account is not None else None
+            started = account.window_started_at if account is not None else None
             if (account is not None and started is not None
                     and account.failures >= settings.login_account_max_failures
                     and now - started < timedelta(seconds=settings.login_account_window_s)):
@@ -180,7 +173,7 @@ def record_failure(session: Session, settings: Settings, username: str, address:
                          "known_user": known_user})
     account = _row(session, username, ACCOUNT)
     window = timedelta(seconds=settings.login_account_window_s)
-    started = _aware(account.window_started_at)
+    started = account.window_started_at
     if started is None or now - started >= window:
         account.window_started_at, account.failures, account.refused = now, 0, 0
         started = now
@@ -212,7 +205,7 @@ def account_locked_until(session: Session, username: str, now: datetime) -> date
     """End of the username's ceiling for unfamiliar addresses, if it is in force."""
     name, _ = _key(username, ACCOUNT)
     account = session.get(LoginThrottle, (name, ACCOUNT))
-    until = _aware(account.locked_until) if account is not None else None
+    until = account.locked_until if account is not None else None
     return until if until is not None and until > now else None
 
 

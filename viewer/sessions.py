@@ -31,11 +31,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive UTC datetimes; PostgreSQL aware ones."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-
-
 def token_hash(token: str) -> str:
     """What the database stores of a session token."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -72,9 +67,9 @@ def load_session(session: Session, token: str, settings: Settings, *,
     ws = session.get(WebSession, token_hash(token))
     if ws is None or ws.revoked_at is not None:
         return None
-    if now >= _aware(ws.expires_at):
+    if now >= ws.expires_at:
         return None
-    last_seen = _aware(ws.last_seen_at)
+    last_seen = ws.last_seen_at
     if now - last_seen > timedelta(seconds=settings.session_idle_timeout_s):
         return None
     user = session.get(User, ws.user_id)

@@ -33,10 +33,6 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
 
 
-def _aware(t: datetime) -> datetime:
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
-
-
 @dataclass(frozen=True)
 class NewLink:
     id: int
@@ -92,7 +88,7 @@ def open_link(session: Session, token: str, client: str) -> SharedReport:
     if link is None:
         raise NotFound("this link does not exist")
     now = datetime.now(UTC)
-    if link.revoked_at is not None or _aware(link.expires_at) <= now:
+    if link.revoked_at is not None or link.expires_at <= now:
         why = "revoked" if link.revoked_at is not None else "expired"
         # Recorded in a separate transaction by the caller: this one is rolled back.
         raise LinkGone(f"this link was {why}; ask the hospital for a new one")
@@ -109,7 +105,7 @@ def open_link(session: Session, token: str, client: str) -> SharedReport:
 
 
 def _signed_at(moment: datetime | None) -> str:
-    return _aware(moment).strftime("%Y-%m-%d %H:%M UTC") if moment is not None else ""
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment is not None else ""
 
 
 def render_page(shared: SharedReport, image_urls: list[str], center_name: str) -> str:

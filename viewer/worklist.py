@@ -34,10 +34,6 @@ SIGNED = (ReportState.FINAL, ReportState.AMENDED)
 READER_ROLES = ("radiologist", "cardiologist", "pathologist", "lab_reviewer")
 
 
-def _aware(t: datetime | None) -> datetime | None:
-    return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
-
-
 def priority_label(priority: int | None) -> str:
     """What a reader sees for a priority number: STAT, AI CRITICAL, URGENT or ROUTINE."""
     p = priority or 0
@@ -207,7 +203,7 @@ def _ai_flags(session: Session, study_ids: list[int]) -> dict[int, list[str]]:
 
 def _item(row: Any, flags: dict[int, list[str]], now: datetime) -> WorkItem:
     study, site_name, report_id, report_state, claimer = row
-    due = _aware(study.due_at)
+    due = study.due_at
     return WorkItem(
         study_id=study.id, study_uid=study.study_uid, site_id=study.site_id,
         site_name=site_name, patient_id=study.patient_id, patient_name=study.patient_name,
@@ -215,7 +211,7 @@ def _item(row: Any, flags: dict[int, list[str]], now: datetime) -> WorkItem:
         instances=study.stored_instances, priority=study.priority,
         ai_critical=study.ai_critical, ai_flags=flags.get(study.id, []),
         status=_status(study, report_state), claimed_by=claimer,
-        completed_at=_aware(study.completed_at), due_at=due,
+        completed_at=study.completed_at, due_at=due,
         seconds_left=int((due - now).total_seconds()) if due is not None else None,
         report_id=report_id, priority_label=priority_label(study.priority),
         study_date=study.study_date, accession_number=study.accession_number,
