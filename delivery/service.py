@@ -34,17 +34,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import partial
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core import audit, jobs
-from core.db import after_commit
 from core.errors import Conflict, InvalidInput, NotFound
 from core.models import Delivery, Job, Report, ReportVersion, Site
-from core.queue import enqueue_job
 from core.settings import get_settings
 from core.states import DeliveryState, JobState, ReportState, check_transition
 
@@ -176,7 +173,7 @@ def queue_attempt(session: Session, delivery: Delivery, *,
     delivery.job_id = job.id
     queued = created or (kick and job.state == JobState.QUEUED)
     if queued:
-        after_commit(session, partial(enqueue_job, job.id, job.key, job.queue, job.priority))
+        jobs.enqueue_after_commit(session, job)
     return job, queued
 
 
