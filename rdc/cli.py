@@ -195,10 +195,13 @@ def web() -> None:
     """Run the web app (FastAPI) in the foreground."""
     import uvicorn
 
+    from rdc.domains import load_domains
+
     s = _settings()
     _check_web_deployment(s)
     setup_logging(s, "web")
     token = _ensure_api_token(s)
+    load_domains()  # the domains' report templates and prefill (rdc/domains.py)
     console.print(f"web: http://{s.web_host}:{s.web_port} (API docs at /docs for admins; "
                   f"operator token in {token})")
     # Proxy headers are the app's business (RDC_TRUSTED_PROXIES, viewer/deployment.py):

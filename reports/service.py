@@ -23,26 +23,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core import audit
-from core.errors import Conflict, InvalidInput, NotFound
-from core.models import (
-    AIFinding,
-    AIResult,
-    ECGAnalysis,
-    ReaderKey,
-    Report,
-    ReportVersion,
-    Site,
-    Study,
-)
-from core.orthanc_client import OrthancClient
-from reports import fhir, hl7, keys, pdf, sr
-from reports.canonical import canonical_bytes, normalize_text
 from core.crypto import digest, hash_algorithm
+from core.errors import Conflict, InvalidInput, NotFound
+from core.models import ReaderKey, Report, ReportVersion, Site, Study
+from core.orthanc_client import OrthancClient
+from core.settings import Settings
+from core.states import ReportState, check_transition
+from reports import fhir, hl7, keys, pdf, registry, sr
+from reports.canonical import canonical_bytes, normalize_text
 from reports.document import Figure, ReportDocument, Section, SignerInfo
 from reports.envelope import make_sealer
 from reports.templates import Template, get_template, template_for
-from core.settings import Settings
-from core.states import ReportState, check_transition
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +41,6 @@ log = logging.getLogger(__name__)
 #: that a retried signing writes the same objects, never a second copy.
 _UID_PREFIX = "1.2.826.0.1.3680043.10.1245."
 EDITABLE = (ReportState.DRAFT, ReportState.PRELIMINARY)
-#: Ends every line an accepted AI finding puts in a draft, so that lines the reader
-#: wrote are told apart from the ones a later decision may take out again.
-_AI_MARK = "accepted by the reader)"
 
 
 def _now() -> datetime:
@@ -83,61 +71,16 @@ def versions(session: Session, report: Report) -> list[ReportVersion]:
                                 .order_by(ReportVersion.number)))
 
 
-def _ai_prefill(session: Session, study: Study) -> str:
-    """Accepted AI findings as text; AI output a reader has not accepted stays out."""
-    rows = session.execute(
-        select(AIFinding, AIResult).join(AIResult, AIFinding.result_id == AIResult.id)
-        .where(AIFinding.study_id == study.id, AIFinding.review == "accepted")
-        .order_by(AIFinding.id)).all()
-    lines = []
-    for finding, result in rows:
-        volume = f", volume {finding.volume_ml:.1f} mL" if finding.volume_ml else ""
-        lines.append(f"{finding.label.replace('_', ' ')} (AI pre-read {result.model_name} "
-                     f"{result.model_version}, probability {finding.probability:.2f}{volume}, "
-                     f"{_AI_MARK}")
-    return "\n".join(lines)
-
-
-def _ecg_prefill(session: Session, study: Study, kind: str) -> str:
-    """The study's ECG analyses, as the cardiologist has edited them, as text."""
-    rows = list(session.scalars(select(ECGAnalysis).where(ECGAnalysis.study_id == study.id)
-                                .order_by(ECGAnalysis.id)))
-    parts = []
-    for row in rows:
-        m = row.measurements or {}
-        statements = [st for st in row.statements if st.get("text")]
-        if kind == "ecg_rhythm":
-            rhythm = [st["text"] for st in statements if st.get("code") in _RHYTHM_CODES]
-            parts.append("; ".join(rhythm))
-        elif kind == "ecg_measurements":
-            def v(key: str, unit: str, m: dict[str, Any] = m) -> str:
-                value = m.get(key)
-                return f"{value:g} {unit}" if isinstance(value, int | float) else "n/a"
-            parts.append(
-                f"HR {v('heart_rate_bpm', 'bpm')}, PR {v('pr_ms', 'ms')}, "
-                f"QRS {v('qrs_ms', 'ms')}, QT {v('qt_ms', 'ms')}, "
-                f"QTc {v('qtc_bazett_ms', 'ms')} (Bazett) / "
-                f"{v('qtc_fridericia_ms', 'ms')} (Fridericia), axes P/QRS/T "
-                f"{v('p_axis_deg', '°')}/{v('qrs_axis_deg', '°')}/{v('t_axis_deg', '°')}; "
-                f"quality {row.quality}")
-        elif kind == "ecg_statements":
-            parts.append("\n".join(("CRITICAL: " if st.get("critical") else "") + st["text"]
-                                    for st in statements))
-    return "\n".join(p for p in parts if p)
-
-
-_RHYTHM_CODES = frozenset({"sinus_rhythm", "bradycardia", "tachycardia", "irregular_rhythm",
-                           "atrial_fibrillation_suspected"})
-
-
 @dataclass(frozen=True)
-class _Draft:
+class Draft:
+    """A study's report whose current version can still change."""
+
     study: Study
     report: Report
     version: ReportVersion
 
 
-def _open_draft(session: Session, study_id: int) -> _Draft | None:
+def open_draft(session: Session, study_id: int) -> Draft | None:
     """The study's report if its current version can still change."""
     report = session.scalar(select(Report).where(Report.study_id == study_id,
                                                  Report.subject_type == "study"))
@@ -145,11 +88,12 @@ def _open_draft(session: Session, study_id: int) -> _Draft | None:
     if report is None or study is None:
         return None
     version = current_version(session, report)
-    return _Draft(study, report, version) if version.state in EDITABLE else None
+    return Draft(study, report, version) if version.state in EDITABLE else None
 
 
-def _apply_prefill(session: Session, draft: _Draft, changed: dict[str, str],
-                   actor: str) -> list[str]:
+def apply_prefill(session: Session, draft: Draft, changed: dict[str, str],
+                  actor: str) -> list[str]:
+    """Write prefill ``changed`` (field key -> new text) into the open draft, audited."""
     if changed:
         draft.version.fields = {**draft.version.fields, **changed}
         draft.version.updated_at = _now()
@@ -161,10 +105,10 @@ def _apply_prefill(session: Session, draft: _Draft, changed: dict[str, str],
 
 def prefill_texts(session: Session, study_id: int) -> dict[str, str]:
     """What each prefilled field of the study's open draft would hold now."""
-    draft = _open_draft(session, study_id)
+    draft = open_draft(session, study_id)
     if draft is None:
         return {}
-    return {f.key: _prefill(session, draft.study, f.prefill)
+    return {f.key: registry.prefill(session, draft.study, f.prefill)
             for f in template_of(draft.report).fields if f.prefill}
 
 
@@ -172,66 +116,20 @@ def refresh_prefill(session: Session, study_id: int, before: dict[str, str],
                     actor: str) -> list[str]:
     """After the analysis behind a draft changed (a cardiologist's edit), carry it into
     every prefilled field the reader has not rewritten (it still reads as ``before``)."""
-    draft = _open_draft(session, study_id)
+    draft = open_draft(session, study_id)
     if draft is None:
         return []
     fields = draft.version.fields
     changed = {k: v for k, v in prefill_texts(session, study_id).items()
                if k in before and fields.get(k, "") == before[k] and v != before[k]}
-    return _apply_prefill(session, draft, changed, actor)
-
-
-def _prefill(session: Session, study: Study, kind: str) -> str:
-    if kind == "ai_findings":
-        return _ai_prefill(session, study)
-    if kind.startswith("ecg_"):
-        return _ecg_prefill(session, study, kind)
-    raise InvalidInput(f"unknown template prefill {kind!r}")
-
-
-def review_finding(session: Session, finding_id: int, decision: str, actor: str) -> AIFinding:
-    """A reader accepts or rejects one AI finding; only accepted ones reach a report."""
-    if decision not in ("accepted", "rejected"):
-        raise InvalidInput(f"decision must be 'accepted' or 'rejected', not {decision!r}")
-    finding = session.get(AIFinding, finding_id)
-    if finding is None:
-        raise NotFound(f"no AI finding {finding_id}")
-    check_inputs_open(session, finding.study_id, "the review of its AI findings")
-    finding.review = decision
-    audit.append(session, actor=actor, action=f"ai_finding.{decision}", object_type="ai_finding",
-                 object_id=str(finding.id), detail={"study_id": finding.study_id,
-                                                    "label": finding.label})
-    session.flush()
-    _sync_ai_prefill(session, finding.study_id, actor)
-    return finding
-
-
-def _sync_ai_prefill(session: Session, study_id: int, actor: str) -> None:
-    """Keep an open draft's AI-prefilled field in step with the reader's decisions: an
-    accepted finding's line is added, a rejected one's removed; the reader's own text in
-    the field stays as it is.  Signed versions are never touched."""
-    draft = _open_draft(session, study_id)
-    if draft is None:
-        return
-    wanted = [line for line in _ai_prefill(session, draft.study).split("\n") if line]
-    changed = {}
-    for f in template_of(draft.report).fields:
-        if f.prefill != "ai_findings":
-            continue
-        current = str(draft.version.fields.get(f.key, ""))
-        lines = [ln for ln in current.split("\n") if not ln.endswith(_AI_MARK) or ln in wanted]
-        lines += [ln for ln in wanted if ln not in lines]
-        text = "\n".join(ln for ln in lines if ln.strip())
-        if text != current:
-            changed[f.key] = text
-    _apply_prefill(session, draft, changed, actor)
+    return apply_prefill(session, draft, changed, actor)
 
 
 def _initial_fields(session: Session, study: Study, template: Template) -> dict[str, str]:
     """A first draft's fields: the template's defaults, then what prefills them."""
     fields = {f.key: f.default for f in template.fields}
     for f in template.fields:
-        text = _prefill(session, study, f.prefill) if f.prefill else ""
+        text = registry.prefill(session, study, f.prefill) if f.prefill else ""
         if text:
             fields[f.key] = text
     return fields

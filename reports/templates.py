@@ -1,15 +1,20 @@
 """Report templates: versioned TOML files, one per modality or exam.
 
 A template names the report's fields in order, which of them must be filled
-before signing, their default text, and which field takes the AI findings a
-reader accepted.  Text between ``{{`` and ``}}`` is a placeholder the reader
-must resolve; a required field that is empty or still holds one blocks signing.
+before signing, their default text, and which fields a reading domain prefills
+(``prefill = "<kind>"``, see :mod:`reports.registry`).  Text between ``{{`` and
+``}}`` is a placeholder the reader must resolve; a required field that is empty or
+still holds one blocks signing.
 
 A template for one exam (``ct-chest``) names the modalities, the DICOM body parts
 (``body_parts``) and the study description words (``keywords``) it is for; a
 template with modalities but neither is that modality's generic fallback
 (``ct-generic``).  :func:`template_for` picks the exam's template, else the
 modality's fallback, else ``generic``: a spine CT never gets the chest template.
+
+The templates in this package's ``templates/`` folder are for images (the AI
+pre-read's findings prefill them); a reading domain ships its own (``ecg/report_templates``)
+and registers the folder with :func:`reports.registry.register_templates`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from core.errors import InvalidInput, NotFound
+from reports import registry
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 PLACEHOLDER = re.compile(r"\{\{.*?\}\}", re.DOTALL)
@@ -32,9 +38,9 @@ class TemplateField:
     title: str
     required: bool
     default: str = ""
-    ai_prefill: bool = False
-    #: What fills the field in a new draft: "ai_findings" (accepted AI findings),
-    #: "ecg_rhythm", "ecg_measurements" or "ecg_statements" (the ECG analysis).
+    #: What fills the field in a new draft: a prefill kind that a reading domain
+    #: registered (:func:`reports.registry.register_prefill`), e.g. the accepted AI
+    #: findings or the ECG analysis; "" for none.
     prefill: str = ""
 
 
@@ -88,9 +94,7 @@ def _load(path: Path) -> Template:
             TemplateField(key=str(f["key"]), title=str(f["title"]),
                           required=bool(f.get("required", False)),
                           default=str(f.get("default", "")),
-                          ai_prefill=bool(f.get("ai_prefill", False)),
-                          prefill=str(f.get("prefill", "ai_findings" if f.get("ai_prefill")
-                                                else "")))
+                          prefill=str(f.get("prefill", "")))
             for f in raw["fields"])
         return Template(id=str(raw["id"]), version=str(raw["version"]), title=str(raw["title"]),
                         modalities=tuple(raw.get("modalities", [])), fields=fields,
@@ -100,13 +104,24 @@ def _load(path: Path) -> Template:
         raise InvalidInput(f"report template {path.name} is invalid: {e}") from e
 
 
-@lru_cache(maxsize=1)
 def all_templates() -> dict[tuple[str, str], Template]:
-    """Every shipped template, keyed by (id, version)."""
+    """Every shipped template (this package's and the loaded domains'), keyed by
+    (id, version)."""
+    return _templates_in((TEMPLATES_DIR, *registry.template_dirs()))
+
+
+@lru_cache(maxsize=4)
+def _templates_in(directories: tuple[Path, ...]) -> dict[tuple[str, str], Template]:
     found: dict[tuple[str, str], Template] = {}
-    for path in sorted(TEMPLATES_DIR.glob("*.toml")):
-        t = _load(path)
-        found[(t.id, t.version)] = t
+    origin: dict[tuple[str, str], Path] = {}
+    for directory in directories:
+        for path in sorted(directory.glob("*.toml")):
+            t = _load(path)
+            if (t.id, t.version) in found:
+                raise InvalidInput(f"report template {t.id}@{t.version} is shipped twice: "
+                                   f"{origin[(t.id, t.version)]} and {path}")
+            found[(t.id, t.version)] = t
+            origin[(t.id, t.version)] = path
     return found
 
 

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from ai_models.report_prefill import review_finding
 from core.db import Database, get_database
 from core.errors import Conflict, InvalidInput
 from core.models import AIFinding, AIResult, Report, Study
-from reports import service
-from reports.templates import get_template, template_for
 from core.sites import SiteSpec, add_site
+from reports import registry, service
+from reports.templates import get_template, template_for
 
 
 @pytest.fixture
@@ -86,8 +87,8 @@ def test_review_decisions_are_checked(db: Database) -> None:
     with db.session() as s:
         finding = s.query(AIFinding).filter_by(label="effusion").one()
         with pytest.raises(InvalidInput, match="accepted' or 'rejected"):
-            service.review_finding(s, finding.id, "maybe", actor="dr.li")
-        assert service.review_finding(s, finding.id, "accepted", "dr.li").review == "accepted"
+            review_finding(s, finding.id, "maybe", actor="dr.li")
+        assert review_finding(s, finding.id, "accepted", "dr.li").review == "accepted"
 
 
 def test_drafts_are_edited_and_addenda_need_a_signed_version(db: Database) -> None:
@@ -119,11 +120,11 @@ def test_decisions_after_the_draft_exists_update_its_findings(db: Database) -> N
         service.update_draft(s, report.id, {"findings": service.current_version(
             s, report).fields["findings"] + "\nHeart size normal."}, "dr.li")
         effusion = s.query(AIFinding).filter_by(label="effusion").one()
-        service.review_finding(s, effusion.id, "accepted", "dr.li")
+        review_finding(s, effusion.id, "accepted", "dr.li")
         text = service.current_version(s, report).fields["findings"]
         assert "effusion" in text and "pneumothorax" in text and "Heart size normal." in text
         pneumothorax = s.query(AIFinding).filter_by(label="pneumothorax").one()
-        service.review_finding(s, pneumothorax.id, "rejected", "dr.li")
+        review_finding(s, pneumothorax.id, "rejected", "dr.li")
         text = service.current_version(s, report).fields["findings"]
         assert "pneumothorax" not in text and "effusion" in text
         assert "Heart size normal." in text  # the reader's own words stay
@@ -131,11 +132,11 @@ def test_decisions_after_the_draft_exists_update_its_findings(db: Database) -> N
         s.flush()
         # Signed: the findings it was signed on stay as they are, until an addendum.
         with pytest.raises(Conflict, match=r"signed .*start an addendum"):
-            service.review_finding(s, pneumothorax.id, "accepted", "dr.li")
+            review_finding(s, pneumothorax.id, "accepted", "dr.li")
         assert pneumothorax.review == "rejected"
         assert "pneumothorax" not in service.current_version(s, report).fields["findings"]
         service.add_addendum(s, report.id, {}, "dr.li")
-        service.review_finding(s, pneumothorax.id, "accepted", "dr.li")
+        review_finding(s, pneumothorax.id, "accepted", "dr.li")
         assert "pneumothorax" in service.current_version(s, report).fields["findings"]
 
 
@@ -154,3 +155,24 @@ def test_a_report_is_stored_from_its_first_save(db: Database) -> None:
         assert report.state == "preliminary"
         with pytest.raises(InvalidInput, match="no field"):
             service.create_report(s, study_id, "dr.li", fields={"bogus": "x"})
+
+
+def test_a_prefill_kind_no_domain_provides_is_refused_by_name(db: Database) -> None:
+    """Reports name no domain: a template field's prefill comes from the domain that
+    registered its kind, and a kind nobody registered says where to look."""
+    with db.session() as s:
+        study = Study(site_id="county-a", study_uid="1.2.3.5", patient_id="P2",
+                      modalities=["ECG"])
+        s.add(study)
+        s.flush()
+        with pytest.raises(InvalidInput, match=r"'pathology_slides'.*rdc/domains\.py"):
+            registry.prefill(s, study, "pathology_slides")
+        # The ECG domain's prefix covers every ecg_ kind; the AI domain's kind is exact.
+        assert registry.prefill(s, study, "ecg_rhythm") == ""
+        assert registry.prefill(s, study, "ai_findings") == ""
+        with pytest.raises(InvalidInput, match="'ai_findings_extra'"):
+            registry.prefill(s, study, "ai_findings_extra")
+    # The ECG template ships in the ECG package and is found through its registration.
+    assert get_template("ecg").fields[0].prefill == "ecg_rhythm"
+    with pytest.raises(ValueError, match="registered already"):
+        registry.register_prefill("ai_findings", lambda s, study, kind: "")

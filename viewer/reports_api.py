@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from pydantic import BaseModel, Field, computed_field
 from sqlalchemy import select
 
+from ai_models.report_prefill import review_finding as review_ai_finding
 from core import audit
 from core.db import get_database
 from core.errors import RDCError
@@ -312,7 +313,7 @@ def review_finding(finding_id: int, body: ReviewIn, user: Reader) -> dict[str, A
         if finding is None:
             raise HTTPException(404, "not found")
         get_visible_study(s, user, finding.study_id)
-        f = service.review_finding(s, finding_id, body.decision, user.username)
+        f = review_ai_finding(s, finding_id, body.decision, user.username)
         return {"id": f.id, "label": f.label, "review": f.review}
 
 
