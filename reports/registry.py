@@ -1,4 +1,4 @@
-"""What reading domains contribute to reports: prefill providers and template folders.
+"""What reading domains contribute to reports: prefill, template folders, PDF figures.
 
 Reports are shared by every reading domain, so this package names none of them.  A
 domain's ``plugin.register()`` (loaded from ``rdc/domains.py``) declares here what it
@@ -7,7 +7,9 @@ puts into a report:
 * a *prefill provider*: the text a template field with ``prefill = "<kind>"`` starts
   from in a new draft (the AI domain's accepted findings, the ECG analysis);
 * a *template folder*: the domain's own report templates (TOML files, see
-  :mod:`reports.templates`), kept in its package beside the code that fills them.
+  :mod:`reports.templates`), kept in its package beside the code that fills them;
+* a *figure provider*: pictures for the signed report's PDF (the ECG's 12-lead
+  tracing), drawn from the study's archived objects.
 
 A template whose prefill kind no loaded domain provides is refused when a draft is
 made from it, with the kind named: the domain is missing from ``rdc/domains.py``.
@@ -23,13 +25,22 @@ from sqlalchemy.orm import Session
 
 from core.errors import InvalidInput
 from core.models import Study
+from reports.document import Figure
 
 #: Text for one prefilled field: (session, the reported study, the field's prefill kind).
 PrefillProvider = Callable[[Session, Study, str], str]
 
 _lock = threading.Lock()
+#: Reads one archived object's file: (SOP Instance UID, what it is, for the error that
+#: says it is missing) -> the DICOM file's bytes.  The caller chooses how a missing
+#: object or an unreachable archive is answered (the web app: 404 / 502).
+ArchivedFile = Callable[[str, str], bytes]
+#: Figures for a study's signed PDF: (session, the reported study, a reader of its files).
+FigureProvider = Callable[[Session, Study, ArchivedFile], tuple[Figure, ...]]
+
 _prefill: dict[str, PrefillProvider] = {}
 _template_dirs: list[Path] = []
+_figures: list[FigureProvider] = []
 
 
 def register_prefill(kind: str, provider: PrefillProvider) -> None:
@@ -83,3 +94,18 @@ def template_dirs() -> tuple[Path, ...]:
     with _lock:
         return tuple(_template_dirs)
 
+
+
+def register_figures(provider: FigureProvider) -> None:
+    """Declare a source of figures for signed reports' PDFs (once per provider)."""
+    with _lock:
+        if provider not in _figures:
+            _figures.append(provider)
+
+
+def figures(session: Session, study: Study, archived: ArchivedFile) -> tuple[Figure, ...]:
+    """Every registered domain's figures for ``study``, in registration order (a domain
+    that has nothing for the study gives none)."""
+    with _lock:
+        providers = tuple(_figures)
+    return tuple(f for provider in providers for f in provider(session, study, archived))

@@ -7,11 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydicom.data import get_testdata_file
 
 from ai_models.report_prefill import review_finding
 from core.db import Database, get_database
 from core.errors import Conflict, InvalidInput
-from core.models import AIFinding, AIResult, Report, Study
+from core.models import AIFinding, AIResult, ECGAnalysis, Report, Study
 from core.sites import SiteSpec, add_site
 from reports import registry, service
 from reports.templates import get_template, template_for
@@ -176,3 +177,30 @@ def test_a_prefill_kind_no_domain_provides_is_refused_by_name(db: Database) -> N
     assert get_template("ecg").fields[0].prefill == "ecg_rhythm"
     with pytest.raises(ValueError, match="registered already"):
         registry.register_prefill("ai_findings", lambda s, study, kind: "")
+
+
+def test_the_ecg_domain_draws_its_tracing_for_the_signed_pdf(db: Database) -> None:
+    """The PDF's figures come from the domains that registered them: the ECG's 12-lead
+    tracing, drawn from the waveform the caller reads out of the archive."""
+    waveform = Path(get_testdata_file("waveform_ecg.dcm")).read_bytes()
+    asked: list[tuple[str, str]] = []
+
+    def archived(sop_uid: str, what: str) -> bytes:
+        asked.append((sop_uid, what))
+        return waveform
+
+    with db.session() as s:
+        image_study = Study(site_id="county-a", study_uid="1.2.3.6", patient_id="P3",
+                            modalities=["CT"])
+        ecg_study = Study(site_id="county-a", study_uid="1.2.3.7", patient_id="P4",
+                          modalities=["ECG"])
+        s.add_all([image_study, ecg_study])
+        s.flush()
+        s.add(ECGAnalysis(study_id=ecg_study.id, sop_instance_uid="1.2.3.7.1.1",
+                          series_uid="1.2.3.7.1", analysis_version="test", result={}))
+        s.flush()
+        assert registry.figures(s, image_study, archived) == ()
+        (figure,) = registry.figures(s, ecg_study, archived)
+    assert asked == [("1.2.3.7.1.1", "waveform")]
+    assert figure.title == "12-lead ECG (25 mm/s, 10 mm/mV)" and figure.width_mm == 180.0
+    assert figure.png.startswith(b"\x89PNG")
