@@ -169,6 +169,12 @@ class Settings(BaseSettings):
     #: How long a delivery keeps the association open for the site's storage
     #: commitment report (N-EVENT-REPORT) after its N-ACTION request.
     delivery_commit_wait_s: float = Field(default=10.0, ge=0)
+    #: The port of the center's storage commitment SCP (``rdc commitment``,
+    #: delivery/commitment_scp.py), where a site's PACS opens an association of its own
+    #: to send the N-EVENT-REPORT that did not come within the wait above; many PACS
+    #: report minutes later.  Unset: the gateway port + 2 (a second port beside the
+    #: gateway's, so it needs no own default to remember); 0 turns it off.
+    commitment_port: int | None = Field(default=None, ge=0, le=65535)
 
     #: Web sign-in.  A session ends after this long without a request (idle) ...
     session_idle_timeout_s: float = Field(default=30 * 60.0, gt=0)
@@ -317,6 +323,13 @@ class Settings(BaseSettings):
         if self.gateway_tls_port is None:
             return 2762 if self.environment == "production" else None
         return self.gateway_tls_port or None
+
+    @property
+    def commitment_listen_port(self) -> int | None:
+        """The storage commitment SCP's port, or None when it is off."""
+        if self.commitment_port is None:
+            return self.gateway_port + 2 if self.gateway_port <= 65533 else None
+        return self.commitment_port or None
 
     @property
     def gateway_tls_name_list(self) -> list[str]:

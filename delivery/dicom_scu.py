@@ -47,7 +47,7 @@ NETWORK_TIMEOUT_S = 30.0
 
 STORAGE_COMMITMENT_PUSH = UID("1.2.840.10008.1.20.1")
 STORAGE_COMMITMENT_INSTANCE = UID("1.2.840.10008.1.20.1.1")
-_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
 def _now() -> datetime:
@@ -178,13 +178,13 @@ def send_dicom(files: Sequence[bytes], *, host: str, port: int, called_ae: str,
     for ds in datasets:
         own = str(ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian))
         proposed = syntaxes.setdefault(str(ds.SOPClassUID), [])
-        for ts in (own, *_TRANSFER_SYNTAXES):
+        for ts in (own, *TRANSFER_SYNTAXES):
             if ts not in proposed:
                 proposed.append(ts)
     for sop_class, tss in syntaxes.items():
         ae.add_requested_context(sop_class, tss)
     if commitment:
-        ae.add_requested_context(STORAGE_COMMITMENT_PUSH, list(_TRANSFER_SYNTAXES))
+        ae.add_requested_context(STORAGE_COMMITMENT_PUSH, list(TRANSFER_SYNTAXES))
     watch = _Watch()
     try:
         assoc = ae.associate(host, port, ae_title=called_ae, evt_handlers=watch.handlers(),

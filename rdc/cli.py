@@ -191,6 +191,34 @@ def scheduler() -> None:
 
 
 @app.command()
+def commitment() -> None:
+    """Run the storage commitment SCP in the foreground: applies the N-EVENT-REPORTs that
+    sites send on an association of their own after a delivery (delivery/commitment_scp.py)."""
+    from delivery.commitment_scp import serve
+
+    s = _settings()
+    setup_logging(s, "commitment")
+    port = s.commitment_listen_port
+    if port is None:
+        err.print("[red]error:[/red] the storage commitment SCP is off (RDC_COMMITMENT_PORT=0)")
+        raise typer.Exit(1)
+    stop = threading.Event()
+
+    def on_term(*_: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    try:
+        console.print(f"commitment: storage commitment SCP, AE {s.gateway_ae} on "
+                      f"{s.gateway_host}:{port}")
+        serve(s, get_database(s.database_url), stop)
+    except OSError as e:
+        err.print(f"[red]error:[/red] cannot listen on port {port}: {e.strerror}")
+        raise typer.Exit(1) from e
+
+
+@app.command()
 def web() -> None:
     """Run the web app (FastAPI) in the foreground."""
     import uvicorn

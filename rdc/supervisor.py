@@ -1,8 +1,9 @@
 """``rdc up``: run every process of the center, keep them running, stop them together.
 
 At start every process must come up once, in dependency order (Orthanc, the
-gateway, the worker, the scheduler, the web app); if one does not, ``rdc up`` stops and says
-why, since that is nearly always configuration (a port in use).
+gateway, the worker, the scheduler, the storage commitment SCP, the web app); if one does
+not, ``rdc up`` stops and says why, since that is nearly always configuration (a port in
+use).
 
 From then on it supervises like systemd's ``Restart=on-failure`` (see
 :mod:`rdc.restart_policy`): a process that exits while the center is not
@@ -22,7 +23,7 @@ Children run in their own sessions, so Ctrl-C reaches only this process, and
 in their own process groups, so that when one dies whatever it left behind (the
 gateway's listener processes, Orthanc under its wrapper, Celery's pool) is
 killed with it before the restart, instead of holding its port.  On stop they
-go in reverse order (web, scheduler, worker, gateway, Orthanc last, so the gateway's
+go in reverse order (web, commitment, scheduler, worker, gateway, Orthanc last, so the gateway's
 uploader can finish what it has in hand).
 
 The state (per process: pid, state, start time, restarts, last exit) is written
@@ -410,7 +411,7 @@ def center_specs(settings: Settings) -> list[ChildSpec]:
                          log_path=settings.log_dir / f"{name}.out", where=where,
                          ready_port=port)
 
-    return [
+    specs = [
         spec("orthanc", f"http://127.0.0.1:{settings.orthanc_http_port} (loopback, "
              f"authenticated), DICOM {settings.orthanc_aet}@127.0.0.1:"
              f"{settings.orthanc_dicom_port}", settings.orthanc_http_port),
@@ -423,6 +424,14 @@ def center_specs(settings: Settings) -> list[ChildSpec]:
         spec("scheduler", "periodic tasks: stale jobs, due delivery retries", None),
         spec("web", f"http://{settings.web_host}:{settings.web_port}", settings.web_port),
     ]
+    commitment_port = settings.commitment_listen_port
+    if commitment_port is not None:
+        # Storage commitment reports that sites send on an association of their own
+        # (delivery/commitment_scp.py); started before the web app, stopped after it.
+        specs.insert(-1, spec("commitment", f"storage commitment SCP, AE "
+                              f"{settings.gateway_ae} on {settings.gateway_host}:"
+                              f"{commitment_port}", commitment_port))
+    return specs
 
 
 def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float) -> bool:
@@ -483,7 +492,7 @@ def run_all(settings: Settings, console: Console) -> int:
     try:
         wait_healthy(settings, sup.start("orthanc"), 60)
         sup.ready("orthanc")
-        for name in ("gateway", "worker", "scheduler", "web"):
+        for name in [c.spec.name for c in sup.children if c.spec.name != "orthanc"]:
             proc = sup.start(name)
             port = sup.child(name).spec.ready_port
             if port is not None and not _wait_listening(port, proc, 60):
