@@ -7,4 +7,7 @@
 - :mod:`reports.sr`, :mod:`reports.pdf`, :mod:`reports.hl7`,
   :mod:`reports.fhir`: the outputs of a signed version.
 - :mod:`reports.service`: the state machine and signing flow over the database.
+- :mod:`reports.templates`: the versioned report templates (TOML).
+- :mod:`reports.registry`: what reading domains contribute (prefill, template folders,
+  PDF figures), declared from their ``plugin.register()``; reports import no domain.
 """

@@ -316,8 +316,8 @@ def sign(session: Session, settings: Settings, report_id: int, *, reader_id: str
     passphrase is wrong.  On success the version is frozen, its SR and PDF are
     stored in Orthanc and its HL7 ORU and FHIR DiagnosticReport recorded; the
     caller schedules delivery to the originating site in the same transaction
-    (``pacs_gateway.delivery.schedule_result_deliveries``), which keeps the core
-    free of the gateway.
+    (``delivery.service.schedule_result_deliveries``), which keeps reports free of
+    delivery.
     """
     actor = actor or reader_id
     report = get_report(session, report_id)
