@@ -206,7 +206,11 @@ def deliveries_list(state: Annotated[str | None, typer.Option(
                   "last error")
     with get_database(s.database_url).session() as sess:
         for d in list_deliveries(sess, state):
-            table.add_row(str(d.id), str(d.report_version_id), d.site_id, d.channel, d.state,
+            # Sent, storage commitment requested, the site's report not yet in (it may come
+            # on an association of its own, to `rdc commitment`).
+            shown = f"{d.state} (awaiting commitment)" if (
+                d.state == "sent" and d.commitment_uid) else d.state
+            table.add_row(str(d.id), str(d.report_version_id), d.site_id, d.channel, shown,
                           str(d.attempts), str(d.next_attempt_at or ""),
                           (d.last_error or "")[:120])
     console.print(table)

@@ -252,6 +252,8 @@ def test_report_on_a_separate_association_commits_or_fails_the_delivery(
     assert sent.commitment_uid is not None and site_a.transactions == [sent.commitment_uid]
     assert sent.committed_at is None and commitment_audit(c, delivery.id) == []
     assert site_a.received == Counter({sr_uid: 1, pdf_uid: 1})
+    listed = c.rdc("deliveries", "list")
+    assert "sent (awaiting commitment)" in listed.stdout, listed.stdout + listed.stderr
     gate.set()
     assert site_a.reported.wait(60), c.logs()
     assert site_a.report_results == [("established", STATUS_SUCCESS)], c.logs()
