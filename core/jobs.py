@@ -158,10 +158,7 @@ def _held(job: Job, lease_s: float | None) -> bool:
     """A running job touched within its lease is being worked on by someone."""
     if lease_s is None or job.state != JobState.RUNNING:
         return False
-    updated = job.updated_at
-    if updated.tzinfo is None:  # SQLite hands back naive UTC
-        updated = updated.replace(tzinfo=UTC)
-    return datetime.now(UTC) - updated < timedelta(seconds=lease_s)
+    return datetime.now(UTC) - job.updated_at < timedelta(seconds=lease_s)
 
 
 def execute(db: Database, job_id: int, max_attempts: int = 5,

@@ -56,6 +56,7 @@ from core.crypto import (
     PublicKey,
     SignatureInvalid,
 )
+from core.timeutil import as_utc
 from core.tls_ca import ca_files, write_private
 
 __all__ = [
@@ -266,15 +267,6 @@ def _key_id(key: PublicKey) -> bytes:
     return hashlib.sha256(crypto.public_key_bytes(key)).digest()[:20]
 
 
-def _utc(moment: datetime | None) -> datetime:
-    """Aware UTC; a naive value is taken as UTC, as SQLite hands stored times back."""
-    if moment is None:
-        return datetime.now(UTC)
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
-
-
 def _build_certificate(*, issuer: x509.Name, issuer_key: PrivateKey, subject: x509.Name,
                        subject_key: PublicKey, serial: int, not_before: datetime,
                        not_after: datetime, extensions: list[dict[str, Any]]) -> bytes:
@@ -338,7 +330,7 @@ def create_ca(common_name: str, alg: str, *, valid_days: int = 3650,
     if organization:
         name_parts["organization_name"] = organization
     name = x509.Name.build(name_parts)
-    start = _utc(now).replace(microsecond=0)
+    start = as_utc(now).replace(microsecond=0)
     der = _build_certificate(
         issuer=name, issuer_key=key, subject=name, subject_key=public, serial=_new_serial(),
         not_before=start, not_after=start + timedelta(days=valid_days),
@@ -468,7 +460,7 @@ def issue_reader_certificate(ca: CAMaterial, reader_id: str, display_name: str, 
     _check_text(display_name, "display_name", 200)
     _passphrase_bytes(passphrase)  # refuse an empty passphrase before any work
     ca_cert = _parse(ca.cert_der, "CA certificate")
-    start = _utc(now).replace(microsecond=0)
+    start = as_utc(now).replace(microsecond=0)
     end = min(start + timedelta(days=valid_days), ca_cert.not_after)
     if end <= start:
         raise InvalidInput(f"the CA expires at {ca_cert.not_after.isoformat()}; "
@@ -550,8 +542,8 @@ def _parse_cert(cert: bytes, what: str) -> tuple[CertInfo, x509.Certificate]:
             serial=f"{int(tbs['serial_number'].native):x}",
             fingerprint=hashlib.sha256(der).hexdigest(),
             alg=alg,
-            not_before=_utc(validity["not_before"].native),
-            not_after=_utc(validity["not_after"].native),
+            not_before=as_utc(validity["not_before"].native),
+            not_after=as_utc(validity["not_after"].native),
             issuer_name=_name_attr(tbs["issuer"], "common_name") or "",
             is_ca=bool(parsed.ca),
             public_key=public,
@@ -617,7 +609,7 @@ def check_issued_by(cert: bytes, ca_cert: bytes) -> CertInfo:
 
 def check_validity(cert: CertInfo, at: datetime, *, what: str = "certificate") -> None:
     """Refuse a certificate outside its validity period at ``at`` (naive means UTC)."""
-    moment = _utc(at)
+    moment = as_utc(at)
     if moment < cert.not_before:
         raise SignatureInvalid(f"{what} {_describe(cert)} is not valid before "
                                f"{cert.not_before.isoformat()} (checked at "
@@ -634,7 +626,7 @@ def verify_certificate(cert: bytes, ca_cert: bytes, *, at: datetime | None = Non
     failed check, e.g. "certificate ... is not issued by this center's CA ...",
     "certificate ... expired at ...".
     """
-    moment = _utc(at)
+    moment = as_utc(at)
     info = check_issued_by(cert, ca_cert)
     check_validity(_parse(ca_cert, "CA certificate"), moment, what="CA certificate")
     check_validity(info, moment)

@@ -31,10 +31,6 @@ from core.models import Site, SiteCertificate
 from core.settings import Settings
 
 
-def _aware(t: datetime) -> datetime:
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
-
-
 def _site(session: Session, site_id: str) -> Site:
     site = session.get(Site, site_id)
     if site is None:
@@ -119,9 +115,9 @@ def state(cert: SiteCertificate, at: datetime | None = None) -> str:
     moment = at or datetime.now(UTC)
     if cert.revoked_at is not None:
         return "revoked"
-    if _aware(cert.not_after) <= moment:
+    if cert.not_after <= moment:
         return "expired"
-    if _aware(cert.not_before) > moment:
+    if cert.not_before > moment:
         return "not yet valid"
     return "active"
 
@@ -200,7 +196,7 @@ def check_presented(session: Session, der: bytes, at: datetime | None = None) ->
     if why == "revoked":
         return PeerCheck(row.site_id, serial, subject,
                          f"certificate serial {serial} of site {row.site_id!r} was revoked at "
-                         f"{_aware(row.revoked_at or moment).isoformat()}", "revoked")
+                         f"{(row.revoked_at or moment).isoformat()}", "revoked")
     if why != "active":
         return PeerCheck(row.site_id, serial, subject,
                          f"certificate serial {serial} of site {row.site_id!r} is {why}",

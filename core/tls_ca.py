@@ -41,6 +41,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from core.errors import ConfigurationError, InvalidInput
 from core.settings import Settings
+from core.timeutil import as_utc
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +145,7 @@ def _locked(directory: Path) -> Iterator[None]:
 
 
 def _now(now: datetime | None) -> datetime:
-    moment = now or datetime.now(UTC)
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).replace(microsecond=0)
+    return as_utc(now).replace(microsecond=0)
 
 
 def _name(common_name: str, organization: str, unit: str | None = None) -> x509.Name:

@@ -266,3 +266,28 @@ def test_report_and_delivery_state_machines() -> None:
     check_transition(DeliveryState, "dead", "pending")
     with pytest.raises(InvalidTransition):
         check_transition(DeliveryState, "committed", "pending")
+
+
+def test_datetime_columns_are_aware_utc(db: Database) -> None:
+    """UTCDateTime columns store UTC and read back aware on both databases; naive is refused."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from sqlalchemy.exc import StatementError
+
+    from core.timeutil import as_utc
+
+    east = datetime(2026, 6, 1, 10, 0, tzinfo=timezone(timedelta(hours=2)))
+    with db.session() as s:
+        job, _ = jobs.create_job(s, jobs.NewJob(key=f"tz:{uuid.uuid4()}", kind="tz", queue="q"))
+        job.created_at = east
+    with db.session() as s:
+        back = s.scalars(select(Job.created_at).where(Job.id == job.id)).one()
+        assert back == east and back.tzinfo is UTC and back.hour == 8
+        # Comparisons bind through the type too, so an aware bound matches across zones.
+        assert s.scalars(select(Job.id).where(Job.id == job.id,
+                                              Job.created_at < east + timedelta(seconds=1))).one()
+    with pytest.raises(StatementError, match="naive datetime"), db.session() as s:
+        s.execute(update(Job).where(Job.id == job.id).values(updated_at=datetime(2026, 6, 1, 8)))
+    # Times from outside the database: naive means UTC, aware ones are converted.
+    assert as_utc(datetime(2026, 6, 1, 8)) == datetime(2026, 6, 1, 8, tzinfo=UTC)
+    assert as_utc(east).tzinfo is UTC and as_utc(east).hour == 8
