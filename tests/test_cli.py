@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO, Center, wait_port
 
 COMMANDS = [[], ["up"], ["orthanc"], ["gateway"], ["worker"], ["web"], ["demo"], ["status"],
-            ["token"],
+            ["token"], ["commitment"],
             ["config"], ["sites"], ["sites", "add"], ["sites", "list"], ["sites", "remove"],
             ["audit"], ["audit", "verify"], ["keys"], ["keys", "issue"], ["keys", "list"],
             ["keys", "revoke"], ["keys", "export"], ["reports"], ["reports", "verify"],
