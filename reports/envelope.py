@@ -33,6 +33,7 @@ from typing import Any, Final
 from core.errors import InvalidInput
 from core import crypto, pki
 from core.crypto import PrivateKey, SignatureInvalid
+from core.timeutil import as_utc
 from reports.document import Sealer, SignerInfo
 
 __all__ = [
@@ -59,14 +60,9 @@ def _canonical_json(obj: Mapping[str, Any]) -> bytes:
         "ascii")
 
 
-def _as_utc(moment: datetime) -> datetime:
-    # Naive means UTC, as elsewhere in the center (SQLite returns stored UTC naive).
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def format_time(moment: datetime) -> str:
     """The one text form of an instant: UTC, ``Z``, microseconds only when non-zero."""
-    moment = _as_utc(moment)
+    moment = as_utc(moment)
     spec = "seconds" if moment.microsecond == 0 else "microseconds"
     return moment.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
 
@@ -160,7 +156,7 @@ def seal(data: bytes, *, private_key: PrivateKey, cert_pem: bytes, alg: str,
     hash_alg = crypto.hash_algorithm(alg)
     attributes = SignedAttributes(
         alg=alg, hash_alg=hash_alg, content_hash=crypto.digest(hash_alg, data).hex(),
-        signed_at=_as_utc(signed_at), signer_fingerprint=cert.fingerprint)
+        signed_at=as_utc(signed_at), signer_fingerprint=cert.fingerprint)
     signature = crypto.sign(alg, private_key, attributes.canonical())
     return _canonical_json({
         "attributes": attributes.to_json(),
@@ -308,7 +304,7 @@ def verify(data: bytes, envelope: bytes, ca_cert_pem: bytes, *,
     pki.check_validity(cert, attrs.signed_at)
     revoked_at = None if not revoked else revoked.get(cert.fingerprint)
     if revoked_at is not None:
-        revoked_at = _as_utc(revoked_at)
+        revoked_at = as_utc(revoked_at)
         if attrs.signed_at >= revoked_at:
             raise SignatureInvalid(
                 f"certificate {cert.fingerprint[:16]} of {cert.subject_name!r} was revoked at "

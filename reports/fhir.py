@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from datetime import UTC, datetime
+from datetime import datetime
 from html import escape
 from typing import Any, Final
 from urllib.parse import quote
@@ -27,6 +27,7 @@ from fhir.resources.diagnosticreport import DiagnosticReport
 from pydantic import ValidationError
 
 from core.errors import InvalidInput
+from core.timeutil import as_utc
 from reports.document import ReportDocument
 
 __all__ = ["FHIR_VERSION", "FHIRValidationError", "diagnostic_report"]
@@ -45,10 +46,8 @@ class FHIRValidationError(InvalidInput):
 
 
 def _instant(moment: datetime) -> str:
-    """FHIR instant/dateTime; naive datetimes are UTC, as the repository stores them."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.isoformat()
+    """FHIR instant/dateTime, in UTC (naive means UTC)."""
+    return as_utc(moment).isoformat()
 
 
 def _narrative(doc: ReportDocument) -> dict[str, str]:

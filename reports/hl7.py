@@ -27,6 +27,7 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
 from core.errors import InvalidInput
+from core.timeutil import as_utc
 from reports.document import ReportDocument
 from reports.sr import section_concept
 
@@ -75,10 +76,8 @@ def text_lines(text: str, width: int = _MAX_VALUE) -> list[str]:
 
 
 def _ts(moment: datetime) -> str:
-    """HL7 DTM with seconds and offset; naive datetimes are UTC, as stored."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.strftime("%Y%m%d%H%M%S%z")
+    """HL7 DTM with seconds and offset, in UTC (naive means UTC)."""
+    return as_utc(moment).strftime("%Y%m%d%H%M%S%z")
 
 
 def _segment(name: str, fields: dict[int, str]) -> str:

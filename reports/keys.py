@@ -28,10 +28,6 @@ log = logging.getLogger(__name__)
 MIN_PASSPHRASE = 8
 
 
-def _aware(t: datetime) -> datetime:
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
-
-
 center_ca = pki.center_ca  # the CA lives in the kernel (audit anchoring signs with it)
 
 
@@ -73,7 +69,7 @@ def key_state(key: ReaderKey, at: datetime | None = None) -> str:
     at = at or datetime.now(UTC)
     if key.revoked_at is not None:
         return "revoked"
-    if _aware(key.not_after) <= at:
+    if key.not_after <= at:
         return "expired"
     return "active"
 
@@ -107,7 +103,7 @@ def certificate_pem(session: Session, settings: Settings, key_id: int | None) ->
 
 def revocations(session: Session) -> dict[str, datetime]:
     """Fingerprint → revocation time of every revoked reader certificate."""
-    return {k.fingerprint: _aware(k.revoked_at) for k in session.scalars(
+    return {k.fingerprint: k.revoked_at for k in session.scalars(
         select(ReaderKey).where(ReaderKey.revoked_at.is_not(None))) if k.revoked_at}
 
 

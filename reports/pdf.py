@@ -136,11 +136,6 @@ def _register_font() -> str:
     return _FONT_NAME
 
 
-def _aware(moment: datetime) -> datetime:
-    """The repository stores naive datetimes as UTC (SQLite drops the zone)."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def _markup(text: str) -> str:
     """Reader text as Paragraph markup: XML-escaped, line breaks kept."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
@@ -273,7 +268,7 @@ def _story(doc: ReportDocument, styles: dict[str, ParagraphStyle]) -> list[Any]:
     block: list[Any] = [Paragraph("Electronic signature", styles["heading"])]
     block.append(_table([
         ("Signed by", f"{signer.name} ({signer.reader_id})"),
-        ("Signed at", _aware(signer.signed_at).isoformat()),
+        ("Signed at", signer.signed_at.isoformat()),
         ("Algorithm", signer.algorithm),
         ("Certificate fingerprint (SHA-256)", signer.fingerprint),
         (f"{REPORT_HASH_LABEL} ({doc.hash_algorithm})", doc.content_hash),
@@ -296,7 +291,7 @@ def _story(doc: ReportDocument, styles: dict[str, ParagraphStyle]) -> list[Any]:
 def _pdf_bytes(doc: ReportDocument) -> bytes:
     font = _register_font()
     styles = _styles(font)
-    stamp = _aware(doc.signer.signed_at).astimezone(UTC).strftime("D:%Y%m%d%H%M%S+00'00'")
+    stamp = doc.signer.signed_at.astimezone(UTC).strftime("D:%Y%m%d%H%M%S+00'00'")
 
     def first_page(canvas: Canvas, _template: Any) -> None:
         # Creation date = signature time, not the render time (see invariant below).
@@ -429,7 +424,7 @@ def pdf_subject(doc: ReportDocument, evidence: Dataset | None = None) -> dict[st
     given (as in the wrapper), else from the document (which the center fills from
     that instance); birth date, sex and issuer of the patient ID only with evidence.
     """
-    signed_at = _aware(doc.signer.signed_at)
+    signed_at = doc.signer.signed_at
     subject = {
         "SpecificCharacterSet": "ISO_IR 192",
         "SOPClassUID": str(EncapsulatedPDFStorage),
@@ -553,7 +548,7 @@ def encapsulated_pdf_dataset(pdf: bytes, doc: ReportDocument, evidence: Dataset)
     if not pdf.startswith(b"%PDF-"):
         raise ReportRenderError("encapsulated_pdf_dataset needs the bytes of a PDF")
     header = evidence_header(doc, evidence)
-    signed_at = _aware(doc.signer.signed_at)
+    signed_at = doc.signer.signed_at
     subject = pdf_subject(doc, evidence)
     try:
         record = sealed_subject_of_pdf(sealed_content_of_pdf(pdf)[0])

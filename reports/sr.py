@@ -35,7 +35,6 @@ import copy
 import hashlib
 import io
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Final
 
 import highdicom as hd
@@ -163,11 +162,6 @@ def _person_name(name: str) -> str:
     return name if "^" in name or "=" in name else f"{name}^"
 
 
-def _aware(moment: datetime) -> datetime:
-    """The repository stores naive datetimes as UTC (SQLite drops the zone)."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def _valid_uid(value: str, what: str) -> str:
     if not value or not UID(value).is_valid:
         raise ReportRenderError(f"{what} {value!r} is not a valid DICOM UID")
@@ -236,7 +230,7 @@ def _content(doc: ReportDocument) -> hd.sr.ContainerContentItem:
     rows = [
         ("SIGNER", "Signer", signer.name),
         ("SIGNERID", "Signer account", signer.reader_id),
-        ("SIGNEDAT", "Signed at", _aware(signer.signed_at).isoformat()),
+        ("SIGNEDAT", "Signed at", signer.signed_at.isoformat()),
         ("SIGALG", "Signature algorithm", signer.algorithm),
         ("CERTFPR", "Certificate fingerprint (SHA-256)", signer.fingerprint),
         ("CONTENTHASH", f"Content hash ({doc.hash_algorithm})", doc.content_hash),
@@ -283,7 +277,7 @@ def build_signed_sr(doc: ReportDocument, evidence: Dataset, seal: Sealer) -> Dat
     series_uid = _valid_uid(doc.sr_series_uid, "SR Series Instance UID")
     header = evidence_header(doc, evidence)
     previous = [_predecessor(doc)] if doc.kind == "addendum" else None
-    signed_at = _aware(doc.signer.signed_at)
+    signed_at = doc.signer.signed_at
     sr = hd.sr.ComprehensiveSR(
         evidence=[header],
         content=_content(doc),
