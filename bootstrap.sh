@@ -84,8 +84,10 @@ if [ -f viewer/package.json ]; then
     say "installing front-end dependencies"
     (cd viewer && npm ci --no-audit --no-fund) && touch "$lock_stamp"
   fi
-  say "building the web front end"
-  (cd viewer && npm run build --silent)
+  # Two builds: viewer/static is what the center serves; viewer/static-test is the same
+  # front end with the browser tests' window.__rdc hook, which the browser tests serve.
+  say "building the web front end (and its test build)"
+  (cd viewer && npm run build --silent && npm run build:test --silent)
 fi
 
 case "$mode" in

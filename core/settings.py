@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     gateway_refusal_audit_burst: int = Field(default=5, ge=1, le=1000)
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=8000, ge=1, le=65535)
+    #: The built front end ``rdc web`` serves; unset: viewer/static (the production
+    #: build).  The browser tests point it at viewer/static-test, the build with their
+    #: ``window.__rdc`` hook (``npm run build:test``).
+    web_static_dir: Path | None = None
 
     orthanc_binary: str = "Orthanc"
     orthanc_plugins_dir: Path = Path("/usr/share/orthanc/plugins")

@@ -18,17 +18,21 @@ import pytest
 from conftest import REPO, Center, wait_port
 
 CHROMIUM = Path(os.environ.get("RDC_CHROMIUM", "/usr/bin/chromium"))
-STATIC = REPO / "viewer" / "static"
+#: The test build of the front end (``npm run build:test``): the production build has no
+#: ``window.__rdc`` hook, which these tests read the viewer through.
+STATIC = REPO / "viewer" / "static-test"
 SCREENSHOTS = Path(os.environ.get("RDC_SCREENSHOT_DIR", REPO / "var" / "screenshots"))
 PASSWORD = "a long enough password 1"
 PASSPHRASE = "correct horse battery"
 
 
 def start_web(c: Center) -> subprocess.Popen[bytes]:
-    """``rdc web`` for the center, as a process, once it listens."""
+    """``rdc web`` for the center, as a process, once it listens; it serves the test
+    build of the front end (:data:`STATIC`)."""
     c.home.mkdir(parents=True, exist_ok=True)
     out = open(c.home / "web.test.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "rdc", "web"], env=c.env, cwd=REPO,
+    env = {**c.env, "RDC_WEB_STATIC_DIR": str(STATIC)}
+    proc = subprocess.Popen([sys.executable, "-m", "rdc", "web"], env=env, cwd=REPO,
                             stdout=out, stderr=subprocess.STDOUT)
     wait_port(c.web_port, 60, proc)
     return proc
@@ -55,7 +59,7 @@ def issue_key(c: Center, user: str, name: str) -> None:
 
 def require_front_end() -> None:
     if not (STATIC / "index.html").is_file():
-        pytest.fail("the front end is not built: cd viewer && npm ci && npm run build")
+        pytest.fail("the front end's test build is missing: cd viewer && npm run build:test")
 
 
 @pytest.fixture

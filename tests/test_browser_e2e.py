@@ -80,7 +80,7 @@ def _study_with_findings(c: Center, study_uid: str) -> tuple[int, list[int]] | N
 def e2e(center: Center, tmp_path: Path) -> Iterator[E2E]:
     """A whole center with one CT study read by the AI, and a county PACS (storescp)."""
     if not (STATIC / "index.html").is_file():
-        pytest.fail("the front end is not built: cd viewer && npm ci && npm run build")
+        pytest.fail("the front end's test build is missing: cd viewer && npm run build:test")
     c = center
     scp_port, inbox = free_port(), tmp_path / "county-inbox"
     scp = start_storescp(inbox, scp_port, ae_title=SENDER_AE)

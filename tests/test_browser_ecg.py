@@ -86,7 +86,7 @@ def _analysis(c: Center, study_uid: str) -> tuple[int, int] | None:
 def ecg_center(center: Center, tmp_path: Path) -> Iterator[EcgCenter]:
     """A whole center with one analysed ECG, and a county PACS (storescp)."""
     if not (STATIC / "index.html").is_file():
-        pytest.fail("the front end is not built: cd viewer && npm ci && npm run build")
+        pytest.fail("the front end's test build is missing: cd viewer && npm run build:test")
     c = center
     scp_port, inbox = free_port(), tmp_path / "county-inbox"
     scp = start_storescp(inbox, scp_port, ae_title=SENDER_AE)

@@ -6,8 +6,10 @@ shows without console errors, server messages are shown as text (never as HTML),
 the study viewer really draws a DICOM image through Cornerstone3D's wadors loader, the
 admin page adds and disables accounts, and the turnaround dashboard shows its table and chart.
 
+These tests read the viewer through its ``window.__rdc`` hook, so they serve the test build
+(``viewer/static-test``, ``npm run build:test``; the production build has no hook).
 Missing pieces fail loudly, never skip: build the front end with ``./bootstrap.sh``
-(``npm ci && npm run build`` in ``viewer/``), ``apt-get install chromium``,
+(``npm ci && npm run build:test`` in ``viewer/``), ``apt-get install chromium``,
 ``pip install playwright`` (never ``playwright install``: the system Chromium is used).
 """
 
@@ -41,7 +43,7 @@ from viewer.frontend_routes import mount_frontend
 
 REPO = Path(__file__).resolve().parent.parent
 VIEWER = REPO / "viewer"
-STATIC = VIEWER / "static"
+STATIC = VIEWER / "static-test"  # the test build, with the window.__rdc hook
 CHROMIUM = Path(os.environ.get("RDC_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = Path(os.environ.get("RDC_SCREENSHOT_DIR", REPO / "var" / "screenshots"))
 
@@ -59,7 +61,8 @@ SIZE = 64
 # Build and browser -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def static_dir() -> Path:
-    """The built front end; built here only when viewer/static/index.html is missing."""
+    """The test build of the front end; built here only when viewer/static-test/index.html
+    is missing."""
     if not (STATIC / "index.html").is_file():
         npm = shutil.which("npm")
         if npm is None:
@@ -67,9 +70,9 @@ def static_dir() -> Path:
         if not (VIEWER / "node_modules").is_dir():
             subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=VIEWER, check=True,
                            timeout=600)
-        subprocess.run([npm, "run", "build"], cwd=VIEWER, check=True, timeout=600)
+        subprocess.run([npm, "run", "build:test"], cwd=VIEWER, check=True, timeout=600)
     if not (STATIC / "index.html").is_file():
-        pytest.fail("npm run build did not produce viewer/static/index.html")
+        pytest.fail("npm run build:test did not produce viewer/static-test/index.html")
     return STATIC
 
 

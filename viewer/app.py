@@ -18,7 +18,7 @@ from viewer.deployment import check_production, trust_proxy_headers
 from viewer.dicomweb_proxy import router as dicomweb_router
 from viewer.ecg_api import router as ecg_router
 from viewer.front_door_api import router as front_door_router
-from viewer.frontend_routes import mount_docs, mount_frontend
+from viewer.frontend_routes import DEFAULT_STATIC_DIR, mount_docs, mount_frontend
 from viewer.headers import PatientDataHeaders
 from viewer.reports_api import router as reports_router
 from viewer.worklist_api import router as worklist_router
@@ -59,6 +59,7 @@ def create_app() -> FastAPI:
     app.include_router(reports_router)
     app.include_router(ecg_router)
     app.include_router(dicomweb_router)
-    mount_docs(app)
-    mount_frontend(app)  # last: the SPA answers what the API does not
+    static_dir = settings.web_static_dir or DEFAULT_STATIC_DIR
+    mount_docs(app, static_dir)
+    mount_frontend(app, static_dir)  # last: the SPA answers what the API does not
     return app

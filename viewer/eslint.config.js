@@ -5,14 +5,15 @@ import js from '@eslint/js';
 import globals from 'globals';
 
 export default [
-  { ignores: ['static/**', 'node_modules/**'] },
+  { ignores: ['static/**', 'static-test/**', 'node_modules/**'] },
   js.configs.recommended,
   {
     files: ['frontend/**/*.js'],
     languageOptions: {
       ecmaVersion: 2022,
       sourceType: 'module',
-      globals: { ...globals.browser },
+      // __RDC_TEST_HOOKS__: true only in the test build (vite.config.js).
+      globals: { ...globals.browser, __RDC_TEST_HOOKS__: 'readonly' },
     },
     rules: {
       eqeqeq: ['error', 'always', { null: 'ignore' }],
@@ -26,7 +27,7 @@ export default [
     },
   },
   {
-    files: ['vite.config.js', 'eslint.config.js', 'vitest.config.js'],
+    files: ['vite.config.js', 'eslint.config.js', 'vitest.config.js', 'typecheck_strict.js'],
     languageOptions: { globals: { ...globals.node } },
   },
 ];

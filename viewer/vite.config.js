@@ -1,5 +1,10 @@
 // Vite build of the radiologists' front end (viewer/frontend → viewer/static).
 //
+// `vite build --mode test` (npm run build:test) builds the same front end into
+// viewer/static-test with the browser tests' hook (`window.__rdc`): __RDC_TEST_HOOKS__ is
+// `true` there and `false` in every other mode, so the production bundle drops the hook's
+// code as dead code (tests/test_frontend_build.py checks both bundles).
+//
 // Cornerstone3D's DICOM image loader decodes in ES-module web workers and loads its
 // codecs as WebAssembly, so: workers are built as ES modules, the codec packages are
 // kept out of the dev-server pre-bundling (their `new URL(..., import.meta.url)` wasm
@@ -28,27 +33,34 @@ logger.warn = (msg, options) => {
 // The files of swagger-ui-dist that viewer/frontend_routes.py serves under /docs/.
 const SWAGGER_UI_FILES = ['swagger-ui-bundle.js', 'swagger-ui.css', 'favicon-32x32.png'];
 
-function swaggerUiAssets() {
+/** @param {string} outDir */
+function swaggerUiAssets(outDir) {
   return {
-    name: 'rdc-swagger-ui-assets',
-    apply: 'build',
-    writeBundle() {
-      const from = `${here}node_modules/swagger-ui-dist/`;
-      const to = `${here}static/docs/`;
-      mkdirSync(to, { recursive: true });
-      for (const name of SWAGGER_UI_FILES) copyFileSync(from + name, to + name);
-    },
+      name: 'rdc-swagger-ui-assets',
+      apply: /** @type {const} */ ('build'),
+      writeBundle() {
+        const from = `${here}node_modules/swagger-ui-dist/`;
+        const to = `${outDir}/docs/`;
+        mkdirSync(to, { recursive: true });
+        for (const name of SWAGGER_UI_FILES) copyFileSync(from + name, to + name);
+      },
   };
 }
 
-export default defineConfig({
+export default defineConfig(({ mode }) => {
+  const testHooks = mode === 'test';
+  const outDir = `${here}${testHooks ? 'static-test' : 'static'}`;
+  return {
   root: `${here}frontend`,
-  plugins: [swaggerUiAssets()],
+  plugins: [swaggerUiAssets(outDir)],
   customLogger: logger,
+  define: {
+    __RDC_TEST_HOOKS__: JSON.stringify(testHooks),
+  },
   base: '/',
   publicDir: false,
   build: {
-    outDir: `${here}static`,
+    outDir,
     emptyOutDir: true,
     target: 'es2022',
     sourcemap: false,
@@ -79,4 +91,5 @@ export default defineConfig({
       '/share': 'http://127.0.0.1:8000',
     },
   },
+  };
 });

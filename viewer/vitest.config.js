@@ -3,6 +3,8 @@
 import { defineConfig } from 'vitest/config';
 
 export default defineConfig({
+  // As in the test build (vite.config.js): the modules' test hooks are there.
+  define: { __RDC_TEST_HOOKS__: 'true' },
   test: {
     include: ['frontend/tests/**/*.test.js'],
     environment: 'node',

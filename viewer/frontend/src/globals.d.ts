@@ -3,11 +3,34 @@
 export {};
 
 declare global {
+  /** What dom.js's h(), append() and replace() take as children: nodes, text (strings,
+   * numbers), nested arrays, and null/undefined/false for "nothing here". */
+  type DomChild = Node | string | number | boolean | null | undefined | readonly DomChild[];
+
   /** What main.js hands every page: how to go elsewhere, and who is signed in. */
   type PageContext = { navigate: (hash: string) => void; user?: any };
 
+  /** True in the test build only (`vite build --mode test`, vite.config.js): the browser
+   * tests' hook is built under `if (__RDC_TEST_HOOKS__)`, which production drops. */
+  const __RDC_TEST_HOOKS__: boolean;
+
+  /** The browser tests' hook into the pages (main.js, pages/study/state.js, pages/ecg.js). */
+  type RdcTestHook = {
+    viewportReady: Promise<unknown>;
+    renderedImageCount: number;
+    getViewport: () => any;
+    getPriorViewport?: () => any;
+    nonBlankPixelCount?: () => number;
+    priorNonBlankPixelCount?: () => number;
+    segOverlayPixels?: () => number;
+    segSliceIndices?: () => number[];
+    imageExtent?: () => unknown;
+    priorImageExtent?: () => unknown;
+    ecgNonBlankPixels?: () => number;
+  };
+
   interface Window {
-    /** The browser tests' hook into the viewer (main.js, pages/study.js, pages/ecg.js). */
-    __rdc: Record<string, any>;
+    /** The browser tests' hook: set in test builds only. */
+    __rdc?: RdcTestHook;
   }
 }

@@ -13,12 +13,15 @@ const app = document.getElementById('app');
 let disposeCurrent = null;
 let navSeq = 0;
 
-// Test hook (see README of the front end): filled in by the study viewer.
-window.__rdc = window.__rdc ?? {
-  viewportReady: new Promise(() => {}),
-  renderedImageCount: 0,
-  getViewport: () => null,
-};
+// Test hook (see README of the front end): filled in by the study viewer. Test builds
+// only (`npm run build:test`, vite.config.js): the production bundle has no trace of it.
+if (__RDC_TEST_HOOKS__) {
+  window.__rdc = window.__rdc ?? {
+    viewportReady: new Promise(() => {}),
+    renderedImageCount: 0,
+    getViewport: () => null,
+  };
+}
 
 /** Where to go after signing in: the page asked for, never the sign-in page itself. */
 const NEXT_KEY = 'rdc.next';

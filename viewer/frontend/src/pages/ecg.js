@@ -414,8 +414,13 @@ export function renderEcg(root, ecgId, _ctx) {
 
   const paper = ecgPaper();
   cleanups.push(() => paper.dispose());
-  window.__rdc.ecgNonBlankPixels = () => paper.nonBlankPixels();
-  cleanups.push(() => { window.__rdc.ecgNonBlankPixels = () => 0; });
+  if (__RDC_TEST_HOOKS__) {
+    const hook = window.__rdc;
+    if (hook) {
+      hook.ecgNonBlankPixels = () => paper.nonBlankPixels();
+      cleanups.push(() => { hook.ecgNonBlankPixels = () => 0; });
+    }
+  }
 
   const title = h('div', { class: 'ecg-title', testid: 'ecg-title' }, 'Loading ECG…');
   const qualityBox = h('div', { class: 'ecg-quality', testid: 'ecg-quality-box' });
@@ -466,8 +471,12 @@ export function renderEcg(root, ecgId, _ctx) {
   function applyLock() {
     const ro = Boolean(locked);
     for (const input of measurementsBox.querySelectorAll('input')) input.readOnly = ro;
-    for (const input of statementList.querySelectorAll('input[type=text], input:not([type])')) input.readOnly = ro;
-    for (const el of statementList.querySelectorAll('input[type=checkbox], button')) el.disabled = ro;
+    for (const input of statementList.querySelectorAll('input[type=text], input:not([type])')) {
+      /** @type {HTMLInputElement} */ (input).readOnly = ro;
+    }
+    for (const el of statementList.querySelectorAll('input[type=checkbox], button')) {
+      /** @type {HTMLInputElement | HTMLButtonElement} */ (el).disabled = ro;
+    }
     for (const el of [addCode, addText, addCritical, addBtn, saveBtn]) el.disabled = ro;
     for (const fn of aiUpdates) fn();
     replace(lockNotice, locked ?? '');

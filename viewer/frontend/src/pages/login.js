@@ -8,7 +8,7 @@ import { h, replace } from '../dom.js';
  * `prefix`: the ids and test ids of the fields (two forms can be on one page).
  *
  * @param {{ prefix: string, username?: string, onSuccess: (user: any) => void,
- *   intro: unknown[], extra?: unknown[] }} options
+ *   intro: DomChild[], extra?: DomChild[] }} options
  */
 function signInForm({ prefix, username: fixedUsername, onSuccess, intro, extra = [] }) {
   const error = h('p', { class: 'error', role: 'alert', testid: `${prefix}-error`, hidden: true });

@@ -149,7 +149,7 @@ export function renderReportPanel(root, study) {
       renderFields(version, signed, sameNumber && !signed ? fields() : null);
     }
     shownVersion = shown;
-    replace(fieldsBox.firstChild,
+    replace(/** @type {HTMLElement} */ (fieldsBox.firstChild),
       `${report?.template ?? ''} · version ${version?.number ?? '?'}${version?.kind ? ` (${version.kind})` : ''}`,
       report && report.id === null ? ' · not saved yet' : '',
       signed && version?.signed_by ? ` · signed by ${version.signed_by} ${formatDateTime(version.signed_at)}` : '');
