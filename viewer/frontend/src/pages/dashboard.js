@@ -12,16 +12,23 @@ function storedDays() {
   return DAY_CHOICES.includes(n) ? n : DEFAULT_DAYS;
 }
 
+/** @param {unknown} value  minutes */
 function minutes(value) {
   return typeof value === 'number' && Number.isFinite(value) ? value.toFixed(1) : '—';
 }
 
-/** "complete->signed" → "complete → signed" */
+/**
+ * "complete->signed" → "complete → signed"
+ * @param {unknown} name
+ */
 function intervalLabel(name) {
   return String(name ?? '').replace(/->/g, ' \u2192 ').replace(/_/g, ' ');
 }
 
-/** Dashboard page. Returns a cleanup function. */
+/**
+ * Dashboard page. Returns a cleanup function.
+ * @param {HTMLElement} root
+ */
 export function renderDashboard(root) {
   let disposed = false;
   let seq = 0;
@@ -50,11 +57,13 @@ export function renderDashboard(root) {
     chartNote.hidden = false;
   });
 
+  /** @param {string | null | undefined} text */
   function showError(text) {
     replace(error, text ?? '');
     error.hidden = !text;
   }
 
+  /** @param {Record<string, any>} r  a row of /api/dashboard/turnaround */
   function row(r) {
     return h('tr', { testid: 'dashboard-row', dataset: { site: String(r.site_id ?? ''), interval: String(r.interval ?? '') } },
       h('td', {}, r.site_id ?? ''),

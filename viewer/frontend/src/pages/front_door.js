@@ -6,8 +6,9 @@
 import { ApiError, api } from '../api.js';
 import { formatDateTime, h, replace } from '../dom.js';
 
+/** @param {unknown} err */
 function message(err) {
-  return err instanceof ApiError ? err.message : String(err?.message ?? err);
+  return err instanceof ApiError ? err.message : String(/** @type {{ message?: unknown } | null} */ (err)?.message ?? err);
 }
 
 /** What each spool folder means to an operator. */
@@ -17,11 +18,15 @@ const SPOOL_FOLDERS = [
   ['unacknowledged', 'found after a crash with no receipt; never acknowledged to the sender'],
 ];
 
+/** @param {unknown} value  a count; anything else counts as 0 */
 function num(value) {
-  return Number.isFinite(value) ? value : 0;
+  return typeof value === 'number' && Number.isFinite(value) ? value : 0;
 }
 
-/** Front door page. Returns a cleanup function. */
+/**
+ * Front door page. Returns a cleanup function.
+ * @param {HTMLElement} root
+ */
 export function renderFrontDoor(root) {
   let disposed = false;
   const error = h('p', { class: 'error', role: 'alert', testid: 'front-door-error', hidden: true });
@@ -41,11 +46,13 @@ export function renderFrontDoor(root) {
     sitesBody);
   const unacked = h('ul', { class: 'muted small', testid: 'front-door-unacknowledged' });
 
+  /** @param {string | null | undefined} text */
   function showError(text) {
     replace(error, text ?? '');
     error.hidden = !text;
   }
 
+  /** @param {Record<string, any>} f  an item of `failed` */
   function failedRow(f) {
     return h('tr', { testid: 'front-door-failed-row', dataset: { receipt: String(f.receipt_id ?? '') } },
       h('td', { class: 'nowrap' }, formatDateTime(f.received_at)),
@@ -57,6 +64,7 @@ export function renderFrontDoor(root) {
       h('td', {}, f.file_kept ? 'in spool/failed' : 'missing'));
   }
 
+  /** @param {Record<string, any>} s  an item of `sites` */
   function siteRow(s) {
     return h('tr', { class: s.enabled ? '' : 'inactive' },
       h('td', { class: 'strong' }, s.site_id ?? ''),
@@ -67,6 +75,7 @@ export function renderFrontDoor(root) {
       h('td', { class: 'num' }, h('span', { class: num(s.failed) ? 'badge ds-failed' : '' }, String(num(s.failed)))));
   }
 
+  /** @param {Record<string, any> | null} data  /api/admin/front-door's answer */
   function show(data) {
     const total = num(data?.failed_total);
     const spool = data?.spool ?? {};
@@ -94,7 +103,7 @@ export function renderFrontDoor(root) {
     sitesBody.replaceChildren(...sites.map(siteRow));
     if (!sites.length) sitesBody.append(h('tr', {}, h('td', { colspan: '6', class: 'empty' }, 'No sites yet.')));
     const files = Array.isArray(data?.unacknowledged_files) ? data.unacknowledged_files : [];
-    unacked.replaceChildren(...files.map((f) => h('li', {},
+    unacked.replaceChildren(...files.map((/** @type {Record<string, any>} */ f) => h('li', {},
       `${f.name} (${num(f.size_bytes)} bytes, ${formatDateTime(f.modified_at)})`)));
     if (!files.length) unacked.append(h('li', {}, 'None.'));
     replace(checked, data?.checked_at ? `checked ${formatDateTime(data.checked_at)}` : '');

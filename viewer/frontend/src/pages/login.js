@@ -7,7 +7,7 @@ import { h, replace } from '../dom.js';
  * `username`: fixed (read-only) when the same person signs in again over a page.
  * `prefix`: the ids and test ids of the fields (two forms can be on one page).
  *
- * @param {{ prefix: string, username?: string, onSuccess: (user: any) => void,
+ * @param {{ prefix: string, username?: string, onSuccess: () => void,
  *   intro: DomChild[], extra?: DomChild[] }} options
  */
 function signInForm({ prefix, username: fixedUsername, onSuccess, intro, extra = [] }) {
@@ -94,16 +94,19 @@ export function renderLogin(root, { onSuccess }) {
  * The session ended while `username` was working: a sign-in dialog over the page, so
  * that nothing typed on it is lost. Resolves once the same person has signed in again;
  * rejects if they choose to leave for the sign-in page instead.
+ * @param {string} username
+ * @returns {Promise<void>}
  */
 export function signInDialog(username) {
-  return new Promise((resolve, reject) => {
+  return /** @type {Promise<void>} */ (new Promise((resolve, reject) => {
     const leave = h('button', { class: 'btn', type: 'button', testid: 'reauth-leave' }, 'Go to the sign-in page');
     // Where the reader was (the report text): typing goes on there afterwards.
     const previous = document.activeElement;
+    /** @type {HTMLDialogElement | null} */
     let dialog = null;
     const done = () => {
-      dialog.close();
-      dialog.remove();
+      dialog?.close();
+      dialog?.remove();
       if (previous instanceof HTMLElement && previous.isConnected) {
         previous.blur();
         previous.focus({ preventScroll: true });
@@ -131,5 +134,5 @@ export function signInDialog(username) {
     document.body.append(dialog);
     dialog.showModal();
     focus();
-  });
+  }));
 }
