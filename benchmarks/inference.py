@@ -449,10 +449,6 @@ def _tail(path: Path, lines: int = 25) -> str:
     return f"\n--- last lines of {path}:\n" + "\n".join(text)
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
 class Service:
     """One ``python -m rdc ...`` process in its own process group, stopped by SIGTERM
     (then SIGKILL of the group: Orthanc, Celery's pool children)."""
@@ -694,9 +690,9 @@ def bench_pipeline(plan: Plan, args: argparse.Namespace, root: Path, progress: P
                    if client.find_instance(r.sr_sop_uid) is None]
         if missing:
             raise BenchError(f"{len(missing)} of {n} SRs are not in Orthanc")
-        finished = max(_utc(j.updated_at) for j in jobs.values())
+        finished = max(j.updated_at for j in jobs.values())
         seconds = (finished - t0).total_seconds()
-        latencies = [(_utc(results[i].created_at) - _utc(jobs[i].created_at)).total_seconds()
+        latencies = [((results[i].created_at) - (jobs[i].created_at)).total_seconds()
                      for i in ids]
         progress.update(task, description="(c) replaying the handler's steps for the "
                                           "time split", total=None)

@@ -84,7 +84,7 @@ def baseline(db: Database, user: UserContext, page: int, page_size: int,
                 if rs not in SIGNED and (modality is None or modality in st.modalities)]
         far = datetime.max.replace(tzinfo=UTC)
         rows.sort(key=lambda r: (r[0].priority < 9, not r[0].ai_critical,
-                                 (r[0].due_at.replace(tzinfo=UTC) if r[0].due_at else far),
+                                 (r[0].due_at or far),
                                  r[0].id))
         return [st.id for st, _ in rows[(page - 1) * page_size: page * page_size]]
 
