@@ -12,7 +12,7 @@ Four parts, each printed as a table and written to ``benchmarks/results/ecg_vali
    inferolateral infarction): the statements, which should include right bundle branch
    block, an inferior Q-wave (infarct) pattern and a QRS-adjusted QT.
 3. **Constructed cases with known truth**, from two generators that are independent of
-   the analysis and of ``ai_models/ecg_simulator.py``:
+   the analysis and of ``ai_models/training/ecg_simulator.py``:
 
    * *real beats*: individual sinus beats of MIT-BIH record 100 (and its premature
      ventricular beat), re-timed to an RR series built here, with the ST-T segment

@@ -3,7 +3,7 @@
 Measured in one run, on one machine:
 
 (a) torch eager, as a MONAI user would run it: the network from
-    ``ai_models.networks`` in ``eval()`` mode under ``torch.inference_mode()``,
+    ``ai_models.training.networks`` in ``eval()`` mode under ``torch.inference_mode()``,
     with torch's default threads.  The weights are random (timing only: the
     arithmetic is the same as with trained weights);
 (b) the raw ONNX Runtime session of the shipped model, opened the way the
@@ -39,13 +39,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
 import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -75,9 +73,20 @@ from rich.progress import (
 from rich.table import Table
 
 from ai_models.manifest import Manifest, load_manifest
-from ai_models.networks import ct_unet, cxr_densenet
 from ai_models.registry import shipped_model_dirs
 from ai_models.runtime import GPU_PROVIDERS, LoadedModel, cpu_threads, load_session
+from ai_models.training.networks import ct_unet, cxr_densenet
+from benchmarks import harness
+from benchmarks.harness import (
+    BenchError,
+    free_port,
+    percentile_ms,
+    ratio_text,
+    tail_text,
+    target_text,
+    verdict,
+    write_json,
+)
 from core.errors import RDCError
 from core.orthanc_client import OrthancError
 
@@ -107,10 +116,6 @@ SECTION = {"a": "(a) torch eager", "b": "(b) ONNX Runtime", "c": "(c) pipeline, 
 SITE_ID = "benchmark"
 SITE_AE = "RDC_BENCH"
 PIPELINE_CONFIG = "224px b8"
-
-
-class BenchError(Exception):
-    """A scenario could not be measured; the message says why."""
 
 
 # Plan -------------------------------------------------------------------------------
@@ -160,7 +165,7 @@ def model_folder(name: str) -> Path:
         if folder.parent.name == name:
             return folder
     raise BenchError(f"no shipped model {name!r} under ai_models/shipped (run "
-                     "`python -m ai_models.train all --seed 0`)")
+                     "`python -m ai_models.training.train all --seed 0`)")
 
 
 # Results ----------------------------------------------------------------------------------
@@ -190,11 +195,11 @@ class Measurement:
 
     @property
     def p50_ms(self) -> float:
-        return float(np.percentile(self.latencies_s, 50) * 1000)
+        return percentile_ms(self.latencies_s, 50)
 
     @property
     def p95_ms(self) -> float:
-        return float(np.percentile(self.latencies_s, 95) * 1000)
+        return percentile_ms(self.latencies_s, 95)
 
     def as_json(self) -> dict[str, Any]:
         return {"section": self.section, "label": SECTION[self.section], "model": self.model,
@@ -228,21 +233,8 @@ class Ratio:
 # Timing -----------------------------------------------------------------------------------
 def time_calls(fn: Callable[[], object], plan: Plan) -> tuple[list[float], float]:
     """Latencies of the timed calls of ``fn`` (after one warm-up call), and the warm-up's."""
-    started = time.perf_counter()
-    fn()
-    warm = time.perf_counter() - started
-    min_calls, max_calls = plan.min_calls, plan.max_calls
-    if warm * plan.min_calls > plan.cap_s:  # a heavy configuration: cap the time it takes
-        min_calls = max_calls = max(1, int(plan.cap_s // warm))
-    latencies: list[float] = []
-    started = time.perf_counter()
-    while len(latencies) < max_calls:
-        t = time.perf_counter()
-        fn()
-        latencies.append(time.perf_counter() - t)
-        if len(latencies) >= min_calls and time.perf_counter() - started >= plan.min_s:
-            break
-    return latencies, warm
+    return harness.time_calls(fn, min_calls=plan.min_calls, max_calls=plan.max_calls,
+                              min_s=plan.min_s, cap_s=plan.cap_s)
 
 
 def torch_device_for(device: str, loaded: LoadedModel) -> torch.device:
@@ -430,23 +422,6 @@ def bench_unet(plan: Plan, device: str, progress: Progress
 
 
 # (c): the pipeline through the queue ----------------------------------------------------------
-def free_port(taken: set[int]) -> int:
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind((LOOPBACK, 0))
-            port = int(s.getsockname()[1])
-        if port not in taken:
-            taken.add(port)
-            return port
-    raise BenchError("no free TCP port found on 127.0.0.1")
-
-
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()[-lines:]
-    except OSError:
-        return ""
-    return f"\n--- last lines of {path}:\n" + "\n".join(text)
 
 
 class Service:
@@ -464,7 +439,8 @@ class Service:
     def check(self, extra_log: Path | None = None) -> None:
         if self.proc.poll() is not None:
             raise BenchError(f"{self.name} exited with code {self.proc.returncode}"
-                             f"{_tail(self.log)}{_tail(extra_log) if extra_log else ''}")
+                             f"{tail_text(self.log, 25)}"
+                             f"{tail_text(extra_log, 25) if extra_log else ''}")
 
     def stop(self, timeout: float = 30.0) -> None:
         pgid = self.proc.pid  # start_new_session: the group is the child's own
@@ -574,7 +550,8 @@ def bench_pipeline(plan: Plan, args: argparse.Namespace, root: Path, progress: P
         while not client.is_alive():
             orthanc.check(settings.log_dir / "orthanc.log")
             if time.monotonic() > deadline:
-                raise BenchError(f"Orthanc did not answer within 90 s{_tail(orthanc.log)}")
+                raise BenchError("Orthanc did not answer within 90 s"
+                                 f"{tail_text(orthanc.log, 25)}")
             time.sleep(0.2)
 
         db = get_database(settings.database_url)
@@ -655,12 +632,12 @@ def bench_pipeline(plan: Plan, args: argparse.Namespace, root: Path, progress: P
                         errors = {str(e) for e in s.scalars(
                             select(Job.error).where(Job.id.in_(ids), Job.error.is_not(None)))}
                     raise BenchError(f"jobs ended {dict(bad)}: {sorted(errors)[:3]}"
-                                     f"{_tail(worker_log)}")
+                                     f"{tail_text(worker_log, 25)}")
                 if done == len(ids):
                     return
                 if time.monotonic() > deadline:
                     raise BenchError(f"after {timeout:.0f} s, {dict(counts)} of {len(ids)} "
-                                     f"jobs{_tail(worker_log)}")
+                                     f"jobs{tail_text(worker_log, 25)}")
                 time.sleep(0.2)
 
         progress.update(task, description="(c) warm-up job: worker start and model load",
@@ -862,10 +839,8 @@ def print_report(console: Console, rows: Sequence[Measurement], found: Sequence[
         rt.add_column(col, justify="left" if col in ("ratio", "model", "config") else "right",
                       no_wrap=True)
     for q in found:
-        verdict = "n/a (GPU)" if q.passed is None else ("[green]PASS[/green]" if q.passed
-                                                        else "[red]FAIL[/red]")
-        rt.add_row(q.name, q.model, q.config, f"{q.value:.2f}x", f">= {q.target:.1f}x",
-                   verdict)
+        rt.add_row(q.name, q.model, q.config, ratio_text(q.value), target_text(q.target),
+                   verdict(q.passed, "n/a (GPU)"))
     console.print(rt)
     if pipeline:
         per_item = pipeline["mean_wall_ms_per_item"]
@@ -886,14 +861,14 @@ def print_report(console: Console, rows: Sequence[Measurement], found: Sequence[
     if o["pass"] is None:
         console.print(f"target (b)/(a) >= {TARGET_ORT}x on CPU: n/a (nothing ran on the CPU)")
     else:
-        word = "[green]PASS[/green]" if o["pass"] else "[red]FAIL[/red]"
+        word = verdict(o["pass"])
         console.print(f"target (b)/(a) >= {TARGET_ORT}x on CPU: {word} ({o['met']} of "
                       f"{o['of']} configurations; lowest {o['min']:.2f}x at {o['min_at']})")
     if p["pass"] is None:
         console.print(f"target (c)/(b) >= {TARGET_PIPELINE}x at batch 8: not measured "
                       "(--skip-pipeline)")
     else:
-        word = "[green]PASS[/green]" if p["pass"] else "[red]FAIL[/red]"
+        word = verdict(p["pass"])
         c = find(rows, "c", DENSENET, PIPELINE_CONFIG)
         b = find(rows, "b", DENSENET, PIPELINE_CONFIG)
         detail = f"; {c.items_per_s:.2f} vs {b.items_per_s:.2f} items/s" if c and b else ""
@@ -938,13 +913,6 @@ def machine_info() -> dict[str, Any]:
         "numpy": np.__version__,
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def write_chart(path: Path, rows: Sequence[Measurement], found: Sequence[Ratio]) -> None:
@@ -1080,7 +1048,8 @@ def run(args: argparse.Namespace, console: Console
             },
             "models": models,
             "notes": [
-                "(a) runs networks from ai_models.networks with random weights (timing only)",
+                "(a) runs networks from ai_models.training.networks with random weights "
+                "(timing only)",
                 "(a) includes torch.from_numpy and the copy of the output to the host, (b) "
                 "ONNX Runtime's own input and output handling",
                 "(c) is timed from the creation of the jobs (one transaction, then one "

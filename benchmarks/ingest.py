@@ -26,12 +26,10 @@ the exit status is 0 either way and non-zero only when something failed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +54,16 @@ from rich.progress import (
 from rich.table import Table
 from sqlalchemy import func, select
 
+from benchmarks.harness import (
+    BenchError,
+    free_port,
+    ratio_text,
+    tail_text,
+    target_text,
+    verdict,
+    wait_port,
+    write_json,
+)
 from core.db import Database, get_database
 from core.errors import RDCError
 from core.models import Instance
@@ -101,49 +109,7 @@ _ACK_SUCCESS = b"Received Store Response (Success"
 _ACK_ANY = b"Received Store Response ("
 
 
-class BenchError(Exception):
-    """A scenario could not be measured; the message says why."""
-
-
 # Small helpers -------------------------------------------------------------------
-def free_port(taken: set[int]) -> int:
-    """A free TCP port on the loopback, distinct from ``taken`` (which it joins)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind((LOOPBACK, 0))
-            port = int(s.getsockname()[1])
-        if port not in taken:
-            taken.add(port)
-            return port
-    raise BenchError("no free TCP port found on 127.0.0.1")
-
-
-def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None,
-              what: str = "server", log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise BenchError(f"{what} exited with code {proc.returncode} before listening on "
-                             f"port {port}{_tail_text(log)}")
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            if s.connect_ex((LOOPBACK, port)) == 0:
-                return
-        time.sleep(0.1)
-    raise BenchError(f"{what} did not listen on port {port} within {timeout:.0f} s"
-                     f"{_tail_text(log)}")
-
-
-def _tail_text(path: Path | None, lines: int = 20) -> str:
-    if path is None:
-        return ""
-    try:
-        text = path.read_text(errors="replace").splitlines()[-lines:]
-    except OSError:
-        return ""
-    return f"\n--- last lines of {path}:\n" + "\n".join(text)
-
-
 def split(items: Sequence[Path], parts: int) -> list[list[Path]]:
     """``items`` in ``parts`` contiguous runs whose lengths differ by at most one."""
     size, extra = divmod(len(items), parts)
@@ -315,7 +281,7 @@ class Senders:
                 reason = "association rejected" if b"Association Rejected" in out else \
                     f"{ok} of {len(part)} acknowledged with Success, {answered - ok} refused"
                 raise BenchError(f"{TARGETS[target]}: storescu exited with code "
-                                 f"{proc.returncode}: {reason}{_tail_text(log)}")
+                                 f"{proc.returncode}: {reason}{tail_text(log)}")
             total += ok
         return total
 
@@ -503,7 +469,7 @@ class Bench:
             while True:
                 if gw.poll() is not None:
                     raise BenchError(f"the gateway exited with code {gw.returncode} during "
-                                     f"the send{_tail_text(gateway_log)}")
+                                     f"the send{tail_text(gateway_log)}")
                 counts = instance_states(db)
                 now = time.perf_counter()  # after the query: never early for the gateway
                 stored = counts.get(InstanceState.STORED, 0)
@@ -512,7 +478,7 @@ class Bench:
                 self.progress.update(stored_task, completed=stored)
                 if failed:
                     raise BenchError(f"{failed} receipts failed to upload to Orthanc"
-                                     f"{_tail_text(s.log_dir / 'gateway.log')}")
+                                     f"{tail_text(s.log_dir / 'gateway.log')}")
                 if stored_at is None and stored >= len(self.files):
                     stored_at = now
                 if stored_at is not None and run.done():
@@ -521,7 +487,7 @@ class Bench:
                     raise BenchError(
                         f"after {self.timeout_s:.0f} s: {run.acknowledged()} acknowledged, "
                         f"{stored} of {len(self.files)} stored in Orthanc"
-                        f"{_tail_text(s.log_dir / 'gateway.log')}")
+                        f"{tail_text(s.log_dir / 'gateway.log')}")
                 time.sleep(0.05)
             ack_seconds = run.wait(10, lambda n: self.progress.update(acked, completed=n))
             run.check("gateway_ack")
@@ -613,13 +579,6 @@ def machine_info(work_root: Path) -> dict[str, Any]:
     }
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def write_chart(path: Path, results: Sequence[Measurement], instances: int,
                 sender_counts: Sequence[int]) -> None:
     import matplotlib
@@ -665,10 +624,8 @@ def print_report(console: Console, results: Sequence[Measurement], found: Sequen
     for col in ("ratio", "senders", "value", "target", "verdict"):
         rt.add_column(col, justify="left" if col == "ratio" else "right")
     for r in found:
-        verdict = "-" if r.passed is None else ("[green]PASS[/green]" if r.passed
-                                                else "[red]FAIL[/red]")
-        rt.add_row(r.name, str(r.senders), f"{r.value:.2f}x",
-                   "-" if r.target is None else f">= {r.target:.1f}x", verdict)
+        rt.add_row(r.name, str(r.senders), ratio_text(r.value), target_text(r.target),
+                   verdict(r.passed))
     console.print(rt)
 
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +36,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from benchmarks.harness import free_port, median, wait_port
 from core.db import get_database
 from core.models import Study
 from core.orthanc_client import OrthancClient
@@ -48,22 +47,6 @@ from devkit.samples import write_ct_series
 from viewer.auth import api_token
 
 console = Console()
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on {port}")
 
 
 def _first_image(http: httpx.Client, study_uid: str, series_uid: str, first_sop: str,
@@ -102,10 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     tmp = tempfile.TemporaryDirectory(prefix="rdc-bench-viewer-")
     home = Path(tmp.name)
+    ports: set[int] = set()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RDC_")},
-           "RDC_HOME": str(home), "RDC_WEB_PORT": str(_port()),
-           "RDC_ORTHANC_HTTP_PORT": str(_port()), "RDC_ORTHANC_DICOM_PORT": str(_port()),
-           "RDC_GATEWAY_PORT": str(_port())}
+           "RDC_HOME": str(home), "RDC_WEB_PORT": str(free_port(ports)),
+           "RDC_ORTHANC_HTTP_PORT": str(free_port(ports)),
+           "RDC_ORTHANC_DICOM_PORT": str(free_port(ports)),
+           "RDC_GATEWAY_PORT": str(free_port(ports))}
     settings = Settings(home=home, web_port=int(env["RDC_WEB_PORT"]),
                         orthanc_http_port=int(env["RDC_ORTHANC_HTTP_PORT"]),
                         orthanc_dicom_port=int(env["RDC_ORTHANC_DICOM_PORT"]),
@@ -136,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             study_id = study.id
         web = subprocess.Popen([sys.executable, "-m", "rdc", "web"], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_port(settings.web_port)
+        wait_port(settings.web_port, 60, web, "the web app")
         user, password = settings.orthanc_credentials()
         direct = httpx.Client(base_url=settings.orthanc_url, auth=(user, password), timeout=60)
         app = httpx.Client(base_url=f"http://127.0.0.1:{settings.web_port}", timeout=60,
@@ -148,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             times = [_first_image(http, ct.study_uid, ct.series_uid, sops[0], view)
                      for _ in range(args.repeat)]
             stack_s = _all_frames(http, ct.study_uid, ct.series_uid, sops)
-            results[name] = {"first_image_p50_ms": round(statistics.median(times), 1),
+            results[name] = {"first_image_p50_ms": round(median(times), 1),
                              "first_image_max_ms": round(max(times), 1),
                              "all_frames_s": round(stack_s, 2),
                              "frames_per_s": round(len(sops) / stack_s, 1)}

@@ -17,10 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -30,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import insert, select
 
+from benchmarks.harness import median, nearest_rank, repeat_timed
 from core.db import Database, get_database
 from core.models import Report, Study
 from core.sites import SiteSpec, add_site
@@ -96,16 +94,6 @@ def ours(db: Database, user: UserContext, page: int, page_size: int,
         return [i.study_id for i in items]
 
 
-def timed(fn: Callable[[], list[int]], repeat: int) -> tuple[list[float], list[int]]:
-    fn()  # warm caches and the connection pool
-    times, result = [], []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return times, result
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--studies", type=int, default=10_000)
@@ -134,14 +122,14 @@ def main(argv: list[str] | None = None) -> int:
                   "(b) p95 ms", "(a)/(b)")
     results: list[dict[str, Any]] = []
     for name, user, page, modality in shapes:
-        a_t, a_ids = timed(partial(baseline, db, user, page, 50, modality),
-                           max(5, args.repeat // 3))
-        b_t, b_ids = timed(partial(ours, db, user, page, 50, modality), args.repeat)
+        a_t, a_ids = repeat_timed(partial(baseline, db, user, page, 50, modality),
+                                  max(5, args.repeat // 3))
+        b_t, b_ids = repeat_timed(partial(ours, db, user, page, 50, modality), args.repeat)
         if a_ids != b_ids:
             console.print(f"[red]{name}: the two orders differ[/red]")
             return 1
-        a50, b50 = statistics.median(a_t), statistics.median(b_t)
-        b95 = sorted(b_t)[int(0.95 * (len(b_t) - 1))]
+        a50, b50 = median(a_t), median(b_t)
+        b95 = nearest_rank(b_t, 0.95)
         table.add_row(name, f"{a50:.1f}", f"{b50:.1f}", f"{b95:.1f}", f"{a50 / b50:.1f}x")
         results.append({"query": name, "baseline_p50_ms": round(a50, 2),
                         "ours_p50_ms": round(b50, 2), "ours_p95_ms": round(b95, 2),

@@ -208,7 +208,7 @@ def draw_pneumothorax(img: np.ndarray, xx: np.ndarray, yy: np.ndarray, *, cx: fl
     gap it leaves is a crescent along the lateral wall and the apex: darker than
     lung (``air``: no lung density) and bounded by a thin bright visceral
     pleural line.  Geometry only, no randomness, so that the training phantoms
-    (``ai_models.phantoms``) and this DICOM phantom draw the same thing.
+    (``ai_models.training.phantoms``) and this DICOM phantom draw the same thing.
     """
     side = 1.0 if cx >= 0 else -1.0
     ccx, ccy = cx - side * a * (1 - collapse), cy + b * (1 - collapse)

@@ -7,7 +7,6 @@ written once, against the standard lead order and millivolts.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,11 +14,13 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 
+from core import ecg_waveform
+from core.ecg_waveform import canonical_lead_name as canonical_lead_name
 from ecg.errors import InconsistentWaveform, MissingLeads
 
-LEADS: tuple[str, ...] = (
-    "I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6",
-)
+#: The standard lead order; lead labels are mapped to it by ``canonical_lead_name``
+#: (both in ``core.ecg_waveform``, which the DICOM decoding shares with the rhythm model).
+LEADS: tuple[str, ...] = ecg_waveform.LEADS
 LEAD_INDEX: dict[str, int] = {name: i for i, name in enumerate(LEADS)}
 
 #: A resting ECG shorter than this cannot give a rhythm statement (3 beats at 36 bpm).
@@ -28,19 +29,6 @@ MIN_DURATION_S = 5.0
 MIN_SAMPLING_RATE_HZ = 100.0
 
 FloatArray = npt.NDArray[np.float32]
-
-
-def canonical_lead_name(label: str) -> str | None:
-    """Map a lead label as exporters write it ('Lead I (Einthoven)', 'AVR', 'MDC_ECG_LEAD_V1',
-    'v5') to the standard name, or None when it is not one of the 12 standard leads."""
-    text = label.strip()
-    text = re.sub(r"^(MDC_ECG_LEAD_|ECG_LEAD_|LEAD[\s_-]*)", "", text, flags=re.IGNORECASE)
-    text = re.sub(r"\s*\(.*\)\s*$", "", text).strip()
-    upper = text.upper()
-    for name in LEADS:
-        if upper == name.upper():
-            return name
-    return None
 
 
 @dataclass(frozen=True)

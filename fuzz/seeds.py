@@ -6,7 +6,7 @@
   encapsulated, SR, truncated, without meta), as sites send them.
 - ECG: the first fraction of a second of the shared PhysioNet records (PTB ``s0010_re``,
   12 leads at 1000 Hz; MIT-BIH ``100``, 2 leads in format 212), written by the center's
-  own DICOM ECG writer (``ai_models.ecg_simulator.waveform_dataset``), as HL7 aECG and as
+  own DICOM ECG writer (``ai_models.training.ecg_simulator.waveform_dataset``), as HL7 aECG and as
   WFDB records by ``wfdb.wrsamp``; and pydicom's ECG waveform file, shortened.  Nothing
   of the records is copied beyond those seconds.
 - Gateway streams: P-DATA-TF PDUs encoded by pynetdicom's own DIMSE encoder (C-STORE of
@@ -233,7 +233,7 @@ def _zip(header: bytes, dat: bytes) -> bytes:
 
 
 def _ecg_seeds(ecg_data: Path) -> Iterator[tuple[str, str, bytes]]:
-    from ai_models.ecg_simulator import waveform_dataset
+    from ai_models.training.ecg_simulator import waveform_dataset
 
     # The readers refuse less than 5 s or below 100 Hz: 5 s of PTB taken at 100 Hz (every
     # tenth sample) pass every check, and stay small enough to mutate quickly.

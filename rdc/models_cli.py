@@ -148,7 +148,7 @@ def export_cmd(
     out: Annotated[Path, typer.Option(help="Folder to write model.yaml and model.onnx to.")],
 ) -> None:
     """Export a TorchScript model or MONAI bundle to ONNX as a registrable model folder."""
-    from ai_models.export_cli import export_model_folder
+    from ai_models.training.export_cli import export_model_folder
 
     try:
         report = export_model_folder(source, manifest, out)

@@ -5,16 +5,9 @@ Redis, PostgreSQL or SQLite.  A missing dependency fails loudly, never skips.
 from __future__ import annotations
 
 import os
-import random
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,84 +15,23 @@ import psycopg
 import pytest
 import redis
 
-from core.db import Database, get_database
-from core.orthanc_client import OrthancClient
-from core.orthanc_process import start_orthanc, stop_process
-from core.settings import Settings, get_settings
-from core.sites import SiteSpec, add_site
+from core.db import get_database
+from core.settings import get_settings
+from devkit.center import REPO, SENDER_AE, Center
+from devkit.ports import free_port, wait_port, wait_until
 from rdc.domains import load_domains
+
+# The harness lives in devkit (the benchmarks share it); the tests import it from here.
+__all__ = ["REPO", "SENDER_AE", "Center", "free_port", "wait_port", "wait_until"]
 
 # Tests run jobs in-process (core.jobs.execute) as a worker would: declare every
 # domain's job kinds the way `rdc worker` does, once for the session.
 load_domains()
 
-REPO = Path(__file__).resolve().parent.parent
 #: The browser fixture (Debian's Chromium through Playwright) for the browser tests.
 pytest_plugins = ["browser_support"]
 PG_ADMIN_URL = os.environ.get("RDC_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_HOST = os.environ.get("RDC_TEST_REDIS_HOST", "127.0.0.1")
-
-SENDER_AE = "COUNTY_A"
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-#: Ports below the ephemeral range that other services of a test machine commonly use.
-_TAKEN = {11211, 15672, 25672, 27017}
-
-
-def free_port() -> int:
-    """A loopback port that is free now, for a center or peer started next.
-
-    Chosen at random *below* the kernel's ephemeral range: a port the kernel handed out
-    with ``bind(0)`` is also what it hands to this machine's outbound connections (to
-    PostgreSQL, Redis, Orthanc...), so one could take it between this call and the
-    server's bind (Orthanc once failed to start that way on a busy CI machine).
-    """
-    low, _high = _ephemeral_range()
-    top = max(low - 1, 20000)
-    for _ in range(500):
-        port = random.randint(10000, top)
-        if port in _TAKEN:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free loopback port below the ephemeral range")
-
-
-def wait_port(port: int, timeout: float = 30.0,
-              proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
-
-
-def wait_until(pred: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
 # Services that must already run on this machine ---------------------------------
@@ -159,131 +91,7 @@ def _tools_present() -> None:
             pytest.fail(f"{tool} is required (apt-get install orthanc dcmtk): run ./bootstrap.sh")
 
 
-# The center under test ------------------------------------------------------------
-@dataclass
-class Center:
-    """One center with its own home, ports, database and broker."""
-
-    home: Path
-    db_url: str
-    broker_url: str
-    extra_env: dict[str, str] = field(default_factory=dict)
-    gateway_port: int = field(default_factory=free_port)
-    orthanc_http_port: int = field(default_factory=free_port)
-    orthanc_dicom_port: int = field(default_factory=free_port)
-    web_port: int = field(default_factory=free_port)
-    orthanc_proc: subprocess.Popen[bytes] | None = None
-    gateway_proc: subprocess.Popen[bytes] | None = None
-    worker_proc: subprocess.Popen[bytes] | None = None
-    gateway_ae: str = "RDC_CENTER"
-
-    @property
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RDC_")}
-        env.update({
-            "RDC_HOME": str(self.home),
-            "RDC_GATEWAY_AE": self.gateway_ae,
-            "RDC_GATEWAY_PORT": str(self.gateway_port),
-            "RDC_ORTHANC_HTTP_PORT": str(self.orthanc_http_port),
-            "RDC_ORTHANC_DICOM_PORT": str(self.orthanc_dicom_port),
-            "RDC_WEB_PORT": str(self.web_port),
-            "RDC_DATABASE_URL": self.db_url,
-            "RDC_BROKER_URL": self.broker_url,
-            "RDC_STUDY_INACTIVITY_S": "3",
-            "RDC_MONITOR_INTERVAL_S": "0.5",
-            "RDC_UPLOAD_RETRY_MAX_S": "2",
-            "RDC_SPOOL_MIN_FREE_MB": "64",
-            "PYTHONUNBUFFERED": "1",
-            "COLUMNS": "200",
-        })
-        env.update(self.extra_env)
-        return env
-
-    @property
-    def settings(self) -> Settings:
-        keys = {k.removeprefix("RDC_").lower(): v for k, v in self.env.items()
-                if k.startswith("RDC_")}
-        return Settings(**keys)
-
-    @property
-    def db(self) -> Database:
-        return get_database(self.settings.database_url)
-
-    def orthanc(self) -> OrthancClient:
-        return OrthancClient.from_settings(self.settings, retries=1)
-
-    # Processes ----------------------------------------------------------------
-    def start_orthanc(self) -> None:
-        self.orthanc_proc = start_orthanc(self.settings)
-
-    def stop_orthanc(self) -> None:
-        if self.orthanc_proc is not None:
-            stop_process(self.orthanc_proc)
-            self.orthanc_proc = None
-
-    def _rdc(self, *args: str, log: str) -> subprocess.Popen[bytes]:
-        self.home.mkdir(parents=True, exist_ok=True)
-        out = open(self.home / f"{log}.test.log", "ab")
-        return subprocess.Popen([sys.executable, "-m", "rdc", *args], env=self.env, cwd=REPO,
-                                stdout=out, stderr=subprocess.STDOUT)
-
-    def start_gateway(self) -> None:
-        self.gateway_proc = self._rdc("gateway", log="gateway")
-        wait_port(self.gateway_port, 60, self.gateway_proc)
-
-    def stop_gateway(self) -> None:
-        if self.gateway_proc is not None and self.gateway_proc.poll() is None:
-            self.gateway_proc.send_signal(signal.SIGTERM)
-            self.gateway_proc.wait(30)
-        self.gateway_proc = None
-
-    def kill_gateway(self) -> None:
-        assert self.gateway_proc is not None
-        self.gateway_proc.kill()
-        self.gateway_proc.wait(10)
-        self.gateway_proc = None
-
-    def start_worker(self) -> None:
-        self.worker_proc = self._rdc("worker", "--concurrency", "1", log="worker")
-
-    def stop_worker(self) -> None:
-        if self.worker_proc is not None and self.worker_proc.poll() is None:
-            self.worker_proc.send_signal(signal.SIGTERM)
-            try:
-                self.worker_proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.worker_proc.kill()
-        self.worker_proc = None
-
-    def rdc(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "rdc", *args], env=self.env, cwd=REPO,
-                              capture_output=True, text=True, timeout=timeout, check=False)
-
-    def add_site(self, site_id: str = "county-a", ae_title: str = SENDER_AE,
-                 allowed: tuple[str, ...] = ("127.0.0.1/32", "::1"), **kw: Any) -> None:
-        spec = SiteSpec(id=site_id, name=f"{site_id} hospital", ae_title=ae_title,
-                        host="127.0.0.1", port=kw.pop("port", 11199), allowed_addresses=allowed,
-                        **kw)
-        with self.db.session() as s:
-            add_site(s, spec, actor="test")
-
-    def spool_files(self, sub: str = "ready") -> list[Path]:
-        """Files in one spool folder (``ready``, ``tmp``, ``unacknowledged``, ``failed``)."""
-        d = self.home / "spool" / sub
-        return sorted(d.iterdir()) if d.exists() else []
-
-    def logs(self) -> str:
-        parts = []
-        for p in sorted(self.home.glob("*.test.log")) + sorted((self.home / "logs").glob("*.log")):
-            parts.append(f"--- {p.name}\n" + p.read_text(errors="replace")[-4000:])
-        return "\n".join(parts)
-
-    def shutdown(self) -> None:
-        self.stop_worker()
-        self.stop_gateway()
-        self.stop_orthanc()
-
-
+# The center under test (devkit.center.Center) -------------------------------------
 def _make_center(tmp_path: Path, backend: str, broker_url: str, pg_admin_url: str | None,
                  ) -> Iterator[Center]:
     pg_name = None

@@ -22,15 +22,16 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
-from ai_models import ecg_simulator, registry
+from ai_models import registry
 from ai_models.dicom_outputs import build_sr
-from ai_models.ecg_network import ecg_cnn
-from ai_models.export import export_onnx, onnx_session, parity
 from ai_models.manifest import load_manifest, verify_weights
 from ai_models.pipelines import PIPELINES, get_pipeline
 from ai_models.pipelines.base import NotApplicable, Pipeline, Result
 from ai_models.pipelines.ecg_rhythm import EcgRhythmPipeline, to_network_input
 from ai_models.registry import ensure_shipped, shipped_model_dirs
+from ai_models.training import ecg_simulator
+from ai_models.training.ecg_network import ecg_cnn
+from ai_models.training.export import export_onnx, onnx_session, parity
 from conftest import Center
 from core import ecg_filters
 from core.models import AIModel, AuditRecord
@@ -127,7 +128,7 @@ def test_shipped_manifest_and_weights() -> None:
     assert m.demonstration and "NOT FOR CLINICAL USE" in m.intended_use
     assert "DEMONSTRATION WEIGHTS" in m.intended_use
     assert "high-pass" in m.description and "never instead of them" in m.description
-    assert m.training is not None and m.training.script == "ai_models/train.py"
+    assert m.training is not None and m.training.script == "ai_models/training/train.py"
     assert m.training.seed == 0 and "PVC" in m.training.data and "f-waves" in m.training.data
     assert (ECG_DIR / "model.onnx").stat().st_size < 2_000_000
 
@@ -194,7 +195,7 @@ def test_training_is_reproducible_from_the_seed(tmp_path: Path) -> None:
     digests = []
     for run in ("a", "b"):
         out = tmp_path / run
-        done = subprocess.run([sys.executable, "-m", "ai_models.train", "ecg-rhythm",
+        done = subprocess.run([sys.executable, "-m", "ai_models.training.train", "ecg-rhythm",
                                "--quick", "--seed", "5", "--out", str(out)], cwd=ROOT,
                               capture_output=True, text=True, timeout=180)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -21,12 +21,12 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless
 
-from ai_models.export import export_onnx, onnx_session, parity
 from ai_models.manifest import Manifest, WeightsMismatch, load_manifest, verify_weights
-from ai_models.networks import ct_unet, cxr_densenet
 from ai_models.pipelines import PIPELINES, get_pipeline
 from ai_models.pipelines.base import NotApplicable, Pipeline, Result
 from ai_models.pipelines.common import connected_components
+from ai_models.training.export import export_onnx, onnx_session, parity
+from ai_models.training.networks import ct_unet, cxr_densenet
 from core.errors import InvalidInput
 from devkit.samples import write_chest_radiograph, write_ct_series
 
@@ -95,7 +95,7 @@ def test_shipped_manifests_load_and_their_weights_verify(folder: Path) -> None:
     assert verify_weights(folder, m) == folder / "model.onnx"
     assert m.demonstration and "NOT FOR CLINICAL USE" in m.intended_use
     assert "DEMONSTRATION WEIGHTS" in m.intended_use and "synthetic phantoms" in m.intended_use
-    assert m.training is not None and m.training.script == "ai_models/train.py"
+    assert m.training is not None and m.training.script == "ai_models/training/train.py"
     assert m.pipeline in PIPELINES and get_pipeline(m).manifest is m
     assert m.version == "1.0.0"
 
@@ -158,7 +158,7 @@ def test_training_is_reproducible_from_the_seed(tmp_path: Path) -> None:
     digests = []
     for run in ("a", "b"):
         out = tmp_path / run
-        done = subprocess.run([sys.executable, "-m", "ai_models.train", "cxr", "--quick",
+        done = subprocess.run([sys.executable, "-m", "ai_models.training.train", "cxr", "--quick",
                                "--seed", "3", "--out", str(out)], cwd=ROOT,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

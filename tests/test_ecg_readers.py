@@ -14,11 +14,11 @@ import wfdb
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
+from core.ecg_waveform import InconsistentDicomWaveform, check_group
 from core.errors import InvalidInput
 from ecg.analyze import analyze
 from ecg.errors import InconsistentWaveform, MissingLeads, NotAnEcg, UnreadableWaveform
 from ecg.readers import read_ecg
-from ecg.readers.dicom import _check_group
 from ecg.signal import LEADS, Ecg12
 
 SAMPLE = get_testdata_file("waveform_ecg.dcm")
@@ -293,10 +293,10 @@ def test_dicom_waveform_data_may_carry_one_pad_byte() -> None:
     # An odd length (8-bit samples, odd count) is padded to even; the pad is not data.
     group = _sample_ds().WaveformSequence[0]
     group.WaveformData = bytes(group.WaveformData) + b"\x00"
-    assert _check_group(group, 0) == (12, 10000, 1000.0)
+    assert check_group(group, 0) == (12, 10000, 1000.0)
     group.WaveformData = bytes(group.WaveformData) + b"\x00"
-    with pytest.raises(InconsistentWaveform, match="2 bytes too many"):
-        _check_group(group, 0)
+    with pytest.raises(InconsistentDicomWaveform, match="2 bytes too many"):
+        check_group(group, 0)
 
 
 def test_dicom_duplicated_lead_label_is_refused() -> None:

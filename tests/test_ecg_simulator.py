@@ -8,11 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ai_models import ecg_simulator
-from ai_models.ecg_simulator import SAMPLING_RATE, Template, TemplateBank
+from ai_models.training import ecg_simulator
+from ai_models.training.ecg_simulator import SAMPLING_RATE, Template, TemplateBank
 from core import ecg_filters
 
-#: ``ai_models.train.ECG_QUICK_BANK``, the bank of ``train ecg-rhythm --quick``: rates,
+#: ``ai_models.training.train.ECG_QUICK_BANK``, the bank of ``train ecg-rhythm --quick``: rates,
 #: shapes, ventricular shapes (repeated here so that this module does not import torch).
 QUICK_RATES, QUICK_SHAPES, QUICK_PVC_SHAPES = (60, 120), 2, 1
 

@@ -17,8 +17,8 @@ import torch
 import yaml
 from torch import nn
 
-from ai_models.export import INPUT_NAME, OUTPUT_NAME, export_onnx, parity
 from ai_models.manifest import MANIFEST_NAME, Manifest, load_manifest, sha256_file
+from ai_models.training.export import INPUT_NAME, OUTPUT_NAME, export_onnx, parity
 from core.errors import InvalidInput
 
 #: Largest tolerated |torch - ONNX Runtime| on the example input (float32 logits).

@@ -792,7 +792,7 @@ def waveform_dataset(signal_mv: np.ndarray, sampling_rate: float, *,
     ds.AcquisitionDateTime = now.strftime("%Y%m%d%H%M%S")
     ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "", ""
     ds.SeriesNumber, ds.InstanceNumber = 1, 1
-    ds.Manufacturer = "Simulated (ai_models.ecg_simulator)"
+    ds.Manufacturer = "Simulated (ai_models.training.ecg_simulator)"
     group = Dataset()
     group.MultiplexGroupTimeOffset = "0.0"
     group.WaveformOriginality = "ORIGINAL"

@@ -1,6 +1,6 @@
 """Train the demonstration models on synthetic phantoms, export ONNX, write model.yaml.
 
-    python -m ai_models.train {cxr,ct,ecg-rhythm,all} [--seed N] [--out DIR] [--quick]
+    python -m ai_models.training.train {cxr,ct,ecg-rhythm,all} [--seed N] [--out DIR] [--quick]
 
 Everything is drawn from the seed (phantoms, initial weights, batch order), the
 CPU thread count is fixed and torch runs its deterministic kernels, so the same
@@ -25,9 +25,6 @@ from monai.losses import DiceCELoss
 from rich.console import Console
 from torch import nn
 
-from ai_models import ecg_simulator
-from ai_models.ecg_network import ecg_cnn
-from ai_models.export import export_onnx, onnx_session, parity
 from ai_models.manifest import (
     MANIFEST_NAME,
     AppliesTo,
@@ -39,16 +36,19 @@ from ai_models.manifest import (
     Weights,
     sha256_file,
 )
-from ai_models.networks import ct_unet, cxr_densenet
-from ai_models.phantoms import ct_phantoms, cxr_phantoms
 from ai_models.pipelines.base import Prepared
 from ai_models.pipelines.classify import sigmoid
 from ai_models.pipelines.ct_nodule_seg import CtNoduleSegPipeline, resample, to_network_input
 from ai_models.pipelines.cxr_triage import to_network_input as cxr_input
 from ai_models.pipelines.ecg_rhythm import to_network_input as ecg_input
+from ai_models.training import ecg_simulator
+from ai_models.training.ecg_network import ecg_cnn
+from ai_models.training.export import export_onnx, onnx_session, parity
+from ai_models.training.networks import ct_unet, cxr_densenet
+from ai_models.training.phantoms import ct_phantoms, cxr_phantoms
 
 SHIPPED = Path(__file__).resolve().parent / "shipped"
-SCRIPT = "ai_models/train.py"
+SCRIPT = "ai_models/training/train.py"
 WEIGHTS_FILE = "model.onnx"
 #: Largest |torch - ONNX Runtime| accepted on the held-out inputs at export.
 PARITY_TOLERANCE = 1e-3
@@ -193,7 +193,7 @@ def train_cxr(seed: int, out: Path, *, quick: bool, console: Console) -> Report:
                              sop_classes=[CR_STORAGE, DX_PRESENTATION], max_slices=1),
         spec=CXR_INPUT, labels=CXR_LABELS, outputs=["sr"], batch_size=8,
         sha256=sha256_file(path), seed=seed,
-        data=(f"{n_train} synthetic chest radiograph phantoms (ai_models.phantoms."
+        data=(f"{n_train} synthetic chest radiograph phantoms (ai_models.training.phantoms."
               "cxr_phantoms: the devkit.samples DX phantom with varied geometry, levels and "
               "noise, 256-1024 px), each with an independent 50% pneumothorax and 50% lung "
               f"opacity; {epochs} epochs, batch {batch}, Adam with one-cycle LR"))
@@ -346,7 +346,7 @@ def train_ct(seed: int, out: Path, *, quick: bool, console: Console) -> Report:
                                  sop_classes=[CT_STORAGE], min_slices=16),
             spec=CT_INPUT, labels=CT_LABELS, outputs=["sr", "seg"], batch_size=2,
             sha256=sha, seed=seed,
-            data=(f"{n_train} synthetic chest CT phantom series (ai_models.phantoms."
+            data=(f"{n_train} synthetic chest CT phantom series (ai_models.training.phantoms."
                   "ct_phantoms: devkit.samples.ct_phantom_slice stacks of 40-320 slices, "
                   "192-512 px, 75% with one nodule of random position and radius inside a "
                   f"lung) resampled to 1.5 mm; {steps} steps of {batch} 64^3 ROIs (60% on "
@@ -485,7 +485,7 @@ def train_ecg(seed: int, out: Path, *, quick: bool, console: Console) -> Report:
         "weights": Weights(file=WEIGHTS_FILE, sha256=sha256_file(path)),
         "intended_use": ECG_INTENDED_USE, "demonstration": True,
         "training": Training(script=SCRIPT, seed=seed, data=(
-            f"{n_train} simulated 10 s 12-lead ECGs (ai_models.ecg_simulator: QRS-T from "
+            f"{n_train} simulated 10 s 12-lead ECGs (ai_models.training.ecg_simulator: QRS-T from "
             f"neurokit2 ECGSYN beats at {len(rates)} template rates x {shapes} shapes "
             f"(QRS width, Q/S depth, T amplitude and polarity varied) or from Gaussian "
             "heart dipoles projected on the leads, with drawn P waves; " + mix + "; "
@@ -501,7 +501,7 @@ def train_ecg(seed: int, out: Path, *, quick: bool, console: Console) -> Report:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ai_models.train",
+        prog="python -m ai_models.training.train",
         description="Train the demonstration models on synthetic phantoms (NOT FOR CLINICAL "
                     "USE), export ONNX and write model.yaml.")
     parser.add_argument("model", choices=["cxr", "ct", "ecg-rhythm", "all"])
