@@ -30,6 +30,7 @@ from core.settings import Settings, get_settings
 from core.sites import SiteSpec, add_site
 from rdc.users_cli import users_app
 from viewer import accounts, sessions
+from viewer.api.auth import router
 from viewer.auth import (
     SESSION_COOKIE,
     CurrentUser,
@@ -39,7 +40,6 @@ from viewer.auth import (
     require_operator,
     require_roles,
 )
-from viewer.auth_api import router
 
 PASSWORD = "correct horse battery"
 CLIENT = accounts.Client(address="127.0.0.1", user_agent="pytest")
@@ -266,7 +266,9 @@ def test_sessions_idle_absolute_revoked_and_disabled(svc: tuple[Database, Settin
         assert sessions.load_session(s, token, settings) is not None
         seen = s.get(WebSession, sessions.token_hash(token))
         assert seen is not None
-        assert now - seen.last_seen_at < timedelta(seconds=5)
+        seen_at = seen.last_seen_at.replace(tzinfo=UTC) if seen.last_seen_at.tzinfo is None \
+            else seen.last_seen_at
+        assert now - seen_at < timedelta(seconds=5)
 
     # Idle timeout.
     shift(token, last_seen_at=now - timedelta(seconds=settings.session_idle_timeout_s + 1))
@@ -460,7 +462,9 @@ def test_timeouts_over_http(web: Web) -> None:
     with web.db.session() as s:
         row = s.get(WebSession, token_hash)
         assert row is not None
-        assert row.expires_at - row.created_at == timedelta(seconds=web.settings.session_max_age_s)
+        created = row.created_at.replace(tzinfo=UTC)
+        expires = row.expires_at.replace(tzinfo=UTC)
+        assert expires - created == timedelta(seconds=web.settings.session_max_age_s)
         row.expires_at = datetime.now(UTC) - timedelta(seconds=1)
     assert web.client.get("/probe").status_code == 401
 

@@ -32,8 +32,8 @@ from core.orthanc_client import OrthancClient, OrthancRejected
 from core.settings import get_settings
 from devkit.dcmtk import storescu
 from viewer.accounts import add_user
+from viewer.dicomweb_access import visible_objects
 from viewer.dicomweb_paths import BadPath, Resource, parse
-from viewer.dicomweb_proxy import visible_objects
 
 PASSWORD = "a long enough password 1"
 SECRET_PATIENT = "SECRET-A-PATIENT"

@@ -508,7 +508,7 @@ def test_demo_names_the_qtc_formula() -> None:
 
 
 # The cardiologists' queue puts the ECGs whose QT a human must measure right after the
-# critical ones (viewer/ecg_api.py).
+# critical ones (viewer/ecg_queue.py).
 
 def test_queue_puts_needs_human_measurement_after_critical(tmp_path: Path) -> None:
     from datetime import UTC, datetime, timedelta
@@ -518,7 +518,7 @@ def test_queue_puts_needs_human_measurement_after_critical(tmp_path: Path) -> No
     from core.db import get_database
     from core.models import ECGAnalysis, Study
     from core.sites import SiteSpec, add_site
-    from viewer.ecg_api import _summary, needs_human_measurement, queue_order
+    from viewer.ecg_queue import _summary, needs_human_measurement, queue_order
 
     db = get_database(f"sqlite:///{tmp_path / 'q.sqlite3'}")
     flat_t = analyze(synth(t_amp=0.0)).to_dict()

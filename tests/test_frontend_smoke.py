@@ -421,7 +421,7 @@ def _stub_app(static_dir: Path, roles: tuple[str, ...] = ("radiologist",)) -> Fa
         seen["thumbnail_viewport"] = viewport
         return Response(_png(), media_type="image/png")
 
-    # Administration (admin role only, as viewer/auth_api.py).
+    # Administration (admin role only, as viewer/api/auth.py).
     accounts: list[dict[str, Any]] = [
         {"id": 1, "username": "reader", "display_name": "Dr Reader", "roles": list(roles),
          "sites": "all", "enabled": True, "locked_until": None,
@@ -489,7 +489,7 @@ def _stub_app(static_dir: Path, roles: tuple[str, ...] = ("radiologist",)) -> Fa
         seen["chart_days"] = days
         return Response(_png(160, 90), media_type="image/png")
 
-    # The cardiologists' ECG queue and one ECG of study 1 (viewer/ecg_api.py).
+    # The cardiologists' ECG queue and one ECG of study 1 (viewer/api/ecg.py).
     ecg_measurements = {"heart_rate_bpm": 72.0, "pr_ms": 160.0, "qrs_ms": 92.0, "qt_ms": 380.0,
                         "qtc_bazett_ms": 416.0, "qtc_fridericia_ms": 404.0, "p_axis_deg": 50.0,
                         "qrs_axis_deg": 40.0, "t_axis_deg": 35.0}

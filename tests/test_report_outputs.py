@@ -658,7 +658,7 @@ def pdf_world(center: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str
     from core.models import Report, ReportVersion, Study
     from core.settings import get_settings
     from core.sites import SiteSpec, add_site
-    from viewer import reports_api
+    from viewer import report_views
 
     for k, v in center.env.items():
         if k.startswith("RDC_"):
@@ -669,7 +669,7 @@ def pdf_world(center: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str
     def stand_in(sop_instance_uid: str) -> bytes:
         asked.append(sop_instance_uid)
         return _STAND_IN_PDF
-    monkeypatch.setattr(reports_api, "_signed_pdf", stand_in)
+    monkeypatch.setattr(report_views, "_signed_pdf", stand_in)
     ids: dict[str, int] = {}
     signed_at = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
     with center.db.session() as s:

@@ -16,11 +16,15 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.orm import Session
 
 from core import audit
+from core.db import Database
 from core.errors import Conflict, InvalidInput, NotFound, RDCError
 from core.models import Report, ReportVersion, ShareLink, Study
+from core.orthanc_client import OrthancClient, OrthancError
+from core.settings import Settings
+from core.states import ReportState
 from reports import service
 from reports.pdf import display_date, display_person_name
-from core.states import ReportState
+from viewer import studies
 from viewer.auth import UserContext
 
 
@@ -138,3 +142,37 @@ p{{white-space:pre-wrap;margin:.2em 0}}.meta{{color:#555;font-size:.9em}}
 <p class="meta">Signed by {e(v.signed_by or '')} on {e(_signed_at(v.signed_at))}</p>
 <p class="meta">Signed report hash ({e(v.hash_algorithm or '')})
 <span class="hash">{e(v.content_hash or '')}</span></p></body></html>"""
+
+
+def open_shared(db: Database, token: str, client: str) -> SharedReport:
+    """:func:`open_link` in its own transaction; a refusal is audited in another one,
+    since the first is rolled back."""
+    try:
+        with db.session() as s:
+            return open_link(s, token, client)
+    except LinkGone:
+        with db.session() as s:  # the refusal is audited too
+            audit.append(s, actor="share:anonymous", action="share.refused",
+                         object_type="share_link", object_id=token[:8] + "…")
+        raise
+
+
+def key_images(settings: Settings, shared: SharedReport) -> list[str]:
+    """Orthanc IDs of a few key images: the middle instance of each image series."""
+    with OrthancClient.from_settings(settings, retries=1) as client:
+        series = studies.series_of(client, shared.study)
+        picks = [sr["instances"][len(sr["instances"]) // 2] for sr in series
+                 if sr["kind"] == "image" and sr["instances"]][:4]
+        return [oid for uid in picks if (oid := client.find_instance(uid))]
+
+
+def key_image_png(settings: Settings, shared: SharedReport, index: int) -> bytes:
+    """Key image ``index`` of a shared report, rendered by Orthanc; 404 if there is none."""
+    ids = key_images(settings, shared)
+    if not 0 <= index < len(ids):
+        raise NotFound("no such image")
+    try:
+        with OrthancClient.from_settings(settings, retries=1) as client:
+            return client.get(f"/instances/{ids[index]}/preview", accept="image/png").content
+    except OrthancError as e:
+        raise NotFound("the image is not available") from e

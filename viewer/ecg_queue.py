@@ -3,44 +3,37 @@
 Sorted by severity (critical statements first, then intervals the analysis could not
 measure, then poor quality that needs a human look), then by waiting time.  Every view
 is audited; every edit of a measurement or statement is audited with what it was and
-what it became.
+what it became.  The HTTP routes are in :mod:`viewer.api.ecg`.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Query
-from pydantic import BaseModel, Field
+from fastapi import HTTPException
 from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
 
 from core import audit
-from core.db import Database, get_database
+from core.db import Database
 from core.errors import Conflict
 from core.models import ECGAnalysis, Report, Site, Study
-from reports import service
-from reports.document import Figure
-from core.settings import get_settings
 from core.states import ReportState
 from ecg.readers import read_ecg
 from ecg.render import tracing_png
 from ecg.signal import LEADS, Ecg12
+from reports import service
+from reports.document import Figure
 from viewer import studies
 from viewer.archive import archived_file
-from viewer.auth import UserContext, require_roles
+from viewer.auth import UserContext
 from viewer.worklist import patient_age, patient_sex, visible
 
-router = APIRouter(prefix="/api/ecg", tags=["ecg"])
-Cardiologist = Annotated[UserContext, Depends(require_roles("cardiologist"))]
 #: The tracing goes to the browser at this rate: enough for a 25 mm/s display.
 DISPLAY_HZ = 250.0
 SIGNED = (ReportState.FINAL, ReportState.AMENDED)
-
-
-def _db() -> Database:
-    return get_database(get_settings().database_url)
 
 
 def _summary(row: ECGAnalysis, study: Study, site_name: str, report_state: str | None,
@@ -82,33 +75,28 @@ def queue_order() -> tuple[Any, ...]:
             func.coalesce(Study.completed_at, ECGAnalysis.created_at), ECGAnalysis.id)
 
 
-@router.get("/queue")
-def queue(user: Cardiologist, status: str = "open",
-          page: Annotated[int, Query(ge=1)] = 1,
-          page_size: Annotated[int, Query(ge=1, le=200)] = 50,
-          study_id: int | None = None) -> dict[str, Any]:
-    """ECGs to read: critical first, then those that need a human measurement (see
-    :func:`queue_order`), then poor quality, then the longest waiting.
-    ``study_id`` narrows it to one study's ECGs (the worklist opens a study's ECG so)."""
+def queue(s: Session, user: UserContext, *, status: str, page: int, page_size: int,
+          study_id: int | None) -> dict[str, Any]:
+    """One page of the ECGs ``user`` may read, in :func:`queue_order`; ``study_id``
+    narrows it to one study's ECGs (the worklist opens a study's ECG so)."""
     now = datetime.now(UTC)
-    with _db().session() as s:
-        q = (select(ECGAnalysis, Study, Site.name, Report.state)
-             .join(Study, Study.id == ECGAnalysis.study_id)
-             .join(Site, Site.id == Study.site_id)
-             .outerjoin(Report, (Report.study_id == Study.id)
-                        & (Report.subject_type == "study")))
-        q = visible(q, user)
-        if study_id is not None:
-            q = q.where(Study.id == study_id)
-        if status == "open":
-            q = q.where((Report.id.is_(None)) | (Report.state.not_in(list(SIGNED))))
-        elif status != "all":
-            raise HTTPException(422, "status must be 'open' or 'all'")
-        total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
-        rows = s.execute(q.order_by(*queue_order()).limit(page_size)
-                         .offset((page - 1) * page_size)).all()
-        return {"total": int(total), "page": page, "page_size": page_size,
-                "items": [_summary(r, st, name, rs, now) for r, st, name, rs in rows]}
+    q = (select(ECGAnalysis, Study, Site.name, Report.state)
+         .join(Study, Study.id == ECGAnalysis.study_id)
+         .join(Site, Site.id == Study.site_id)
+         .outerjoin(Report, (Report.study_id == Study.id)
+                    & (Report.subject_type == "study")))
+    q = visible(q, user)
+    if study_id is not None:
+        q = q.where(Study.id == study_id)
+    if status == "open":
+        q = q.where((Report.id.is_(None)) | (Report.state.not_in(list(SIGNED))))
+    elif status != "all":
+        raise HTTPException(422, "status must be 'open' or 'all'")
+    total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
+    rows = s.execute(q.order_by(*queue_order()).limit(page_size)
+                     .offset((page - 1) * page_size)).all()
+    return {"total": int(total), "page": page, "page_size": page_size,
+            "items": [_summary(r, st, name, rs, now) for r, st, name, rs in rows]}
 
 
 def _visible_analysis(s: Any, user: UserContext, analysis_id: int) -> tuple[ECGAnalysis, Study]:
@@ -146,13 +134,14 @@ def _tracing(sop_uid: str) -> dict[str, Any]:
             "derived_leads": list(ecg.derived_leads)}
 
 
-@router.get("/{analysis_id}")
-def get_ecg(analysis_id: int, user: Cardiologist,
-            tracing: bool = True) -> dict[str, Any]:
+def open_ecg(db: Database, user: UserContext, analysis_id: int,
+             tracing: bool) -> dict[str, Any]:
     """One ECG: analysis, current (edited) measurements and statements, the tracing,
-    and the same patient's previous ECG for comparison (audited as a view)."""
+    and the same patient's previous ECG for comparison (audited as a view).
+
+    The tracing is read from the archive after the transaction has ended."""
     now = datetime.now(UTC)
-    with _db().session() as s:
+    with db.session() as s:
         row, study = _visible_analysis(s, user, analysis_id)
         site = s.get(Site, study.site_id)
         report_state = s.scalar(select(Report.state).where(Report.study_id == study.id))
@@ -190,47 +179,34 @@ def get_ecg(analysis_id: int, user: Cardiologist,
     return out
 
 
-class StatementIn(BaseModel):
-    code: str = Field(min_length=1, max_length=64)
-    text: str = Field(min_length=1, max_length=500)
-    critical: bool = False
-    evidence: dict[str, Any] = Field(default_factory=dict)
-
-
-class EditIn(BaseModel):
-    measurements: dict[str, Any] | None = Field(
-        default=None, description="Measurement name → value; only the names given change.")
-    statements: list[StatementIn] | None = Field(
-        default=None, description="The full list of statements after the edit.")
-
-
-@router.put("/{analysis_id}")
-def edit_ecg(analysis_id: int, body: EditIn, user: Cardiologist) -> dict[str, Any]:
-    """The cardiologist's corrections; the automatic result is kept unchanged beside."""
-    with _db().session() as s:
-        row, study = _visible_analysis(s, user, analysis_id)
-        service.check_inputs_open(s, study.id, "the ECG's measurements and statements")
-        before = service.prefill_texts(s, study.id)
-        changes: dict[str, Any] = {}
-        if body.measurements:
-            unknown = set(body.measurements) - set(row.measurements)
-            if unknown:
-                raise HTTPException(422, f"unknown measurements: {sorted(unknown)}")
-            changes["measurements"] = {k: [row.measurements.get(k), v]
-                                       for k, v in body.measurements.items()
-                                       if row.measurements.get(k) != v}
-            row.measurements = {**row.measurements, **body.measurements}
-        if body.statements is not None:
-            new = [st.model_dump() | {"edited": True} for st in body.statements]
-            changes["statements"] = {"before": [x.get("code") for x in row.statements],
-                                     "after": [x["code"] for x in new]}
-            row.statements = new
-            row.critical = any(x["critical"] for x in new)
-        row.edited_by, row.edited_at = user.username, datetime.now(UTC)
-        audit.append(s, actor=user.username, action="ecg.edit", object_type="ecg_analysis",
-                     object_id=str(row.id), detail={"study_id": study.id, **changes})
-        s.flush()
-        service.refresh_prefill(s, study.id, before, user.username)
-        return {"id": row.id, "measurements": row.measurements,
-                "statements": row.statements, "critical": row.critical,
-                "edited_by": row.edited_by}
+def edit_ecg(s: Session, user: UserContext, analysis_id: int,
+             measurements: dict[str, Any] | None,
+             statements: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """The cardiologist's corrections; the automatic result is kept unchanged beside.
+    ``statements`` is the full list after the edit."""
+    row, study = _visible_analysis(s, user, analysis_id)
+    service.check_inputs_open(s, study.id, "the ECG's measurements and statements")
+    before = service.prefill_texts(s, study.id)
+    changes: dict[str, Any] = {}
+    if measurements:
+        unknown = set(measurements) - set(row.measurements)
+        if unknown:
+            raise HTTPException(422, f"unknown measurements: {sorted(unknown)}")
+        changes["measurements"] = {k: [row.measurements.get(k), v]
+                                   for k, v in measurements.items()
+                                   if row.measurements.get(k) != v}
+        row.measurements = {**row.measurements, **measurements}
+    if statements is not None:
+        new = [st | {"edited": True} for st in statements]
+        changes["statements"] = {"before": [x.get("code") for x in row.statements],
+                                 "after": [x["code"] for x in new]}
+        row.statements = new
+        row.critical = any(x["critical"] for x in new)
+    row.edited_by, row.edited_at = user.username, datetime.now(UTC)
+    audit.append(s, actor=user.username, action="ecg.edit", object_type="ecg_analysis",
+                 object_id=str(row.id), detail={"study_id": study.id, **changes})
+    s.flush()
+    service.refresh_prefill(s, study.id, before, user.username)
+    return {"id": row.id, "measurements": row.measurements,
+            "statements": row.statements, "critical": row.critical,
+            "edited_by": row.edited_by}

@@ -11,43 +11,38 @@ another site's objects are not even revealed to exist:
    never get past it.
 2. The study UID must belong to a study of a site the user may see.
 3. The series and instance must belong to that study in the center's own
-   database: received instances (``instances``), the AI pre-reads' SR and SEG
-   (``ai_results``) and the signed reports' SR and PDF (``report_versions``).
-   Orthanc merges studies with the same UID from two sites, so its answer alone
-   is not proof.
+   database (:mod:`viewer.dicomweb_access`, which also audits the access).
 4. The upstream URL is rebuilt from the parsed UIDs, and the query from the
    parameters that resource takes; JSON answers at study and series level are
    filtered to what steps 2 and 3 allow.
-
-Access is audited per user and study, aggregated over a window
-(``RDC_DICOMWEB_AUDIT_WINDOW_S``) so that a 300-frame stack is one record.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import threading
-import time
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, HTTPException, Request, Response
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from ai_models.output_uids import result_uids
-from core import audit
-from core.db import get_database
-from core.models import AIResult, Instance, Report, ReportVersion, Study
 from core.orthanc_client import OrthancClient, OrthancError, OrthancNotFound
 from core.settings import get_settings
-from viewer.auth import Reader, UserContext
+from viewer import dicomweb_access as access
+from viewer.deps import DatabaseDep, Reader
 from viewer.dicomweb_paths import JSON_RESOURCES, BadPath, Resource, Target, parse
 
 router = APIRouter(prefix="/dicom-web", tags=["dicomweb"])
+#: DICOMweb answers pass through as Orthanc gives them (after the checks): documented
+#: as their media types, since their shapes are the DICOM standard's, not ours.
+_SEARCH_ANSWER: dict[int | str, dict[str, Any]] = {
+    200: {"description": "QIDO-RS matches (DICOM JSON).",
+          "content": {"application/dicom+json": {}}}}
+_STUDY_ANSWER: dict[int | str, dict[str, Any]] = {
+    200: {"description": "DICOM JSON, multipart DICOM or frames, or a rendered image.",
+          "content": {"application/dicom+json": {}, "multipart/related": {},
+                      "image/jpeg": {}, "image/png": {}}}}
 _PASS_HEADERS = ("content-type", "etag")
 _NO_STORE = {"Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"}
 _STUDY_UID_TAG = "0020000D"
@@ -156,146 +151,16 @@ def _upstream(target: Target, request: Request, query: list[tuple[str, str]]) ->
     return Response(upstream.content, status_code=upstream.status_code, headers=headers)
 
 
-# Membership in the center's own database -----------------------------------------
-
-
-@dataclass(frozen=True)
-class StudyScope:
-    """The user's view of one study UID: the center's study rows they may see, and
-    whether rows of the same UID exist at sites they may not (Orthanc merges them)."""
-
-    study_ids: tuple[int, ...]
-    shared_with_hidden: bool
-
-
-def study_scope(s: Session, user: UserContext, study_uid: str) -> StudyScope:
-    rows = s.execute(select(Study.id, Study.site_id).where(Study.study_uid == study_uid)).all()
-    mine = tuple(int(r[0]) for r in rows if user.can_see_site(str(r[1])))
-    if not mine:
-        raise _not_found()
-    return StudyScope(mine, len(mine) < len(rows))
-
-
-def visible_objects(s: Session, study_ids: tuple[int, ...], series_uid: str | None = None,
-                    *, received: bool = True) -> dict[str, set[str]]:
-    """Series UID → SOP Instance UIDs of everything in ``study_ids`` (one series if
-    given): what the sites sent (unless ``received`` is false), the AI results and
-    the signed report outputs."""
-    found: dict[str, set[str]] = {}
-
-    def add(series: str | None, sop: str | None) -> None:
-        if series and sop and (series_uid is None or series == series_uid):
-            found.setdefault(series, set()).add(sop)
-
-    if received:
-        q = select(Instance.series_uid, Instance.sop_instance_uid).where(
-            Instance.study_id.in_(study_ids))
-        if series_uid is not None:
-            q = q.where(Instance.series_uid == series_uid)
-        for series, sop in s.execute(q):
-            add(series, sop)
-    for name, version, source, seg in s.execute(
-            select(AIResult.model_name, AIResult.model_version, AIResult.series_uid,
-                   AIResult.seg_sop_uid).where(AIResult.study_id.in_(study_ids))):
-        uids = result_uids(source, name, version)
-        add(uids.sr_series, uids.sr)
-        if seg is not None:
-            add(uids.seg_series, uids.seg)
-    for sr_series, sr, pdf_series, pdf in s.execute(
-            select(ReportVersion.sr_series_uid, ReportVersion.sr_sop_uid,
-                   ReportVersion.pdf_series_uid, ReportVersion.pdf_sop_uid)
-            .join(Report, Report.id == ReportVersion.report_id)
-            .where(Report.study_id.in_(study_ids))):
-        add(sr_series, sr)
-        add(pdf_series, pdf)
-    return found
-
-
-def instance_visible(s: Session, study_ids: tuple[int, ...], series_uid: str,
-                     sop_uid: str) -> bool:
-    """Whether one instance belongs to ``study_ids``: the per-frame check, kept to an
-    indexed lookup instead of listing the series for each of hundreds of frames."""
-    if s.scalar(select(Instance.id).where(
-            Instance.sop_instance_uid == sop_uid, Instance.series_uid == series_uid,
-            Instance.study_id.in_(study_ids)).limit(1)) is not None:
-        return True
-    objects = visible_objects(s, study_ids, series_uid, received=False)
-    return sop_uid in objects.get(series_uid, set())
-
-
-def _series_elsewhere(s: Session, study_ids: tuple[int, ...], series_uid: str) -> bool:
-    """Whether instances of ``series_uid`` were received into any other study row."""
-    return s.scalar(select(Instance.id).where(
-        Instance.series_uid == series_uid, Instance.study_id.not_in(study_ids)).limit(1)
-    ) is not None
-
-
 def _first(item: dict[str, Any], tag: str) -> Any:
     value = item.get(tag, {}).get("Value") or [None]
     return value[0]
 
 
-# Aggregated audit ----------------------------------------------------------------
-
-
-class AccessAudit:
-    """One audit record per (user, study) per window, with the requests it covers.
-
-    The first request in a window is written at once (so access is never
-    unrecorded); the requests that followed it in that window are counted and
-    carried into the next record.  Per process: each web worker keeps its own."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._open: dict[tuple[str, str], tuple[float, int]] = {}
-
-    def should_write(self, actor: str, study_uid: str, window_s: float) -> int | None:
-        """The number of earlier requests to report if a record is due now, else None."""
-        now = time.monotonic()
-        key = (actor, study_uid)
-        with self._lock:
-            started, count = self._open.get(key, (0.0, 0))
-            if key in self._open and now - started < window_s:
-                self._open[key] = (started, count + 1)
-                return None
-            self._open[key] = (now, 1)
-            if len(self._open) > 10_000:  # forget the oldest windows; they were written
-                for k in sorted(self._open, key=lambda k: self._open[k][0])[:5_000]:
-                    del self._open[k]
-            return count
-
-    def reset(self) -> None:
-        with self._lock:
-            self._open.clear()
-
-
-ACCESS_AUDIT = AccessAudit()
-
-
-def _audit(s: Session, user: UserContext, target: Target, scope: StudyScope | None) -> None:
-    """``dicomweb.access`` per (user, study), ``dicomweb.search`` per user, each once
-    per window."""
-    key = target.study or "search"
-    earlier = ACCESS_AUDIT.should_write(user.username, key,
-                                        get_settings().dicomweb_audit_window_s)
-    if earlier is None:
-        return
-    detail: dict[str, Any] = {"resource": target.resource.value,
-                              "earlier_requests_in_last_window": earlier}
-    if target.study is None:
-        audit.append(s, actor=user.username, action="dicomweb.search", object_type="query",
-                     object_id="studies", detail=detail)
-        return
-    detail.update(series=target.series, study_ids=list(scope.study_ids) if scope else [])
-    audit.append(s, actor=user.username, action="dicomweb.access", object_type="study",
-                 object_id=target.study, detail=detail)
-
-
 # Routes --------------------------------------------------------------------------
 
 
-@router.get("/studies")
-def search_studies(request: Request, user: Reader) -> Response:
+@router.get("/studies", response_class=Response, responses=_SEARCH_ANSWER)
+def search_studies(request: Request, db: DatabaseDep, user: Reader) -> Response:
     """QIDO-RS study search, filtered to the studies of the user's sites *before* paging.
 
     For a site-limited user Orthanc is asked without ``limit``/``offset`` and the
@@ -303,26 +168,22 @@ def search_studies(request: Request, user: Reader) -> Response:
     target = target_of(request)
     if user.all_sites:
         query = _query(target, request, paging=True)
-        with get_database(get_settings().database_url).session() as s:
-            _audit(s, user, target, None)
+        access.audit_search(db, user, target)
         return _upstream(target, request, query)
     pairs = parse_qsl(request.url.query)
     query = _query(target, request, paging=False)
     limit = next((int(v) for k, v in pairs if k == "limit"), None)
     offset = next((int(v) for k, v in pairs if k == "offset"), 0)
     response = _upstream(target, request, query)
-    with get_database(get_settings().database_url).session() as s:
-        mine = set(s.scalars(select(Study.study_uid).where(
-            Study.site_id.in_(sorted(user.site_ids)))))
-        _audit(s, user, target, None)
+    mine = access.visible_study_uids(db, user, target)
     found: list[dict[str, Any]] = json.loads(bytes(response.body) or b"[]")
     kept = [d for d in found if _first(d, _STUDY_UID_TAG) in mine]
     page = kept[offset:] if limit is None else kept[offset:offset + limit]
     return Response(json.dumps(page), media_type="application/dicom+json", headers=_NO_STORE)
 
 
-@router.get("/studies/{_path:path}")
-def study_resource(_path: str, request: Request, user: Reader) -> Response:
+@router.get("/studies/{_path:path}", response_class=Response, responses=_STUDY_ANSWER)
+def study_resource(_path: str, request: Request, db: DatabaseDep, user: Reader) -> Response:
     """Everything under one study: the whole study, metadata, series and instance
     searches and retrieves, frames, rendered images and thumbnails (``.../thumbnail``,
     which Debian's DICOMweb plugin lacks, is a small rendered image).
@@ -331,26 +192,7 @@ def study_resource(_path: str, request: Request, user: Reader) -> Response:
     target = target_of(request)
     assert target.study is not None  # the grammar gives every resource here a study
     query = _query(target, request, paging=True)
-    with get_database(get_settings().database_url).session() as s:
-        scope = study_scope(s, user, target.study)
-        objects: dict[str, set[str]] = {}
-        if target.instance is not None:
-            assert target.series is not None
-            if not instance_visible(s, scope.study_ids, target.series, target.instance):
-                raise _not_found()
-        elif target.series is not None or target.resource in JSON_RESOURCES:
-            objects = visible_objects(s, scope.study_ids, target.series)
-            if target.series is not None and target.series not in objects:
-                raise _not_found()
-        # A whole study or series goes out as one multipart answer that cannot be
-        # filtered: refuse it when part of it was received for a site the user may not see.
-        if target.resource is Resource.STUDY and scope.shared_with_hidden:
-            raise _not_found("this study UID is shared with another site; "
-                             "retrieve its series one by one")
-        if target.resource is Resource.SERIES and target.series is not None and (
-                _series_elsewhere(s, scope.study_ids, target.series)):
-            raise _not_found()
-        _audit(s, user, target, scope)
+    objects = access.check_access(db, user, target)
     response = _upstream(target, request, query)
     if (target.resource not in JSON_RESOURCES or target.instance is not None
             or response.status_code != 200):

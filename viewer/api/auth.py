@@ -1,4 +1,4 @@
-"""HTTP edge of sign-in and account administration (see ``viewer/API_CONTRACT.md``).
+"""HTTP edge of sign-in and account administration.
 
 Thin endpoints: schemas, cookies and status codes here; the logic in
 :mod:`viewer.accounts` and :mod:`viewer.sessions`, which also audit every change.
@@ -8,91 +8,27 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
-from typing import Annotated, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
-from pydantic import BaseModel, Field
-from sqlalchemy.orm import Session
+from fastapi import APIRouter, HTTPException, Request, Response, status
 
 from core import audit
-from core.db import Database, get_database
 from core.errors import RDCError
-from core.models import User
-from core.settings import get_settings
 from viewer import accounts
 from viewer.auth import (
     SESSION_COOKIE,
-    CurrentUser,
     UserContext,
     clear_session_cookie,
-    require_roles,
     session_user,
     set_session_cookie,
 )
+from viewer.deps import Admin, CurrentUser, DatabaseDep, SessionDep, SettingsDep
+from viewer.schemas import LoginIn, LoginOut, Me, NewUserIn, NewUserOut, TotpOut, UserOut
 from viewer.sessions import create_session, revoke_session
 
 router = APIRouter(prefix="/api", tags=["auth"])
-Admin = Annotated[UserContext, Depends(require_roles("admin"))]
 #: Answers that carry a session's CSRF token or a TOTP secret must not sit in caches.
 _NO_STORE = {"Cache-Control": "no-store"}
-
-
-class LoginIn(BaseModel):
-    username: str = Field(min_length=1, max_length=256)
-    password: str = Field(min_length=1, max_length=4096, repr=False)
-    totp: str = Field(min_length=1, max_length=32, repr=False,
-                      description="The 6-digit code of the user's authenticator app.")
-
-
-class Me(BaseModel):
-    id: int | None
-    username: str
-    display_name: str
-    roles: list[str]
-    sites: list[str] | Literal["all"]
-    csrf_token: str | None
-
-
-class LoginOut(BaseModel):
-    user: Me
-    csrf_token: str
-
-
-class UserOut(BaseModel):
-    id: int
-    username: str
-    display_name: str
-    roles: list[str]
-    sites: list[str] | Literal["all"]
-    enabled: bool
-    locked_until: datetime | None
-    created_at: datetime
-    disabled_at: datetime | None
-
-
-class NewUserIn(BaseModel):
-    username: str = Field(min_length=1, max_length=128)
-    display_name: str = Field(min_length=1, max_length=200)
-    password: str = Field(min_length=1, max_length=4096, repr=False,
-                          description="Initial password, at least 12 characters.")
-    roles: list[str] = Field(min_length=1)
-    sites: list[str] = Field(default_factory=list)
-    all_sites: bool = False
-
-
-class NewUserOut(BaseModel):
-    user: UserOut
-    provisioning_uri: str = Field(description="otpauth:// URI for the authenticator app; "
-                                              "shown once.")
-
-
-class TotpOut(BaseModel):
-    provisioning_uri: str
-
-
-def _db() -> Database:
-    return get_database(get_settings().database_url)
 
 
 @contextmanager
@@ -110,7 +46,8 @@ def _me(ctx: UserContext) -> Me:
               csrf_token=ctx.csrf_token)
 
 
-def _user_out(s: Session, user: User) -> UserOut:
+def _user_out(s: Any, user: Any) -> UserOut:
+    """An account as administrators see it (``user`` is a ``core.models.User``)."""
     sites: list[str] | Literal["all"] = (
         "all" if user.all_sites else sorted(accounts.user_site_ids(s, user.id)))
     return UserOut(id=user.id, username=user.username, display_name=user.display_name,
@@ -127,25 +64,25 @@ def _client(request: Request) -> accounts.Client:
 # Sign-in ------------------------------------------------------------------------
 @router.post("/auth/login", responses={401: {"description": "bad credentials"},
                                        403: {"description": "account locked or disabled"}})
-def login(body: LoginIn, request: Request, response: Response) -> LoginOut:
+def login(body: LoginIn, request: Request, response: Response, s: SessionDep,
+          settings: SettingsDep) -> LoginOut:
     """Password + TOTP → a new session cookie and the CSRF token to echo."""
-    settings = get_settings()
     client = _client(request)
     previous = request.cookies.get(SESSION_COOKIE)
     try:
-        with _db().session() as s:
-            user = accounts.authenticate(s, settings, body.username, body.password,
-                                         body.totp, client)
-            if previous:
-                # A fresh token at every sign-in (no session fixation); the old one ends.
-                revoke_session(s, previous)
-            token, csrf = create_session(s, user, client.describe(), settings)
-            sites = frozenset() if user.all_sites else accounts.user_site_ids(s, user.id)
-            me = Me(id=user.id, username=user.username, display_name=user.display_name,
-                    roles=sorted(user.roles), sites="all" if user.all_sites else sorted(sites),
-                    csrf_token=csrf)
+        user = accounts.authenticate(s, settings, body.username, body.password,
+                                     body.totp, client)
     except accounts.AuthenticationFailed as e:
+        # authenticate committed the failure count and its audit record already.
         raise HTTPException(e.http_status, str(e)) from None
+    if previous:
+        # A fresh token at every sign-in (no session fixation); the old one ends.
+        revoke_session(s, previous)
+    token, csrf = create_session(s, user, client.describe(), settings)
+    sites = frozenset() if user.all_sites else accounts.user_site_ids(s, user.id)
+    me = Me(id=user.id, username=user.username, display_name=user.display_name,
+            roles=sorted(user.roles), sites="all" if user.all_sites else sorted(sites),
+            csrf_token=csrf)
     set_session_cookie(response, token, settings)
     response.headers.update(_NO_STORE)
     return LoginOut(user=me, csrf_token=csrf)
@@ -153,14 +90,13 @@ def login(body: LoginIn, request: Request, response: Response) -> LoginOut:
 
 @router.post("/auth/logout", status_code=status.HTTP_204_NO_CONTENT,
              response_class=Response)
-def logout(request: Request) -> Response:
+def logout(request: Request, db: DatabaseDep, settings: SettingsDep) -> Response:
     """End the session server-side and drop the cookie.
 
     Idempotent: with no session, or one that already ended, it just clears the
     cookie.  A live session still needs its CSRF token, so another site cannot
     sign a user out.
     """
-    settings = get_settings()
     token = request.cookies.get(SESSION_COOKIE)
     if token:
         try:
@@ -169,7 +105,7 @@ def logout(request: Request) -> Response:
             if e.status_code != status.HTTP_401_UNAUTHORIZED:
                 raise
         else:
-            with _db().session() as s:
+            with db.session() as s:
                 revoke_session(s, token)
                 audit.append(s, actor=ctx.username, action="logout", object_type="user",
                              object_id=ctx.username)
@@ -187,18 +123,18 @@ def me(user: CurrentUser, response: Response) -> Me:
 
 # Administration -----------------------------------------------------------------
 @router.get("/admin/users", tags=["admin"])
-def list_users(_: Admin) -> list[UserOut]:
+def list_users(s: SessionDep, _: Admin) -> list[UserOut]:
     """Every account with its roles, sites and state."""
-    with _db().session() as s:
-        return [_user_out(s, u) for u in accounts.list_users(s)]
+    return [_user_out(s, u) for u in accounts.list_users(s)]
 
 
 @router.post("/admin/users", tags=["admin"], status_code=status.HTTP_201_CREATED)
-def add_user(body: NewUserIn, actor: Admin, response: Response) -> NewUserOut:
+def add_user(body: NewUserIn, s: SessionDep, settings: SettingsDep, actor: Admin,
+             response: Response) -> NewUserOut:
     """Create an account; the answer holds its TOTP provisioning URI, shown only once."""
-    with _service_errors(), _db().session() as s:
+    with _service_errors():
         user, uri = accounts.add_user(
-            s, get_settings(), username=body.username, display_name=body.display_name,
+            s, settings, username=body.username, display_name=body.display_name,
             password=body.password, roles=body.roles, sites=body.sites,
             all_sites=body.all_sites, actor=actor.username)
         out = NewUserOut(user=_user_out(s, user), provisioning_uri=uri)
@@ -207,26 +143,27 @@ def add_user(body: NewUserIn, actor: Admin, response: Response) -> NewUserOut:
 
 
 @router.post("/admin/users/{user_id}/disable", tags=["admin"])
-def disable_user(user_id: int, actor: Admin) -> UserOut:
+def disable_user(user_id: int, s: SessionDep, actor: Admin) -> UserOut:
     """Disable an account; its sessions end at once."""
     if actor.user_id == user_id:
         raise HTTPException(status.HTTP_409_CONFLICT,
                             "you cannot disable your own account; ask another administrator")
-    with _service_errors(), _db().session() as s:
+    with _service_errors():
         return _user_out(s, accounts.disable_user(s, user_id, actor=actor.username))
 
 
 @router.post("/admin/users/{user_id}/enable", tags=["admin"])
-def enable_user(user_id: int, actor: Admin) -> UserOut:
+def enable_user(user_id: int, s: SessionDep, actor: Admin) -> UserOut:
     """Enable an account again (this also lifts a sign-in lockout)."""
-    with _service_errors(), _db().session() as s:
+    with _service_errors():
         return _user_out(s, accounts.enable_user(s, user_id, actor=actor.username))
 
 
 @router.post("/admin/users/{user_id}/reset-totp", tags=["admin"])
-def reset_totp(user_id: int, actor: Admin, response: Response) -> TotpOut:
+def reset_totp(user_id: int, s: SessionDep, settings: SettingsDep, actor: Admin,
+               response: Response) -> TotpOut:
     """New TOTP secret for a lost phone; the account's sessions end."""
-    with _service_errors(), _db().session() as s:
-        uri = accounts.reset_totp(s, get_settings(), user_id, actor=actor.username)
+    with _service_errors():
+        uri = accounts.reset_totp(s, settings, user_id, actor=actor.username)
     response.headers.update(_NO_STORE)
     return TotpOut(provisioning_uri=uri)
