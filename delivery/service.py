@@ -87,13 +87,6 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def aware(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; every one the center writes is UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
 def lease_s() -> float:
     return max(ATTEMPT_LEASE_S, get_settings().job_time_limit_s + 60.0)
 
@@ -105,7 +98,7 @@ def move(delivery: Delivery, new: DeliveryState) -> None:
 
 
 def in_flight(delivery: Delivery, now: datetime) -> bool:
-    lease_end = aware(delivery.next_attempt_at)
+    lease_end = delivery.next_attempt_at
     return (delivery.state in (DeliveryState.PENDING, DeliveryState.FAILED)
             and (delivery.last_error or "").startswith(IN_FLIGHT)
             and lease_end is not None and lease_end > now)

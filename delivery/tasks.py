@@ -45,7 +45,6 @@ from delivery.hl7_sender import send_hl7
 from delivery.service import (
     IN_FLIGHT,
     RetryPolicy,
-    aware,
     in_flight,
     lease_s,
     move,
@@ -272,7 +271,7 @@ def _record(db: Database, attempt: _Attempt, outcome: _Outcome, policy: RetryPol
                 apply_commitment(s, delivery, *outcome.commitment, actor="worker",
                                   policy=policy)
             return
-        created = aware(delivery.created_at) or now
+        created = delivery.created_at or now
         delivery.last_error = outcome.error
         if (now - created).total_seconds() > policy.max_age_s:
             move(delivery, DeliveryState.DEAD)

@@ -24,11 +24,6 @@ from pacs_gateway.receipts import STAT_PRIORITY
 log = logging.getLogger(__name__)
 
 
-def _aware(ts: datetime) -> datetime:
-    # SQLite hands back naive datetimes; everything we store is UTC.
-    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
-
-
 def _receipt_counts(session: Session, study_ids: list[int],
                     ) -> dict[int, tuple[int, int, int, datetime | None]]:
     """{study: (received, stored, spooled, last received)} from the receipts."""
@@ -60,8 +55,8 @@ def complete_ready_studies(session: Session, default_window_s: float,
         received, stored, spooled, last = counts.get(study.id, (0, 0, 0, None))
         if (received, stored) != (study.received_instances, study.stored_instances):
             study.received_instances, study.stored_instances = received, stored
-        if last is not None and _aware(last) > _aware(study.last_received_at):
-            study.last_received_at = _aware(last)
+        if last is not None and last > study.last_received_at:
+            study.last_received_at = last
         if spooled:
             continue
         if stored == 0:
@@ -72,7 +67,7 @@ def complete_ready_studies(session: Session, default_window_s: float,
         window = timedelta(seconds=site_window or default_window_s)
         announced = study.expected_instances is not None and \
             study.stored_instances >= study.expected_instances
-        quiet = now - _aware(study.last_received_at) >= window
+        quiet = now - study.last_received_at >= window
         if not (announced or quiet):
             continue
         _complete(session, study, "announced count reached" if announced else "inactivity")

@@ -192,11 +192,6 @@ def audit_actions(center: Center, delivery_id: int) -> list[str]:
             .order_by(AuditRecord.seq)))
 
 
-def aware(value: datetime | None) -> datetime:
-    assert value is not None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def queued_job_ids(broker_url: str) -> list[int]:
     """Job IDs in the Redis broker's ``delivery`` queue (Kombu keeps a list per priority)."""
     r = redis.Redis.from_url(broker_url)
@@ -380,7 +375,8 @@ def test_site_down_then_up_is_delivered_exactly_once(live: Center, tmp_path: Pat
     assert failed.state == "failed" and failed.attempts == 1
     assert f"cannot connect to COUNTY_A@127.0.0.1:{port}" in (failed.last_error or "")
     assert "Connection refused" in (failed.last_error or "")
-    retry_at = aware(failed.next_attempt_at)
+    retry_at = failed.next_attempt_at
+    assert retry_at is not None
     assert retry_at > datetime.now(UTC) + timedelta(seconds=20)  # base backoff 30 s
     with live.db.session() as s:
         assert dl.requeue_due(s) == []  # not due yet
@@ -678,7 +674,8 @@ def test_hl7_result_over_mllp(env_center: Center) -> None:
         assert failed.state == "failed"
         assert "answered AE (MSA-3: database busy)" in (failed.last_error or "")
         with center.db.session() as s:
-            later = aware(failed.next_attempt_at) + timedelta(seconds=1)
+            assert failed.next_attempt_at is not None
+            later = failed.next_attempt_at + timedelta(seconds=1)
             assert dl.requeue_due(s, now=later) == [delivery.id]
         assert jobs.execute(center.db, job_of(center, delivery.id)) == "succeeded"
         assert reload(center, delivery.id).state == "sent"
