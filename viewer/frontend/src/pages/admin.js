@@ -8,10 +8,12 @@ import { formatDateTime, h, replace } from '../dom.js';
 const ROLES = ['radiologist', 'cardiologist', 'pathologist', 'lab_reviewer', 'site_user', 'admin'];
 const MIN_PASSWORD_LENGTH = 12;
 
+/** @param {unknown} err */
 function message(err) {
-  return err instanceof ApiError ? err.message : String(err?.message ?? err);
+  return err instanceof ApiError ? err.message : String(/** @type {{ message?: unknown } | null} */ (err)?.message ?? err);
 }
 
+/** @param {unknown} sites  'all' or a list of site ids */
 function sitesText(sites) {
   if (sites === 'all') return 'all sites';
   return Array.isArray(sites) && sites.length ? sites.join(', ') : '—';
@@ -30,10 +32,12 @@ export function renderAdmin(root, { user }) {
   const error = h('p', { class: 'error', role: 'alert', testid: 'admin-error', hidden: true });
   const notice = h('p', { class: 'muted', role: 'status', testid: 'admin-notice', hidden: true });
 
+  /** @param {string | null | undefined} text */
   function showError(text) {
     replace(error, text ?? '');
     error.hidden = !text;
   }
+  /** @param {string | null | undefined} text */
   function showNotice(text) {
     replace(notice, text ?? '');
     notice.hidden = !text;
@@ -51,10 +55,10 @@ export function renderAdmin(root, { user }) {
     h('div', { class: 'row' },
       h('button', {
         class: 'btn small', type: 'button', testid: 'admin-provisioning-copy',
-        onClick: async (ev) => {
+        onClick: async (/** @type {MouseEvent} */ ev) => {
           try {
-            await navigator.clipboard.writeText(uriText.textContent);
-            ev.target.textContent = 'Copied';
+            await navigator.clipboard.writeText(uriText.textContent ?? '');
+            /** @type {HTMLElement} */ (ev.target).textContent = 'Copied';
           } catch {
             // No clipboard (insecure origin, permission): select the text for Ctrl+C instead.
             const range = document.createRange();
@@ -69,6 +73,10 @@ export function renderAdmin(root, { user }) {
         onClick: () => hideUri(),
       }, 'Done, hide it')));
 
+  /**
+   * @param {string} username
+   * @param {string} uri
+   */
   function showUri(username, uri) {
     replace(uriWho, username);
     replace(uriText, uri);
@@ -88,6 +96,13 @@ export function renderAdmin(root, { user }) {
       ['Username', 'Name', 'Roles', 'Sites', 'State', 'Created', ''].map((t) => h('th', { scope: 'col' }, t)))),
     tbody);
 
+  /** An account as GET /api/admin/users lists it. @typedef {Record<string, any>} Account */
+
+  /**
+   * @param {Account} account
+   * @param {'disable' | 'enable' | 'reset-totp'} action
+   * @param {HTMLButtonElement} button
+   */
   async function act(account, action, button) {
     if (action === 'disable'
       && !window.confirm(`Disable ${account.username}? Their sessions end at once.`)) return;
@@ -115,12 +130,14 @@ export function renderAdmin(root, { user }) {
     }
   }
 
+  /** @param {Account} account */
   function stateOf(account) {
     if (!account.enabled) return 'disabled';
     if (account.locked_until && Date.parse(account.locked_until) > Date.now()) return 'locked';
     return 'enabled';
   }
 
+  /** @param {Account} account */
   function row(account) {
     const state = stateOf(account);
     const actions = h('div', { class: 'actions' });
