@@ -2,17 +2,31 @@
 // The one place that talks HTTP to the center's API (viewer/API_CONTRACT.md).
 // Session cookie + X-CSRF-Token on every state-changing request.
 
+/**
+ * The signed-in user as /api/auth/me answers it (viewer/API_CONTRACT.md).
+ * @typedef {{ id?: number, username: string, roles?: string[], [key: string]: any }} User
+ */
+
+/** @type {string | null} */
 let csrfToken = null;
+/** @type {User | null} */
 let currentUser = null;
+/** @type {Set<() => void>} */
 const unauthorizedListeners = new Set();
-/** (username) => Promise: signs the same person in again over the page (main.js). */
+/** Signs the same person in again over the page (main.js). @type {((username: string) => Promise<void>) | null} */
 let reauthenticate = null;
+/** @type {Promise<void> | null} */
 let pendingReauth = null;
 let lastRequestAt = 0;
 let lastActivityAt = 0;
+/** @type {ReturnType<typeof setInterval> | null} */
 let keepaliveTimer = null;
 
-/** A number from localStorage (settings the browser tests shorten), else `fallback`. */
+/**
+ * A number from localStorage (settings the browser tests shorten), else `fallback`.
+ * @param {string} key
+ * @param {number} fallback
+ */
 export function tuning(key, fallback, min = 500) {
   try {
     const value = Number(localStorage.getItem(key));
@@ -34,13 +48,17 @@ export class ApiError extends Error {
   }
 }
 
-/** FastAPI's detail is a string, or a list of {loc, msg} for validation errors. */
+/**
+ * FastAPI's detail is a string, or a list of {loc, msg} for validation errors.
+ * @param {any} data  the answer's JSON, if any
+ * @param {Response} response
+ */
 function detailText(data, response) {
   const detail = data && typeof data === 'object' ? data.detail : null;
   if (typeof detail === 'string' && detail) return detail;
   if (Array.isArray(detail)) {
     return detail
-      .map((d) => (d && typeof d === 'object' ? `${(d.loc ?? []).slice(1).join('.')}: ${d.msg}` : String(d)))
+      .map((/** @type {any} */ d) => (d && typeof d === 'object' ? `${(d.loc ?? []).slice(1).join('.')}: ${d.msg}` : String(d)))
       .join('; ');
   }
   if (response.status === 401) return 'Your session has ended; please sign in again.';
@@ -124,17 +142,24 @@ function sessionEnded() {
   for (const fn of unauthorizedListeners) fn();
 }
 
-/** One dialog for every request that found the session ended at the same time. */
+/**
+ * One dialog for every request that found the session ended at the same time.
+ * @param {User} user
+ */
 function signInAgain(user) {
   if (!pendingReauth) {
+    const again = reauthenticate;
     pendingReauth = Promise.resolve()
-      .then(() => reauthenticate(user.username))
+      .then(() => again?.(user.username))
       .finally(() => { pendingReauth = null; });
   }
   return pendingReauth;
 }
 
-/** How the app signs someone in again over the page (see api()). */
+/**
+ * How the app signs someone in again over the page (see api()).
+ * @param {(username: string) => Promise<void>} fn
+ */
 export function setReauthenticate(fn) {
   reauthenticate = fn;
 }
@@ -160,8 +185,12 @@ export function startKeepalive() {
   }, every);
 }
 
-/** The ECG analysis of a study, for opening it on the ECG screen; null if none
- * (not analysed yet, or the user is not a cardiologist). */
+/**
+ * The ECG analysis of a study, for opening it on the ECG screen; null if none
+ * (not analysed yet, or the user is not a cardiologist).
+ * @param {string | number} studyId
+ * @returns {Promise<string | number | null>}
+ */
 export async function ecgOfStudy(studyId) {
   try {
     const data = await api('GET', '/api/ecg/queue', { query: { status: 'all', study_id: studyId, page_size: 1 } });
@@ -175,14 +204,22 @@ export async function ecgOfStudy(studyId) {
 /** Series modalities that are waveforms, read on the ECG screen and never in the image viewer. */
 export const WAVEFORM_MODALITIES = ['ECG', 'HD', 'EPS', 'RESP'];
 
+/** @param {() => void} fn  called when the session has ended for good */
 export function onUnauthorized(fn) {
   unauthorizedListeners.add(fn);
 }
 
+/** The signed-in user (null before sign-in or after sign-out). */
 export function me() {
   return currentUser;
 }
 
+/**
+ * @param {string} username
+ * @param {string} password
+ * @param {string} totp
+ * @returns {Promise<User | null>}
+ */
 export async function login(username, password, totp) {
   const data = await api('POST', '/api/auth/login', { body: { username, password, totp } });
   csrfToken = data?.csrf_token ?? null;
@@ -190,7 +227,10 @@ export async function login(username, password, totp) {
   return currentUser;
 }
 
-/** The signed-in user, asking the server once per page load; null when signed out. */
+/**
+ * The signed-in user, asking the server once per page load; null when signed out.
+ * @returns {Promise<User | null>}
+ */
 export async function loadMe() {
   if (currentUser) return currentUser;
   try {
@@ -205,9 +245,15 @@ export async function loadMe() {
 }
 
 /** Saves a page started as it closed; signing out waits for them first. */
+/** @type {Set<Promise<unknown>>} */
 const pendingSaves = new Set();
 
+/**
+ * A save to wait for before signing out.
+ * @param {Promise<unknown>} promise
+ */
 export function trackSave(promise) {
+  /** @type {Promise<unknown>} */
   const tracked = Promise.resolve(promise).catch(() => {}).finally(() => pendingSaves.delete(tracked));
   pendingSaves.add(tracked);
 }
