@@ -5,6 +5,7 @@ import { formatDate, formatDateTime, formatDuration, formatPersonName, h, replac
 const MODALITIES = ['', 'CT', 'MR', 'CR', 'DX', 'US', 'MG', 'PT', 'NM', 'XA', 'RF', 'ECG', 'SM'];
 /** The API's status filter (viewer/worklist.py STATUSES): "open" is everything not signed. */
 const STATUSES = ['open', 'all', 'unread', 'claimed', 'reported', 'signed'];
+/** @type {Record<string, string>} */
 const STATUS_LABELS = { open: 'Open (not signed)', all: 'All', unread: 'Unread', claimed: 'Claimed',
   reported: 'Reported', signed: 'Signed' };
 const PAGE_SIZE = 50;
@@ -14,7 +15,15 @@ const REFRESH_MS = 30_000;
 /** Roles that claim and report (viewer/worklist.py READER_ROLES); a site clerk only looks. */
 const REPORTING_ROLES = ['radiologist', 'cardiologist', 'pathologist', 'lab_reviewer'];
 
-/** Worklist priorities (viewer/worklist.py): 9 STAT, 8 AI-critical, 7 urgent, else routine. */
+/**
+ * A worklist item or study as the API gives it (the fields read here; any others).
+ * @typedef {Record<string, any>} Item
+ */
+
+/**
+ * Worklist priorities (viewer/worklist.py): 9 STAT, 8 AI-critical, 7 urgent, else routine.
+ * @param {Item | null | undefined} item
+ */
 export function priorityLabel(item) {
   if (item?.priority_label) return String(item.priority_label);
   const p = item?.priority;
@@ -25,18 +34,29 @@ export function priorityLabel(item) {
   return n >= 7 ? 'URGENT' : 'ROUTINE';
 }
 
-/** The badge class of a priority label: prio-stat, prio-aicritical, prio-urgent, prio-routine. */
+/**
+ * The badge class of a priority label: prio-stat, prio-aicritical, prio-urgent, prio-routine.
+ * @param {string} label
+ */
 export function priorityClass(label) {
   return `prio-${String(label).toLowerCase().replace(/[^a-z]/g, '')}`;
 }
 
-/** "66y F": the patient's age at the study and sex, as the API gives them. */
+/**
+ * "66y F": the patient's age at the study and sex, as the API gives them.
+ * @param {Item | null | undefined} item
+ */
 export function ageSex(item) {
   return [item?.patient_age, item?.patient_sex].filter(Boolean).join(' ');
 }
 
+/**
+ * Whether `user` claims and reports studies (a site clerk only looks).
+ * @param {{ roles?: unknown } | null | undefined} user
+ */
 export function canReport(user) {
-  return Array.isArray(user?.roles) && user.roles.some((r) => REPORTING_ROLES.includes(r));
+  const roles = user?.roles;
+  return Array.isArray(roles) && roles.some((r) => REPORTING_ROLES.includes(r));
 }
 
 function loadFilters() {
@@ -50,12 +70,23 @@ function loadFilters() {
   }
 }
 
+/**
+ * @param {string} testid
+ * @param {string[]} options
+ * @param {string} value  the option selected
+ * @param {(option: string) => string} labelFor
+ */
 function select(testid, options, value, labelFor) {
   return h('select', { testid },
     options.map((o) => h('option', { value: o, selected: o === value }, labelFor(o))));
 }
 
-/** Options of the site filter: "All sites", then each site by name. */
+/**
+ * Options of the site filter: "All sites", then each site by name.
+ * @param {HTMLSelectElement} control
+ * @param {{ id: string, name?: string }[]} sites
+ * @param {string} value  the site to select, if it is there
+ */
 function siteOptions(control, sites, value) {
   control.replaceChildren(h('option', { value: '' }, 'All sites'),
     ...sites.map((s) => h('option', { value: s.id, title: s.id }, s.name || s.id)));
@@ -74,8 +105,10 @@ function siteOptions(control, sites, value) {
 export function renderWorklist(root, { navigate, user }) {
   const filters = loadFilters();
   const reporter = canReport(user);
+  /** @type {ReturnType<typeof setInterval>[]} */
   const timers = [];
-  let rows = []; // [{item, dueMs, cell}]
+  /** @type {{ item: Item, dueMs: number, cell: HTMLElement, tr: HTMLElement }[]} */
+  let rows = [];
   let loading = false;
   let again = false;
 
@@ -83,7 +116,7 @@ export function renderWorklist(root, { navigate, user }) {
   // the account's own sites.
   const siteControl = h('select', { testid: 'filter-site', 'aria-label': 'Site' });
   const ownSites = Array.isArray(user?.sites)
-    ? user.sites.map((s) => (typeof s === 'object' ? s : { id: String(s), name: String(s) })) : [];
+    ? user.sites.map((/** @type {unknown} */ s) => (typeof s === 'object' ? s : { id: String(s), name: String(s) })) : [];
   siteOptions(siteControl, ownSites, filters.site);
   if (filters.site && !ownSites.length) {
     siteControl.append(h('option', { value: filters.site }, filters.site));
@@ -121,14 +154,18 @@ export function renderWorklist(root, { navigate, user }) {
   prev.addEventListener('click', () => { filters.page = Math.max(1, filters.page - 1); load(); });
   next.addEventListener('click', () => { filters.page += 1; load(); });
 
+  /** @param {string} text */
   function showError(text) {
     replace(message, text);
     message.hidden = !text;
   }
 
-  /** An ECG opens on the ECG screen (a cardiologist's); anything else in the viewer. */
+  /**
+   * An ECG opens on the ECG screen (a cardiologist's); anything else in the viewer.
+   * @param {Item} item
+   */
   async function openItem(item) {
-    const waveform = (item.modalities ?? []).some((m) => WAVEFORM_MODALITIES.includes(String(m).toUpperCase()));
+    const waveform = (item.modalities ?? []).some((/** @type {unknown} */ m) => WAVEFORM_MODALITIES.includes(String(m).toUpperCase()));
     if (waveform && (user?.roles ?? []).includes('cardiologist')) {
       try {
         const ecgId = await ecgOfStudy(item.study_id);
@@ -143,6 +180,11 @@ export function renderWorklist(root, { navigate, user }) {
     navigate(`#/study/${encodeURIComponent(item.study_id)}`);
   }
 
+  /**
+   * @param {Item} item
+   * @param {'claim' | 'release'} action
+   * @param {HTMLButtonElement} button
+   */
   async function act(item, action, button) {
     button.disabled = true;
     try {
@@ -154,6 +196,7 @@ export function renderWorklist(root, { navigate, user }) {
     }
   }
 
+  /** @param {Item} item */
   function row(item) {
     const mineClaim = item.claimed_by && item.claimed_by === user?.username;
     const label = priorityLabel(item);
