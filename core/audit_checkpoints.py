@@ -43,11 +43,10 @@ from typing import Any, Final, Literal
 
 from sqlalchemy import func, select
 
-from core import audit
+from core import audit, crypto, pki
 from core.db import Database
 from core.errors import ConfigurationError, RDCError
 from core.models import AuditRecord
-from core import crypto, pki
 from core.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ import binascii
 import functools
 import hashlib
 import json
+import logging
 import re
 import secrets
 import unicodedata
@@ -43,10 +44,6 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
-import logging
-
-from core.errors import ConfigurationError, Conflict, InvalidInput
-from core.settings import Settings
 from core import crypto
 from core.crypto import (
     ECDSA_P256,
@@ -56,6 +53,8 @@ from core.crypto import (
     PublicKey,
     SignatureInvalid,
 )
+from core.errors import ConfigurationError, Conflict, InvalidInput
+from core.settings import Settings
 from core.timeutil import as_utc
 from core.tls_ca import ca_files, write_private
 

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from core.errors import InvalidInput
 from core import crypto, pki
 from core.crypto import PrivateKey, SignatureInvalid
+from core.errors import InvalidInput
 from core.timeutil import as_utc
 from reports.document import Sealer, SignerInfo
 

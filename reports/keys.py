@@ -16,12 +16,11 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core import audit
+from core import audit, pki
+from core.crypto import PrivateKey
 from core.db import get_database
 from core.errors import Conflict, Forbidden, NotFound
 from core.models import ReaderKey
-from core import pki
-from core.crypto import PrivateKey
 from core.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -62,8 +62,8 @@ from reportlab.platypus import (
     TableStyle,
 )
 
-from core.errors import ConfigurationError
 from core.crypto import SignatureInvalid
+from core.errors import ConfigurationError
 from reports.document import Figure, ReportDocument, Sealer
 from reports.sr import (
     MalformedReportFileError,

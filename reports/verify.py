@@ -21,9 +21,9 @@ from io import BytesIO
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from core.crypto import SignatureInvalid
 from core.errors import InvalidInput, RDCError
 from reports import envelope, pdf, sr
-from core.crypto import SignatureInvalid
 
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 

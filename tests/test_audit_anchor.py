@@ -19,10 +19,9 @@ import pytest
 from sqlalchemy import delete, insert, select, update
 
 from conftest import Center, _make_center, wait_until
-from core import audit
+from core import audit, crypto
 from core.audit_checkpoints import SIGNING_CONTEXT, line_hash
 from core.models import AuditHead, AuditRecord
-from core import crypto
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -50,11 +50,11 @@ from core.models import (
     WebSession,
 )
 from core.orthanc_client import SOURCE_SITE_METADATA
-from reports.keys import ca_certificate_pem, revocations
-from reports.verify import verify_bytes
 from core.settings import get_settings
 from devkit.dcmtk import storescu
 from devkit.samples import Patient, write_chest_radiograph, write_ct_series
+from reports.keys import ca_certificate_pem, revocations
+from reports.verify import verify_bytes
 from viewer.app import create_app
 
 BACKUP_PASSPHRASE = "a backup passphrase long enough"

@@ -23,9 +23,9 @@ import pacs_gateway.routing  # noqa: F401  (registers the route handler)
 from conftest import REPO, SENDER_AE, Center, wait_until
 from core import jobs
 from core.models import AuditRecord, ECGAnalysis, Job, Study
-from reports.pdf import pdf_from_dataset
 from core.settings import get_settings
 from devkit.dcmtk import storescu
+from reports.pdf import pdf_from_dataset
 from viewer.accounts import add_user
 from viewer.app import create_app
 

@@ -30,10 +30,10 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 
-from core.errors import ConfigurationError, Conflict, InvalidInput, RDCError
 from core import crypto, pki
-from reports import envelope, pdf
 from core.crypto import SignatureInvalid
+from core.errors import ConfigurationError, Conflict, InvalidInput, RDCError
+from reports import envelope, pdf
 from reports.document import ReportDocument, Section, SignerInfo
 
 ALGS = crypto.ALGORITHMS

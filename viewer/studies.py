@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 from core import audit
 from core.models import AIFinding, AIResult, Study
 from core.orthanc_client import OrthancClient, OrthancError
-from reports.document import Figure
 from core.settings import Settings
+from reports.document import Figure
 from viewer.auth import UserContext
 from viewer.worklist import get_visible_study, visible, work_item
 
