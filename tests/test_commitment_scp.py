@@ -23,6 +23,14 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, build_role, evt
 from sqlalchemy import select
+
+import core.queue
+from conftest import REPO, Center, free_port, wait_port, wait_until
+from core import jobs
+from core.models import AuditRecord, Delivery
+from core.settings import get_settings
+from delivery.commitment_scp import STATUS_INVALID_ARGUMENT_VALUE, STATUS_SUCCESS
+from delivery.dicom_scu import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH
 from test_delivery import (
     BASIC_TEXT_SR,
     ENCAPSULATED_PDF,
@@ -35,14 +43,6 @@ from test_delivery import (
     signed_version,
     upload,
 )
-
-import core.queue
-from conftest import REPO, Center, free_port, wait_port, wait_until
-from core import jobs
-from core.models import AuditRecord, Delivery
-from core.settings import get_settings
-from delivery.commitment_scp import STATUS_INVALID_ARGUMENT_VALUE, STATUS_SUCCESS
-from delivery.dicom_scu import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH
 
 CENTER_AE = "RDC_CENTER"
 #: Short, so that a report of an unknown transaction is answered soon (the SCP waits

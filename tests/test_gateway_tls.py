@@ -26,6 +26,13 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from sqlalchemy import select
+
+import core.queue
+from conftest import Center, free_port, wait_port, wait_until
+from core import audit, jobs, site_certs, tls_ca
+from core.models import AuditRecord, Site, SiteCertificate
+from core.settings import get_settings
+from core.sites import SiteSpec, add_site
 from test_delivery import (
     MLLPServer,
     job_of,
@@ -35,13 +42,6 @@ from test_delivery import (
     signed_version,
     upload,
 )
-
-import core.queue
-from conftest import Center, free_port, wait_port, wait_until
-from core import audit, jobs, site_certs, tls_ca
-from core.models import AuditRecord, Site, SiteCertificate
-from core.settings import get_settings
-from core.sites import SiteSpec, add_site
 
 CT_SMALL = Path(str(get_testdata_file("CT_small.dcm")))
 

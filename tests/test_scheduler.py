@@ -18,6 +18,14 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+
+import core.queue
+from conftest import Center, free_port, wait_until
+from core import jobs, scheduler
+from core.models import AuditRecord, Delivery, Job
+from core.settings import get_settings
+from core.states import JobState
+from rdc.supervisor import center_specs, port_listening
 from test_delivery import (
     CountySCP,
     audit_actions,
@@ -29,14 +37,6 @@ from test_delivery import (
     signed_version,
     upload,
 )
-
-import core.queue
-from conftest import Center, free_port, wait_until
-from core import jobs, scheduler
-from core.models import AuditRecord, Delivery, Job
-from core.settings import get_settings
-from core.states import JobState
-from rdc.supervisor import center_specs, port_listening
 
 
 @pytest.fixture
