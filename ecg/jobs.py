@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core import audit, jobs
+from core.ecg_waveform import ECG_SOP_CLASSES
 from core.models import ECGAnalysis, Job, Study
 from core.orthanc_client import OrthancClient, OrthancError
 from core.settings import get_settings
@@ -28,12 +29,6 @@ from ecg.readers import read_ecg
 log = logging.getLogger(__name__)
 
 JOB_KIND = "ecg_analysis"
-#: Waveform SOP classes that hold ECGs (PS3.4 Annex A: 12-lead, general, ambulatory).
-ECG_SOP_CLASSES = frozenset({
-    "1.2.840.10008.5.1.4.1.1.9.1.1",  # 12-lead ECG Waveform Storage
-    "1.2.840.10008.5.1.4.1.1.9.1.2",  # General ECG Waveform Storage
-    "1.2.840.10008.5.1.4.1.1.9.1.3",  # Ambulatory ECG Waveform Storage
-})
 CRITICAL_PRIORITY = 8
 
 
