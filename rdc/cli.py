@@ -156,6 +156,13 @@ def worker(
     from rdc.domains import load_domains
 
     load_domains()  # every listed domain declares its job kinds (rdc/domains.py)
+    from core.errors import ConfigurationError
+    from rdc.domains import undeclared_routing_targets
+
+    problems = undeclared_routing_targets(s.routing_rules_path())
+    if problems:
+        raise fail(ConfigurationError("the routing rules name job kinds that nothing runs:\n  "
+                                      + "\n  ".join(problems)))
 
     if "inference" in queues.split(",") and s.ai_threads == 0 and concurrency > 1:
         # One ONNX Runtime session per worker process: share the cores between them.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+from pathlib import Path
 
 DOMAINS: tuple[str, ...] = (
     "pacs_gateway",  # inbound: route
@@ -34,3 +35,21 @@ def load_domains() -> None:
             module = importlib.import_module(f"{name}.plugin")
             module.register()
         _loaded = True
+
+
+def undeclared_routing_targets(rules_path: Path) -> list[str]:
+    """Routing rules whose job kind no listed domain declares, as readable lines.
+
+    A rule names its target by job kind; a worker would otherwise only find out when a
+    study is routed ("no handler registered"), long after a typo went live.  Jobs on a
+    human queue (the reading worklist) are done by people and need no handler.
+    """
+    from core import jobs
+    from pacs_gateway.routing import load_rules
+
+    load_domains()
+    known = jobs.registered_kinds()
+    return [f"rule {rule.id!r} in {rules_path} routes to job kind {rule.job!r}, which no "
+            f"domain in rdc/domains.py declares (declared: {', '.join(sorted(known))})"
+            for rule in load_rules(rules_path).rules
+            if rule.queue not in jobs.HUMAN_QUEUES and rule.job not in known]
