@@ -18,7 +18,6 @@ const NOT_YET_STRICT = new Set([
   'frontend/src/main.js',
   'frontend/src/pages/ecg.js',
   'frontend/src/pages/report.js',
-  'frontend/src/viewer/cornerstone.js',
   'frontend/src/viewer/segOverlay.js',
 ]);
 

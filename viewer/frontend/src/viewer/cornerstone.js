@@ -38,6 +38,7 @@ export const TOOLS = {
 const ALL_TOOLS = [WindowLevelTool, PanTool, ZoomTool, StackScrollTool, LengthTool, AngleTool,
   EllipticalROITool, RectangleROITool];
 
+/** @type {Promise<void> | null} */
 let initPromise = null;
 let instanceCounter = 0;
 
@@ -55,10 +56,16 @@ export function initCornerstone() {
   return initPromise;
 }
 
+/** @param {unknown} value  a path segment of a URL */
 function seg(value) {
   return encodeURIComponent(String(value));
 }
 
+/**
+ * The first value of DICOM JSON attribute `tag` ("00080018") of `instance`.
+ * @param {Record<string, { Value?: unknown[] }> | null | undefined} instance
+ * @param {string} tag
+ */
 function tagValue(instance, tag) {
   const element = instance?.[tag];
   return element?.Value?.[0];
@@ -68,6 +75,10 @@ function tagValue(instance, tag) {
  * Fetch the series' DICOM JSON metadata, register it with the wadors metadata manager,
  * and return the image IDs in `orderedSops` order (frames expanded for multi-frame
  * instances). Instances without metadata are skipped.
+ * @param {string} studyUid
+ * @param {string} seriesUid
+ * @param {readonly string[] | null | undefined} orderedSops  SOP instance UIDs; none: the archive's order
+ * @returns {Promise<string[]>}
  */
 export async function loadSeriesImageIds(studyUid, seriesUid, orderedSops) {
   const base = `${window.location.origin}${DICOMWEB_BASE}/studies/${seg(studyUid)}/series/${seg(seriesUid)}`;
@@ -77,12 +88,14 @@ export async function loadSeriesImageIds(studyUid, seriesUid, orderedSops) {
   });
   if (!response.ok) throw new Error(`series metadata: HTTP ${response.status}`);
   const instances = await response.json();
+  /** @type {Map<unknown, any>} */
   const bySop = new Map();
   for (const instance of instances) {
     const sop = tagValue(instance, '00080018');
     if (sop) bySop.set(sop, instance);
   }
   const order = orderedSops?.length ? orderedSops : [...bySop.keys()];
+  /** @type {string[]} */
   const imageIds = [];
   for (const sop of order) {
     const instance = bySop.get(sop);
@@ -120,12 +133,17 @@ export async function createStackViewer(element, { onRendered } = {}) {
   const viewport = /** @type {import('@cornerstonejs/core').Types.IStackViewport} */ (
     engine.getViewport(viewportId));
 
-  const toolGroup = ToolGroupManager.createToolGroup(toolGroupId);
+  const created = ToolGroupManager.createToolGroup(toolGroupId);
+  // undefined only for an id already in use, which the counter rules out
+  if (!created) throw new Error(`tool group ${toolGroupId} exists already`);
+  const toolGroup = created;
   for (const tool of ALL_TOOLS) toolGroup.addTool(tool.toolName);
   toolGroup.addViewport(viewportId, engineId);
   const { MouseBindings } = ToolEnums;
   toolGroup.setToolActive(StackScrollTool.toolName, { bindings: [{ mouseButton: MouseBindings.Wheel }] });
+  /** @type {string | null} */
   let primary = null;
+  /** @param {string} name  a tool's name (TOOLS) */
   function setPrimaryTool(name) {
     for (const t of Object.values(TOOLS)) if (t !== name) toolGroup.setToolPassive(t);
     const bindings = [{ mouseButton: MouseBindings.Primary }];
@@ -138,7 +156,7 @@ export async function createStackViewer(element, { onRendered } = {}) {
   }
   setPrimaryTool(TOOLS.windowLevel);
 
-  const preventMenu = (e) => e.preventDefault();
+  const preventMenu = (/** @type {Event} */ e) => e.preventDefault();
   element.addEventListener('contextmenu', preventMenu);
   const renderedHandler = () => onRendered?.(viewport);
   element.addEventListener(Enums.Events.IMAGE_RENDERED, renderedHandler);
@@ -151,11 +169,19 @@ export async function createStackViewer(element, { onRendered } = {}) {
       return primary;
     },
     setPrimaryTool,
+    /**
+     * @param {string[]} imageIds
+     * @param {number} [index]  the image shown first
+     */
     async setStack(imageIds, index = 0) {
       await viewport.setStack(imageIds, index);
       viewport.render();
     },
     /** Window width/center (DICOM linear VOI function, as the presets are defined). */
+    /**
+     * @param {number} width
+     * @param {number} center
+     */
     setWindow(width, center) {
       viewport.setProperties({ voiRange: utilities.windowLevel.toLowHighRange(width, center) });
       viewport.render();
@@ -166,12 +192,14 @@ export async function createStackViewer(element, { onRendered } = {}) {
       const { windowWidth, windowCenter } = utilities.windowLevel.toWindowLevel(voi.lower, voi.upper);
       return { width: windowWidth, center: windowCenter };
     },
+    /** @param {number} delta  images forward (negative: back) */
     scrollBy(delta) {
       const ids = viewport.getImageIds();
       if (!ids.length) return;
       const target = Math.min(ids.length - 1, Math.max(0, viewport.getCurrentImageIdIndex() + delta));
       viewport.setImageIdIndex(target);
     },
+    /** @param {number} index  clamped to the stack */
     scrollTo(index) {
       const ids = viewport.getImageIds();
       if (!ids.length) return;
