@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -67,11 +67,10 @@ from benchmarks.harness import (
 from core.db import Database, get_database
 from core.errors import RDCError
 from core.models import Instance
-from core.orthanc_client import OrthancClient, OrthancError
-from core.orthanc_process import start_orthanc, stop_process
-from core.settings import Settings
-from core.sites import SiteSpec, add_site
+from core.orthanc_client import OrthancError
+from core.orthanc_process import stop_process
 from core.states import InstanceState
+from devkit.center import Center
 from devkit.dcmtk import nodelay_env, require, start_storescp
 from devkit.samples import write_ct_series
 
@@ -291,42 +290,24 @@ class Senders:
 
 
 # The center ---------------------------------------------------------------------------
-@dataclass
-class Center:
-    """One throw-away center: its own home, ports and SQLite database."""
+def bench_center(home: Path, config: Path, taken_ports: set[int],
+                 extra: dict[str, str]) -> Center:
+    """One throw-away center (``devkit.center.Center``): its own home, ports (distinct from
+    ``taken_ports``) and SQLite database, the embedded filesystem broker, the center's
+    own timings, every server on 127.0.0.1, and TCP_NODELAY=1 for DCMTK."""
+    return Center(
+        home=home, db_url=f"sqlite:///{home / 'rdc.sqlite3'}", broker_url="filesystem://",
+        gateway_ae=GATEWAY_AE, config=config, taken_ports=taken_ports, quick_timers=False,
+        extra_settings={"gateway_host": LOOPBACK, "orthanc_aet": ORTHANC_AE,
+                        "web_host": LOOPBACK, **extra},
+        extra_env={"TCP_NODELAY": "1"})
 
-    home: Path
-    config: Path
-    ports: set[int]
-    extra: dict[str, str] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        self.values: dict[str, str] = {
-            "home": str(self.home),
-            "gateway_ae": GATEWAY_AE,
-            "gateway_host": LOOPBACK,
-            "gateway_port": str(free_port(self.ports)),
-            "orthanc_aet": ORTHANC_AE,
-            "orthanc_http_port": str(free_port(self.ports)),
-            "orthanc_dicom_port": str(free_port(self.ports)),
-            "web_host": LOOPBACK,
-            "web_port": str(free_port(self.ports)),
-            "database_url": f"sqlite:///{self.home / 'rdc.sqlite3'}",
-            "broker_url": "filesystem://",
-            **self.extra,
-        }
-        init: dict[str, Any] = dict(self.values)
-        self.settings = Settings(**init)
-
-    @property
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in nodelay_env().items() if not k.startswith("RDC_")}
-        env.update({f"RDC_{k.upper()}": v for k, v in self.values.items()})
-        env.update({"RDC_CONFIG": str(self.config), "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
-        return env
-
-    def orthanc(self) -> OrthancClient:
-        return OrthancClient.from_settings(self.settings, retries=1)
+def stop_gateway(center: Center) -> None:
+    """Stop the center's gateway (SIGTERM: it stops cleanly; killed after 30 s)."""
+    if center.gateway_proc is not None:
+        stop_process(center.gateway_proc, 30.0)
+        center.gateway_proc = None
 
 
 def _isolate_environment(config: Path, console: Console) -> None:
@@ -404,12 +385,13 @@ class Bench:
 
     def orthanc(self, senders: int) -> Measurement:
         work = self._workdir(f"orthanc-{senders}")
-        center = Center(work / "home", self.config, self.ports, self.gateway_extra)
+        center = bench_center(work / "home", self.config, self.ports, self.gateway_extra)
         s = center.settings
         with ExitStack() as stack:
             task = self.progress.add_task(f"starting Orthanc ({senders} sender(s))", total=None)
-            proc = start_orthanc(s)
-            stack.callback(stop_process, proc)
+            stack.callback(center.stop_orthanc)
+            center.start_orthanc()
+            proc = center.orthanc_proc
             client = stack.enter_context(center.orthanc())
             # The generated config only lets the gateway's AE store: register ours, on
             # 127.0.0.1 (DicomCheckModalityHost is on), for the life of this home.
@@ -431,29 +413,27 @@ class Bench:
 
     def gateway(self, senders: int) -> tuple[Measurement, Measurement]:
         work = self._workdir(f"gateway-{senders}")
-        center = Center(work / "home", self.config, self.ports, self.gateway_extra)
+        center = bench_center(work / "home", self.config, self.ports, self.gateway_extra)
         s = center.settings
-        gateway_log = work / "gateway.out"
-        db: Database | None = None
+        gateway_log = center.log_path("gateway")
         with ExitStack() as stack:
             task = self.progress.add_task(f"starting Orthanc and the gateway "
                                           f"({senders} sender(s))", total=None)
-            orthanc_proc = start_orthanc(s)
-            stack.callback(stop_process, orthanc_proc)
+            stack.callback(center.stop_orthanc)
+            center.start_orthanc()
             client = stack.enter_context(center.orthanc())
-            db = get_database(s.database_url)
+            db = center.db
             stack.callback(db.dispose)
-            with db.session() as session:
-                add_site(session, SiteSpec(
-                    id=SITE_ID, name="ingest benchmark sender", ae_title=CALLING_AE,
-                    host=LOOPBACK, port=free_port(self.ports),
-                    allowed_addresses=(f"{LOOPBACK}/32",)), actor="benchmark")
-            with open(gateway_log, "wb") as out:
-                gw = subprocess.Popen([sys.executable, "-m", "rdc", "gateway"], env=center.env,
-                                      cwd=REPO, stdin=subprocess.DEVNULL, stdout=out,
-                                      stderr=subprocess.STDOUT)
-            stack.callback(stop_process, gw, 30.0)  # SIGTERM: the gateway stops cleanly
-            wait_port(s.gateway_port, 60, gw, "the gateway", gateway_log)
+            center.add_site(SITE_ID, CALLING_AE, allowed=(f"{LOOPBACK}/32",),
+                            actor="benchmark", name="ingest benchmark sender",
+                            port=free_port(self.ports))
+            stack.callback(stop_gateway, center)
+            try:
+                center.start_gateway()  # waits up to 60 s for its port
+            except (RuntimeError, TimeoutError) as e:
+                raise BenchError(f"the gateway: {e}{tail_text(gateway_log)}") from e
+            gw = center.gateway_proc
+            assert gw is not None
             self.progress.remove_task(task)
 
             acked = self.progress.add_task(f"{TARGETS['gateway_ack']}, {senders} sender(s)",

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -36,13 +35,12 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from benchmarks.harness import free_port, median, wait_port
+from benchmarks.harness import median, wait_port
 from core.db import get_database
 from core.models import Study
 from core.orthanc_client import OrthancClient
-from core.orthanc_process import start_orthanc, stop_process
-from core.settings import Settings
 from core.sites import SiteSpec, add_site
+from devkit.center import Center
 from devkit.samples import write_ct_series
 from viewer.auth import api_token
 
@@ -85,17 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     tmp = tempfile.TemporaryDirectory(prefix="rdc-bench-viewer-")
     home = Path(tmp.name)
-    ports: set[int] = set()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RDC_")},
-           "RDC_HOME": str(home), "RDC_WEB_PORT": str(free_port(ports)),
-           "RDC_ORTHANC_HTTP_PORT": str(free_port(ports)),
-           "RDC_ORTHANC_DICOM_PORT": str(free_port(ports)),
-           "RDC_GATEWAY_PORT": str(free_port(ports))}
-    settings = Settings(home=home, web_port=int(env["RDC_WEB_PORT"]),
-                        orthanc_http_port=int(env["RDC_ORTHANC_HTTP_PORT"]),
-                        orthanc_dicom_port=int(env["RDC_ORTHANC_DICOM_PORT"]),
-                        gateway_port=int(env["RDC_GATEWAY_PORT"]))
-    orthanc = start_orthanc(settings)
+    # A throw-away center (its own home, ports, SQLite database) with its default timings.
+    center = Center(home=home, db_url="", broker_url="", taken_ports=set(),
+                    quick_timers=False)
+    env = center.env
+    settings = center.settings
+    center.start_orthanc()
     web: subprocess.Popen[bytes] | None = None
     try:
         console.print(f"generating a {args.slices}-slice CT (512x512, 16 bit)...")
@@ -157,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         if web is not None:
             web.terminate()
             web.wait(30)
-        stop_process(orthanc)
+        center.stop_orthanc()
         tmp.cleanup()
 
 

@@ -28,23 +28,52 @@ REPO = Path(__file__).resolve().parent.parent
 #: The calling AE title of the county site that ``Center.add_site`` registers by default.
 SENDER_AE = "COUNTY_A"
 
+#: Short timers and a small spool reserve, so that a test does not wait for the center's
+#: production timings (two minutes of study inactivity...).  A benchmark measures with the
+#: center's defaults instead (``Center(quick_timers=False)``).
+QUICK_TIMERS: dict[str, str] = {
+    "RDC_STUDY_INACTIVITY_S": "3",
+    "RDC_MONITOR_INTERVAL_S": "0.5",
+    "RDC_UPLOAD_RETRY_MAX_S": "2",
+    "RDC_SPOOL_MIN_FREE_MB": "64",
+}
+
 
 @dataclass
 class Center:
-    """One center with its own home, ports, database and broker."""
+    """One center with its own home, ports, database and broker.
+
+    The defaults are the tests'.  A benchmark adds what it needs: ``config`` (an
+    ``rdc.toml`` passed as ``RDC_CONFIG``, so that no user's file is read),
+    ``extra_settings`` (setting name -> value, passed as ``RDC_<NAME>``),
+    ``extra_env`` (anything else, e.g. DCMTK's ``TCP_NODELAY``), ``taken_ports`` (ports
+    already handed to other servers of the run, which the center's ports avoid and
+    join) and ``quick_timers=False``.
+    """
 
     home: Path
     db_url: str
     broker_url: str
     extra_env: dict[str, str] = field(default_factory=dict)
-    gateway_port: int = field(default_factory=free_port)
-    orthanc_http_port: int = field(default_factory=free_port)
-    orthanc_dicom_port: int = field(default_factory=free_port)
-    web_port: int = field(default_factory=free_port)
+    #: 0: a free port (``devkit.ports.free_port``), chosen on construction.
+    gateway_port: int = 0
+    orthanc_http_port: int = 0
+    orthanc_dicom_port: int = 0
+    web_port: int = 0
     orthanc_proc: subprocess.Popen[bytes] | None = None
     gateway_proc: subprocess.Popen[bytes] | None = None
     worker_proc: subprocess.Popen[bytes] | None = None
     gateway_ae: str = "RDC_CENTER"
+    config: Path | None = None
+    extra_settings: dict[str, str] = field(default_factory=dict)
+    taken_ports: set[int] | None = None
+    quick_timers: bool = True
+
+    def __post_init__(self) -> None:
+        self.gateway_port = self.gateway_port or free_port(self.taken_ports)
+        self.orthanc_http_port = self.orthanc_http_port or free_port(self.taken_ports)
+        self.orthanc_dicom_port = self.orthanc_dicom_port or free_port(self.taken_ports)
+        self.web_port = self.web_port or free_port(self.taken_ports)
 
     @property
     def env(self) -> dict[str, str]:
@@ -58,13 +87,13 @@ class Center:
             "RDC_WEB_PORT": str(self.web_port),
             "RDC_DATABASE_URL": self.db_url,
             "RDC_BROKER_URL": self.broker_url,
-            "RDC_STUDY_INACTIVITY_S": "3",
-            "RDC_MONITOR_INTERVAL_S": "0.5",
-            "RDC_UPLOAD_RETRY_MAX_S": "2",
-            "RDC_SPOOL_MIN_FREE_MB": "64",
+            **(QUICK_TIMERS if self.quick_timers else {}),
             "PYTHONUNBUFFERED": "1",
             "COLUMNS": "200",
         })
+        if self.config is not None:
+            env["RDC_CONFIG"] = str(self.config)
+        env.update({f"RDC_{k.upper()}": v for k, v in self.extra_settings.items()})
         env.update(self.extra_env)
         return env
 
@@ -90,9 +119,14 @@ class Center:
             stop_process(self.orthanc_proc)
             self.orthanc_proc = None
 
+    def log_path(self, name: str) -> Path:
+        """Where a process started by this center (``gateway``, ``worker``) writes its
+        output."""
+        return self.home / f"{name}.test.log"
+
     def _rdc(self, *args: str, log: str) -> subprocess.Popen[bytes]:
         self.home.mkdir(parents=True, exist_ok=True)
-        out = open(self.home / f"{log}.test.log", "ab")
+        out = open(self.log_path(log), "ab")
         return subprocess.Popen([sys.executable, "-m", "rdc", *args], env=self.env, cwd=REPO,
                                 stdout=out, stderr=subprocess.STDOUT)
 
@@ -129,12 +163,13 @@ class Center:
                               capture_output=True, text=True, timeout=timeout, check=False)
 
     def add_site(self, site_id: str = "county-a", ae_title: str = SENDER_AE,
-                 allowed: tuple[str, ...] = ("127.0.0.1/32", "::1"), **kw: Any) -> None:
-        spec = SiteSpec(id=site_id, name=f"{site_id} hospital", ae_title=ae_title,
-                        host="127.0.0.1", port=kw.pop("port", 11199), allowed_addresses=allowed,
-                        **kw)
+                 allowed: tuple[str, ...] = ("127.0.0.1/32", "::1"), actor: str = "test",
+                 **kw: Any) -> None:
+        spec = SiteSpec(id=site_id, name=kw.pop("name", f"{site_id} hospital"),
+                        ae_title=ae_title, host="127.0.0.1", port=kw.pop("port", 11199),
+                        allowed_addresses=allowed, **kw)
         with self.db.session() as s:
-            add_site(s, spec, actor="test")
+            add_site(s, spec, actor=actor)
 
     def spool_files(self, sub: str = "ready") -> list[Path]:
         """Files in one spool folder (``ready``, ``tmp``, ``unacknowledged``, ``failed``)."""
