@@ -503,25 +503,20 @@ def bench_pipeline(plan: Plan, args: argparse.Namespace, root: Path, progress: P
     from core.settings import get_settings
     from core.sites import SiteSpec, add_site
     from core.states import InstanceState, JobState, StudyState
+    from devkit.center import Center
     from devkit.samples import Patient, write_chest_radiograph
 
     home = root / "home"
     config = root / "rdc.toml"
     config.write_text("# the inference benchmark passes every setting explicitly\n")
     ports: set[int] = set()
-    values = {
-        "RDC_HOME": str(home), "RDC_CONFIG": str(config),
-        "RDC_ENVIRONMENT": "development",
-        "RDC_GATEWAY_PORT": str(free_port(ports)), "RDC_WEB_PORT": str(free_port(ports)),
-        "RDC_ORTHANC_HTTP_PORT": str(free_port(ports)),
-        "RDC_ORTHANC_DICOM_PORT": str(free_port(ports)),
-        "RDC_DATABASE_URL": f"sqlite:///{home / 'rdc.sqlite3'}",
-        "RDC_BROKER_URL": args.broker_url or "",  # empty: the embedded filesystem broker
-        "RDC_AI_DEVICE": args.device, "RDC_AI_BATCH_WAIT_MS": "50",
-        "RDC_AI_REGISTER_SHIPPED": "true",
-    }
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RDC_")}
-    env.update({**values, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
+    center = Center(home=home, db_url=f"sqlite:///{home / 'rdc.sqlite3'}",
+                    broker_url=args.broker_url or "",  # empty: the embedded filesystem broker
+                    config=config, taken_ports=ports, quick_timers=False,
+                    extra_settings={"environment": "development", "ai_device": args.device,
+                                    "ai_batch_wait_ms": "50", "ai_register_shipped": "true"})
+    env = center.env
+    values = {k: v for k, v in env.items() if k.startswith("RDC_")}
     manifest: Manifest = load_manifest(model_folder(CXR_MODEL))
     n = plan.items
     with ExitStack() as stack:
