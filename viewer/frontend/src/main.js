@@ -9,7 +9,10 @@ import { h, replace } from './dom.js';
 import { renderLogin, signInDialog } from './pages/login.js';
 import { renderWorklist } from './pages/worklist.js';
 
-const app = document.getElementById('app');
+/** @typedef {import('./api.js').User} User */
+
+const app = /** @type {HTMLElement} */ (document.getElementById('app')); // index.html's
+/** @type {(() => void) | null} */
 let disposeCurrent = null;
 let navSeq = 0;
 
@@ -26,6 +29,7 @@ if (__RDC_TEST_HOOKS__) {
 /** Where to go after signing in: the page asked for, never the sign-in page itself. */
 const NEXT_KEY = 'rdc.next';
 
+/** @param {string} hash */
 function rememberNext(hash) {
   const target = hash && hash !== '#' && !/^#\/?login\b/.test(hash) ? hash : '#/worklist';
   sessionStorage.setItem(NEXT_KEY, target);
@@ -37,11 +41,17 @@ function takeNext() {
   return next && !/^#\/?login\b/.test(next) ? next : '#/worklist';
 }
 
+/** @param {string} hash */
 export function navigate(hash) {
   if (window.location.hash === hash) route();
   else window.location.hash = hash;
 }
 
+/**
+ * @returns {{ name: 'study', studyId: string } | { name: 'ecg-reading', ecgId: string }
+ *   | { name: 'ecg' } | { name: 'login' } | { name: 'admin' } | { name: 'admin-front-door' }
+ *   | { name: 'dashboard' } | { name: 'worklist' }}
+ */
 function parseRoute() {
   const path = window.location.hash.replace(/^#/, '') || '/worklist';
   const study = /^\/study\/([^/?]+)$/.exec(path);
@@ -59,26 +69,40 @@ function parseRoute() {
 /** Roles that may see the turnaround dashboard (viewer/worklist_api.py Manager). */
 const DASHBOARD_ROLES = ['admin', 'radiologist', 'cardiologist', 'pathologist', 'lab_reviewer'];
 
+/**
+ * @param {{ roles?: unknown } | null | undefined} user
+ * @param {...string} roles
+ */
 function hasRole(user, ...roles) {
-  return Array.isArray(user?.roles) && user.roles.some((r) => roles.includes(r));
+  const own = user?.roles;
+  return Array.isArray(own) && own.some((r) => roles.includes(r));
 }
 
 /** Roles that read patient data (viewer/auth.py READING_ROLES); admin is not one. */
 const READING_ROLES = ['radiologist', 'cardiologist', 'pathologist', 'lab_reviewer', 'site_user'];
 
-const canSeeAdmin = (user) => hasRole(user, 'admin');
-const canRead = (user) => hasRole(user, ...READING_ROLES);
+const canSeeAdmin = (/** @type {User} */ user) => hasRole(user, 'admin');
+const canRead = (/** @type {User} */ user) => hasRole(user, ...READING_ROLES);
 
-/** A user's home page: the worklist for readers, account management for an admin. */
+/**
+ * A user's home page: the worklist for readers, account management for an admin.
+ * @param {User} user
+ */
 function homeOf(user) {
   if (canRead(user)) return '#/worklist';
   return canSeeAdmin(user) ? '#/admin' : '#/dashboard';
 }
-const canSeeDashboard = (user) => hasRole(user, ...DASHBOARD_ROLES);
-const canSeeEcg = (user) => hasRole(user, 'cardiologist');
+const canSeeDashboard = (/** @type {User} */ user) => hasRole(user, ...DASHBOARD_ROLES);
+const canSeeEcg = (/** @type {User} */ user) => hasRole(user, 'cardiologist');
 
-/** The admin area's pages: accounts, and the DICOM front door. */
+/** A link of a navigation bar. @typedef {(name: string, href: string, testid: string, label: string) => HTMLAnchorElement} NavLink */
+
+/**
+ * The admin area's pages: accounts, and the DICOM front door.
+ * @param {string} current  the route shown
+ */
 function adminTabs(current) {
+  /** @type {NavLink} */
   const tab = (name, href, testid, label) => h('a', {
     href, testid, class: current === name ? 'active' : null,
     'aria-current': current === name ? 'page' : null,
@@ -88,7 +112,12 @@ function adminTabs(current) {
     tab('admin-front-door', '#/admin/front-door', 'admin-tab-front-door', 'DICOM front door'));
 }
 
+/**
+ * @param {User} user
+ * @param {string} current  the area shown
+ */
 function header(user, current) {
+  /** @type {NavLink} */
   const link = (name, href, testid, label) => h('a', {
     href, testid, class: current === name ? 'active' : null,
     'aria-current': current === name ? 'page' : null,
@@ -168,7 +197,7 @@ async function route() {
     return;
   }
   const main = h('main', { class: `page page-${r.name}` });
-  const area = { 'ecg-reading': 'ecg', 'admin-front-door': 'admin' }[r.name] ?? r.name;
+  const area = /** @type {Record<string, string>} */ ({ 'ecg-reading': 'ecg', 'admin-front-door': 'admin' })[r.name] ?? r.name;
   replace(app, header(user, area), main);
   if (((r.name === 'admin' || r.name === 'admin-front-door') && !canSeeAdmin(user)) || (r.name === 'dashboard' && !canSeeDashboard(user))
     || (r.name === 'study' && !canRead(user))
