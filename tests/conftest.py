@@ -185,6 +185,24 @@ def signed_in_client(c: Center, username: str, roles: list[str], sites: list[str
 
 
 @pytest.fixture
+def env_center(center: Center, monkeypatch: pytest.MonkeyPatch) -> Iterator[Center]:
+    """The center's settings as this process's settings, so that job handlers and the
+    queue run in the test (which read ``get_settings()``) talk to this center's Orthanc
+    and Redis database; the user's own ``RDC_*`` variables are hidden meanwhile."""
+    import core.queue
+
+    for key in [k for k in os.environ if k.startswith("RDC_")]:
+        monkeypatch.delenv(key)
+    for key, value in center.env.items():
+        if key.startswith("RDC_"):
+            monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    monkeypatch.setattr(core.queue, "_app", None)
+    yield center
+    get_settings.cache_clear()
+
+
+@pytest.fixture
 def two_sites(center: Center, monkeypatch: pytest.MonkeyPatch) -> Iterator[Center]:
     """Orthanc and the gateway running for two county sites (county-a/COUNTY_A and
     county-b/COUNTY_B, from loopback), with this process's settings pointing at them."""

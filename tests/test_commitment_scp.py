@@ -10,21 +10,21 @@ J.3.3 has it, to send the N-EVENT-REPORT.  The deliver job runs through
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
+import tempfile
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, build_role, evt
+from pynetdicom import AE, build_role
 from sqlalchemy import select
 
-import core.queue
 from conftest import REPO, Center, free_port, wait_port, wait_until
 from core import jobs
 from core.models import AuditRecord, Delivery
@@ -34,6 +34,7 @@ from delivery.dicom_scu import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_P
 from test_delivery import (
     BASIC_TEXT_SR,
     ENCAPSULATED_PDF,
+    CountySCP,
     audit_actions,
     job_of,
     make_outputs,
@@ -51,20 +52,17 @@ COMMIT_WAIT_S = "2"
 
 
 @pytest.fixture
-def commit_center(center: Center, monkeypatch: pytest.MonkeyPatch
+def commit_center(env_center: Center, monkeypatch: pytest.MonkeyPatch
                   ) -> Iterator[tuple[Center, int]]:
     """The center with Orthanc and ``rdc commitment`` running; its settings are this
     process's (the deliver job reads them).  Yields (center, commitment port)."""
+    center = env_center
     port = free_port()
-    center.extra_env.update({"RDC_COMMITMENT_PORT": str(port),
-                             "RDC_DELIVERY_COMMIT_WAIT_S": COMMIT_WAIT_S})
-    for key in [k for k in os.environ if k.startswith("RDC_")]:
-        monkeypatch.delenv(key)
-    for key, value in center.env.items():
-        if key.startswith("RDC_"):
-            monkeypatch.setenv(key, value)
+    extra = {"RDC_COMMITMENT_PORT": str(port), "RDC_DELIVERY_COMMIT_WAIT_S": COMMIT_WAIT_S}
+    center.extra_env.update(extra)
+    for key, value in extra.items():
+        monkeypatch.setenv(key, value)
     get_settings.cache_clear()
-    monkeypatch.setattr(core.queue, "_app", None)
     center.start_orthanc()
     center.home.mkdir(parents=True, exist_ok=True)
     log = open(center.home / "commitment.test.log", "ab")
@@ -129,7 +127,7 @@ def send_report(port: int, calling_ae: str, transaction_uid: str,
     return "established", int(status.Status) if "Status" in status else None
 
 
-class LateReportingSite:
+class LateReportingSite(CountySCP):
     """A county PACS that stores, accepts the commitment request, releases the
     association itself without reporting, and reports later on a new association.
 
@@ -139,62 +137,14 @@ class LateReportingSite:
     def __init__(self, port: int, ae_title: str, commit_port: int, *,
                  refuse_commit: frozenset[str] = frozenset(),
                  gate: threading.Event | None = None) -> None:
-        self.port, self.ae_title, self.commit_port = port, ae_title, commit_port
-        self.refuse_commit, self.gate = refuse_commit, gate
-        self.received: Counter[str] = Counter()
-        self.transactions: list[str] = []
+        super().__init__(port, Path(tempfile.mkdtemp(prefix="rdc-late-site-")), ae_title,
+                         refuse_commit=refuse_commit)
+        self.commit_port, self.gate = commit_port, gate
         self.report_results: list[tuple[str, int | None]] = []
         self.reported = threading.Event()
-        self._requests: dict[int, Dataset] = {}
-        self._rsp_sent: set[int] = set()
-        self._lock = threading.Lock()
-        self._server: Any = None
 
-    def start(self) -> LateReportingSite:
-        ae = AE(ae_title=self.ae_title)
-        ae.require_called_aet = True
-        ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = 60
-        for uid in (BASIC_TEXT_SR, ENCAPSULATED_PDF, STORAGE_COMMITMENT_PUSH):
-            ae.add_supported_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-        self._server = ae.start_server(
-            ("127.0.0.1", self.port), block=False,
-            evt_handlers=[(evt.EVT_C_STORE, self._on_store), (evt.EVT_N_ACTION, self._on_action),
-                          (evt.EVT_DIMSE_SENT, self._on_dimse_sent),
-                          (evt.EVT_DATA_SENT, self._on_data_sent)])
-        wait_port(self.port, 30)
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
-
-    def _on_store(self, event: Any) -> int:
-        with self._lock:
-            self.received[str(event.request.AffectedSOPInstanceUID)] += 1
-        return 0x0000
-
-    def _on_action(self, event: Any) -> tuple[int, Dataset | None]:
-        info = event.action_information
-        with self._lock:
-            self.transactions.append(str(info.TransactionUID))
-            self._requests[id(event.assoc)] = info
-        return 0x0000, None
-
-    # Release only after the N-ACTION response is on the wire.
-    def _on_dimse_sent(self, event: Any) -> None:
-        if type(event.message).__name__ == "N_ACTION_RSP":
-            with self._lock:
-                self._rsp_sent.add(id(event.assoc))
-
-    def _on_data_sent(self, event: Any) -> None:
-        key = id(event.assoc)
-        with self._lock:
-            if key not in self._rsp_sent:
-                return
-            self._rsp_sent.discard(key)
-            info = self._requests.pop(key)
-        threading.Thread(target=self._release_then_report, args=(event.assoc, info),
+    def _after_response(self, assoc: Any, info: Dataset) -> None:
+        threading.Thread(target=self._release_then_report, args=(assoc, info),
                          daemon=True).start()
 
     def _release_then_report(self, assoc: Any, info: Dataset) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import socket
 import ssl
 import subprocess
@@ -21,7 +20,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 import redis
@@ -32,7 +31,6 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 from pynetdicom import AE, evt
 from sqlalchemy import select
 
-import core.queue
 from conftest import Center, free_port, wait_port
 from core import audit, jobs
 from core.errors import Conflict, InvalidInput, NotFound
@@ -51,21 +49,6 @@ PDF_BYTES += b"\n" * (len(PDF_BYTES) % 2)  # an even length needs no DICOM pad b
 
 
 # The center --------------------------------------------------------------------------
-@pytest.fixture
-def env_center(center: Center, monkeypatch: pytest.MonkeyPatch) -> Iterator[Center]:
-    """The center's settings as this process's settings, so that handlers and the queue
-    (which read ``get_settings()``) talk to this center's Orthanc and Redis database."""
-    for key in [k for k in os.environ if k.startswith("RDC_")]:
-        monkeypatch.delenv(key)
-    for key, value in center.env.items():
-        if key.startswith("RDC_"):
-            monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
-    monkeypatch.setattr(core.queue, "_app", None)
-    yield center
-    get_settings.cache_clear()
-
-
 @pytest.fixture
 def live(env_center: Center) -> Center:
     env_center.start_orthanc()
@@ -226,7 +209,7 @@ class CountySCP:
         self._server: Any = None
         out.mkdir(parents=True, exist_ok=True)
 
-    def start(self) -> CountySCP:
+    def start(self) -> Self:
         ae = AE(ae_title=self.ae_title)
         ae.require_called_aet = True
         ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = 60
@@ -280,7 +263,12 @@ class CountySCP:
                 return
             self._rsp_sent.discard(key)
             info = self._pending.pop(key)
-        threading.Thread(target=self._report, args=(event.assoc, info), daemon=True).start()
+        self._after_response(event.assoc, info)
+
+    def _after_response(self, assoc: Any, info: Dataset) -> None:
+        """What the PACS does once its N-ACTION response is on the wire: this one reports
+        on the same association (tests/test_commitment_scp.py has one that reports later)."""
+        threading.Thread(target=self._report, args=(assoc, info), daemon=True).start()
 
     def _report(self, assoc: Any, info: Dataset) -> None:
         report = Dataset()

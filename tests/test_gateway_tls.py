@@ -16,7 +16,6 @@ import socket
 import ssl
 import subprocess
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,11 +26,9 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from sqlalchemy import select
 
-import core.queue
 from conftest import Center, free_port, wait_port, wait_until
 from core import audit, jobs, site_certs, tls_ca
 from core.models import AuditRecord, Site, SiteCertificate
-from core.settings import get_settings
 from core.sites import SiteSpec, add_site
 from test_delivery import (
     MLLPServer,
@@ -326,18 +323,10 @@ def test_a_flood_of_failed_handshakes_costs_a_bounded_number_of_audit_rows(
 
 # Delivery over TLS ------------------------------------------------------------------
 @pytest.fixture
-def env_center(center: Center, monkeypatch: pytest.MonkeyPatch) -> Iterator[Center]:
-    """The center's settings as this process's settings (the delivery job reads them)."""
-    for key in [k for k in os.environ if k.startswith("RDC_")]:
-        monkeypatch.delenv(key)
-    for key, value in center.env.items():
-        if key.startswith("RDC_"):
-            monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
-    monkeypatch.setattr(core.queue, "_app", None)
-    center.start_orthanc()
-    yield center
-    get_settings.cache_clear()
+def env_center(env_center: Center) -> Center:
+    """The center's settings as this process's (the delivery job reads them), Orthanc up."""
+    env_center.start_orthanc()
+    return env_center
 
 
 def _hospital_scp_identity(tmp: Path, name: str) -> tuple[Path, Path, Path]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,6 @@ import core.queue
 from conftest import Center, free_port, wait_until
 from core import jobs, scheduler
 from core.models import AuditRecord, Delivery, Job
-from core.settings import get_settings
 from core.states import JobState
 from rdc.supervisor import center_specs, port_listening
 from test_delivery import (
@@ -37,20 +35,6 @@ from test_delivery import (
     signed_version,
     upload,
 )
-
-
-@pytest.fixture
-def env_center(center: Center, monkeypatch: pytest.MonkeyPatch) -> Iterator[Center]:
-    """The center's settings as this process's settings (the queue reads ``get_settings()``)."""
-    for key in [k for k in os.environ if k.startswith("RDC_")]:
-        monkeypatch.delenv(key)
-    for key, value in center.env.items():
-        if key.startswith("RDC_"):
-            monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
-    monkeypatch.setattr(core.queue, "_app", None)
-    yield center
-    get_settings.cache_clear()
 
 
 def _lost(*_: Any, **__: Any) -> None:
