@@ -44,9 +44,9 @@ from sqlalchemy import select
 
 from core import audit
 from core.db import Database
-from core.models import Delivery
+from core.dicom_admission import admit, send_reject
+from core.models import Delivery, Site
 from core.settings import Settings
-from core.sites import find_sender
 from core.states import DeliveryState
 from delivery.commitment import apply_commitment_report
 from delivery.dicom_scu import (
@@ -65,16 +65,19 @@ STATUS_PROCESSING_FAILURE = 0x0110  # ours (the database): the site may send it 
 STATUS_NO_SUCH_EVENT_TYPE = 0x0113
 STATUS_INVALID_ARGUMENT_VALUE = 0x0115  # a transaction UID that is not the site's
 
-#: A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4: as the gateway answers.
-REJECT_CALLING_AE = (0x01, 0x01, 0x03)
-REJECT_CALLED_AE = (0x01, 0x01, 0x07)
-REJECT_TRANSIENT = (0x02, 0x03, 0x01)
-
 #: A refused peer is audited at most once in this many seconds (the rest are logged).
 REFUSAL_AUDIT_WINDOW_S = 60.0
 #: Seconds beyond the commit wait that a report of a not yet recorded transaction waits.
 RECORD_GRACE_S = 5.0
 
+
+def _plain_port_only(site: Site) -> str | None:
+    """The commitment port offers no DICOM TLS, so a site held to TLS is refused here as
+    on the gateway's plain port."""
+    if site.tls_required:
+        return (f"site {site.id!r} holds a TLS certificate and must use DICOM TLS, "
+                "which the commitment port does not offer")
+    return None
 
 class CommitmentSCP:
     """Accepts Storage Commitment N-EVENT-REPORTs from registered sites and applies them."""
@@ -118,45 +121,18 @@ class CommitmentSCP:
     # Associations ---------------------------------------------------------------------
     def _on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
-        rq = assoc.requestor.primitive
-        assert rq is not None  # EVT_REQUESTED fires only after an A-ASSOCIATE-RQ
-        calling = str(rq.calling_ae_title).strip()
-        called = str(rq.called_ae_title).strip()
-        peer = str(assoc.requestor.address)
-        reject: tuple[int, int, int] | None = None
-        reason = ""
-        if called != self.settings.gateway_ae:
-            reject, reason = REJECT_CALLED_AE, "called AE title not recognised"
-        else:
-            try:
-                with self.db.session() as s:
-                    site = find_sender(s, calling, peer)
-                    site_id = site.id if site is not None else None
-                    tls_required = site is not None and site.tls_required
-            except Exception:
-                log.exception("commitment.site_lookup_failed")
-                site_id, tls_required = None, False
-                reject, reason = REJECT_TRANSIENT, "center temporarily unavailable"
-            if reject is None and site_id is None:
-                reject, reason = REJECT_CALLING_AE, "calling AE title / address not registered"
-            elif reject is None and tls_required:
-                reject, reason = REJECT_CALLING_AE, (
-                    f"site {site_id!r} holds a TLS certificate and must use DICOM TLS, "
-                    "which the commitment port does not offer")
-            if reject is None and site_id is not None:
-                with self._lock:
-                    self._sites[id(assoc)] = site_id
-                return
-        assert reject is not None
+        decision = admit(self.db, self.settings.gateway_ae, assoc, _plain_port_only,
+                         log_name="commitment")
+        if decision.site_id is not None:
+            with self._lock:
+                self._sites[id(assoc)] = decision.site_id
+            return
+        assert decision.reject is not None
         log.warning("commitment.association_rejected reason=%r calling=%s called=%s peer=%s",
-                    reason, calling, called, peer)
-        self._audit_refusal(peer, calling, called, reason, reject)
-        assoc.acse.send_reject(*reject)
-        assoc.is_rejected = True
-        evt.trigger(assoc, evt.EVT_REJECTED, {})
-        # As the gateway does: kill() waits for the A-ASSOCIATE-RJ to go out first, so the
-        # peer reads the reason rather than a dropped connection.
-        assoc.kill()
+                    decision.reason, decision.calling_ae, decision.called_ae, decision.peer)
+        self._audit_refusal(decision.peer, decision.calling_ae, decision.called_ae,
+                            decision.reason, decision.reject)
+        send_reject(assoc, decision.reject)
 
     def _audit_refusal(self, peer: str, calling: str, called: str, reason: str,
                        reject: tuple[int, int, int]) -> None:

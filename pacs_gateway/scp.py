@@ -30,9 +30,9 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from core import audit
 from core.db import Database
+from core.dicom_admission import admit, send_reject
 from core.group_commit import GroupCommitter
 from core.settings import Settings
-from core.sites import find_sender
 from pacs_gateway.admission import FrontDoor
 from pacs_gateway.connection import GatewayAssociation, GatewayServer
 from pacs_gateway.inspect import (
@@ -51,10 +51,6 @@ STATUS_SUCCESS = 0x0000
 PRIORITY_HIGH = 0x0001  # C-STORE-RQ Priority (PS3.7 9.1.1.1.7): 0 medium, 1 high, 2 low
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_PROCESSING_FAILURE = 0x0110
-
-# A-ASSOCIATE-RJ (result, source, diagnostic) of PS3.8 9.3.4
-REJECT_CALLING_AE = (0x01, 0x01, 0x03)
-REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 
 
 @dataclass
@@ -244,53 +240,25 @@ class GatewaySCP:
 
     def _on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
-        rq = assoc.requestor.primitive
-        assert rq is not None  # EVT_REQUESTED fires only after an A-ASSOCIATE-RQ
-        calling = str(rq.calling_ae_title).strip()
-        called = str(rq.called_ae_title).strip()
-        peer = str(assoc.requestor.address)
-        detail = {"calling_ae": calling, "called_ae": called, "peer": peer}
-        reject: tuple[int, int, int] | None = None
-        reason = ""
-        transport: str | None = None
-        if called != self.settings.gateway_ae:
-            reject, reason = REJECT_CALLED_AE, "called AE title not recognised"
-        else:
-            try:
-                with self.db.session() as s:
-                    site = find_sender(s, calling, peer)
-                    site_id = site.id if site is not None else None
-                    if site is not None:
-                        transport = transport_refusal(assoc, site, tls=self.tls is not None)
-            except Exception:
-                log.exception("gateway.site_lookup_failed")
-                site_id = None
-                # Transient, service-provider: the site may try again.
-                reject, reason = (0x02, 0x03, 0x01), "center temporarily unavailable"
-            if reject is None and site_id is None:
-                reject, reason = REJECT_CALLING_AE, "calling AE title / address not registered"
-            if reject is None and transport is not None:
-                reject, reason = REJECT_CALLING_AE, transport
-            if reject is None and site_id is not None:
-                with self._lock:
-                    self._assocs[id(assoc)] = _AssocState(site_id, calling, peer)
-                return
-        assert reject is not None
+        decision = admit(self.db, self.settings.gateway_ae, assoc,
+                         lambda site: transport_refusal(assoc, site, tls=self.tls is not None),
+                         log_name="gateway")
+        calling, called, peer = decision.calling_ae, decision.called_ae, decision.peer
+        if decision.site_id is not None:
+            with self._lock:
+                self._assocs[id(assoc)] = _AssocState(decision.site_id, calling, peer)
+            return
+        assert decision.reject is not None
         log.warning("gateway.association_rejected reason=%r calling=%s called=%s peer=%s",
-                    reason, calling, called, peer)
+                    decision.reason, calling, called, peer)
         # Aggregated per peer and window (pacs_gateway.refusal_audit): a stranger
         # retrying in a loop costs a bounded number of audit rows.
         self.front_door.auditor.refuse(
             peer, category="association", kind="rejected", action="association.reject",
             object_id=f"{calling}@{peer}", calling_ae=calling,
-            detail={**detail, "reason": reason, "rsd": list(reject)})
-        assoc.acse.send_reject(*reject)
-        assoc.is_rejected = True
-        evt.trigger(assoc, evt.EVT_REJECTED, {})
-        # As pynetdicom's own reject path: kill() waits for the DUL to send the
-        # A-ASSOCIATE-RJ, otherwise the socket closes first and the peer only
-        # sees a dropped connection instead of the reason.
-        assoc.kill()
+            detail={"calling_ae": calling, "called_ae": called, "peer": peer,
+                    "reason": decision.reason, "rsd": list(decision.reject)})
+        send_reject(assoc, decision.reject)
 
     def _on_accepted(self, event: evt.Event) -> None:
         state = self._assocs.get(id(event.assoc))
