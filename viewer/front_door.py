@@ -61,9 +61,7 @@ def front_door(s: Session, settings: Settings, actor: str, limit: int) -> FrontD
                                 received_at=f.received_at, error=f.error,
                                 file_kept=(failed_dir / f"{f.receipt_id}.dcm").is_file())
               for f in failed_instances(s, limit)]
-    sites = [SiteCountsOut(site_id=r.site_id, name=r.name, enabled=r.enabled,
-                           received=r.received, spooled=r.spooled, stored=r.stored,
-                           failed=r.failed) for r in site_status(s)]
+    sites = [SiteCountsOut.model_validate(r) for r in site_status(s)]
     audit.append(s, actor=actor, action="admin.front_door_viewed",
                  object_type="front_door", object_id="gateway",
                  detail={"failed_total": total, "spool": spool})

@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, computed_field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from core.errors import RDCError
 from reports.templates import get_template
@@ -26,7 +26,11 @@ class HealthOut(BaseModel):
     status: str
 
 
-class SiteStatusOut(BaseModel):
+class SiteCountsOut(BaseModel):
+    """A site's instance counts (:class:`core.stats.SiteStatus`, read from its attributes)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
     site_id: str
     name: str
     enabled: bool
@@ -34,6 +38,11 @@ class SiteStatusOut(BaseModel):
     spooled: int
     stored: int
     failed: int
+
+
+class SiteStatusOut(SiteCountsOut):
+    """A site's instance counts and its studies by state (``/api/status``)."""
+
     studies: dict[str, int]
 
 
@@ -110,16 +119,6 @@ class FailedInstanceOut(BaseModel):
     error: str
     #: The refused file is still in ``spool/failed`` for someone to look at.
     file_kept: bool
-
-
-class SiteCountsOut(BaseModel):
-    site_id: str
-    name: str
-    enabled: bool
-    received: int
-    spooled: int
-    stored: int
-    failed: int
 
 
 class SpoolFileOut(BaseModel):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from fastapi import APIRouter
 
 from core.stats import job_counts, site_status
@@ -22,5 +20,5 @@ def healthz() -> HealthOut:
 @router.get("/api/status")
 def api_status(s: SessionDep, _: Operator) -> StatusOut:
     """Per-site instance counts and job states."""
-    return StatusOut(sites=[SiteStatusOut(**asdict(r)) for r in site_status(s)],
+    return StatusOut(sites=[SiteStatusOut.model_validate(r) for r in site_status(s)],
                      jobs=job_counts(s))
