@@ -150,6 +150,8 @@ ACTION_EVENTS: Final[Mapping[str, Event]] = {
     "association.release": _e(INSTANCES_TRANSFERRED, "C", node=True),
     "association.abort": _e(INSTANCES_TRANSFERRED, "C", node=True),
     "instance.upload_failed": _e(INSTANCES_TRANSFERRED, "C", node=True),
+    # The storage commitment SCP's front door (delivery.commitment_scp).
+    "commitment.association_reject": _e(SECURITY_ALERT, "E", NODE_AUTHENTICATION, node=True),
     # Results sent back to sites.
     "delivery.attempt": _e(INSTANCES_TRANSFERRED, "R", outgoing=True),
     "delivery.dead": _e(INSTANCES_TRANSFERRED, "R", outgoing=True),
@@ -194,6 +196,7 @@ FAMILY_EVENTS: Final[Mapping[str, Event]] = {
     "service": _e(APPLICATION_ACTIVITY, "E"),
     "process": _e(APPLICATION_ACTIVITY, "E"),
     "supervisor": _e(APPLICATION_ACTIVITY, "E"),
+    "scheduler": _e(APPLICATION_ACTIVITY, "E"),
     "admin": _e(APPLICATION_ACTIVITY, "R"),
 }
 

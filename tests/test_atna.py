@@ -300,7 +300,8 @@ def one(messages: list[Received], action: str) -> Received:
 _ACTION_LINE = re.compile(r"audit\(|action=")
 _LITERAL = re.compile(r'(f?)"([a-z][a-z_]*(?:\.[a-z_{}]+)+)"')
 _BARE = re.compile(r'action="([a-z_]+)"')
-_SOURCES = ("core", "pacs_gateway", "viewer", "ai_models", "ecg", "lab", "pathology", "rdc")
+_SOURCES = ("core", "pacs_gateway", "delivery", "reports", "viewer", "ai_models", "ecg", "lab",
+            "pathology", "rdc")
 
 
 def actions_in_code_base() -> dict[str, str]:
