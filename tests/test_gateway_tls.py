@@ -166,8 +166,11 @@ def test_site_certificate_echoes_and_stores_over_tls(world: TLSWorld) -> None:
     # address alone no longer identify it.
     r = echoscu(c.gateway_port, "COUNTY_A", [])
     assert "Association Rejected" in _out(r), _out(r)
-    reasons = [r.detail["reason"] for r in audit_rows(c, "association.reject")]
-    assert any("must send over DICOM TLS" in why for why in reasons), reasons
+    # Refusals are written by the gateway's refusal auditor thread, a moment after the
+    # A-ASSOCIATE-RJ went out (pacs_gateway.refusal_audit).
+    wait_until(lambda: any("must send over DICOM TLS" in row.detail["reason"]
+                           for row in audit_rows(c, "association.reject")),
+               30, "the audited refusal of the plain port")
     # county-b has no certificate: the plain port still serves it.
     r = echoscu(c.gateway_port, "COUNTY_B", [])
     assert r.returncode == 0 and "Success" in _out(r), _out(r)
@@ -252,10 +255,12 @@ def test_certificate_of_one_site_with_another_sites_ae_title_is_refused(
     r = storescu(world.tls_port, "COUNTY_B", _tls_args(a, a.ca))
     assert "Association Rejected" in _out(r), _out(r)
     assert "Success" not in _out(r)
-    reasons = [r.detail["reason"] for r in audit_rows(c, "association.reject")
-               if r.detail.get("calling_ae") == "COUNTY_B"]
-    assert any("belongs to site 'county-a'" in why and "county-b" in why
-               for why in reasons), reasons
+    # Written by the gateway's refusal auditor thread, a moment after the refusal.
+    wait_until(lambda: any("belongs to site 'county-a'" in r.detail["reason"]
+                           and "county-b" in r.detail["reason"]
+                           for r in audit_rows(c, "association.reject")
+                           if r.detail.get("calling_ae") == "COUNTY_B"),
+               30, "the audited refusal of another site's certificate")
     with c.db.session() as s:
         assert s.scalar(select(AuditRecord.seq).where(
             AuditRecord.action == "association.accept",
