@@ -22,10 +22,8 @@ from core.errors import Conflict
 from core.models import ECGAnalysis, Report, Site, Study
 from core.states import ReportState
 from ecg.readers import read_ecg
-from ecg.render import tracing_png
 from ecg.signal import LEADS, Ecg12
 from reports import service
-from reports.document import Figure
 from viewer import studies
 from viewer.archive import archived_file
 from viewer.auth import UserContext
@@ -109,15 +107,6 @@ def _visible_analysis(s: Any, user: UserContext, analysis_id: int) -> tuple[ECGA
 
 def _waveform(sop_uid: str) -> Ecg12:
     return read_ecg(archived_file(sop_uid, "waveform"))
-
-
-def report_figures(session: Any, study_id: int) -> tuple[Figure, ...]:
-    """The 12-lead tracing of each of the study's ECGs, for its signed report's PDF."""
-    rows = session.scalars(select(ECGAnalysis).where(ECGAnalysis.study_id == study_id)
-                           .order_by(ECGAnalysis.id))
-    return tuple(Figure("12-lead ECG (25 mm/s, 10 mm/mV)",
-                        tracing_png(_waveform(row.sop_instance_uid)), width_mm=180.0)
-                 for row in rows)
 
 
 def _tracing(sop_uid: str) -> dict[str, Any]:
