@@ -165,6 +165,14 @@ class Settings(BaseSettings):
     signing_algorithm: Literal["sm2", "ed25519", "ecdsa-p256"] = "ed25519"
     #: Lifetime of a reader certificate issued by the center's CA.
     reader_cert_days: int = Field(default=730, ge=1, le=3650)
+    #: Pathology frozen sections: the on-duty rota (usernames, in paging order; empty:
+    #: every active pathologist of the case's site, by name), and how long a page may go
+    #: unanswered (no slide opened) before the next pathologist on the rota is paged.
+    pathology_on_duty: list[str] = Field(default_factory=list)
+    pathology_frozen_escalation_s: float = Field(default=600.0, gt=0)
+    #: Where pages for critical results and frozen sections are POSTed as JSON besides
+    #: the in-app notice (a paging system's webhook); unset: in-app only.
+    notify_webhook_url: str | None = None
     #: Delivery of signed results: first retry after this, doubling up to the cap,
     #: and given up (dead-letter list) once a delivery is older than the age limit.
     delivery_retry_base_s: float = Field(default=30.0, gt=0)

@@ -19,6 +19,7 @@ DOMAINS: tuple[str, ...] = (
     "delivery",  # outbound: deliver
     "ai_models",  # AI pre-reads: ai_preread, ai_inference
     "ecg",  # ECG center: ecg_analysis
+    "pathology",  # pathology center: pathology_intake, frozen-section escalation
 )
 
 _loaded = False

@@ -16,6 +16,12 @@ from core.models.base import Base, utcnow
 from core.models.delivery import Delivery
 from core.models.ecg import ECGAnalysis
 from core.models.job import Job
+from core.models.pathology import (
+    PathologyCase,
+    PathologyConsult,
+    PathologyEvent,
+    PathologySlide,
+)
 from core.models.report import ReaderKey, Report, ReportVersion
 from core.models.site import Site, SiteCertificate
 from core.models.study import Instance, Study
@@ -32,6 +38,10 @@ __all__ = [
     "Instance",
     "Job",
     "LoginThrottle",
+    "PathologyCase",
+    "PathologyConsult",
+    "PathologyEvent",
+    "PathologySlide",
     "ReaderKey",
     "Report",
     "ReportVersion",

@@ -63,6 +63,10 @@ class AIResult(Base):
     sr_sop_uid: Mapped[str] = mapped_column(String(64))
     seg_sop_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
     critical: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: A tile model's heat map over a whole slide, for the viewer's overlay: {rows, cols,
+    #: cell_px (level-0 pixels per cell), labels, values (rows x cols scores)}; the same
+    #: map is stored as DICOM in Orthanc.  None for models that do not make one.
+    heatmap: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
