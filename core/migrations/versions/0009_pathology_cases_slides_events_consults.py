@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-
 revision: str = '0009'
 down_revision: str | None = '0007'
 branch_labels: str | Sequence[str] | None = None
@@ -47,7 +46,8 @@ def upgrade() -> None:
     sa.UniqueConstraint('site_id', 'accession_number', name='uq_pathology_case_accession')
     )
     with op.batch_alter_table('pathology_cases', schema=None) as batch_op:
-        batch_op.create_index('ix_pathology_cases_worklist', ['state', 'urgency', 'due_at'], unique=False)
+        batch_op.create_index('ix_pathology_cases_worklist', ['state', 'urgency', 'due_at'],
+                              unique=False)
 
     op.create_table('pathology_consults',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
@@ -70,7 +70,8 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('pathology_consults', schema=None) as batch_op:
         batch_op.create_index('ix_pathology_consults_case', ['case_id'], unique=False)
-        batch_op.create_index('ix_pathology_consults_consultant', ['consultant_id', 'state'], unique=False)
+        batch_op.create_index('ix_pathology_consults_consultant', ['consultant_id', 'state'],
+                              unique=False)
 
     op.create_table('pathology_events',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
