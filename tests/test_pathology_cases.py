@@ -207,7 +207,7 @@ def test_two_pathologists_racing_for_one_case_exactly_one_wins(db: Database) -> 
                 won.append(user_id)
             except Conflict as e:
                 lost.append(str(e))
-            except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            except BaseException as e:  # reported by the assertion below
                 errors.append(e)
 
         threads = [threading.Thread(target=claimer, args=(u,)) for u in users]
