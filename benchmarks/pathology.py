@@ -17,9 +17,9 @@ And what a viewer does, through the app and (for comparison) against Orthanc dir
 
 - case open: the case (``GET /api/pathology/cases/{id}``), then every slide's pyramid
   and thumbnail, fetched as a browser would (6 connections);
-- first field of view: the 1920x1080 screen at the zoom where the whole slide fits: the
-  pyramid level an OpenSeadragon-style viewer draws there (the smallest level still at
-  least as detailed as the screen) and every tile of it on the screen, 6 connections;
+- first field of view: the 1920x1080 screen at the zoom where the whole slide fits:
+  every tile of the pyramid level OpenSeadragon (the app's viewer) draws there, over 6
+  connections;
 - pan step: at full resolution, the tiles a 256-screen-pixel move to the right brings
   in (the new column(s) of a 1920x1080 view), at random places on the slide.
 
@@ -76,6 +76,9 @@ SCREEN = (1920, 1080)
 PAN_PX = 256
 #: A browser's connections per host (Chrome: 6).
 BROWSER_CONNECTIONS = 6
+#: OpenSeadragon's default: a level is drawn once each of its pixels covers at least
+#: half a screen pixel.
+MIN_PIXEL_RATIO = 0.5
 TILE_SIZES = (256, 512)
 SITE = "county-path"
 PASSWORD = "a long enough benchmark password 1"  # noqa: S105 (a throw-away center)
@@ -109,14 +112,16 @@ class Pyramid:
 
 
 def pyramid_from_orthanc(js: dict[str, Any]) -> Pyramid:
-    """Orthanc WSI's ``/wsi/pyramids/{series}`` answer as a :class:`Pyramid`."""
+    """Orthanc WSI's ``/wsi/pyramids/{series}`` answer as a :class:`Pyramid` (plugin 1.1
+    gives a tile size per level, ``TilesSizes``; all must be one square size here)."""
     width, height = int(js["TotalWidth"]), int(js["TotalHeight"])
     levels = tuple(
         Level(i, int(w), int(h), width / int(w), int(tx), int(ty))
         for i, ((w, h), (tx, ty)) in enumerate(zip(js["Sizes"], js["TilesCount"], strict=True)))
-    if int(js["TileWidth"]) != int(js["TileHeight"]):
-        raise BenchError(f"non-square tiles {js['TileWidth']}x{js['TileHeight']}")
-    return Pyramid(width, height, int(js["TileWidth"]), levels)
+    sizes = {(int(tw), int(th)) for tw, th in js["TilesSizes"]}
+    if len(sizes) != 1 or len({n for size in sizes for n in size}) != 1:
+        raise BenchError(f"tiles are not of one square size: {sorted(sizes)}")
+    return Pyramid(width, height, sizes.pop()[0], levels)
 
 
 def pyramid_from_app(js: dict[str, Any]) -> Pyramid:
@@ -158,11 +163,15 @@ def tiles_in_view(lv: Level, tile: int, x0: float, y0: float, w: float, h: float
 
 
 def fit_level(pyr: Pyramid, screen: tuple[int, int] = SCREEN) -> Level:
-    """The level a viewer draws when the whole slide fits the screen: the smallest one
-    still at least as detailed as the screen (downsample <= slide px per screen px)."""
-    needed = max(pyr.width / screen[0], pyr.height / screen[1])
-    fitting = [lv for lv in pyr.levels if lv.downsample <= needed * 1.0001]
-    return max(fitting, key=lambda lv: lv.downsample) if fitting else pyr.levels[0]
+    """The level OpenSeadragon (the app's viewer) draws when the whole slide fits the
+    screen: with its default ``minPixelRatio`` of 0.5, the most detailed level whose
+    pixels still cover at least half a screen pixel each."""
+    needed = max(pyr.width / screen[0], pyr.height / screen[1])  # slide px per screen px
+    coarse_enough = [lv for lv in pyr.levels
+                     if lv.downsample >= needed * MIN_PIXEL_RATIO * 0.9999]
+    if not coarse_enough:  # a slide smaller than the screen: its coarsest level
+        return max(pyr.levels, key=lambda lv: lv.downsample)
+    return min(coarse_enough, key=lambda lv: lv.downsample)
 
 
 def field_of_view(pyr: Pyramid) -> list[Tile]:
