@@ -169,7 +169,7 @@ def fit_level(pyr: Pyramid, screen: tuple[int, int] = SCREEN) -> Level:
     needed = max(pyr.width / screen[0], pyr.height / screen[1])  # slide px per screen px
     coarse_enough = [lv for lv in pyr.levels
                      if lv.downsample >= needed * MIN_PIXEL_RATIO * 0.9999]
-    if not coarse_enough:  # a slide smaller than the screen: its coarsest level
+    if not coarse_enough:  # a pyramid that stops short of the fitting zoom
         return max(pyr.levels, key=lambda lv: lv.downsample)
     return min(coarse_enough, key=lambda lv: lv.downsample)
 
