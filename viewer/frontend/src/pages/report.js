@@ -59,9 +59,12 @@ function dropLocal(key) {
  * Typed text is kept in localStorage until the server has it, and saved every
  * AUTOSAVE_MS. Each render tells the page whether the report's inputs (AI findings, the
  * ECG) may still change: `rdc:report-state` with `{locked, state}`.
+ * `options.sign(body)`, when given, signs instead of POST /api/reports/{id}/sign and
+ * resolves with the report as GET /api/studies/{id}/report gives it (the pathology case
+ * signs through its own route, which also moves the case to signed).
  * Returns a cleanup function.
  */
-export function renderReportPanel(root, study) {
+export function renderReportPanel(root, study, options = {}) {
   let report = null;
   let dirty = false;
   let busy = false;
@@ -348,9 +351,10 @@ export function renderReportPanel(root, study) {
         throw new Error(error.textContent || 'The draft could not be saved.');
       }
       const version = current();
-      report = await api('POST', `/api/reports/${seg(report.id)}/sign`, {
-        body: { passphrase: passphrase.value, version: version?.number },
-      });
+      const body = { passphrase: passphrase.value, version: version?.number };
+      report = options.sign
+        ? await options.sign(body)
+        : await api('POST', `/api/reports/${seg(report.id)}/sign`, { body });
       passphrase.value = '';
       dialog.close();
       render();
