@@ -27,6 +27,15 @@ declare global {
     imageExtent?: () => unknown;
     priorImageExtent?: () => unknown;
     ecgNonBlankPixels?: () => number;
+    /** The pathology case page's first slide viewer (pages/pathology_case.js). */
+    slideViewer?: {
+      ready: Promise<unknown>;
+      fullyLoaded: () => boolean;
+      /** Show a server pyramid level (0 = full resolution) 1:1; resolves once its tiles are in. */
+      zoomTo: (level: number) => Promise<void>;
+      viewer: unknown;
+      views: () => number;
+    };
   };
 
   interface Window {
