@@ -1,6 +1,7 @@
 // @ts-check
 // Single-page app: hash routes #/login, #/worklist, #/study/<id>, #/ecg, #/ecg/<id>,
-// #/dashboard, #/admin, #/admin/front-door.
+// #/dashboard, #/admin, #/admin/front-door, #/pathology[/case/<id>[?slides=a,b] | /consults
+// | /dashboard].
 import './styles.css';
 import {
   ApiError, loadMe, logout, noteActivity, onUnauthorized, setReauthenticate, startKeepalive,
@@ -15,6 +16,8 @@ const app = /** @type {HTMLElement} */ (document.getElementById('app')); // inde
 /** @type {(() => void) | null} */
 let disposeCurrent = null;
 let navSeq = 0;
+/** Stops the frozen-section pages banner of the page shown (pathologists). @type {(() => void) | null} */
+let stopPagesBanner = null;
 
 // Test hook (see README of the front end): filled in by the study viewer. Test builds
 // only (`npm run build:test`, vite.config.js): the production bundle has no trace of it.
@@ -50,7 +53,9 @@ export function navigate(hash) {
 /**
  * @returns {{ name: 'study', studyId: string } | { name: 'ecg-reading', ecgId: string }
  *   | { name: 'ecg' } | { name: 'login' } | { name: 'admin' } | { name: 'admin-front-door' }
- *   | { name: 'dashboard' } | { name: 'worklist' }}
+ *   | { name: 'dashboard' } | { name: 'worklist' } | { name: 'pathology' }
+ *   | { name: 'pathology-case', caseId: string, slides: number[] } | { name: 'pathology-consults' }
+ *   | { name: 'pathology-dashboard' }}
  */
 function parseRoute() {
   const path = window.location.hash.replace(/^#/, '') || '/worklist';
@@ -63,6 +68,15 @@ function parseRoute() {
   if (path === '/admin') return { name: 'admin' };
   if (path === '/admin/front-door') return { name: 'admin-front-door' };
   if (path === '/dashboard') return { name: 'dashboard' };
+  const pathologyCase = /^\/pathology\/case\/([^/?]+)(?:\?(.*))?$/.exec(path);
+  if (pathologyCase) {
+    const slides = new URLSearchParams(pathologyCase[2] ?? '').get('slides') ?? '';
+    return { name: 'pathology-case', caseId: decodeURIComponent(pathologyCase[1]),
+      slides: slides.split(',').map(Number).filter((n) => Number.isInteger(n) && n > 0).slice(0, 2) };
+  }
+  if (path === '/pathology/consults') return { name: 'pathology-consults' };
+  if (path === '/pathology/dashboard') return { name: 'pathology-dashboard' };
+  if (path === '/pathology') return { name: 'pathology' };
   return { name: 'worklist' };
 }
 
@@ -94,6 +108,8 @@ function homeOf(user) {
 }
 const canSeeDashboard = (/** @type {User} */ user) => hasRole(user, ...DASHBOARD_ROLES);
 const canSeeEcg = (/** @type {User} */ user) => hasRole(user, 'cardiologist');
+/** The pathology area: pathologists read, an admin oversees, a county site user sees its site's cases. */
+const canSeePathology = (/** @type {User} */ user) => hasRole(user, 'pathologist', 'admin', 'site_user');
 
 /** A link of a navigation bar. @typedef {(name: string, href: string, testid: string, label: string) => HTMLAnchorElement} NavLink */
 
@@ -129,6 +145,7 @@ function header(user, current) {
     h('nav', {},
       canRead(user) ? link('worklist', '#/worklist', 'nav-worklist', 'Worklist') : null,
       canSeeEcg(user) ? link('ecg', '#/ecg', 'nav-ecg', 'ECG') : null,
+      canSeePathology(user) ? link('pathology', '#/pathology', 'nav-pathology', 'Pathology') : null,
       canSeeDashboard(user) ? link('dashboard', '#/dashboard', 'nav-dashboard', 'Dashboard') : null,
       canSeeAdmin(user) ? link('admin', '#/admin', 'nav-admin', 'Admin') : null),
     h('span', { class: 'spacer' }),
@@ -163,6 +180,8 @@ function header(user, current) {
 
 async function route() {
   const seq = ++navSeq;
+  stopPagesBanner?.();
+  stopPagesBanner = null;
   if (disposeCurrent) {
     try {
       disposeCurrent();
@@ -197,11 +216,19 @@ async function route() {
     return;
   }
   const main = h('main', { class: `page page-${r.name}` });
-  const area = /** @type {Record<string, string>} */ ({ 'ecg-reading': 'ecg', 'admin-front-door': 'admin' })[r.name] ?? r.name;
+  const area = /** @type {Record<string, string>} */ ({ 'ecg-reading': 'ecg', 'admin-front-door': 'admin' })[r.name]
+    ?? (r.name.startsWith('pathology') ? 'pathology' : r.name);
   replace(app, header(user, area), main);
+  if (hasRole(user, 'pathologist')) {
+    // A frozen section's page shows over every page (a separate chunk).
+    const { mountPagesBanner } = await import('./pages/pathology_pages.js');
+    if (seq !== navSeq) return;
+    stopPagesBanner = mountPagesBanner(main);
+  }
   if (((r.name === 'admin' || r.name === 'admin-front-door') && !canSeeAdmin(user)) || (r.name === 'dashboard' && !canSeeDashboard(user))
     || (r.name === 'study' && !canRead(user))
-    || ((r.name === 'ecg' || r.name === 'ecg-reading') && !canSeeEcg(user))) {
+    || ((r.name === 'ecg' || r.name === 'ecg-reading') && !canSeeEcg(user))
+    || (r.name.startsWith('pathology') && !canSeePathology(user))) {
     replace(main, h('p', { class: 'error page-error', role: 'alert', testid: 'page-forbidden' },
       'You are not allowed to see this page.'));
     return;
@@ -227,6 +254,29 @@ async function route() {
     disposeCurrent = r.name === 'ecg'
       ? renderEcgQueue(main, { navigate, user })
       : renderEcg(main, r.ecgId, { navigate, user });
+  } else if (r.name === 'pathology' || r.name === 'pathology-case' || r.name === 'pathology-consults'
+    || r.name === 'pathology-dashboard') {
+    // The pathology screens (OpenSeadragon included): separate chunks.
+    /** @type {() => void} */
+    let dispose;
+    if (r.name === 'pathology-case') {
+      const { renderPathologyCase } = await import('./pages/pathology_case.js');
+      if (seq !== navSeq) return;
+      dispose = renderPathologyCase(main, r.caseId, r.slides, { navigate, user });
+    } else if (r.name === 'pathology-consults') {
+      const { renderPathologyConsults } = await import('./pages/pathology_consults.js');
+      if (seq !== navSeq) return;
+      dispose = renderPathologyConsults(main, { navigate, user });
+    } else if (r.name === 'pathology-dashboard') {
+      const { renderPathologyDashboard } = await import('./pages/pathology_dashboard.js');
+      if (seq !== navSeq) return;
+      dispose = renderPathologyDashboard(main, { navigate, user });
+    } else {
+      const { renderPathologyWorklist } = await import('./pages/pathology.js');
+      if (seq !== navSeq) return;
+      dispose = renderPathologyWorklist(main, { navigate, user });
+    }
+    disposeCurrent = dispose;
   } else if (r.name === 'study') {
     // The viewer (Cornerstone3D, vtk.js, codecs) is a separate chunk: the login page and
     // the worklist stay light.
