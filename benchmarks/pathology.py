@@ -48,6 +48,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -183,10 +184,14 @@ def field_of_view(pyr: Pyramid) -> list[Tile]:
 def pan_steps(pyr: Pyramid, n: int, rng: random.Random,
               screen: tuple[int, int] = SCREEN) -> list[list[Tile]]:
     """``n`` pan steps at full resolution: for a 1920x1080 view at a random place, the
-    tiles a move of ``PAN_PX`` to the right brings on screen that were not on it."""
+    tiles a move of ``PAN_PX`` to the right brings on screen that were not on it.  A
+    move that stays inside the same tile columns (half of them with 512-pixel tiles)
+    fetches nothing and is not counted."""
     lv = pyr.levels[0]
-    steps = []
-    for _ in range(n):
+    steps: list[list[Tile]] = []
+    for _ in range(n * 50):
+        if len(steps) == n:
+            break
         x = rng.randrange(0, max(1, lv.width - screen[0] - PAN_PX))
         y = rng.randrange(0, max(1, lv.height - screen[1]))
         before = set(tiles_in_view(lv, pyr.tile, x, y, *screen))
@@ -194,6 +199,8 @@ def pan_steps(pyr: Pyramid, n: int, rng: random.Random,
         new = [t for t in after if t not in before]
         if new:
             steps.append(new)
+    if not steps:
+        raise BenchError(f"no pan step brings in a tile on a {lv.width}x{lv.height} slide")
     return steps
 
 
@@ -277,10 +284,34 @@ class Throughput:
     n: int
 
 
+class Pool:
+    """``n`` long-lived client threads.  Each keeps its own keep-alive connection to each
+    server (``HttpTiles`` holds one per thread), as a browser keeps its 6 connections
+    open: no measured request pays for a TCP connection."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.executor = ThreadPoolExecutor(n)
+
+    def warm(self, fn: Callable[[], object]) -> None:
+        """``fn`` once on every thread (the barrier keeps a thread from taking a second
+        call), so that every connection is open before anything is timed."""
+        barrier = threading.Barrier(self.n)
+
+        def one(_: int) -> None:
+            fn()
+            barrier.wait(timeout=120)
+
+        list(self.executor.map(one, range(self.n)))
+
+    def close(self) -> None:
+        self.executor.shutdown()
+
+
 def concurrent_tiles(fetch: Callable[[Tile], int], tiles: Sequence[Tile],
-                     clients: int) -> Throughput:
-    """``clients`` clients, each asking for its share of ``tiles`` one after the other."""
-    shares = [list(tiles[i::clients]) for i in range(clients)]
+                     pool: Pool) -> Throughput:
+    """``pool.n`` clients, each asking for its share of ``tiles`` one after the other."""
+    shares = [list(tiles[i::pool.n]) for i in range(pool.n)]
     latencies: list[float] = []
     lock = threading.Lock()
 
@@ -293,22 +324,19 @@ def concurrent_tiles(fetch: Callable[[Tile], int], tiles: Sequence[Tile],
         with lock:
             latencies.extend(mine)
 
-    with ThreadPoolExecutor(clients) as pool:
-        fetch(tiles[0])  # connections open, caches of the first request warm
-        t0 = time.perf_counter()
-        list(pool.map(client, shares))
-        wall = time.perf_counter() - t0
+    pool.warm(lambda: fetch(tiles[0]))
+    t0 = time.perf_counter()
+    list(pool.executor.map(client, shares))
+    wall = time.perf_counter() - t0
     return Throughput(round(len(tiles) / wall, 1), round(percentile_ms(latencies, 50), 2),
                       round(percentile_ms(latencies, 95), 2), len(tiles))
 
 
-def batch_ms(fetch: Callable[[Tile], int], tiles: Sequence[Tile],
-             connections: int = BROWSER_CONNECTIONS) -> float:
+def batch_ms(fetch: Callable[[Tile], int], tiles: Sequence[Tile], browser: Pool) -> float:
     """Milliseconds from the first request to the last byte of a set of tiles fetched over
-    ``connections`` connections (what a viewer waits for to draw a screen)."""
+    the browser's connections (what a viewer waits for to draw a screen)."""
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(connections) as pool:
-        list(pool.map(fetch, tiles))
+    list(browser.executor.map(fetch, tiles))
     return (time.perf_counter() - t0) * 1000
 
 
@@ -424,7 +452,7 @@ def sign_in(settings: Settings, base_url: str) -> dict[str, str]:
 
 
 # Viewer scenarios -------------------------------------------------------------------------
-def open_case_app(app: HttpTiles, case_id: int) -> float:
+def open_case_app(app: HttpTiles, case_id: int, browser: Pool) -> float:
     """Case JSON, then every slide's pyramid and thumbnail over the browser's connections."""
     t0 = time.perf_counter()
     detail = httpx.Response(200, content=app.get(f"/api/pathology/cases/{case_id}")).json()
@@ -432,13 +460,12 @@ def open_case_app(app: HttpTiles, case_id: int) -> float:
                                                     f"/api/pathology/slides/{sl['id']}/thumbnail")]
     if not detail["slides"]:
         raise BenchError(f"case {case_id} has no slides in the app's answer")
-    with ThreadPoolExecutor(BROWSER_CONNECTIONS) as pool:
-        list(pool.map(app.get, paths))
+    list(browser.executor.map(app.get, paths))
     return (time.perf_counter() - t0) * 1000
 
 
 def open_case_direct(direct: HttpTiles, convs: list[Converted],
-                     pyramids: dict[int, Pyramid]) -> float:
+                     pyramids: dict[int, Pyramid], browser: Pool) -> float:
     """The same from Orthanc: each series' pyramid and its lowest level's first tile."""
     t0 = time.perf_counter()
 
@@ -447,8 +474,7 @@ def open_case_direct(direct: HttpTiles, convs: list[Converted],
         last = pyramids[conv.tile].levels[-1].level
         direct.get(f"/wsi/tiles/{conv.orthanc_series}/{last}/0/0")
 
-    with ThreadPoolExecutor(BROWSER_CONNECTIONS) as pool:
-        list(pool.map(one, convs))
+    list(browser.executor.map(one, convs))
     return (time.perf_counter() - t0) * 1000
 
 
@@ -467,6 +493,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = center.settings
     web: subprocess.Popen[bytes] | None = None
     sources: list[HttpTiles | OpenSlideTiles] = []
+    clients, browser = Pool(args.clients), Pool(BROWSER_CONNECTIONS)
     try:
         center.start_orthanc()
         megapixels = args.width * args.height / 1e6
@@ -527,7 +554,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for r in range(args.runs):
                 for name, fetch, p in named:
                     tiles = random_tiles(p, args.requests, random.Random(args.seed + r))
-                    runs[name].append(concurrent_tiles(fetch, tiles, args.clients))
+                    runs[name].append(concurrent_tiles(fetch, tiles, clients))
                 console.print(f"  {tile}-pixel tiles, run {r + 1}/{args.runs}: " + ", ".join(
                     f"{n.split()[0]} {runs[n][-1].tiles_per_s}/s" for n in runs))
             results["tiles"][str(tile)] = {n: median_throughput(v) for n, v in runs.items()}
@@ -540,13 +567,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                             / max(1, len(pans)), 1)}
             for name, fetch in (("(b) Orthanc WSI direct", orthanc_src),
                                 ("(c) web app proxy", app_src)):
-                fov_ms = [batch_ms(fetch, fov) for _ in range(args.repeat)]
-                pan_ms = [batch_ms(fetch, step) for step in pans]
+                browser.warm(partial(fetch, fov[0]))
+                fov_ms = [batch_ms(fetch, fov, browser) for _ in range(args.repeat)]
+                pan_ms = [batch_ms(fetch, step, browser) for step in pans]
                 view[name] = {"field_of_view": summary(fov_ms), "pan_step": summary(pan_ms)}
             results["viewer"][str(tile)] = view
 
-        opened_app = [open_case_app(app_src, case_id) for _ in range(args.repeat)]
-        opened_direct = [open_case_direct(direct, convs, pyramids)
+        browser.warm(lambda: direct.get(f"/wsi/pyramids/{convs[0].orthanc_series}"))
+        opened_app = [open_case_app(app_src, case_id, browser) for _ in range(args.repeat)]
+        opened_direct = [open_case_direct(direct, convs, pyramids, browser)
                          for _ in range(args.repeat)]
         results["case_open"] = {"(b) Orthanc WSI direct": summary(opened_direct),
                                 "(c) web app proxy": summary(opened_app),
@@ -562,6 +591,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                for t, p in pyramids.items()}
         return results
     finally:
+        clients.close()
+        browser.close()
         for src in sources:
             src.close()
         if web is not None:
