@@ -11,26 +11,35 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from io import BytesIO
 from pathlib import Path
 
+import pydicom
 import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from conftest import _create_pg_database, _drop_pg_database
+from conftest import Center, _create_pg_database, _drop_pg_database
 from core.db import Database, get_database
 from core.errors import Conflict, Forbidden, InvalidInput, InvalidTransition
 from core.models import (
+    AIResult,
     AuditRecord,
     PathologyCase,
     PathologyConsult,
     PathologyEvent,
     PathologySlide,
+    Report,
     Study,
     User,
     UserSite,
 )
 from core.sites import SiteSpec, add_site
 from pathology import cases
+from reports import service
+from reports.keys import ca_certificate_pem, issue_key
+from reports.verify import verify_bytes
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 SITES = ("county-a", "county-b")
@@ -253,3 +262,100 @@ def test_state_moves_and_events(db: Database) -> None:
     assert steps == [("claimed", NOW), ("signed", NOW + timedelta(minutes=3)),
                      ("amended", NOW + timedelta(hours=1)),
                      ("amended", NOW + timedelta(hours=2)), ("first_tile", NOW)]
+
+
+# ----------------------------------------------------------------- the signed report
+PASSPHRASE = "correct horse battery staple 7"
+
+
+def test_synoptic_report_is_prefilled_signed_and_amended(env_center: Center) -> None:
+    """The case's primary study gets the synoptic template, prefilled from its slides,
+    QC notes and an UNVERIFIED heat map, and is signed (and amended) by the existing
+    report service, with the case following."""
+    c = env_center
+    c.start_orthanc()
+    c.add_site()
+    # The evidence object the signed SR and PDF copy the patient and study from.
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.Modality, ds.PatientID, ds.PatientName, ds.AccessionNumber = "SM", "P7", "DOE^JO", "S1"
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    with c.orthanc() as client:
+        client.upload_instance(buf.getvalue())
+    with c.db.session() as s:
+        study = Study(site_id="county-a", study_uid=str(ds.StudyInstanceUID), patient_id="P7",
+                      patient_name="DOE^JO", modalities=["SM"], state="complete")
+        s.add(study)
+        s.flush()
+        row = PathologyCase(site_id="county-a", accession_number="S1", patient_id="P7",
+                            organ="colon", urgency="frozen", state="qc_failed",
+                            primary_study_id=study.id, received_at=NOW)
+        s.add(row)
+        s.flush()
+        for i, (block, stain, grade) in enumerate((("A1", "H&E", "pass"),
+                                                   ("A2", "CK20", "fail"))):
+            s.add(PathologySlide(
+                case_id=row.id, study_id=study.id, series_uid=f"{ds.SeriesInstanceUID}.{i}",
+                part="A", block=block, stain=stain, specimen_id="S1-A", qc_grade=grade,
+                qc_reasons=["42% of tissue tiles are blurred"] if grade == "fail" else []))
+        s.add(AIResult(study_id=study.id, series_uid=f"{ds.SeriesInstanceUID}.0",
+                       model_name="tile-demo", model_version="0.1.0", device="cpu",
+                       duration_ms=5.0, sr_sop_uid=generate_uid(),
+                       heatmap={"rows": 2, "cols": 2, "cell_px": 512,
+                                "labels": ["tumour"], "values": [[0.1, 0.9], [0.6, 0.2]]}))
+        li = User(username="dr.li", display_name="Dr Li", password_hash="x", totp_secret="x",
+                  roles=["pathologist"], all_sites=True)
+        s.add(li)
+        s.flush()
+        issue_key(s, c.settings, reader_id="dr.li", display_name="Dr Li",
+                  passphrase=PASSPHRASE, algorithm="ed25519", actor="test")
+        case_id, study_id, li_id = row.id, study.id, li.id
+    with c.db.session() as s:
+        cases.claim(s, case_id, li_id, "dr.li", NOW)
+        report = service.create_report(s, study_id, actor="dr.li")
+        draft = service.current_version(s, report)
+        assert report.template_id == "pathology-synoptic"
+        assert list(draft.fields) == ["specimen", "procedure", "diagnosis", "margins",
+                                      "grade", "comments"]
+        assert draft.fields["specimen"] == ("Organ/site: colon\n"
+                                            "Part A, block A1, H&E, specimen S1-A\n"
+                                            "Part A, block A2, CK20, specimen S1-A")
+        comments = draft.fields["comments"]
+        assert "QC (A/A2/CK20): 42% of tissue tiles are blurred" in comments
+        assert ("AI heat map tile-demo 0.1.0 (A/A1/H&E), UNVERIFIED — demonstration weights: "
+                "tumour: max 0.90, 50.0% of cells >= 0.5") in comments
+        report_id = report.id
+    with c.db.session() as s, pytest.raises(InvalidInput, match="procedure, diagnosis"):
+        service.sign(s, c.settings, report_id, reader_id="dr.li", passphrase=PASSPHRASE)
+    with c.db.session() as s:
+        service.update_draft(s, report_id, {"procedure": "Frozen section, colon",
+                                            "diagnosis": "Adenocarcinoma",
+                                            "margins": "Clear (5 mm)", "grade": "G2"},
+                             "dr.li")
+        signed = service.sign(s, c.settings, report_id, reader_id="dr.li",
+                              passphrase=PASSPHRASE)
+        assert signed.state == "final" and signed.signed_by == "dr.li"
+        assert "Adenocarcinoma" in (signed.canonical or "")
+        sr_uid = signed.sr_sop_uid
+        cases.mark_signed(s, cases.get_case(s, case_id), "dr.li", NOW + timedelta(minutes=9))
+    # The signed SR in Orthanc verifies against the center's CA (the existing checker).
+    with c.orthanc() as client:
+        found = client.find_instance(str(sr_uid))
+        assert found is not None
+        checked = verify_bytes(client.instance_file(found), ca_certificate_pem(c.settings))
+    assert checked.kind == "sr"
+    with c.db.session() as s:
+        service.add_addendum(s, report_id, {"comments": "Margin re-measured: 4 mm."}, "dr.li")
+        amended = service.sign(s, c.settings, report_id, reader_id="dr.li",
+                               passphrase=PASSPHRASE)
+        assert amended.number == 2 and amended.state == "final"
+        row = cases.mark_amended(s, cases.get_case(s, case_id), "dr.li",
+                                 NOW + timedelta(hours=1))
+        assert row.state == "amended"
+        assert s.get(Report, report_id).state == "amended"  # type: ignore[union-attr]
+        steps = [e.step for e in s.scalars(select(PathologyEvent).where(
+            PathologyEvent.case_id == case_id).order_by(PathologyEvent.id))]
+    assert steps == ["claimed", "signed", "amended"]
