@@ -282,7 +282,14 @@ def start_review(session: Session, case: PathologyCase, user: User | int,
 
 def mark_signed(session: Session, case: PathologyCase, actor: str,
                 now: datetime) -> PathologyCase:
-    """The case's report was signed (by the reports service): the case is signed."""
+    """The case's report was signed (by the reports service): the case is signed.
+
+    Called in the signing transaction, so a refusal here rolls the signature back too:
+    a case is signed by the pathologist who holds it, with no consult left open."""
+    if case.assigned_to is None and case.state not in _CLOSED:
+        raise Conflict(f"case {case.id} must be claimed before it is signed")
+    if case.state == CaseState.CONSULT_REQUESTED:
+        raise Conflict(f"case {case.id} waits on a consult; it is signed once answered")
     if case.state == CaseState.ASSIGNED:
         _move(case, CaseState.IN_REVIEW, now)
     _move(case, CaseState.SIGNED, now)

@@ -236,6 +236,8 @@ def test_state_moves_and_events(db: Database) -> None:
     cid = add_case(db, "county-a", "A1")
     with db.session() as s:
         row = cases.get_case(s, cid)
+        with pytest.raises(Conflict, match="must be claimed before it is signed"):
+            cases.mark_signed(s, row, "li", NOW)
         with pytest.raises(Conflict, match="must be claimed before review"):
             cases.start_review(s, row, li, NOW)
         cases.claim(s, cid, li, "li", NOW)

@@ -58,6 +58,8 @@ def test_blinded_consult_to_another_site_round_trip(db: Database) -> None:
         assert as_consultant["consultant_name"] == "Dr zhao"
         assert as_consultant["state"] == "requested" and as_consultant["answered_at"] is None
         assert cases.summary(s, cid).consult_open
+        with pytest.raises(Conflict, match="waits on a consult"):
+            cases.mark_signed(s, row, "li", NOW)
         consult_id = consult.id
     with db.session() as s:
         # Zhao (county B) may read this case of county A, and no other one.
