@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom import dcmread
@@ -36,6 +37,7 @@ from ai_models.manifest import Manifest
 from ai_models.output_uids import result_uids
 from ai_models.pipelines import get_pipeline
 from ai_models.pipelines.base import NotApplicable, Pipeline, Prepared, Result
+from ai_models.pipelines.wsi_map import build_parametric_map
 from ai_models.preread import inference_key
 from ai_models.registry import get_model
 from ai_models.runtime import SESSIONS, LoadedModel
@@ -131,10 +133,16 @@ class BatchRunner:
 
     def _prepare(self, client: OrthancClient, item: Item) -> None:
         started = time.perf_counter()
+        # A pipeline that reads a series its own way (a whole-slide image, tile by tile
+        # from the WSI plugin) says so with prepare_from_orthanc; the others get files.
+        from_orthanc = getattr(self.pipeline, "prepare_from_orthanc", None)
         try:
-            datasets = fetch_series(client, item.series_uid)
-            self.pipeline.check(datasets)
-            item.prepared = self.pipeline.preprocess(datasets)
+            if from_orthanc is not None:
+                item.prepared = from_orthanc(client, item.series_uid)
+            else:
+                datasets = fetch_series(client, item.series_uid)
+                self.pipeline.check(datasets)
+                item.prepared = self.pipeline.preprocess(datasets)
         except NotApplicable as e:
             item.outcome, item.error = JobState.SKIPPED, str(e)
         except (OrthancUnavailable, OrthancNotFound) as e:
@@ -182,6 +190,14 @@ class BatchRunner:
             seg_ds = build_seg(source, m, result.mask, label=label,
                                series_uid=uids.seg_series, sop_uid=uids.seg)
             _upload(client, seg_ds)
+        map_ds = None
+        if "parametric_map" in m.outputs and result.heatmap is not None:
+            # A model writes a SEG or a heat map, never both: the map takes the SEG's
+            # derived UIDs, so the web app finds it from the ai_results row as it does a SEG.
+            map_ds = build_parametric_map(source, m, result.heatmap,
+                                          series_uid=uids.seg_series, sop_uid=uids.seg)
+            _upload(client, map_ds)
+        derived = seg_ds if seg_ds is not None else map_ds
         sr_ds = build_sr(source, m, result.findings,
                          series_uid=uids.sr_series, sop_uid=uids.sr, device=self.loaded.provider,
                          seg=seg_ds)
@@ -190,7 +206,8 @@ class BatchRunner:
         record_result(self.db, item, m, result, device=self.loaded.provider,
                       batch_size=self.batch_len,
                       sr_uid=str(sr_ds.SOPInstanceUID),
-                      seg_uid=str(seg_ds.SOPInstanceUID) if seg_ds is not None else None)
+                      seg_uid=str(derived.SOPInstanceUID) if derived is not None else None,
+                      heatmap=result.heatmap)
 
 
 def _upload(client: OrthancClient, ds: Dataset) -> None:
@@ -201,8 +218,11 @@ def _upload(client: OrthancClient, ds: Dataset) -> None:
 
 
 def record_result(db: Database, item: Item, manifest: Manifest, result: Result, *,
-                  device: str, batch_size: int, sr_uid: str, seg_uid: str | None) -> bool:
-    """Write the run's result and findings once; returns False if it already existed."""
+                  device: str, batch_size: int, sr_uid: str, seg_uid: str | None,
+                  heatmap: dict[str, Any] | None = None) -> bool:
+    """Write the run's result and findings once; returns False if it already existed.
+
+    ``seg_uid`` is the run's SEG or, for a tile model, its heat map (Parametric Map)."""
     critical = any(f.critical for f in result.findings)
     duration = sum(item.timings.values())
     with db.session() as s:
@@ -215,7 +235,8 @@ def record_result(db: Database, item: Item, manifest: Manifest, result: Result, 
         row = AIResult(job_id=item.job_id, study_id=item.study_id, series_uid=item.series_uid,
                        model_name=manifest.name, model_version=manifest.version,
                        device=device, batch_size=batch_size, duration_ms=duration,
-                       sr_sop_uid=sr_uid, seg_sop_uid=seg_uid, critical=critical)
+                       sr_sop_uid=sr_uid, seg_sop_uid=seg_uid, critical=critical,
+                       heatmap=heatmap)
         try:
             with s.begin_nested():
                 s.add(row)

@@ -93,7 +93,7 @@ class Manifest(_Strict):
     applies_to: AppliesTo
     input: InputSpec
     labels: list[Label]
-    outputs: list[Literal["sr", "seg"]]
+    outputs: list[Literal["sr", "seg", "parametric_map"]]
     batch_size: int = Field(default=8, ge=1, le=256)
     weights: Weights
     intended_use: str

@@ -13,12 +13,15 @@ from ai_models.pipelines.base import Pipeline
 from ai_models.pipelines.ct_nodule_seg import CtNoduleSegPipeline
 from ai_models.pipelines.cxr_triage import CxrTriagePipeline
 from ai_models.pipelines.ecg_rhythm import EcgRhythmPipeline
+from ai_models.pipelines.wsi_tiles import PIPELINE_KEY as WSI_TILES
+from ai_models.pipelines.wsi_tiles import WsiTilePipeline
 from core.errors import InvalidInput
 
 PIPELINES: dict[str, Callable[[Manifest], Pipeline]] = {
     "cxr_triage": CxrTriagePipeline,
     "ct_nodule_seg": CtNoduleSegPipeline,
     "ecg_rhythm": EcgRhythmPipeline,
+    WSI_TILES: WsiTilePipeline,
 }
 
 

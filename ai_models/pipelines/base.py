@@ -51,6 +51,9 @@ class Result:
     #: Segmentation only: a boolean mask on the *source* geometry, (frames, rows, cols)
     #: in the order of ``Prepared.datasets``.
     mask: np.ndarray | None = None
+    #: Whole-slide tile models only: the heat map as JSON ({rows, cols, cell_px, labels,
+    #: values: rows x cols x labels, ...}), stored in ai_results.heatmap and as DICOM.
+    heatmap: dict[str, Any] | None = None
 
 
 class Pipeline(Protocol):

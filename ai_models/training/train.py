@@ -1,6 +1,7 @@
 """Train the demonstration models on synthetic phantoms, export ONNX, write model.yaml.
 
-    python -m ai_models.training.train {cxr,ct,ecg-rhythm,all} [--seed N] [--out DIR] [--quick]
+    python -m ai_models.training.train {cxr,ct,ecg-rhythm,tile,all} [--seed N] [--out DIR]
+        [--quick]
 
 Everything is drawn from the seed (phantoms, initial weights, batch order), the
 CPU thread count is fixed and torch runs its deterministic kernels, so the same
@@ -388,7 +389,8 @@ ECG_VERSION = "1.1.0"
 #: 6 x 4 + 3 ECGSYN runs, takes ~15 s to simulate).
 ECG_QUICK_BANK = ((60, 120), 2, 1)
 #: Versions of the models ``train`` writes, for the default folders.
-VERSIONS = {"cxr-triage": "1.0.0", "ct-nodule-seg": "1.0.0", "ecg-rhythm": ECG_VERSION}
+VERSIONS = {"cxr-triage": "1.0.0", "ct-nodule-seg": "1.0.0", "ecg-rhythm": ECG_VERSION,
+            "wsi-tile-demo": "1.0.0"}
 
 
 def ecg_arrays(records: Sequence[ecg_simulator.SimulatedEcg]
@@ -499,24 +501,32 @@ def train_ecg(seed: int, out: Path, *, quick: bool, console: Console) -> Report:
     return Report("ecg-rhythm", out, time.perf_counter() - started, diff, metrics)
 
 
+def train_tile(seed: int, out: Path, *, quick: bool, console: Console) -> Report:
+    """The whole-slide tile model (ai_models.training.tile_train, which builds on this
+    module's Report and settings, hence imported here and not at the top)."""
+    from ai_models.training.tile_train import train_tile as train
+
+    return train(seed, out, quick=quick, console=console)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ai_models.training.train",
         description="Train the demonstration models on synthetic phantoms (NOT FOR CLINICAL "
                     "USE), export ONNX and write model.yaml.")
-    parser.add_argument("model", choices=["cxr", "ct", "ecg-rhythm", "all"])
+    parser.add_argument("model", choices=["cxr", "ct", "ecg-rhythm", "tile", "all"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None,
                         help="model folder for one model (default ai_models/shipped/<name>/"
-                             "<version>: cxr-triage and ct-nodule-seg 1.0.0, ecg-rhythm "
-                             f"{ECG_VERSION}); for all, the folder that gets "
+                             "<version>: cxr-triage, ct-nodule-seg and wsi-tile-demo "
+                             f"1.0.0, ecg-rhythm {ECG_VERSION}); for all, the folder that gets "
                              "<name>/<version>/")
     parser.add_argument("--quick", action="store_true",
                         help="train for seconds: proves the script runs, not a usable model")
     args = parser.parse_args(argv)
     console = Console()
     jobs = [("cxr", "cxr-triage", train_cxr), ("ct", "ct-nodule-seg", train_ct),
-            ("ecg-rhythm", "ecg-rhythm", train_ecg)]
+            ("ecg-rhythm", "ecg-rhythm", train_ecg), ("tile", "wsi-tile-demo", train_tile)]
     reports = []
     for key, name, train in jobs:
         if args.model not in (key, "all"):
