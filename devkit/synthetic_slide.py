@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -39,11 +39,12 @@ import tifffile
 
 Box = tuple[int, int, int, int]  # x, y, w, h in level-0 pixels
 
-GLASS = np.array([243.0, 243.0, 243.0])
-EOSIN = np.array([236.0, 158.0, 192.0])
-EOSIN_DARK = np.array([214.0, 118.0, 168.0])
-HEMATOXYLIN = np.array([78.0, 48.0, 138.0])
-PEN_COLOURS = (np.array([40.0, 70.0, 175.0]), np.array([30.0, 135.0, 80.0]))
+GLASS = np.array([243.0, 243.0, 243.0], dtype=np.float32)
+EOSIN = np.array([236.0, 158.0, 192.0], dtype=np.float32)
+EOSIN_DARK = np.array([214.0, 118.0, 168.0], dtype=np.float32)
+HEMATOXYLIN = np.array([78.0, 48.0, 138.0], dtype=np.float32)
+PEN_COLOURS = (np.array([40.0, 70.0, 175.0], dtype=np.float32),
+               np.array([30.0, 135.0, 80.0], dtype=np.float32))
 
 CELL = 40  # nucleus grid cell, level-0 pixels
 NUCLEUS_R = (7.0, 13.0)  # radius range, level-0 pixels
@@ -78,16 +79,41 @@ def _hash01(seed: int, salt: int, ix: np.ndarray, iy: np.ndarray) -> np.ndarray:
 
 
 def _grid_hash(seed: int, salt: int, ix: np.ndarray, iy: np.ndarray) -> np.ndarray:
-    """`_hash01` on a separable grid (ix a (1, w) row, iy an (h, 1) column).
+    """`_hash01` on a separable grid (ix a (1, w) row, iy an (h, 1) column, integer-valued).
 
     A tile holds few distinct lattice cells, so the hash is computed once per
     cell and gathered: the same values as hashing every pixel, far fewer hashes.
     """
-    ux, inv_x = np.unique(np.asarray(ix).ravel(), return_inverse=True)
-    uy, inv_y = np.unique(np.asarray(iy).ravel(), return_inverse=True)
+    ix = np.asarray(ix)
+    iy = np.asarray(iy)
+    x0, y0 = ix.min(), iy.min()
+    ux = np.arange(x0, ix.max() + 1)
+    uy = np.arange(y0, iy.max() + 1)
     table = _hash01(seed, salt, ux[None, :], uy[:, None])
-    out = table[inv_y.reshape(-1, 1), inv_x.reshape(1, -1)]
-    return np.asarray(out.reshape(np.broadcast_shapes(np.shape(iy), np.shape(ix))))
+    gx = (ix - x0).astype(np.intp)
+    gy = (iy - y0).astype(np.intp)
+    return np.asarray(table[gy, gx])
+
+
+def _smooth(fn: Callable[[np.ndarray, np.ndarray], np.ndarray], xs: np.ndarray, ys: np.ndarray,
+            spacing: float) -> np.ndarray:
+    """A low-frequency function sampled on absolute nodes ``spacing`` apart and bilinearly
+    interpolated at the separable points (xs row, ys column).
+
+    The nodes do not depend on the region asked for, so tiles still join exactly.
+    """
+    kx = np.floor(xs / spacing)
+    ky = np.floor(ys / spacing)
+    x0, y0 = kx.min(), ky.min()
+    nodes_x = np.arange(x0, kx.max() + 2) * spacing
+    nodes_y = np.arange(y0, ky.max() + 2) * spacing
+    grid = fn(nodes_x[None, :], nodes_y[:, None])
+    ix = (kx - x0).astype(np.intp).ravel()
+    iy = (ky - y0).astype(np.intp).ravel()
+    fx = (xs / spacing - kx).ravel()
+    fy = (ys / spacing - ky).reshape(-1, 1)
+    along_x = grid[:, ix] * (1 - fx) + grid[:, ix + 1] * fx
+    return np.asarray(along_x[iy] * (1 - fy) + along_x[iy + 1] * fy)
 
 
 def _value_noise(seed: int, salt: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -215,21 +241,24 @@ def render_tile(seed: int, width: int, height: int, x: int, y: int, size: int | 
     x1 = x + w * ds
     y1 = y + h * ds
 
-    field_ = _tissue_field(seed, layout, width, height, xs, ys)
+    spacing = 16 * ds  # the field and shade vary over hundreds of pixels
+    field_ = _smooth(lambda a, b: _tissue_field(seed, layout, width, height, a, b),
+                     xs, ys, spacing)
     # a soft tissue edge: the field rises by ~0.02 over a few dozen level-0 px
-    alpha = np.clip((field_ - TISSUE_LEVEL) / 0.02 + 0.5, 0.0, 1.0)
+    alpha = np.clip((field_ - TISSUE_LEVEL) / 0.02 + 0.5, 0.0, 1.0).astype(np.float32)
     inside = (xs >= 0) & (xs < width) & (ys >= 0) & (ys < height)
     alpha = alpha * inside
     for box in blank:
         bx, by, bw, bh = box
         alpha = alpha * ~((xs >= bx) & (xs < bx + bw) & (ys >= by) & (ys < by + bh))
 
-    out = np.empty((h, w, 3))
+    out = np.empty((h, w, 3), dtype=np.float32)
     out[:] = GLASS
     if alpha.any():
         # eosin with a slow variation in shade
         scale = max(width, height)
-        shade = _value_noise(seed, 21, xs * (40.0 / scale), ys * (40.0 / scale))
+        shade = _smooth(lambda a, b: _value_noise(seed, 21, a * (40.0 / scale), b * (40.0 / scale)),
+                        xs, ys, spacing).astype(np.float32)
         tissue = EOSIN + (EOSIN_DARK - EOSIN) * shade[..., None]
         blurred = np.zeros((h, w), dtype=bool)
         for bx, by, bw, bh in layout.blur:
@@ -237,10 +266,10 @@ def render_tile(seed: int, width: int, height: int, x: int, y: int, size: int | 
         nuclei = _nuclei(seed, xs, ys, ds, blurred)
         # fine fibre texture, averaged away at coarse levels and by defocus
         if ds < 8:
-            grain = (_grain(seed, xs, ys) - 0.5) * (36.0 / max(1.0, ds))
+            grain = ((_grain(seed, xs, ys) - 0.5) * (36.0 / max(1.0, ds))).astype(np.float32)
             grain = np.where(blurred, 0.0, grain)
             tissue = tissue + grain[..., None]
-        tissue = tissue + (HEMATOXYLIN - tissue) * nuclei[..., None]
+        tissue = tissue + (HEMATOXYLIN - tissue) * nuclei.astype(np.float32)[..., None]
         out = out + (tissue - out) * alpha[..., None]
 
     for points, stroke_w, colour in layout.pen:
@@ -249,7 +278,8 @@ def render_tile(seed: int, width: int, height: int, x: int, y: int, size: int | 
         dist = np.full((h, w), np.inf)
         for a, b in pairwise(points):
             dist = np.minimum(dist, _segment_distance(xs, ys, a, b))
-        ink = np.clip((stroke_w / 2 - dist) / max(2.0, ds) + 0.5, 0.0, 1.0) * 0.8 * inside
+        ink = (np.clip((stroke_w / 2 - dist) / max(2.0, ds) + 0.5, 0.0, 1.0) * 0.8
+               * inside).astype(np.float32)
         # ink is a filter: it darkens what is under it towards its colour
         filtered = out * (PEN_COLOURS[colour] / 255.0)
         out = out + (filtered - out) * ink[..., None]
@@ -260,7 +290,7 @@ def render_tile(seed: int, width: int, height: int, x: int, y: int, size: int | 
 @lru_cache(maxsize=8)
 def _grain_texture(seed: int) -> np.ndarray:
     # prime-sized so that its repeats do not line up with tiles or nucleus cells
-    return np.random.default_rng([seed, 0x6A41]).random((521, 523))
+    return np.random.default_rng([seed, 0x6A41]).random((521, 523), dtype=np.float32)
 
 
 def _grain(seed: int, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -281,24 +311,29 @@ def _nuclei(seed: int, xs: np.ndarray, ys: np.ndarray, ds: float,
         ix = np.floor(xs / CELL).astype(np.int64)
         iy = np.floor(ys / CELL).astype(np.int64)
         return np.broadcast_to(mean * (0.8 + 0.4 * _grid_hash(seed, 41, ix, iy)), shape).copy()
-    cover = np.zeros(shape)
+    cover = np.zeros(shape, dtype=np.float32)
+    inv_edge = (1.0 / np.maximum(np.where(blurred, BLUR_EDGE, SHARP_EDGE), ds)).astype(np.float32)
     for layer, offset in ((0, 0.0), (1, CELL / 2)):
         gx = xs + offset
         gy = ys + offset
         cx = np.floor(gx / CELL)
         cy = np.floor(gy / CELL)
-        present = _grid_hash(seed, 50 + layer, cx, cy) < 0.55
-        r = NUCLEUS_R[0] + (NUCLEUS_R[1] - NUCLEUS_R[0]) * _grid_hash(seed, 60 + layer, cx, cy)
+        # per-cell nucleus (present?, radius, centre), looked up once per pixel
+        ux = np.arange(cx.min(), cx.max() + 1)[None, :]
+        uy = np.arange(cy.min(), cy.max() + 1)[:, None]
+        present = _hash01(seed, 50 + layer, ux, uy) < 0.55
+        r = NUCLEUS_R[0] + (NUCLEUS_R[1] - NUCLEUS_R[0]) * _hash01(seed, 60 + layer, ux, uy)
         margin = r + 2
         span = CELL - 2 * margin
-        ncx = cx * CELL + margin + span * _grid_hash(seed, 70 + layer, cx, cy)
-        ncy = cy * CELL + margin + span * _grid_hash(seed, 80 + layer, cx, cy)
-        # slightly elliptical nuclei
-        d = np.hypot(gx - ncx, (gy - ncy) * 1.25)
-        edge = np.where(blurred, BLUR_EDGE, SHARP_EDGE)
-        edge = np.maximum(edge, ds)
-        c = np.clip((r - d) / edge + 0.5, 0.0, 1.0) * present
-        cover = np.maximum(cover, c * 0.85)
+        ncx = ux * CELL + margin + span * _hash01(seed, 70 + layer, ux, uy)
+        ncy = uy * CELL + margin + span * _hash01(seed, 80 + layer, ux, uy)
+        r_eff = np.where(present, r, -1e3).astype(np.float32).ravel()
+        idx = ((cy - uy[0, 0]) * ux.shape[1] + (cx - ux[0, 0])).astype(np.intp)
+        dx = gx.astype(np.float32) - ncx.astype(np.float32).ravel()[idx]
+        dy = (gy.astype(np.float32) - ncy.astype(np.float32).ravel()[idx]) * np.float32(1.25)
+        d = np.sqrt(dx * dx + dy * dy)  # slightly elliptical nuclei
+        c = np.clip((r_eff[idx] - d) * inv_edge + np.float32(0.5), 0.0, 1.0)
+        np.maximum(cover, c * np.float32(0.85), out=cover)
     return cover
 
 
