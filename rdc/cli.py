@@ -24,6 +24,7 @@ from rdc.backup_cli import restore as restore_command
 from rdc.console import console, err, fail
 from rdc.console import load_settings as _settings
 from rdc.models_cli import models_app
+from rdc.pathology_cli import pathology_app
 from rdc.reports_cli import deliveries_app, keys_app, reports_app
 from rdc.sites_tls_cli import sites_cert
 from rdc.users_cli import users_app
@@ -39,6 +40,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(reports_app, name="reports")
 app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(users_app, name="users")
+app.add_typer(pathology_app, name="pathology")
 app.command("backup")(backup_command)
 app.command("restore")(restore_command)
 
