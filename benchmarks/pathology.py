@@ -504,6 +504,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         truth = write_synthetic_slide(tiff, width=args.width, height=args.height, seed=7,
                                       tile=512)
         generate_s = time.perf_counter() - t0
+        console.print(f"generated in {generate_s:.0f} s ({megapixels / generate_s:.0f} "
+                      f"megapixels/s, {tiff.stat().st_size / 1e6:.0f} MB)")
         mpp = float(getattr(truth, "mpp", 0.25))
         convs = []
         for tile in TILE_SIZES:
@@ -530,9 +532,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         wait_port(settings.web_port, 90, web, "the web app", home / "web.log")
         base = f"http://127.0.0.1:{settings.web_port}"
         headers = sign_in(settings, base)
+        results: dict[str, Any] = {"tiles": {}, "viewer": {}}
+
+        # Case open first, while the app's caches (pyramids, thumbnails) are cold, as for
+        # a case nobody has opened yet; the browser has the worklist loaded already.
+        api = HttpTiles(base, lambda t: "", headers=headers)
+        sources.append(api)
+        browser.warm(lambda: api.get("/api/pathology/cases"))
+        opened_app = [open_case_app(api, case_id, browser) for _ in range(args.repeat)]
+        browser.warm(lambda: direct.get(f"/wsi/pyramids/{convs[0].orthanc_series}"))
+        opened_direct = [open_case_direct(direct, convs, pyramids, browser)
+                         for _ in range(args.repeat)]
+        results["case_open"] = {"(b) Orthanc WSI direct": summary(opened_direct),
+                                "(c) web app proxy": summary(opened_app),
+                                "slides": len(convs)}
 
         rng = random.Random(args.seed)
-        results: dict[str, Any] = {"tiles": {}, "viewer": {}}
         for conv in convs:
             tile = conv.tile
             pyr = pyramids[tile]
@@ -573,13 +588,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 view[name] = {"field_of_view": summary(fov_ms), "pan_step": summary(pan_ms)}
             results["viewer"][str(tile)] = view
 
-        browser.warm(lambda: direct.get(f"/wsi/pyramids/{convs[0].orthanc_series}"))
-        opened_app = [open_case_app(app_src, case_id, browser) for _ in range(args.repeat)]
-        opened_direct = [open_case_direct(direct, convs, pyramids, browser)
-                         for _ in range(args.repeat)]
-        results["case_open"] = {"(b) Orthanc WSI direct": summary(opened_direct),
-                                "(c) web app proxy": summary(opened_app),
-                                "slides": len(convs)}
         results["dicomizer"] = {str(c.tile): {"seconds": round(c.seconds, 2),
                                               "megapixels_per_s": c.megapixels_per_s,
                                               "files": len(c.files)} for c in convs}
@@ -637,9 +645,13 @@ def judge(results: dict[str, Any]) -> Verdicts:
         v.add(f"{tile} px: pan step p50 through the app", f"{pan['p50_ms']:.0f} ms", "-",
               None)
     opened = results["case_open"]["(c) web app proxy"]
-    v.add(f"case open p50 ({results['case_open']['slides']} slides)",
-          f"{opened['p50_ms']:.0f} ms", f"< {TARGET_CASE_OPEN_MS:.0f} ms",
-          opened["p50_ms"] < TARGET_CASE_OPEN_MS)
+    slides = results["case_open"]["slides"]
+    # The first open finds the app's caches cold (pyramids, thumbnails): what a
+    # pathologist meets opening a new case; the later ones what reopening costs.
+    v.add(f"case open, first (cold), {slides} slides", f"{opened['first_ms']:.0f} ms",
+          f"< {TARGET_CASE_OPEN_MS:.0f} ms", opened["first_ms"] < TARGET_CASE_OPEN_MS)
+    v.add(f"case open p50, {slides} slides", f"{opened['p50_ms']:.0f} ms",
+          f"< {TARGET_CASE_OPEN_MS:.0f} ms", opened["p50_ms"] < TARGET_CASE_OPEN_MS)
     for tile, d in results["dicomizer"].items():
         v.add(f"dicomizer, {tile}-pixel tiles", f"{d['megapixels_per_s']} MP/s", "reported",
               None)
