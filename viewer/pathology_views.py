@@ -196,7 +196,7 @@ def open_case(db: Database, user: UserContext, case_id: int) -> dict[str, Any]:
             AIResult.series_uid.in_([sl.series_uid for sl in slides]),
             AIResult.heatmap.is_not(None))))
         study_uids = dict(s.execute(select(Study.id, Study.study_uid).where(
-            Study.id.in_({sl.study_id for sl in slides}))).tuples().all())
+            Study.id.in_({sl.study_id for sl in slides}))).all())
         slide_out = [_slide_out(sl, sl.series_uid in with_heatmap) for sl in slides]
         refs = [(i, _slide_ref(sl, case, study_uids.get(sl.study_id, "")))
                 for i, sl in enumerate(slides)]
@@ -251,8 +251,9 @@ def slide_ref(db: Database, user: UserContext, slide_id: int) -> tiles.SlideRef:
     if _all_sites(user) or ref.site_id in user.site_ids:
         return ref
     if _pathologist(user) and user.user_id is not None:
+        # Only a grant is cached: a consult asked a moment ago must open at once.
         consulted = _CONSULT_CASES.get((db.url, user.user_id))
-        if consulted is None:
+        if consulted is None or ref.case_id not in consulted:
             with db.session() as s:
                 consulted = scope(s, user).consult_cases
             _CONSULT_CASES.put((db.url, user.user_id), consulted)

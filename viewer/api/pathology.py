@@ -54,9 +54,10 @@ Overseer = Annotated[UserContext, Depends(require_roles("pathologist", "admin"))
 _JPEG: dict[int | str, dict[str, Any]] = {
     200: {"content": {"image/jpeg": {}}, "description": "A JPEG image."},
     404: {"description": "Not found (or another site's slide)."}}
-#: Tiles are immutable for a slide; the browser may keep them, nobody else.
-_TILE_HEADERS = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
-_IMAGE_HEADERS = {"Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"}
+#: Private to the browser that asked, and (the app's rule for patient data on shared
+#: workstations, viewer.headers) not kept in its cache either.
+_TILE_HEADERS = {"Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"}
+_IMAGE_HEADERS = _TILE_HEADERS
 NonNegative = Annotated[int, Path(ge=0, le=1_000_000)]
 
 
