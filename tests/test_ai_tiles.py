@@ -22,6 +22,7 @@ from sqlalchemy import select
 from ai_models.manifest import load_manifest, verify_weights
 from ai_models.pipelines import get_pipeline
 from ai_models.pipelines.base import Prepared
+from ai_models.pipelines.wsi_map import with_frame_of_reference
 from ai_models.pipelines.wsi_reader import Pyramid
 from ai_models.pipelines.wsi_tiles import WsiTilePipeline, cut_cells
 from ai_models.registry import ensure_shipped, shipped_model_dirs
@@ -229,9 +230,15 @@ def test_a_dicom_slide_gets_a_heat_map_a_parametric_map_and_an_unverified_sr(
 
     jobs = wait_until(lambda: _tile_jobs(c, study_uid), 300, "the slide's AI job")
     assert jobs is not None
-    tile_jobs = [j for j in jobs if j.params.get("model") == "wsi-tile-demo"]
-    assert [j.state for j in tile_jobs] == ["succeeded"], [(j.state, j.error) for j in jobs]
-    assert tile_jobs[0].params["series_uid"] == series_uid
+    by_series = {j.params["series_uid"]: j for j in jobs
+                 if j.params.get("model") == "wsi-tile-demo"}
+    assert by_series[series_uid].state == "succeeded", [(j.state, j.error) for j in jobs]
+    # The slide label image (its own series, ImageType LABEL) is skipped with the reason.
+    label_uid = str(pydicom.dcmread(paths[-1], stop_before_pixels=True).SeriesInstanceUID)
+    if label_uid != series_uid:
+        label_job = by_series[label_uid]
+        assert label_job.state == "skipped" and "pyramid" in (label_job.error or ""), \
+            label_job.error
     with c.db.session() as s:
         row = s.scalar(select(AIResult).where(AIResult.series_uid == series_uid,
                                               AIResult.model_name == "wsi-tile-demo"))
@@ -262,18 +269,31 @@ def test_a_dicom_slide_gets_a_heat_map_a_parametric_map_and_an_unverified_sr(
     pm_ds = _instance(c, map_uid)
     assert pm_ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"
     assert pm_ds.StudyInstanceUID == study_uid
-    assert pm_ds.FrameOfReferenceUID == first.FrameOfReferenceUID
+    # Placed on the slide: its frame of reference (or, for a slide without one, a frame
+    # derived from it), origin and orientation.
+    assert pm_ds.FrameOfReferenceUID == (first.get("FrameOfReferenceUID")
+                                         or with_frame_of_reference(first).FrameOfReferenceUID)
+    origin, slide_origin = (ds.TotalPixelMatrixOriginSequence[0] for ds in (pm_ds, first))
+    assert float(origin.XOffsetInSlideCoordinateSystem) == \
+        float(slide_origin.XOffsetInSlideCoordinateSystem)
+    assert float(origin.YOffsetInSlideCoordinateSystem) == \
+        float(slide_origin.YOffsetInSlideCoordinateSystem)
+    assert [float(v) for v in pm_ds.ImageOrientationSlide] == \
+        [float(v) for v in first.ImageOrientationSlide]
     assert "DEMONSTRATION WEIGHTS" in pm_ds.ContentDescription
     assert pm_ds.ContentQualification == "RESEARCH"
     pm = hd.pm.ParametricMap.from_dataset(pm_ds)
     assert (pm.Rows, pm.Columns, pm.NumberOfFrames) == (heatmap["rows"], heatmap["cols"], 3)
     spacing = pm.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
-    assert abs(float(spacing[0]) - cell_px * 0.25 / 1000) < 1e-9
+    slide_spacing = first.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(spacing[0]) == pytest.approx(cell_px * float(slide_spacing.PixelSpacing[0]),
+                                              rel=1e-6)
 
     # The SR: unverified, naming the model, version and the demonstration weights.
     sr = _instance(c, sr_uid)
     assert sr.VerificationFlag == "UNVERIFIED" and sr.StudyInstanceUID == study_uid
-    text = str(sr.ContentSequence)
+    text = " ".join(str(el.value) for el in sr.iterall()
+                    if el.VR in ("LO", "LT", "ST", "UT", "SH", "UC", "PN"))
     assert "wsi-tile-demo" in text and "1.0.0" in text
     assert "DEMONSTRATION WEIGHTS" in text
     hd.sr.srread(BytesIO(_dump(sr)))

@@ -29,6 +29,7 @@ from pydicom.sr.coding import Code
 
 from ai_models.dicom_outputs import DEMO_NOTE, MANUFACTURER
 from ai_models.manifest import Manifest
+from ai_models.output_uids import deterministic_uid
 
 UNIT_NONE = Code("1", "UCUM", "no units")
 #: Series number of the heat map (the SR is 9001, a SEG 9002).
@@ -44,11 +45,30 @@ def heatmap_array(heatmap: dict[str, Any]) -> np.ndarray:
     return values
 
 
+def with_frame_of_reference(slide: Dataset) -> Dataset:
+    """The slide's headers, with a Frame of Reference UID if the slide has none.
+
+    The VL WSI IOD requires one, but converters (OrthancWSIDicomizer among them) leave
+    it out.  highdicom places a multi-frame map only in a frame of reference, so a slide
+    without one gets a UID derived from its series: the map is then in a frame of its
+    own, still positioned by the slide's origin, orientation and spacing and referencing
+    the slide as its source.  The slide in Orthanc is not changed.
+    """
+    if str(slide.get("FrameOfReferenceUID", "") or ""):
+        return slide
+    copy = Dataset()
+    copy.update(slide)
+    copy.FrameOfReferenceUID = deterministic_uid("frame-of-reference",
+                                                 str(slide.SeriesInstanceUID))
+    copy.setdefault("PositionReferenceIndicator", "SLIDE_CORNER")
+    return copy
+
+
 def build_parametric_map(source: Sequence[Dataset], manifest: Manifest,
                          heatmap: dict[str, Any], *, series_uid: str,
                          sop_uid: str) -> Dataset:
     """The heat map of one slide; ``source[0]`` is the slide's level-0 image (headers)."""
-    slide = source[0]
+    slide = with_frame_of_reference(source[0])
     values = heatmap_array(heatmap)
     spacing = slide.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
     cell = int(heatmap["cell_px"])

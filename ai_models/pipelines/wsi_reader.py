@@ -35,6 +35,14 @@ GLASS = (243, 243, 243)
 MAX_LEVEL_PIXELS = 144_000_000
 
 
+#: Patient and study attributes the derived objects copy from the slide and must carry
+#: (type 2: present, possibly empty).  DICOMweb metadata leaves out an attribute that is
+#: empty in the file, so it is put back empty here rather than refused by highdicom.
+TYPE_2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+                 "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
+                 "AccessionNumber")
+
+
 class SlideUnreadable(Exception):
     """The series is not a slide this reader can read (no pyramid, bad tiles...)."""
 
@@ -88,7 +96,12 @@ def series_headers(client: OrthancClient, series_orthanc_id: str) -> list[Datase
                           accept="application/dicom+json").json()
     if not isinstance(metadata, list):
         raise SlideUnreadable(f"DICOMweb metadata of series {series_uid} is not a list")
-    return [Dataset.from_json(item, bulk_data_uri_handler=_no_bulk) for item in metadata]
+    datasets = [Dataset.from_json(item, bulk_data_uri_handler=_no_bulk) for item in metadata]
+    for ds in datasets:
+        for keyword in TYPE_2_COPIED:
+            if keyword not in ds:
+                ds.setdefault(keyword, None)
+    return datasets
 
 
 def _no_bulk(tag: str, vr: str, uri: str) -> bytes:
