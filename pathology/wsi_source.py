@@ -208,10 +208,20 @@ def series_metadata(client: OrthancClient, study_uid: str,
     """Every instance's header of the series (DICOMweb metadata, no pixel data)."""
     raw = client.get(f"/dicom-web/studies/{study_uid}/series/{series_uid}/metadata",
                      accept="application/dicom+json").json()
-    out = []
-    for item in raw:
-        item = {k: v for k, v in item.items() if k.upper() != "7FE00010"}
-        out.append(pydicom.Dataset.from_json(item))
+    return [pydicom.Dataset.from_json(_inline_only(item)) for item in raw]
+
+
+def _inline_only(item: dict[str, Any]) -> dict[str, Any]:
+    """The DICOM JSON without bulk data (pixels, ICC profile): referenced by URI, never
+    needed to describe the slide, and fetched by nothing here."""
+    out: dict[str, Any] = {}
+    for tag, element in item.items():
+        if not isinstance(element, dict) or "BulkDataURI" in element or "InlineBinary" in element:
+            continue
+        if element.get("vr") == "SQ":
+            element = {**element, "Value": [_inline_only(v) for v in element.get("Value", [])
+                                            if isinstance(v, dict)]}
+        out[tag] = element
     return out
 
 
@@ -257,7 +267,7 @@ def _specimen(ds: pydicom.Dataset) -> dict[str, Any]:
             concept = _concept(item)
             values = _meanings(item)
             found["texts"].extend(values)
-            if concept == "using substance":
+            if concept.startswith("using substance"):  # "(attribute)" in SNOMED's name
                 substances.extend(values)
             elif concept == "parent specimen identifier":
                 parent_id = values[0] if values else ""
