@@ -118,7 +118,7 @@ class Conversion:
         return self.megapixels / self.seconds if self.seconds > 0 else float("inf")
 
 
-def convert_slide(src: Path, out_dir: Path, *, info: SlideInfo | None = None, tile: int = 512,
+def convert_slide(src: Path, out_dir: Path, *, info: SlideInfo | None = None,
                   quality: int = 90, threads: int | None = None,
                   timeout_s: float = 1800.0) -> Conversion:
     """Convert ``src`` into DICOM WSI instances in the empty folder ``out_dir``.
@@ -145,9 +145,10 @@ def convert_slide(src: Path, out_dir: Path, *, info: SlideInfo | None = None, ti
         f"--imaged-height={info.width * info.mpp_x / 1000:.6f}",
     ]
     if not native:
-        # vendor formats are decoded by OpenSlide and re-encoded as JPEG tiles
-        args += [f"--openslide={openslide_library()}", f"--tile-width={tile}",
-                 f"--tile-height={tile}", "--compression=jpeg", f"--jpeg-quality={quality}"]
+        # vendor formats are decoded by OpenSlide and re-encoded as JPEG tiles, in the
+        # source's tile size (the Dicomizer resamples only to divisors of it)
+        args += [f"--openslide={openslide_library()}", "--compression=jpeg",
+                 f"--jpeg-quality={quality}"]
     if info.level_count == 1:
         args += ["--pyramid=1", "--smooth=1"]
     args.append(str(src))
