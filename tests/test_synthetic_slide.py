@@ -7,10 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import openslide
+import pydicom
 import pytest
 from scipy import ndimage
 
+from conftest import Center
+from core.orthanc_client import OrthancNotFound
 from devkit.synthetic_slide import SlideTruth, render_tile, write_synthetic_slide
+from devkit.wsi_samples import synthetic_wsi_dicom
 
 W, H = 4096, 3072
 
@@ -103,3 +107,50 @@ def test_bad_arguments_are_refused(tmp_path: Path) -> None:
         write_synthetic_slide(tmp_path / "x.tiff", width=512, height=512, tile=100)
     with pytest.raises(ValueError, match="positive"):
         write_synthetic_slide(tmp_path / "x.tiff", width=0, height=512)
+
+
+def test_dicom_samples_are_served_by_orthanc_wsi(center: Center, tmp_path: Path) -> None:
+    """synthetic_wsi_dicom: TILED_FULL pyramid + label series; missing tiles make the
+    level-0 instance TILED_SPARSE (Orthanc answers 404 for exactly those tiles)."""
+    full = synthetic_wsi_dicom(tmp_path / "full", width=2048, height=1536, tile=256, seed=2,
+                               accession="PATH-9")
+    sparse = synthetic_wsi_dicom(tmp_path / "sparse", width=2048, height=1536, tile=256,
+                                 seed=2, accession="PATH-9", slide_number=2, missing_tiles=3,
+                                 drop_levels=1, frozen=True, label=False)
+    heads = [pydicom.dcmread(p, stop_before_pixels=True) for p in full]
+    assert [h.ImageType[2] for h in heads] == ["VOLUME", "VOLUME", "VOLUME", "LABEL"]
+    assert {h.SOPClassUID for h in heads} == {"1.2.840.10008.5.1.4.1.1.77.1.6"}
+    assert {h.Modality for h in heads} == {"SM"}
+    assert heads[0].DimensionOrganizationType == "TILED_FULL"
+    assert heads[0].SpecimenDescriptionSequence[0].SpecimenIdentifier == "PATH-9-A1"
+    assert heads[0].ImagedVolumeWidth == pytest.approx(1536 * 0.25 / 1000)  # slide X = rows
+    assert len({h.SeriesInstanceUID for h in heads}) == 2  # label in a series of its own
+    assert len({h.StudyInstanceUID for h in heads}) == 1
+    sparse_heads = [pydicom.dcmread(p, stop_before_pixels=True) for p in sparse]
+    assert len(sparse_heads) == 2  # 3 levels, the smallest dropped, no label
+    assert sparse_heads[0].DimensionOrganizationType == "TILED_SPARSE"
+    assert int(sparse_heads[0].NumberOfFrames) == 8 * 6 - 3
+    assert "FROZEN SECTION" in sparse_heads[0].StudyDescription
+    assert sparse_heads[0].StudyInstanceUID == heads[0].StudyInstanceUID
+
+    center.start_orthanc()
+    with center.orthanc() as o:
+        series = {}
+        for p in full + sparse:
+            answer = o.upload_instance_file(p)
+            series.setdefault(str(answer["ParentSeries"]), []).append(p)
+        volume_full = next(k for k, v in series.items() if v[0] == full[0])
+        volume_sparse = next(k for k, v in series.items() if v[0] == sparse[0])
+        p_full = o.get(f"/wsi/pyramids/{volume_full}").json()
+        assert p_full["Sizes"] == [[2048, 1536], [512, 384], [128, 96]]
+        p_sparse = o.get(f"/wsi/pyramids/{volume_sparse}").json()
+        assert len(p_sparse["Sizes"]) == 2
+        missing = []
+        for x in range(8):
+            for y in range(6):
+                try:
+                    o.get(f"/wsi/tiles/{volume_sparse}/0/{x}/{y}")
+                except OrthancNotFound:
+                    missing.append((x, y))
+                assert o.get(f"/wsi/tiles/{volume_full}/0/{x}/{y}").content[:2] == b"\xff\xd8"
+        assert len(missing) == 3
