@@ -21,6 +21,7 @@ from core.settings import Settings
 from core.sites import SiteSpec, add_site
 from devkit.dcmtk import storescu
 from devkit.samples import chunks, storage_sample_files, write_chest_radiograph, write_ct_series
+from rdc.demo_pathology import FULL_SLIDE, run_pathology_demo
 
 DEMO_SITE = SiteSpec(id="demo-county", name="Demo County Hospital", ae_title="DEMO_COUNTY",
                      host="127.0.0.1", port=11113, allowed_addresses=("127.0.0.1/32", "::1"),
@@ -60,7 +61,8 @@ def _gateway_listening(settings: Settings) -> bool:
 
 
 def run_demo(settings: Settings, console: Console, *, ct_slices: int, timeout: float,
-             ai: bool = True) -> int:
+             ai: bool = True, pathology: bool = True,
+             slide_size: tuple[int, int] = FULL_SLIDE) -> int:
     if not _gateway_listening(settings):
         raise ConfigurationError(f"no gateway on port {settings.gateway_port}: start the "
                                  "center with `rdc up` first (in another terminal)")
@@ -121,9 +123,14 @@ def run_demo(settings: Settings, console: Console, *, ct_slices: int, timeout: f
         console.print(f"Orthanc holds {client.statistics()['CountStudies']} studies")
     if stored < sent_ok:
         return 1
+    code = 0
+    if pathology:  # rdc/demo_pathology.py: three cases in the pathologists' worklist
+        code = run_pathology_demo(settings, console, site_id=DEMO_SITE.id,
+                                  calling_ae=DEMO_SITE.ae_title, timeout=timeout,
+                                  slide_size=slide_size)
     if not ai:
-        return 0
-    code = _show_ai(settings, console, [dx.study_uid, ct.study_uid], timeout)
+        return code
+    code = max(code, _show_ai(settings, console, [dx.study_uid, ct.study_uid], timeout))
     return max(code, _show_ecg(settings, console, started, timeout))
 
 
