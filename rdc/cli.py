@@ -410,14 +410,21 @@ def demo(
         help="Seconds to wait for Orthanc, and again for the AI pre-reads.")] = 600,
     ai: Annotated[bool, typer.Option("--ai/--no-ai",
                                      help="Wait for the AI pre-reads and show them.")] = True,
+    pathology: Annotated[bool, typer.Option(
+        "--pathology/--no-pathology",
+        help="Also send three pathology cases (imported, C-STORE, frozen section).")] = True,
+    slide_size: Annotated[str, typer.Option(
+        help="Size of the imported demo slide, WIDTHxHEIGHT pixels.")] = "40960x30720",
 ) -> None:
     """Register a demo county site, send sample studies with DCMTK storescu, and show
-    the AI pre-reads of the chest radiograph and the CT."""
+    the AI pre-reads of the chest radiograph and the CT, and the pathology cases."""
     from rdc.demo import run_demo
+    from rdc.demo_pathology import parse_slide_size
 
     s = _settings()
     try:
-        code = run_demo(s, console, ct_slices=ct_slices, timeout=timeout, ai=ai)
+        code = run_demo(s, console, ct_slices=ct_slices, timeout=timeout, ai=ai,
+                        pathology=pathology, slide_size=parse_slide_size(slide_size))
     except RDCError as e:
         raise fail(e) from e
     raise typer.Exit(code)
