@@ -14,6 +14,7 @@ import pytest
 import tifffile
 from PIL import Image
 from pydicom.data import get_testdata_file
+from pydicom.encaps import generate_frames
 from sqlalchemy import func, select
 
 import pathology.importer as importer
@@ -23,6 +24,8 @@ from core.models import AuditRecord, Job, Study
 from devkit.synthetic_slide import render_tile, write_synthetic_slide
 from pathology.errors import SlideImportError
 from pathology.importer import import_slides
+from pathology.specimen import SlideIdentity, finalise_instances
+from pathology.wsi_convert import convert_slide
 
 W, H = 2048, 1536
 
@@ -218,3 +221,40 @@ def test_cli_import_and_its_errors(live: Center, slides: dict[str, Path]) -> Non
         study = s.scalar(select(Study).where(Study.accession_number == "S26-7"))
         assert study is not None and study.priority == 9
         assert "frozen" not in study.description.lower()
+
+
+def test_vendor_svs_goes_through_openslide(tmp_path: Path) -> None:
+    """An Aperio SVS is decoded by OpenSlide inside the Dicomizer and re-encoded."""
+    img = render_tile(4, W, H, 0, 0, (W, H), 1)
+    small = render_tile(4, W, H, 0, 0, (W // 4, H // 4), 4)
+    svs = tmp_path / "case.svs"
+    head = "Aperio Image Library v12.0.15 \r\n"
+    with tifffile.TiffWriter(svs) as t:
+        t.write(img, tile=(256, 256), photometric="rgb", compression="jpeg", metadata=None,
+                description=f"{head}{W}x{H} [0,0 {W}x{H}] (256x256) JPEG/RGB Q=85|"
+                            "AppMag = 40|MPP = 0.5000")
+        t.write(small, tile=(256, 256), photometric="rgb", compression="jpeg", metadata=None,
+                description=f"{head}{W}x{H} -> {W // 4}x{H // 4} - |")
+    info = importer.validate_file(svs)
+    assert info.vendor == "aperio" and info.mpp_x == pytest.approx(0.5)
+    conv = convert_slide(svs, tmp_path / "out", info=info)
+    assert not conv.native and len(conv.files) == 2
+    ident = SlideIdentity(patient_id="P", patient_name="", accession="S1",
+                          study_uid="1.2.3.4", series_uid="1.2.3.4.5", specimen_id="S1-A1",
+                          stain="PAS", part="A", block="1")
+    files = finalise_instances(conv.files, ident)
+    ds = pydicom.dcmread(files[0])
+    assert ds.DimensionOrganizationType == "TILED_FULL"
+    spacing = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+    assert [float(v) for v in spacing] == pytest.approx([0.0005, 0.0005])
+    frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+    tw, th = int(ds.Columns), int(ds.Rows)
+    # TILED_FULL: frame k is tile (k % across, k // across); check the second row's first
+    across = -(-W // tw)
+    got = np.asarray(Image.open(io.BytesIO(frames[across])).convert("RGB"), dtype=float)
+    assert np.abs(got - img[th:2 * th, :tw].astype(float)).mean() < 6
+    substances = [ci.ConceptCodeSequence[0].CodeMeaning if "ConceptCodeSequence" in ci
+                  else str(ci.get("TextValue", ""))
+                  for step in ds.SpecimenDescriptionSequence[0].SpecimenPreparationSequence
+                  for ci in step.SpecimenPreparationStepContentItemSequence]
+    assert "PAS" in substances  # a stain with no code is kept as text
