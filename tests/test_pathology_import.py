@@ -19,8 +19,9 @@ from sqlalchemy import func, select
 
 import pathology.importer as importer
 from conftest import Center
+from core import jobs
 from core.errors import InvalidInput
-from core.models import AuditRecord, Job, Study
+from core.models import AuditRecord, Job, PathologyCase, PathologySlide, Study
 from devkit.synthetic_slide import render_tile, write_synthetic_slide
 from pathology.errors import SlideImportError
 from pathology.importer import import_slides
@@ -146,6 +147,16 @@ def test_import_stores_slides_study_and_intake_job(live: Center,
             want = np.asarray(src.read_region((tw, th), 0, (tw, th)).convert("RGB"),
                               dtype=float)
         assert np.abs(got - want).mean() < 3  # same JPEG tile, not re-encoded
+
+    # the intake job (pathology/intake.py) reads the slides as it would C-STORE'd ones
+    jobs.execute(c.db, result.job_id)
+    with c.db.session() as s:
+        case = s.scalar(select(PathologyCase).where(PathologyCase.accession_number == "S26-0042"))
+        assert case is not None and case.urgency == "frozen" and case.site_id == "county-a"
+        got_slides = s.scalars(select(PathologySlide).where(PathologySlide.case_id == case.id)
+                               .order_by(PathologySlide.id)).all()
+        assert {sl.series_uid for sl in got_slides} == {pyr.series_uid, flat.series_uid}
+        assert {(sl.stain, sl.part, sl.block) for sl in got_slides} == {("H&E", "A", "2")}
 
 
 @pytest.mark.parametrize(("name", "reason"), [
