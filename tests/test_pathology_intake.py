@@ -304,3 +304,28 @@ def test_a_slide_study_through_the_gateway_becomes_a_case(live: Center,
     [slide] = _slides(c, case.id)
     assert slide.qc_grade in ("pass", "fail") and slide.qc_metrics["tissue_fraction"] > 0.05
     assert slide.source == "cstore"
+
+
+def _touches(box: list[int], boxes: tuple[tuple[int, int, int, int], ...]) -> bool:
+    x, y, w, h = box
+    return any(x < bx + bw and bx < x + w and y < by + bh and by < y + h
+               for bx, by, bw, bh in boxes)
+
+
+def test_the_gate_finds_what_the_slide_holds(live: Center, tmp_path: Path) -> None:
+    """Through the real path (synthetic TIFF, Dicomizer, Orthanc's WSI plugin re-encoding
+    tiles): the boxes the gate reports for blur and ink lie on the slide's known
+    out-of-focus regions and pen strokes, and its tissue share matches the truth."""
+    from devkit.synthetic_slide import slide_truth
+
+    c = live
+    files = _wsi(tmp_path / "a", accession="PATH-11", seed=1, blur=True, pen=True, label=False)
+    assert jobs.execute(c.db, _study_job(c, _upload(c, files), "PATH-11")) == "succeeded"
+    [slide] = _slides(c, _case(c, "PATH-11").id)
+    truth = slide_truth(1, 4096, 3072, tile=256, blur=True, pen=True)
+    m = slide.qc_metrics
+    assert m["tissue_fraction"] == pytest.approx(truth.tissue_fraction, abs=0.03)
+    assert m["blur_tiles"], "the out-of-focus regions were not found"
+    assert all(_touches(b, truth.blur_boxes) for b in m["blur_tiles"]), m["blur_tiles"]
+    assert m["pen_boxes"] and all(_touches(b, truth.pen_boxes) for b in m["pen_boxes"])
+    assert any(r.startswith("pen marks cover") for r in slide.qc_reasons), slide.qc_reasons
