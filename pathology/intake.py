@@ -213,8 +213,9 @@ def run_pathology_intake(session: Session, job: Job) -> None:
     if not case.organ and organ:
         case.organ = organ[:64]
     case.due_at = _due_at(session, case)
-    source = str((job.params or {}).get("source", "cstore"))
-    source = source if source in ("cstore", "import") else "cstore"
+    # rdc pathology import submits the job under the rule "import"; routing names its rule.
+    imported = job.rule == "import" or (job.params or {}).get("source") == "import"
+    source = "import" if imported else "cstore"
     rows = []
     for g in graded:
         h, r = g.headers, g.result

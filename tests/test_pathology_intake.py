@@ -329,3 +329,23 @@ def test_the_gate_finds_what_the_slide_holds(live: Center, tmp_path: Path) -> No
     assert all(_touches(b, truth.blur_boxes) for b in m["blur_tiles"]), m["blur_tiles"]
     assert m["pen_boxes"] and all(_touches(b, truth.pen_boxes) for b in m["pen_boxes"])
     assert any(r.startswith("pen marks cover") for r in slide.qc_reasons), slide.qc_reasons
+
+
+def test_an_imported_vendor_slide_becomes_a_case_marked_as_imported(
+        live: Center, tmp_path: Path) -> None:
+    """rdc pathology import's path: a vendor file converted, stored and registered by
+    pathology.importer, whose intake job then opens the case (STAT, as declared)."""
+    from devkit.synthetic_slide import write_synthetic_slide
+    from pathology.importer import import_slides
+
+    c = live
+    tiff = tmp_path / "vendor.tiff"
+    write_synthetic_slide(tiff, width=4096, height=3072, tile=256, seed=2, pen=False)
+    result = import_slides(c.db, get_settings(), [tiff], site_id=SITE, accession="PATH-12",
+                           part="A", block="3", organ="breast", urgency="stat")
+    assert jobs.execute(c.db, result.job_id) == "succeeded"
+    case = _case(c, "PATH-12")
+    assert case.urgency == "stat" and case.organ == "breast"
+    [slide] = _slides(c, case.id)
+    assert slide.source == "import" and (slide.part, slide.block) == ("A", "3")
+    assert (slide.width, slide.height) == (4096, 3072) and slide.stain == "H&E"
