@@ -227,9 +227,15 @@ def run_pathology_intake(session: Session, job: Job) -> None:
             levels=len(g.pyramid.levels), mpp=h.mpp, qc_grade=r.grade,
             qc_reasons=list(r.reasons), qc_metrics=dict(r.metrics), qc_at=now,
             received_at=now)
-        session.add(row)
         rows.append(row)
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add_all(rows)
+            session.flush()
+    except IntegrityError as e:
+        # Another worker ran this study's intake at the same moment and stored these
+        # slides (series UIDs are unique): try again, and that run finds them known.
+        raise jobs.TransientJobError("another intake stored these slides meanwhile") from e
     all_grades = list(session.scalars(select(PathologySlide.qc_grade).where(
         PathologySlide.case_id == case.id)))
     case_grade = "fail" if "fail" in all_grades else "pass"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,8 @@ from core.orthanc_client import OrthancClient, OrthancNotFound
 
 #: VL Whole Slide Microscopy Image Storage.
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
+#: Tile requests in flight while a level is read.
+TILE_FETCHERS = 4
 #: Stain names as a lab writes them, from the substances of the Specimen module.
 _STAIN_ABBREVIATIONS = {frozenset({"hematoxylin", "eosin"}): "H&E"}
 
@@ -157,14 +160,22 @@ def read_level(client: OrthancClient, pyramid: Pyramid, level: int, *,
     out = np.full((math.ceil(lv.height / k), math.ceil(lv.width / k), 3), 255, dtype=np.uint8)
     missing: list[tuple[int, int]] = []
     tw, th = lv.tile_width // k, lv.tile_height // k
-    for ty in range(lv.tiles_y):
-        for tx in range(lv.tiles_x):
-            try:
-                data = read_tile(client, pyramid.series_id, level, tx, ty)
-            except OrthancNotFound:
+
+    def fetch(pos: tuple[int, int]) -> tuple[tuple[int, int], NDArray[np.uint8] | None]:
+        try:
+            data = read_tile(client, pyramid.series_id, level, pos[0], pos[1])
+        except OrthancNotFound:
+            return pos, None
+        return pos, _shrink(decode_tile(data), k)
+
+    positions = [(tx, ty) for ty in range(lv.tiles_y) for tx in range(lv.tiles_x)]
+    # Orthanc's WSI plugin decodes and re-encodes each tile: a few requests in flight
+    # keep its threads busy while this one decodes (results arrive in order).
+    with ThreadPoolExecutor(max_workers=TILE_FETCHERS) as pool:
+        for (tx, ty), small in pool.map(fetch, positions):
+            if small is None:
                 missing.append((tx, ty))
                 continue
-            small = _shrink(decode_tile(data), k)
             y0, x0 = ty * th, tx * tw
             h = min(small.shape[0], out.shape[0] - y0)
             w = min(small.shape[1], out.shape[1] - x0)
