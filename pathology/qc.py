@@ -6,11 +6,13 @@ threshold is a named constant with the reason for its value.  Pure numpy/scipy, 
 :mod:`pathology.intake` reads the level from Orthanc and stores the result.
 
 What is measured, on one RGB image of the slide at a known downsample (the intake picks
-the *lowest useful level*, see :data:`QC_TARGET_MPP`):
+the *lowest useful level*, see :data:`QC_TARGET_MPP`, 1 µm/px):
 
 - **tissue**: pixels that absorb light (glass is bright and grey) and are not pen ink;
-- **blur**: per tissue tile, the variance of the Laplacian of the grey image, restricted to
-  the tile's tissue; a focused tile has sharp nuclear edges, a blurred one has none;
+- **blur**: per tissue tile, the variance of the Laplacian of the grey image over the
+  tile's tissue, compared with the same after a 1 px smoothing (a focused tile has sharp
+  nuclear edges that the smoothing removes; a blurred one has none to lose), so that
+  pale and dark staining are judged alike;
 - **pen marks**: strongly saturated blue/green ink, or near-black ink, both outside the
   pink-to-purple hues of haematoxylin and eosin;
 - **missing tiles and levels**, which the caller counts from the DICOM headers.
