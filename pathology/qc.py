@@ -102,6 +102,12 @@ PEN_MAX_OF_TISSUE = 0.02
 PEN_ON_TISSUE_MAX = 0.002
 
 
+#: A missing level-0 tile counts against the slide when at least this share of it lies
+#: within the tissue's outline; a tile of bare glass left out is no loss (and scanners
+#: writing TILED_SPARSE omit glass on purpose).
+MISSING_TILE_TISSUE_MIN_SHARE = 0.05
+
+
 @dataclass(frozen=True)
 class QCResult:
     """The gate's grade ("pass"/"fail"), its reasons (sentences for people) and metrics
@@ -257,6 +263,22 @@ def _pen_boxes(pen: NDArray[np.bool_], downsample: float) -> list[list[int]]:
     return boxes
 
 
+def _missing_on_tissue(boxes: list[list[int]], outline: NDArray[np.bool_],
+                       downsample: float) -> int:
+    """How many missing level-0 tiles lie where the tissue is: a coarser level still
+    shows tissue there, or the tissue's outline encloses the hole the tile leaves."""
+    h, w = outline.shape
+    count = 0
+    for x, y, bw, bh in boxes:
+        x0, y0 = int(x / downsample), int(y / downsample)
+        x1 = min(w, max(x0 + 1, math.ceil((x + bw) / downsample)))
+        y1 = min(h, max(y0 + 1, math.ceil((y + bh) / downsample)))
+        region = outline[y0:y1, x0:x1]
+        if region.size == 0 or region.mean() >= MISSING_TILE_TISSUE_MIN_SHARE:
+            count += 1
+    return count
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
@@ -271,6 +293,10 @@ def grade_slide(level_image: NDArray[np.uint8], *, downsample: float, missing_ti
     DICOM headers (TILED_SPARSE frames versus the tiles the matrix needs), as do the
     pyramid's ``present_levels`` and ``expected_levels``; ``total_tiles`` is the
     number of tiles level 0 should have (for the sentence, 0 when unknown).
+
+    A missing tile fails the slide when it is where tissue is (see
+    :data:`MISSING_TILE_TISSUE_MIN_SHARE`): scanners that write TILED_SPARSE leave out
+    the glass on purpose.  Every missing box is still drawn on the overlay.
     """
     if level_image.ndim != 3 or level_image.shape[2] < 3:
         raise ValueError(f"grade_slide needs an RGB image, got shape {level_image.shape}")
@@ -313,9 +339,12 @@ def grade_slide(level_image: NDArray[np.uint8], *, downsample: float, missing_ti
                  if pen_on_tissue > PEN_ON_TISSUE_MAX else "")
         reasons.append(f"pen marks cover {_pct(pen_fraction)} of the slide "
                        f"({_pct(pen_of_tissue)} of the tissue area{where})")
-    if missing_tiles > 0:
+    # Without boxes the caller cannot say where: every missing tile counts.
+    missing_here = (_missing_on_tissue(missing_boxes, outline, downsample)
+                    if missing_boxes else int(missing_tiles))
+    if missing_here > 0:
         of = f" of {total_tiles}" if total_tiles else ""
-        reasons.append(f"{missing_tiles}{of} tiles are missing at level 0")
+        reasons.append(f"{missing_here}{of} tiles are missing at level 0")
     if present_levels < expected_levels:
         reasons.append(f"pyramid has {present_levels} of {expected_levels} expected levels")
 
@@ -327,7 +356,8 @@ def grade_slide(level_image: NDArray[np.uint8], *, downsample: float, missing_ti
         "pen_on_tissue": round(pen_on_tissue, 4),
         "tissue_tiles": n_tissue_tiles,
         "blurred_tiles": int(blurred.sum()),
-        "missing_tiles": int(missing_tiles),
+        "missing_tiles": int(missing_here),
+        "missing_glass_tiles": max(0, int(missing_tiles) - int(missing_here)),
         "levels": int(present_levels),
         "expected_levels": int(expected_levels),
         "qc_downsample": float(downsample),

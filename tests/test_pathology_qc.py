@@ -236,11 +236,11 @@ def test_missing_tiles_and_levels_give_their_reasons() -> None:
     rng = np.random.default_rng(6)
     result = qc.grade_slide(_slide(rng), downsample=4.0, missing_tiles=2, total_tiles=96,
                             expected_levels=5, present_levels=1,
-                            missing_boxes=[[0, 0, 256, 256], [256, 0, 256, 256]])
+                            missing_boxes=[[512, 512, 256, 256], [768, 512, 256, 256]])
     assert result.grade == "fail"
     assert "2 of 96 tiles are missing at level 0" in result.reasons
     assert "pyramid has 1 of 5 expected levels" in result.reasons
-    assert result.metrics["missing"] == [[0, 0, 256, 256], [256, 0, 256, 256]]
+    assert result.metrics["missing"] == [[512, 512, 256, 256], [768, 512, 256, 256]]
 
 
 def test_expected_levels_of_a_pyramid() -> None:
@@ -306,3 +306,26 @@ def test_against_the_synthetic_slides_ground_truth() -> None:
     print(f"synthetic slides: blur sensitivity {sensitivity:.3f} ({found + missed} tiles), "
           f"PPV {ppv:.3f} ({right + wrong} tiles)")
     assert found + missed >= 10 and sensitivity >= 0.9 and ppv >= 0.9
+
+
+def test_missing_tiles_count_only_where_the_tissue_is() -> None:
+    """A sparse scan that leaves out bare glass is complete; a hole in the tissue is not
+    (the hole reads as glass in the graded image, inside the tissue's outline)."""
+    rng = np.random.default_rng(8)
+    image = _slide(rng).copy()
+    # A tile of glass in the top-left corner, far from the tissue, left out.
+    glass_box = [0, 0, 32 * 4, 32 * 4]
+    ok = qc.grade_slide(image, downsample=4.0, missing_tiles=1, total_tiles=96,
+                        missing_boxes=[glass_box], expected_levels=4, present_levels=4)
+    assert ok.grade == "pass", ok.reasons
+    assert ok.metrics["missing_tiles"] == 0 and ok.metrics["missing_glass_tiles"] == 1
+    assert ok.metrics["missing"] == [glass_box]  # still drawn on the overlay
+    # A tile in the middle of the tissue, left out: it reads as a hole of glass.
+    image[160:192, 224:256] = GLASS
+    hole_box = [224 * 4, 160 * 4, 32 * 4, 32 * 4]
+    bad = qc.grade_slide(image, downsample=4.0, missing_tiles=2, total_tiles=96,
+                         missing_boxes=[glass_box, hole_box], expected_levels=4,
+                         present_levels=4)
+    assert bad.grade == "fail"
+    assert "1 of 96 tiles are missing at level 0" in bad.reasons
+    assert bad.metrics["missing_tiles"] == 1 and bad.metrics["missing_glass_tiles"] == 1
