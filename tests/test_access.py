@@ -219,6 +219,9 @@ def _signed_in(roles: frozenset[str]) -> Expect:
 
 ADMIN = frozenset({"admin"})
 ALL_ROLES = frozenset(ROLES)
+#: The pathology center (tests/test_pathology_access.py has its own, finer matrix).
+PATHOLOGIST = frozenset({"pathologist"})
+PATHOLOGY_VIEW = frozenset({"pathologist", "admin", "site_user"})
 #: (method, path as the app declares it) → expectation.  A route of the app missing
 #: here fails the test: a new route must say who may use it.
 MATRIX: dict[tuple[str, str], Expect] = {
@@ -266,6 +269,36 @@ MATRIX: dict[tuple[str, str], Expect] = {
     ("GET", "/api/ecg/queue"): _signed_in(frozenset({"cardiologist"})),
     ("GET", "/api/ecg/{analysis_id}"): Expect(frozenset({"cardiologist"})),
     ("PUT", "/api/ecg/{analysis_id}"): Expect(frozenset({"cardiologist"}), body={}),
+    ("GET", "/api/pathology/cases"): _signed_in(PATHOLOGY_VIEW),
+    ("GET", "/api/pathology/cases/{case_id}"): Expect(PATHOLOGY_VIEW),
+    ("POST", "/api/pathology/cases/{case_id}/claim"): Expect(PATHOLOGIST),
+    ("POST", "/api/pathology/cases/{case_id}/release"): Expect(PATHOLOGIST),
+    ("POST", "/api/pathology/cases/{case_id}/call"): Expect(PATHOLOGIST, body={"text": "x"}),
+    ("POST", "/api/pathology/cases/{case_id}/consults"): Expect(
+        PATHOLOGIST, body={"consultant_id": MISSING, "question": "x"}),
+    ("POST", "/api/pathology/cases/{case_id}/report"): Expect(PATHOLOGIST),
+    ("POST", "/api/pathology/cases/{case_id}/sign"): Expect(PATHOLOGIST,
+                                                            body={"passphrase": PASSPHRASE}),
+    ("POST", "/api/pathology/cases/{case_id}/amend"): Expect(PATHOLOGIST, body={"fields": {}}),
+    ("GET", "/api/pathology/slides/{slide_id}/pyramid"): Expect(PATHOLOGY_VIEW),
+    ("GET", "/api/pathology/slides/{slide_id}/tiles/{level}/{col}/{row}"): Expect(
+        PATHOLOGY_VIEW),
+    ("GET", "/api/pathology/slides/{slide_id}/thumbnail"): Expect(PATHOLOGY_VIEW),
+    ("GET", "/api/pathology/slides/{slide_id}/label"): Expect(PATHOLOGY_VIEW),
+    ("GET", "/api/pathology/slides/{slide_id}/overlays/qc"): Expect(PATHOLOGY_VIEW),
+    ("GET", "/api/pathology/slides/{slide_id}/overlays/ai"): Expect(PATHOLOGY_VIEW),
+    ("GET", "/api/pathology/slides/{slide_id}/annotations"): Expect(PATHOLOGY_VIEW),
+    ("POST", "/api/pathology/slides/{slide_id}/annotations"): Expect(
+        PATHOLOGIST, body={"annotations": [{"kind": "point", "coords": [[1, 1]]}]}),
+    ("GET", "/api/pathology/consultants"): _signed_in(PATHOLOGIST),
+    # Consults are a person's: the operator token has none to list.
+    ("GET", "/api/pathology/consults"): Expect(PATHOLOGIST, ok=200, operator=403),
+    ("POST", "/api/pathology/consults/{consult_id}/answer"): Expect(PATHOLOGIST,
+                                                                    body={"answer": "x"}),
+    ("POST", "/api/pathology/consults/{consult_id}/grade"): Expect(
+        PATHOLOGIST, body={"concordance": "minor"}),
+    ("GET", "/api/pathology/pages"): _signed_in(PATHOLOGIST | ADMIN),
+    ("GET", "/api/pathology/dashboard"): _signed_in(PATHOLOGIST | ADMIN),
     ("GET", "/dicom-web/studies"): _signed_in(READING),
     ("GET", "/dicom-web/studies/{_path:path}"): Expect(READING),
     # Last: it ends the session.
@@ -351,7 +384,8 @@ def test_every_role_against_every_route(world: tuple[Center, dict[str, int]]) ->
                "finding_id": MISSING, "analysis_id": MISSING, "_path": f"{MISSING_UID}/series"}
     asset = next(p.name for p in sorted((REPO / "viewer" / "static" / "assets").iterdir()))
     fixed = {"user_id": MISSING, "delivery_id": MISSING, "token": "not-a-token", "index": 0,
-             "name": "swagger-ui.css"}
+             "name": "swagger-ui.css", "case_id": MISSING, "slide_id": MISSING,
+             "consult_id": MISSING, "level": 0, "col": 0, "row": 0}
 
     def url(path: str, who: Caller) -> str:
         if path == "/assets":
