@@ -7,12 +7,15 @@ stored.  And one slide study end to end: C-STORE through the gateway, routing, i
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from pydicom import dcmread
+from pydicom.encaps import encapsulate
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
@@ -349,3 +352,29 @@ def test_an_imported_vendor_slide_becomes_a_case_marked_as_imported(
     [slide] = _slides(c, case.id)
     assert slide.source == "import" and (slide.part, slide.block) == ("A", "3")
     assert (slide.width, slide.height) == (4096, 3072) and slide.stain == "H&E"
+
+
+def _blank(path: Path) -> None:
+    """Every frame of the instance replaced by a tile of bare glass (an empty scan)."""
+    ds = dcmread(path)
+    buf = io.BytesIO()
+    Image.new("RGB", (int(ds.Columns), int(ds.Rows)), (238, 236, 240)).save(
+        buf, "JPEG", quality=90)
+    ds.PixelData = encapsulate([buf.getvalue()] * int(ds.NumberOfFrames), has_bot=True)
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_a_blank_slide_fails_with_no_tissue_and_is_still_a_case(live: Center,
+                                                                 tmp_path: Path) -> None:
+    c = live
+    files = _wsi(tmp_path / "a", accession="PATH-13", label=False)
+    for f in files:
+        _blank(f)
+    assert jobs.execute(c.db, _study_job(c, _upload(c, files), "PATH-13")) == "succeeded"
+    case = _case(c, "PATH-13")
+    assert case.state == "qc_failed"
+    [slide] = _slides(c, case.id)
+    assert slide.qc_grade == "fail"
+    assert any(r.startswith("no tissue found") for r in slide.qc_reasons), slide.qc_reasons
+    assert slide.qc_metrics["tissue_fraction"] < 0.01
