@@ -101,9 +101,10 @@ def import_slides(db: Database, settings: Settings, files: Sequence[Path], *, si
             f"{info.level_count} level(s), {info.mpp_x:.3f} µm/px")
 
     with db.session() as s:
-        existing = s.scalar(select(Study).where(Study.site_id == site_id,
-                                                Study.accession_number == accession)
-                            .order_by(Study.id).limit(1))
+        # more slides for an accession join its slide study (never, say, its CT study)
+        existing = next((st for st in s.scalars(
+            select(Study).where(Study.site_id == site_id, Study.accession_number == accession)
+            .order_by(Study.id)) if "SM" in (st.modalities or [])), None)
         study_uid = existing.study_uid if existing is not None else str(generate_uid())
         patient_id = patient_id or (existing.patient_id if existing is not None else "")
         patient_name = patient_name or (existing.patient_name if existing is not None else "")

@@ -269,3 +269,27 @@ def test_vendor_svs_goes_through_openslide(tmp_path: Path) -> None:
                   for step in ds.SpecimenDescriptionSequence[0].SpecimenPreparationSequence
                   for ci in step.SpecimenPreparationStepContentItemSequence]
     assert "PAS" in substances  # a stain with no code is kept as text
+
+
+def test_more_slides_join_the_accessions_slide_study(live: Center,
+                                                     slides: dict[str, Path]) -> None:
+    c = live
+    first = import_slides(c.db, c.settings, [slides["pyramid"]], site_id="county-a",
+                          accession="S26-8", patient_id="PAT-1", part="A", block="1")
+    again = import_slides(c.db, c.settings, [slides["flat"]], site_id="county-a",
+                          accession="S26-8", part="A", block="2")
+    assert again.study_id == first.study_id and again.study_uid == first.study_uid
+    assert again.job_id != first.job_id
+    with c.db.session() as s:
+        study = s.get(Study, first.study_id)
+        assert study is not None and study.generation == 2 and study.state == "complete"
+        job = s.get(Job, again.job_id)
+        assert job is not None and job.key.endswith(":gen-2:import")
+    with c.orthanc() as o:
+        series = o.study_series(str(study.orthanc_id))
+        numbers = sorted(int(x["MainDicomTags"]["SeriesNumber"]) for x in series)
+        assert numbers == [1, 2]
+        ds = pydicom.dcmread(io.BytesIO(o.instance_file(o.series_instances(
+            next(str(x["ID"]) for x in series
+                 if x["MainDicomTags"]["SeriesNumber"] == "2"))[0])), stop_before_pixels=True)
+        assert ds.PatientID == "PAT-1"  # the study's patient, kept
