@@ -24,7 +24,7 @@ from ai_models.pipelines import get_pipeline
 from ai_models.pipelines.base import Prepared
 from ai_models.pipelines.wsi_map import with_frame_of_reference
 from ai_models.pipelines.wsi_reader import Pyramid
-from ai_models.pipelines.wsi_tiles import WsiTilePipeline, cut_cells
+from ai_models.pipelines.wsi_tiles import CELL_BATCH, WsiTilePipeline, cut_cells
 from ai_models.registry import ensure_shipped, shipped_model_dirs
 from ai_models.runtime import LoadedModel, load_session
 from ai_models.training.tile_data import (
@@ -146,8 +146,11 @@ def test_the_heat_map_finds_tissue_and_drawn_atypical_cells(model: LoadedModel) 
     heatmap = result.heatmap
     assert heatmap is not None
     assert (heatmap["rows"], heatmap["cols"], heatmap["cell_px"]) == (rows, cols, cell_px)
-    assert heatmap["labels"] == list(CLASSES) and heatmap["demonstration"] is True
-    values = np.asarray(heatmap["values"])
+    assert heatmap["demonstration"] is True
+    # The overlay: the atypical probability per cell; every class beside it.
+    assert heatmap["labels"] == ["atypical"] and heatmap["classes"]["labels"] == list(CLASSES)
+    values = np.asarray(heatmap["classes"]["values"])
+    assert np.array_equal(np.asarray(heatmap["values"]), values[..., 2])
     assert values.shape == (rows, cols, 3)
     assert np.allclose(values.sum(axis=-1), 1.0, atol=0.01)
     calls = values.argmax(axis=-1)
@@ -162,6 +165,30 @@ def test_the_heat_map_finds_tissue_and_drawn_atypical_cells(model: LoadedModel) 
     findings = {f.label: f for f in result.findings}
     assert findings["atypical"].positive and findings["tissue"].positive
     assert heatmap["cells"]["atypical"] == int(np.sum(calls == 2))
+
+
+def test_slides_of_a_batch_share_network_calls_and_get_their_own_cells_back(
+        model: LoadedModel) -> None:
+    """The worker hands a batch of slides to predict: their cells go through the network
+    together, CELL_BATCH at a time, and each slide gets exactly its own logits back."""
+    pipeline = WsiTilePipeline(model.manifest)
+    slides = []
+    for seed, (width, height) in ((41, (8192, 6144)), (42, (6144, 4096)), (43, (4096, 4096))):
+        cells, rows, cols = _slide_cells(seed, width, height)
+        slides.append(Prepared(array=cells, datasets=[], meta={"rows": rows, "cols": cols}))
+    calls: list[int] = []
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        return model.run(batch)
+
+    together = pipeline.predict(slides, run)
+    total = sum(len(p.array) for p in slides)
+    assert calls == [min(CELL_BATCH, total - i) for i in range(0, total, CELL_BATCH)]
+    for prepared, logits in zip(slides, together, strict=True):
+        [alone] = pipeline.predict([prepared], model.run)
+        assert logits.shape == (len(prepared.array), 3)
+        assert np.allclose(logits, alone, atol=1e-4)
 
 
 def test_the_pyramid_level_is_the_coarsest_not_coarser_than_the_network() -> None:
@@ -254,10 +281,11 @@ def test_a_dicom_slide_gets_a_heat_map_a_parametric_map_and_an_unverified_sr(
     cell_px = heatmap["cell_px"]
     assert cell_px == TILE * DOWNSAMPLE  # 2 µm/px on a 0.25 µm/px slide
     assert heatmap["rows"] == -(-height // cell_px) and heatmap["cols"] == -(-width // cell_px)
-    assert heatmap["labels"] == list(CLASSES)
+    assert heatmap["labels"] == ["atypical"] and heatmap["classes"]["labels"] == list(CLASSES)
+    assert np.asarray(heatmap["values"]).shape == (heatmap["rows"], heatmap["cols"])
     assert heatmap["demonstration"] is True and heatmap["unverified"] is True
     assert (heatmap["model"], heatmap["version"]) == ("wsi-tile-demo", "1.0.0")
-    calls = np.asarray(heatmap["values"]).argmax(axis=-1)
+    calls = np.asarray(heatmap["classes"]["values"]).argmax(axis=-1)
     truth = tissue_mask(seed, width, height, cell_px)
     assert truth.shape == calls.shape
     agree = float(np.mean((calls != 0) == truth))

@@ -52,7 +52,7 @@ class Result:
     #: in the order of ``Prepared.datasets``.
     mask: np.ndarray | None = None
     #: Whole-slide tile models only: the heat map as JSON ({rows, cols, cell_px, labels,
-    #: values: rows x cols x labels, ...}), stored in ai_results.heatmap and as DICOM.
+    #: values: rows x cols, classes, ...}; see wsi_tiles), in ai_results.heatmap and DICOM.
     heatmap: dict[str, Any] | None = None
 
 

@@ -36,13 +36,16 @@ UNIT_NONE = Code("1", "UCUM", "no units")
 MAP_SERIES_NUMBER = 9003
 
 
-def heatmap_array(heatmap: dict[str, Any]) -> np.ndarray:
-    """(rows, cols, labels) float32 from the heat map JSON, shape-checked."""
-    values = np.asarray(heatmap["values"], dtype=np.float32)
-    want = (int(heatmap["rows"]), int(heatmap["cols"]), len(heatmap["labels"]))
+def heatmap_array(heatmap: dict[str, Any]) -> tuple[list[str], np.ndarray]:
+    """Every class's (rows, cols, labels) float32 probabilities from the heat map JSON
+    (``classes``), shape-checked, with the class names."""
+    classes = heatmap["classes"]
+    labels = [str(name) for name in classes["labels"]]
+    values = np.asarray(classes["values"], dtype=np.float32)
+    want = (int(heatmap["rows"]), int(heatmap["cols"]), len(labels))
     if values.shape != want:
         raise ValueError(f"heat map values have shape {values.shape}, expected {want}")
-    return values
+    return labels, values
 
 
 def with_frame_of_reference(slide: Dataset) -> Dataset:
@@ -69,7 +72,7 @@ def build_parametric_map(source: Sequence[Dataset], manifest: Manifest,
                          sop_uid: str) -> Dataset:
     """The heat map of one slide; ``source[0]`` is the slide's level-0 image (headers)."""
     slide = with_frame_of_reference(source[0])
-    values = heatmap_array(heatmap)
+    labels, values = heatmap_array(heatmap)
     spacing = slide.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
     cell = int(heatmap["cell_px"])
     measures = hd.PixelMeasuresSequence(
@@ -90,7 +93,7 @@ def build_parametric_map(source: Sequence[Dataset], manifest: Manifest,
     mappings = [[hd.pm.RealWorldValueMapping(
         lut_label=name[:16], lut_explanation=f"probability of {name} per cell"[:64],
         unit=UNIT_NONE, value_range=(0.0, 1.0), slope=1.0, intercept=0.0)]
-        for name in heatmap["labels"]]
+        for name in labels]
     demo = manifest.demonstration
     return hd.pm.ParametricMap(
         source_images=[slide], pixel_array=values[None], series_instance_uid=series_uid,

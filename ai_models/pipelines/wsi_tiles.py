@@ -9,10 +9,14 @@ padded with glass.  One cell is ``cell_px`` level-0 pixels square.
 
 All cells of all slides of a batch go through the network in chunks of
 ``CELL_BATCH``; a softmax over the classes gives each cell its probabilities.  The
-heat map (``Result.heatmap``, stored in ``ai_results.heatmap`` and as a DICOM
-Parametric Map) has one probability per cell and class; the SR's findings are, per
-class, the highest cell probability on the slide ("present somewhere on the slide"
-at or above the label's threshold).
+heat map JSON (``Result.heatmap``, stored in ``ai_results.heatmap``) shows the finding
+of interest, the manifest's *last* label (background, tissue, then atypical): its
+``labels`` is that one label and ``values`` one probability per cell (rows x cols),
+which is what the viewer's overlay and the report prefill draw and summarise; every
+class's probabilities are kept beside it under ``classes`` ({labels, values: rows x
+cols x labels}), and all of them go into the DICOM Parametric Map, one frame per
+class.  The SR's findings are, per class, the highest cell probability on the slide
+("present somewhere on the slide" at or above the label's threshold).
 """
 
 from __future__ import annotations
@@ -196,10 +200,12 @@ class WsiTilePipeline:
             findings.append(Finding(label=label.name, probability=p, positive=positive,
                                     critical=positive and label.critical))
         calls = probs.argmax(axis=-1)
+        shown = m.labels[-1].name
         heatmap: dict[str, Any] = {
             "rows": meta["rows"], "cols": meta["cols"], "cell_px": meta["cell_px"],
-            "labels": [lab.name for lab in m.labels],
-            "values": np.round(probs, DECIMALS).tolist(),
+            "labels": [shown], "values": np.round(probs[..., -1], DECIMALS).tolist(),
+            "classes": {"labels": [lab.name for lab in m.labels],
+                        "values": np.round(probs, DECIMALS).tolist()},
             "model": m.name, "version": m.version, "demonstration": m.demonstration,
             "unverified": True, "width": meta["width"], "height": meta["height"],
             "mpp": meta["mpp"], "level": meta["level"],
