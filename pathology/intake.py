@@ -125,8 +125,9 @@ def grade_series(client: OrthancClient, study_uid: str, series_uid: str,
 
 
 def _read_new_slides(session: Session, study: Study) -> tuple[list[GradedSlide], int]:
-    """Grade the study's slides not yet known; returns them and how many SM series the
-    study has.  Orthanc trouble is transient; an unreadable slide fails the job."""
+    """Grade the study's slides not yet known; returns them and how many of the study's
+    slides were known already.  Orthanc trouble is transient; an unreadable slide fails
+    the job; a study with no slide at all is skipped, saying so."""
     try:
         with OrthancClient.from_settings(get_settings()) as client:
             found = [x for x in client.lookup(study.study_uid) if x.get("Type") == "Study"]
@@ -156,7 +157,10 @@ def _read_new_slides(session: Session, study: Study) -> tuple[list[GradedSlide],
                                          f"plugin refused it ({e})") from e
     except OrthancError as e:
         raise jobs.TransientJobError(f"Orthanc: {e}") from e
-    return graded, len(series)
+    if not graded and not known:
+        raise jobs.SkipJob("the study holds no slide (no SM series with a pyramid in Orthanc)"
+                           if series else "the study holds no slide (no SM series in Orthanc)")
+    return graded, len(known)
 
 
 def _find_or_open_case(session: Session, study: Study, accession: str, organ: str,
@@ -198,9 +202,7 @@ def run_pathology_intake(session: Session, job: Job) -> None:
     study = session.get(Study, job.study_id) if job.study_id is not None else None
     if study is None:
         raise ValueError(f"{JOB_KIND} job {job.id} has no study")
-    graded, n_series = _read_new_slides(session, study)
-    if n_series == 0:
-        raise jobs.SkipJob("the study holds no slide (no SM series in Orthanc)")
+    graded, _known = _read_new_slides(session, study)
     if not graded:
         return  # every slide is known already: a re-run
     now = as_utc()

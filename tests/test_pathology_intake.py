@@ -378,3 +378,16 @@ def test_a_blank_slide_fails_with_no_tissue_and_is_still_a_case(live: Center,
     assert slide.qc_grade == "fail"
     assert any(r.startswith("no tissue found") for r in slide.qc_reasons), slide.qc_reasons
     assert slide.qc_metrics["tissue_fraction"] < 0.01
+
+
+def test_a_study_without_slides_is_skipped_saying_why(live: Center) -> None:
+    from pydicom.data import get_testdata_file
+
+    c = live
+    ct = Path(str(get_testdata_file("CT_small.dcm")))
+    job_id = _study_job(c, _upload(c, [ct]), "PATH-14")
+    assert jobs.execute(c.db, job_id) == "skipped"
+    with c.db.session() as s:
+        job = s.get(Job, job_id)
+        assert job is not None and "no SM series" in (job.error or "")
+        assert s.scalar(select(PathologyCase)) is None
