@@ -277,7 +277,8 @@ def render_tile(seed: int, width: int, height: int, x: int, y: int, size: int | 
             continue
         dist = np.full((h, w), np.inf)
         for a, b in pairwise(points):
-            dist = np.minimum(dist, _segment_distance(xs, ys, a, b))
+            if _overlaps(_stroke_box((a, b), stroke_w), x, y, x1, y1):
+                dist = np.minimum(dist, _segment_distance(xs, ys, a, b))
         ink = (np.clip((stroke_w / 2 - dist) / max(2.0, ds) + 0.5, 0.0, 1.0) * 0.8
                * inside).astype(np.float32)
         # ink is a filter: it darkens what is under it towards its colour
