@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from core.db import get_database
 from core.errors import RDCError
@@ -47,13 +48,13 @@ def import_cmd(
             db, s, files, site_id=site, accession=accession, specimen=specimen, stain=stain,
             block=block, part=part, organ=organ, urgency=urgency, patient_id=patient_id,
             patient_name=patient_name, actor="cli",
-            progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))
+            progress=lambda msg: err.print(f"[dim]{escape(msg)}[/dim]"))
     except RDCError as e:
         raise _fail(e) from e
     console.print(f"stored study {result.study_id} ({result.study_uid}) for site "
                   f"{result.site_id}, accession {result.accession}, priority "
-                  f"{result.priority}; intake job {result.job_id} submitted")
+                  f"{result.priority}; intake job {result.job_id} submitted", markup=False)
     for sl in result.slides:
         console.print(f"  {sl.file.name}: series {sl.series_uid}, {sl.width} x {sl.height} "
                       f"px, {sl.levels} levels, {sl.mpp:.3f} µm/px, {sl.instances} "
-                      f"instance(s), converted in {sl.convert_s:.1f} s")
+                      f"instance(s), converted in {sl.convert_s:.1f} s", markup=False)
