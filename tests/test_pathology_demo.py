@@ -1,5 +1,5 @@
 """The pathology part of ``rdc demo`` against a real center (Orthanc, the gateway, a
-worker process): an imported case of three slides in two blocks, a DICOM WSI over
+worker process): an imported case of three slides, a DICOM WSI over
 C-STORE and a frozen section all end up in the pathologists' worklist, graded by the
 quality gate.  Smaller slides than the demo's default, so that it runs in minutes."""
 
@@ -74,15 +74,16 @@ def test_demo_cases_reach_the_worklist(live: Center) -> None:
             s, visible_sites=None, user_id=None, site=DEMO_SITE.id, status="all")]
         listed = {c.accession_number: c for c in worklist(
             s, visible_sites=None, user_id=None, site=DEMO_SITE.id, status="all")}
-    # The imported case: three slides, two blocks, through the importer.
+    # The imported case: three slides through the importer.
     imported = slides["IMP"]
     assert len(imported) == 3
     with live.db.session() as s:
         imports = list(s.scalars(select(AuditRecord).where(
             AuditRecord.action == "pathology.import")))
-        assert {r.object_id for r in imports} == {str(sl.study_id) for sl in imported}
-        assert len(imports) == 2, imports  # two blocks, two imports, one study
-    assert {sl.block for sl in imported} == {"A1", "A2"}
+        # One import (the importer's audit record) made the case's one study.
+        assert [r.object_id for r in imports] == [str(imported[0].study_id)], imports
+        assert len({sl.study_id for sl in imported}) == 1
+    assert {sl.block for sl in imported} == {"A1"} and {sl.part for sl in imported} == {"A"}
     assert max(sl.width for sl in imported) == 4096
     assert by_kind["IMP"].organ == "colon"
     # The two C-STORE'd cases: one slide each, through the gateway.
