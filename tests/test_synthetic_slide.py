@@ -133,6 +133,12 @@ def test_dicom_samples_are_served_by_orthanc_wsi(center: Center, tmp_path: Path)
     assert "FROZEN SECTION" in sparse_heads[0].StudyDescription
     assert sparse_heads[0].StudyInstanceUID == heads[0].StudyInstanceUID
 
+    # another reader of DICOM WSI agrees: OpenSlide finds the pyramid and its MPP
+    with openslide.OpenSlide(full[0]) as dicom_slide:
+        assert dicom_slide.level_dimensions == ((2048, 1536), (512, 384), (128, 96))
+        assert float(dicom_slide.properties[openslide.PROPERTY_NAME_MPP_X]) == \
+            pytest.approx(0.25)
+
     center.start_orthanc()
     with center.orthanc() as o:
         series = {}
