@@ -33,6 +33,8 @@ declare global {
       fullyLoaded: () => boolean;
       /** Show a server pyramid level (0 = full resolution) 1:1; resolves once its tiles are in. */
       zoomTo: (level: number) => Promise<void>;
+      /** Centre the view on a point of the viewer element (CSS pixels from its top left). */
+      panToElement: (x: number, y: number) => void;
       viewer: unknown;
       views: () => number;
     };

@@ -298,7 +298,7 @@ export function renderPathologyCase(root, caseId, slideIds, { navigate, user }) 
       const panel = h('div', { class: 'slide-panel', testid: 'slide-panel', dataset: { slideId: String(slide.id) } },
         h('div', { class: 'slide-panel-title' }, slideName(slide),
           slide.qc_grade === 'fail' ? h('span', { class: 'badge qc-fail small' }, 'QC failed') : null,
-          slide.mpp ? h('span', { class: 'muted small' }, ` · ${slide.mpp} µm/px`) : null));
+          slide.mpp ? h('span', { class: 'muted small', testid: 'slide-mpp' }, ` · ${Number(slide.mpp.toPrecision(3))} µm/px`) : null));
       viewerRow.append(panel);
       return createSlideView(panel, slide, {
         onActivate: (v) => activate(v),
@@ -324,6 +324,7 @@ export function renderPathologyCase(root, caseId, slideIds, { navigate, user }) 
         ready: first.ready.then(() => undefined),
         fullyLoaded: () => first.fullyLoaded(),
         zoomTo: (level) => first.zoomTo(level),
+        panToElement: (x, y) => first.panToElement(x, y),
         get viewer() { return first.viewer; },
         views: () => views.length,
       };

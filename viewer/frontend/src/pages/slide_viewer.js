@@ -27,11 +27,27 @@ import { osdLevels, scaleBar, tileSourceOf } from './slide_geometry.js';
  * @property {Promise<SlideView>} ready resolves once the pyramid is known and the slide open
  * @property {() => boolean} fullyLoaded every tile needed for the current view has arrived
  * @property {(serverLevel: number) => Promise<void>} zoomTo shows a server level 1:1, resolves when loaded
+ * @property {(x: number, y: number) => void} panToElement centres the view on a point of the
+ *   viewer's element (CSS pixels from its top left)
  * @property {(on: boolean) => Promise<void>} showQc
  * @property {(on: boolean) => Promise<void>} showAi
  * @property {() => AnnotationLayer | null} annotations
  * @property {() => void} destroy
  */
+
+/**
+ * OpenSeadragon injects an inline <style> (no focus outline on touch screens) unless a
+ * `style[data-openseadragon-mobile-css]` is there. The app's Content-Security-Policy
+ * allows no inline style element, not even an empty one, so the marker is an element
+ * named style in a namespace of its own: the selector finds it, and the browser never
+ * treats it as a style sheet. The rule itself is in styles.css.
+ */
+function preemptInlineStyle() {
+  if (document.querySelector('style[data-openseadragon-mobile-css]')) return;
+  const marker = document.createElementNS('urn:rdc:marker', 'style');
+  marker.setAttribute('data-openseadragon-mobile-css', 'true');
+  document.head.append(marker);
+}
 
 /**
  * Open `slide` in `container`. `onActivate` is called when the reader works in this view
@@ -101,6 +117,10 @@ export function createSlideView(container, slide, hooks = {}) {
       updateScale();
       await whenLoaded();
     },
+    panToElement(x, y) {
+      if (!viewer) return;
+      viewer.viewport.panTo(viewer.viewport.viewerElementToViewportCoordinates(new OpenSeadragon.Point(x, y)), true);
+    },
     async showQc(on) {
       await view.ready;
       if (!on) {
@@ -153,6 +173,7 @@ export function createSlideView(container, slide, hooks = {}) {
       if (destroyed) return view;
       const levels = osdLevels(pyramid);
       if (!levels.length) throw new Error('the slide has no usable pyramid level');
+      preemptInlineStyle();
       viewer = OpenSeadragon({
         element: host,
         // The canvas drawer: WebGL gains little for JPEG tiles and is software-emulated
@@ -160,9 +181,7 @@ export function createSlideView(container, slide, hooks = {}) {
         drawer: 'canvas',
         tileSources: /** @type {any} */ (tileSourceOf(slide.id, pyramid, levels)),
         showNavigationControl: false,
-        showNavigator: true,
-        navigatorPosition: 'BOTTOM_RIGHT',
-        navigatorSizeRatio: 0.18,
+        showNavigator: false,
         crossOriginPolicy: false,
         maxZoomPixelRatio: 2,
         visibilityRatio: 0.5,
