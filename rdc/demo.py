@@ -124,14 +124,16 @@ def run_demo(settings: Settings, console: Console, *, ct_slices: int, timeout: f
     if stored < sent_ok:
         return 1
     code = 0
-    if pathology:  # rdc/demo_pathology.py: three cases in the pathologists' worklist
-        code = run_pathology_demo(settings, console, site_id=DEMO_SITE.id,
-                                  calling_ae=DEMO_SITE.ae_title, timeout=timeout,
-                                  slide_size=slide_size)
-    if not ai:
-        return code
-    code = max(code, _show_ai(settings, console, [dx.study_uid, ct.study_uid], timeout))
-    return max(code, _show_ecg(settings, console, started, timeout))
+    if ai:
+        code = _show_ai(settings, console, [dx.study_uid, ct.study_uid], timeout)
+        code = max(code, _show_ecg(settings, console, started, timeout))
+    if pathology:
+        # Last: its large slide's intake keeps the worker (and SQLite's writer) busy
+        # for a while, which the AI pre-reads above need not wait for.
+        code = max(code, run_pathology_demo(settings, console, site_id=DEMO_SITE.id,
+                                            calling_ae=DEMO_SITE.ae_title, timeout=timeout,
+                                            slide_size=slide_size))
+    return code
 
 
 def _show_ecg(settings: Settings, console: Console, since: datetime, timeout: float) -> int:
