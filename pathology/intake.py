@@ -115,7 +115,7 @@ def grade_series(client: OrthancClient, study_uid: str, series_uid: str,
                             total_tiles=headers.total_tiles,
                             missing_boxes=headers.missing_boxes,
                             expected_levels=len(pyramid.levels) + missing,
-                            present_levels=len(pyramid.levels))
+                            present_levels=len(pyramid.levels), stain=headers.stain)
     mpp = headers.mpp if headers.mpp > 0 else ASSUMED_MPP
     result.metrics["qc_level"] = level
     result.metrics["qc_mpp"] = round(mpp * image.downsample, 3)

@@ -151,7 +151,8 @@ def _drop_small(mask: NDArray[np.bool_], min_px: int) -> NDArray[np.bool_]:
 _BAND_ROWS = 1024
 
 
-def _colour_classes(rgb: NDArray[np.uint8]) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+def _colour_classes(rgb: NDArray[np.uint8], he: bool = True,
+                    ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
     """(ink, absorbing) per pixel, before any clean-up, computed band by band."""
     h = rgb.shape[0]
     ink = np.zeros(rgb.shape[:2], dtype=bool)
@@ -162,15 +163,20 @@ def _colour_classes(rgb: NDArray[np.uint8]) -> tuple[NDArray[np.bool_], NDArray[
         in_he_arc = (hue >= HE_HUE_LOW_DEG) | (hue <= HE_HUE_HIGH_DEG)
         coloured_ink = (sat >= PEN_SATURATION_MIN) & ~in_he_arc
         black_ink = (val <= PEN_BLACK_MAX) & (sat < PEN_BLACK_SATURATION_MAX)
-        ink[y0:y0 + _BAND_ROWS] = coloured_ink | black_ink
+        ink[y0:y0 + _BAND_ROWS] = (coloured_ink | black_ink) if he else black_ink
         grey = (band[..., 0].astype(np.float32) + band[..., 1] + band[..., 2]) / 3.0
         absorbing[y0:y0 + _BAND_ROWS] = (sat >= TISSUE_SATURATION_MIN) | (grey <= TISSUE_DARK_MAX)
     return ink, absorbing
 
 
-def masks(rgb: NDArray[np.uint8]) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
-    """(tissue, pen) masks of an RGB image; pen pixels are never tissue."""
-    ink, absorbing = _colour_classes(rgb)
+def masks(rgb: NDArray[np.uint8], *, he: bool = True,
+          ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """(tissue, pen) masks of an RGB image; pen pixels are never tissue.
+
+    Blue and green ink are told from stain by hue only on H&E (``he``): on a special
+    stain (trichrome's green collagen, Alcian blue, an IHC's blue counterstain) those
+    hues are the stain, so only black ink counts there."""
+    ink, absorbing = _colour_classes(rgb, he)
     # A stroke over tissue mixes with the stain under it; closing bridges those gaps.
     pen = _drop_small(ndimage.binary_closing(ink, iterations=2), PEN_MIN_OBJECT_PX)
     tissue = _drop_small(absorbing & ~pen, TISSUE_MIN_OBJECT_PX)
@@ -263,6 +269,12 @@ def _pen_boxes(pen: NDArray[np.bool_], downsample: float) -> list[list[int]]:
     return boxes
 
 
+def is_he(stain: str) -> bool:
+    """Whether the stain is haematoxylin and eosin (or not said, which is then H&E)."""
+    key = stain.strip().lower().replace(" ", "").replace("+", "&")
+    return key in ("", "h&e", "he", "hematoxylin&eosin", "haematoxylin&eosin")
+
+
 def _missing_on_tissue(boxes: list[list[int]], outline: NDArray[np.bool_],
                        downsample: float) -> int:
     """How many missing level-0 tiles lie where the tissue is: a coarser level still
@@ -286,13 +298,15 @@ def _pct(x: float) -> str:
 def grade_slide(level_image: NDArray[np.uint8], *, downsample: float, missing_tiles: int,
                 expected_levels: int, present_levels: int,
                 missing_boxes: list[list[int]] | None = None,
-                total_tiles: int = 0) -> QCResult:
+                total_tiles: int = 0, stain: str = "") -> QCResult:
     """Grade one slide from an RGB image of it at ``downsample`` (level-0 px per pixel).
 
     ``missing_tiles`` and ``missing_boxes`` ([x, y, w, h] level-0 px) come from the
     DICOM headers (TILED_SPARSE frames versus the tiles the matrix needs), as do the
     pyramid's ``present_levels`` and ``expected_levels``; ``total_tiles`` is the
     number of tiles level 0 should have (for the sentence, 0 when unknown).
+    ``stain`` as the Specimen module names it ("" = unknown, taken as H&E, the
+    stain of nearly every slide): see :func:`masks`.
 
     A missing tile fails the slide when it is where tissue is (see
     :data:`MISSING_TILE_TISSUE_MIN_SHARE`): scanners that write TILED_SPARSE leave out
@@ -303,7 +317,8 @@ def grade_slide(level_image: NDArray[np.uint8], *, downsample: float, missing_ti
     rgb = np.ascontiguousarray(level_image[..., :3], dtype=np.uint8)
     h, w = rgb.shape[:2]
     area = float(h * w)
-    tissue, pen = masks(rgb)
+    he = is_he(stain)
+    tissue, pen = masks(rgb, he=he)
     tissue_px = float(tissue.sum())
     pen_px = float(pen.sum())
     tissue_fraction = tissue_px / area if area else 0.0
@@ -361,6 +376,7 @@ def grade_slide(level_image: NDArray[np.uint8], *, downsample: float, missing_ti
         "levels": int(present_levels),
         "expected_levels": int(expected_levels),
         "qc_downsample": float(downsample),
+        "pen_hues_checked": he,
         "blur_threshold": BLUR_LAPLACIAN_RATIO_MIN,
         "blur_tiles": blur_boxes,
         "pen_boxes": _pen_boxes(pen, downsample),

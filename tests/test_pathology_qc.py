@@ -329,3 +329,29 @@ def test_missing_tiles_count_only_where_the_tissue_is() -> None:
     assert bad.grade == "fail"
     assert "1 of 96 tiles are missing at level 0" in bad.reasons
     assert bad.metrics["missing_tiles"] == 1 and bad.metrics["missing_glass_tiles"] == 1
+
+
+def test_blue_and_green_are_ink_on_h_and_e_but_stain_on_a_special_stain() -> None:
+    """Masson's trichrome stains collagen green-blue: a trichrome slide is all 'blue and
+    green', and none of it is pen.  Black marker is ink on any stain."""
+    rng = np.random.default_rng(9)
+    image = glass(rng, 384, 512)
+    field = he_tissue(rng, 256, 320).astype(np.float64)
+    pink = np.all(np.abs(field - np.array(EOSIN)) < 40, axis=-1)
+    field[pink] = np.array((60, 120, 150)) + rng.normal(0, 6, (int(pink.sum()), 3))
+    image[64:320, 96:416] = np.clip(field, 0, 255).astype(np.uint8)
+    image = _jpeg(image)
+    as_he = qc.grade_slide(image, downsample=4.0, missing_tiles=0, expected_levels=4,
+                           present_levels=4, stain="H&E")
+    assert as_he.grade == "fail" and as_he.metrics["pen_fraction"] > 0.1
+    trichrome = qc.grade_slide(image, downsample=4.0, missing_tiles=0, expected_levels=4,
+                               present_levels=4, stain="Masson trichrome")
+    assert trichrome.grade == "pass", trichrome.reasons
+    assert trichrome.metrics["pen_fraction"] == 0.0 and not trichrome.metrics["pen_hues_checked"]
+    assert trichrome.metrics["tissue_fraction"] == pytest.approx(256 * 320 / (384 * 512),
+                                                                 abs=0.05)
+    marked = image.copy()
+    marked[100:108, 150:350] = INK["black"]
+    inked = qc.grade_slide(_jpeg(marked), downsample=4.0, missing_tiles=0, expected_levels=4,
+                           present_levels=4, stain="Masson trichrome")
+    assert inked.grade == "fail" and inked.metrics["pen_boxes"]
