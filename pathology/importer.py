@@ -105,6 +105,11 @@ def import_slides(db: Database, settings: Settings, files: Sequence[Path], *, si
         existing = next((st for st in s.scalars(
             select(Study).where(Study.site_id == site_id, Study.accession_number == accession)
             .order_by(Study.id)) if "SM" in (st.modalities or [])), None)
+        if existing is not None and patient_id and existing.patient_id \
+                and patient_id != existing.patient_id:
+            # one accession is one patient's case: never file slides under another
+            raise InvalidInput(f"accession {accession} at {site_id} belongs to patient "
+                               f"{existing.patient_id}, not {patient_id}")
         study_uid = existing.study_uid if existing is not None else str(generate_uid())
         patient_id = patient_id or (existing.patient_id if existing is not None else "")
         patient_name = patient_name or (existing.patient_name if existing is not None else "")

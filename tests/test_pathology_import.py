@@ -279,6 +279,9 @@ def test_more_slides_join_the_accessions_slide_study(live: Center,
     again = import_slides(c.db, c.settings, [slides["flat"]], site_id="county-a",
                           accession="S26-8", part="A", block="2")
     assert again.study_id == first.study_id and again.study_uid == first.study_uid
+    with pytest.raises(InvalidInput, match="belongs to patient PAT-1, not PAT-2"):
+        import_slides(c.db, c.settings, [slides["flat"]], site_id="county-a",
+                      accession="S26-8", patient_id="PAT-2")
     assert again.job_id != first.job_id
     with c.db.session() as s:
         study = s.get(Study, first.study_id)
