@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import openslide
+import tifffile
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
 
@@ -40,6 +41,7 @@ DICOMIZER = "OrthancWSIDicomizer"
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 #: OpenSlide's name for tiled TIFFs the Dicomizer reads itself, copying tiles as they are.
 NATIVE_FORMATS = frozenset({"generic-tiff"})
+JPEG_COMPRESSION = 7  # TIFF Compression tag value of (new-style) JPEG
 
 
 def dicomizer_path() -> str:
@@ -134,7 +136,7 @@ def convert_slide(src: Path, out_dir: Path, *, info: SlideInfo | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(out_dir.iterdir()):
         raise WSIConversionError(src, f"output folder {out_dir} is not empty")
-    native = info.vendor in NATIVE_FORMATS and info.level_count > 1
+    native = info.vendor in NATIVE_FORMATS and info.level_count > 1 and _jpeg_tiles(src)
     args = [
         dicomizer_path(),
         f"--folder={out_dir}", "--folder-pattern=wsi-%06d.dcm", "--max-size=0",
@@ -169,6 +171,17 @@ def convert_slide(src: Path, out_dir: Path, *, info: SlideInfo | None = None,
     log.info("wsi_convert file=%s vendor=%s levels_in=%d instances=%d seconds=%.2f mpx_s=%.1f",
              src.name, info.vendor, info.level_count, len(files), seconds, mp / max(seconds, 1e-9))
     return Conversion(files=files, seconds=seconds, megapixels=mp, native=native)
+
+
+def _jpeg_tiles(path: Path) -> bool:
+    """Whether every page of a TIFF is JPEG-tiled (what the Dicomizer copies as is);
+    otherwise (LZW, Deflate, JPEG 2000...) the file goes through OpenSlide."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return all(isinstance(page, tifffile.TiffPage) and page.is_tiled
+                       and int(page.compression) == JPEG_COMPRESSION for page in tif.pages)
+    except Exception:  # not parsable as TIFF here: let OpenSlide read it
+        return False
 
 
 def _text(value: str | bytes | None) -> str:

@@ -296,3 +296,21 @@ def test_more_slides_join_the_accessions_slide_study(live: Center,
             next(str(x["ID"]) for x in series
                  if x["MainDicomTags"]["SeriesNumber"] == "2"))[0])), stop_before_pixels=True)
         assert ds.PatientID == "PAT-1"  # the study's patient, kept
+
+
+def test_a_deflate_tiled_tiff_goes_through_openslide(tmp_path: Path) -> None:
+    """Generic TIFFs whose tiles are not JPEG cannot be copied: OpenSlide decodes them."""
+    src = tmp_path / "deflate.tiff"
+    with tifffile.TiffWriter(src) as t:
+        for level, ds in enumerate((1, 4)):
+            img = render_tile(1, W, H, 0, 0, (W // ds, H // ds), ds)
+            t.write(img, tile=(256, 256), photometric="rgb", compression="zlib",
+                    resolution=(40000 / ds, 40000 / ds), resolutionunit="CENTIMETER",
+                    subfiletype=0 if level == 0 else 1, metadata=None)
+    info = importer.validate_file(src)
+    assert info.vendor == "generic-tiff" and info.level_count == 2
+    conv = convert_slide(src, tmp_path / "out", info=info)
+    assert not conv.native and conv.files
+    ds = pydicom.dcmread(conv.files[0], stop_before_pixels=True)
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"  # JPEG baseline
+    assert (ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows) == (W, H)
