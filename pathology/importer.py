@@ -122,7 +122,11 @@ def import_slides(db: Database, settings: Settings, files: Sequence[Path], *, si
     client = OrthancClient.from_settings(settings)
     try:
         first_slide = _slides_in_archive(client, study_uid) + 1
-        with tempfile.TemporaryDirectory(prefix="rdc-slide-import-") as tmp:
+        # converted slides are as large as the originals: keep them on the center's
+        # disk (under its home, like all its data), not in a possibly small /tmp
+        work_root = settings.home / "tmp"
+        work_root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="slide-import-", dir=work_root) as tmp:
             for i, (f, info) in enumerate(zip(files, infos, strict=True)):
                 current = f
                 number = first_slide + i
