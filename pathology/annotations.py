@@ -156,11 +156,18 @@ _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDa
 
 def _with_type2(src: pydicom.Dataset) -> pydicom.Dataset:
     missing = [k for k in _TYPE2 if k not in src]
-    if not missing:
+    no_frame = "FrameOfReferenceUID" not in src
+    if not missing and not no_frame:
         return src
     copy = pydicom.Dataset(src)
     for keyword in missing:
         setattr(copy, keyword, "")
+    if no_frame:
+        # highdicom compares the sources' frames of reference even for 2D annotations,
+        # whose instance carries none (the Frame of Reference module is for 3D only):
+        # a stand-in here reaches no output.  Some dicomizers leave it out.
+        copy.FrameOfReferenceUID = generate_uid(
+            entropy_srcs=["rdc-no-frame-of-reference", str(src.get("SeriesInstanceUID", ""))])
     return copy
 
 

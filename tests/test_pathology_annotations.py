@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import highdicom as hd
@@ -42,8 +43,9 @@ SAMPLE = [
 ]
 
 
-def _source() -> pydicom.Dataset:
-    _, _, files = make_wsi(width=512, height=256, levels=1)
+def _source(tmp: Path) -> pydicom.Dataset:
+    """A real slide's level-0 headers (devkit.wsi_samples)."""
+    _, _, files = make_wsi(tmp, width=1024, height=768)
     return pydicom.dcmread(io.BytesIO(files[0]), stop_before_pixels=True)
 
 
@@ -59,8 +61,8 @@ def _roundtrip(ds: pydicom.Dataset) -> pydicom.Dataset:
     return pydicom.dcmread(io.BytesIO(buf.getvalue()))
 
 
-def test_every_kind_survives_the_dicom_encoding() -> None:
-    src = _source()
+def test_every_kind_survives_the_dicom_encoding(tmp_path: Path) -> None:
+    src = _source(tmp_path)
     at = datetime(2026, 3, 4, 5, 6, 7, 123000, tzinfo=UTC)
     ds = _roundtrip(build_annotation_dataset(src, SAMPLE, "dr.a", now=at))
     assert ds.SOPClassUID == ANN_SOP_CLASS and ds.Modality == "ANN"
@@ -80,8 +82,14 @@ def test_every_kind_survives_the_dicom_encoding() -> None:
     assert {a.created_at for a in back} == {at}
 
 
-def test_another_tools_groups_are_read_by_graphic_type() -> None:
-    src = _source()
+def test_another_tools_groups_are_read_by_graphic_type(tmp_path: Path) -> None:
+    src = _source(tmp_path)
+    # What highdicom needs of a source, which the other tool is assumed to have filled.
+    src.FrameOfReferenceUID = src.get("FrameOfReferenceUID", generate_uid())
+    for keyword in ("PatientBirthDate", "PatientSex", "ReferringPhysicianName", "StudyID",
+                    "StudyDate", "StudyTime", "AccessionNumber"):
+        if keyword not in src:
+            setattr(src, keyword, "")
     group = hd.ann.AnnotationGroup(
         number=1, uid=generate_uid(), label="Tumor",
         annotated_property_category=codes.SCT.MorphologicallyAbnormalStructure,

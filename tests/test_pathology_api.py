@@ -16,16 +16,14 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pydicom.uid
+import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
-from pydicom.uid import JPEGBaseline8Bit, generate_uid
+from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from conftest import REPO, Center, signed_in_client
@@ -38,108 +36,28 @@ from core.models import (
     Study,
 )
 from core.settings import get_settings
+from devkit.wsi_samples import synthetic_wsi_dicom
 from viewer import pathology_views
 
 PASSPHRASE = "correct horse battery"
-WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 
 
 # Real DICOM WSI ---------------------------------------------------------------------
 
 
-def _jpeg(pixels: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, "JPEG", quality=80)
-    return out.getvalue()
-
-
-def _wsi_instance(*, study_uid: str, series_uid: str, frame_uid: str, accession: str,
-                  patient_id: str, container: str, image: np.ndarray, tile: int,
-                  image_type: list[str], number: int, mpp_mm: float) -> Dataset:
-    h, w = image.shape[:2]
-    tx, ty = -(-w // tile), -(-h // tile)
-    frames = []
-    for y in range(ty):
-        for x in range(tx):
-            t = np.full((tile, tile, 3), 240, np.uint8)
-            part = image[y * tile:(y + 1) * tile, x * tile:(x + 1) * tile]
-            t[:part.shape[0], :part.shape[1]] = part
-            frames.append(_jpeg(t))
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.UID(WSI_SOP_CLASS)
-    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
-    ds.SOPClassUID = WSI_SOP_CLASS
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-    ds.FrameOfReferenceUID = frame_uid
-    ds.Modality, ds.PatientID, ds.PatientName = "SM", patient_id, "DOE^JANE"
-    ds.AccessionNumber, ds.StudyID = accession, "1"
-    ds.StudyDate, ds.StudyTime = "20260101", "120000"
-    ds.PatientBirthDate, ds.PatientSex, ds.ReferringPhysicianName = "", "F", ""
-    ds.ContainerIdentifier = container
-    ds.ImageType = image_type
-    ds.InstanceNumber, ds.SeriesNumber = number, 1
-    ds.Rows = ds.Columns = tile
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, "YBR_FULL_422"
-    ds.PlanarConfiguration, ds.BitsAllocated, ds.BitsStored = 0, 8, 8
-    ds.HighBit, ds.PixelRepresentation = 7, 0
-    ds.NumberOfFrames = len(frames)
-    ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows = w, h
-    ds.DimensionOrganizationType = "TILED_FULL"
-    ds.TotalPixelMatrixFocalPlanes, ds.NumberOfOpticalPaths = 1, 1
-    ds.ImagedVolumeWidth, ds.ImagedVolumeHeight, ds.ImagedVolumeDepth = \
-        w * mpp_mm, h * mpp_mm, 0.001
-    measures = Dataset()
-    measures.PixelSpacing, measures.SliceThickness = [mpp_mm, mpp_mm], 0.001
-    shared = Dataset()
-    shared.PixelMeasuresSequence = [measures]
-    ds.SharedFunctionalGroupsSequence = [shared]
-    ds.PixelData = encapsulate(frames)
-    ds["PixelData"].VR = "OB"
-    return ds
-
-
-def make_wsi(*, width: int = 1024, height: int = 768, tile: int = 256, levels: int = 3,
-             seed: int = 0, study_uid: str | None = None, accession: str = "PATH-1",
-             patient_id: str = "P1", label: bool = False) -> tuple[str, str, list[bytes]]:
-    """A small real DICOM WSI (TILED_FULL JPEG, ``levels`` levels halving), optionally
-    with a label image in its own series (same container id): (study uid, series uid,
-    file bytes)."""
-    study_uid = study_uid or str(generate_uid())
-    series_uid, frame_uid = str(generate_uid()), str(generate_uid())
-    container = f"SLIDE-{seed}"
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 255, (height // 16, width // 16, 3), dtype=np.uint8)
-    full = np.asarray(Image.fromarray(base).resize((width, height)))
-    out = []
-    for lvl in range(levels):
-        f = 2 ** lvl
-        img = np.asarray(Image.fromarray(full).resize((width // f, height // f)))
-        ds = _wsi_instance(
-            study_uid=study_uid, series_uid=series_uid, frame_uid=frame_uid,
-            accession=accession, patient_id=patient_id, container=container, image=img,
-            tile=tile, number=lvl + 1, mpp_mm=0.00025 * f,
-            image_type=["ORIGINAL", "PRIMARY", "VOLUME", "NONE"] if lvl == 0
-            else ["DERIVED", "PRIMARY", "VOLUME", "RESAMPLED"])
-        buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True)
-        out.append(buf.getvalue())
-    if label:
-        img = np.full((128, 256, 3), 200, np.uint8)
-        img[40:90, 20:230] = 20
-        ds = _wsi_instance(study_uid=study_uid, series_uid=str(generate_uid()),
-                           frame_uid=frame_uid, accession=accession, patient_id=patient_id,
-                           container=container, image=img, tile=256, number=1,
-                           mpp_mm=0.01, image_type=["ORIGINAL", "PRIMARY", "LABEL", "NONE"])
-        ds.Rows, ds.Columns = 128, 256
-        ds.NumberOfFrames = 1
-        ds.PixelData = encapsulate([_jpeg(img)])
-        ds["PixelData"].VR = "OB"
-        buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True)
-        out.append(buf.getvalue())
-    return study_uid, series_uid, out
+def make_wsi(out_dir: Path, *, width: int = 1024, height: int = 768, seed: int = 0,
+             accession: str = "PATH-1", patient_id: str = "P1", slide_number: int = 1,
+             label: bool = False) -> tuple[str, str, list[bytes]]:
+    """A small real DICOM WSI (devkit.wsi_samples: a synthetic H&E slide through the
+    dicomizer, 256-pixel JPEG tiles, TILED_FULL), with its label image in a series of
+    its own when ``label``: (study uid, series uid, the files' bytes, label last)."""
+    files = synthetic_wsi_dicom(out_dir / f"{accession}-{slide_number}", width=width,
+                                height=height, seed=seed, accession=accession,
+                                patient_id=patient_id, slide_number=slide_number,
+                                label=label, tile=256)
+    first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    return str(first.StudyInstanceUID), str(first.SeriesInstanceUID), \
+        [f.read_bytes() for f in files]
 
 
 # The world ------------------------------------------------------------------------------
@@ -156,6 +74,7 @@ class World:
     study_a: int
     series: dict[int, str]
     orthanc_series: dict[int, str]
+    label_file: bytes
 
     def client(self, username: str, roles: list[str], sites: list[str] | None) -> TestClient:
         client: TestClient = signed_in_client(self.c, username, roles, sites)
@@ -169,7 +88,8 @@ def _upload(c: Center, files: list[bytes]) -> str:
 
 
 @pytest.fixture
-def world(center: Center, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+def world(center: Center, monkeypatch: pytest.MonkeyPatch,
+          tmp_path: Path) -> Iterator[World]:
     """Orthanc (with its WSI plugin) and two sites; case PATH-A at county-a with two
     slides (the first with a label image, a failed QC grade and an AI heat map), case
     PATH-B at county-b with one slide."""
@@ -181,10 +101,13 @@ def world(center: Center, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     center.start_orthanc()
     center.add_site("county-a", "COUNTY_A", accepts_results=True)
     center.add_site("county-b", "COUNTY_B")
-    study_uid_a, series_a, files_a = make_wsi(seed=1, accession="PATH-A", label=True)
-    _, series_a2, files_a2 = make_wsi(seed=2, study_uid=study_uid_a, accession="PATH-A",
-                                      width=768, height=512, levels=2)
-    study_uid_b, series_b, files_b = make_wsi(seed=3, accession="PATH-B", patient_id="P2")
+    study_uid_a, series_a, files_a = make_wsi(tmp_path, seed=1, accession="PATH-A",
+                                              label=True)
+    same_study, series_a2, files_a2 = make_wsi(tmp_path, seed=2, accession="PATH-A",
+                                               width=768, height=512, slide_number=2)
+    assert same_study == study_uid_a  # one accession, one study
+    study_uid_b, series_b, files_b = make_wsi(tmp_path, seed=3, accession="PATH-B",
+                                              patient_id="P2")
     oseries = {series_a: _upload(center, files_a), series_a2: _upload(center, files_a2),
                series_b: _upload(center, files_b)}
     now = datetime.now(UTC)
@@ -207,9 +130,9 @@ def world(center: Center, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
             ids[f"study-{site}"], ids[f"case-{site}"] = study.id, case.id
         slides: list[int] = []
         for key, case_key, study_key, series_uid, w, h, levels, grade in (
-                ("a", "case-county-a", "study-county-a", series_a, 1024, 768, 3, "fail"),
+                ("a", "case-county-a", "study-county-a", series_a, 1024, 768, 2, "fail"),
                 ("a2", "case-county-a", "study-county-a", series_a2, 768, 512, 2, "pass"),
-                ("b", "case-county-b", "study-county-b", series_b, 1024, 768, 3, "pass")):
+                ("b", "case-county-b", "study-county-b", series_b, 1024, 768, 2, "pass")):
             slide = PathologySlide(
                 case_id=ids[case_key], study_id=ids[study_key], series_uid=series_uid,
                 orthanc_series_id=oseries[series_uid] if key != "a2" else "",
@@ -236,7 +159,8 @@ def world(center: Center, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
                       ids["slide-b"]: series_b},
               orthanc_series={ids["slide-a"]: oseries[series_a],
                               ids["slide-a2"]: oseries[series_a2],
-                              ids["slide-b"]: oseries[series_b]})
+                              ids["slide-b"]: oseries[series_b]},
+                  label_file=files_a[-1])
     yield world
     pathology_views.reset_caches()
     get_settings.cache_clear()
@@ -316,16 +240,23 @@ def test_pyramid_tiles_thumbnail_label_and_first_tile(world: World) -> None:
     p = pyr.json()
     assert (p["width"], p["height"], p["tile_width"], p["tile_height"]) == (1024, 768, 256, 256)
     assert p["mpp"] == 0.25
-    assert [(lv["level"], lv["width"], lv["height"], lv["tiles_x"], lv["tiles_y"])
-            for lv in p["levels"]] == [(0, 1024, 768, 4, 3), (1, 512, 384, 2, 2),
-                                       (2, 256, 192, 1, 1)]
-    assert [lv["downsample"] for lv in p["levels"]] == [1.0, 2.0, 4.0]
+    # Level 0 is full resolution, as Orthanc's WSI plugin counts them.
+    with w.c.orthanc() as o:
+        theirs = o.get(f"/wsi/pyramids/{w.orthanc_series[w.slide_a]}").json()
+    assert [[lv["width"], lv["height"]] for lv in p["levels"]] == theirs["Sizes"]
+    assert [[lv["tiles_x"], lv["tiles_y"]] for lv in p["levels"]] == theirs["TilesCount"]
+    assert [lv["downsample"] for lv in p["levels"]] == theirs["Resolutions"]
+    assert (p["levels"][0]["level"], p["levels"][0]["tiles_x"], p["levels"][0]["tiles_y"]) \
+        == (0, 4, 3)
+    last = p["levels"][-1]
+    assert len(p["levels"]) >= 2 and (last["tiles_x"], last["tiles_y"]) == (1, 1)
+    top = len(p["levels"]) - 1
 
     # The site_user looking at tiles records nothing; the pathologist's first tile does.
     assert clerk_a.get(f"{base}/tiles/0/0/0").status_code == 200
     assert events(w, w.case_a, "first_tile") == []
     with w.c.orthanc() as o:
-        for level, col, row in ((0, 0, 0), (0, 3, 2), (1, 1, 1), (2, 0, 0)):
+        for level, col, row in ((0, 0, 0), (0, 3, 2), (0, 1, 1), (top, 0, 0)):
             r = dr_a.get(f"{base}/tiles/{level}/{col}/{row}")
             assert r.status_code == 200, r.text
             assert r.headers["content-type"] == "image/jpeg"
@@ -338,7 +269,8 @@ def test_pyramid_tiles_thumbnail_label_and_first_tile(world: World) -> None:
     assert first[0].detail == {"slide_id": w.slide_a}
 
     # Outside the pyramid: 404; not a non-negative integer: 422.
-    for path, status in (("3/0/0", 404), ("0/4/0", 404), ("0/0/3", 404), ("2/1/0", 404),
+    for path, status in ((f"{top + 1}/0/0", 404), ("0/4/0", 404), ("0/0/3", 404),
+                         (f"{top}/1/0", 404), (f"{top}/0/1", 404),
                          ("-1/0/0", 422), ("0/x/0", 422), ("0/0/1e3", 422)):
         r = dr_a.get(f"{base}/tiles/{path}")
         assert r.status_code == status, (path, r.status_code, r.text)
@@ -351,11 +283,14 @@ def test_pyramid_tiles_thumbnail_label_and_first_tile(world: World) -> None:
     thumb = dr_a.get(f"{base}/thumbnail")
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
     with Image.open(io.BytesIO(thumb.content)) as im:
-        assert im.size == (256, 192)
+        assert im.size == (last["width"], last["height"])
     lab = dr_a.get(f"{base}/label")
     assert lab.status_code == 200, lab.text
     with Image.open(io.BytesIO(lab.content)) as im:
-        assert im.format == "JPEG" and im.size == (256, 128)
+        label_ds = pydicom.dcmread(io.BytesIO(w.label_file), stop_before_pixels=True)
+        assert "LABEL" in label_ds.ImageType
+        assert im.format == "JPEG"
+        assert im.size == (label_ds.TotalPixelMatrixColumns, label_ds.TotalPixelMatrixRows)
     none = dr_a.get(f"/api/pathology/slides/{w.slide_a2}/label")
     assert none.status_code == 404 and "no label image" in none.json()["detail"]
 
