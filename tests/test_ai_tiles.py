@@ -325,3 +325,37 @@ def test_a_dicom_slide_gets_a_heat_map_a_parametric_map_and_an_unverified_sr(
     assert "wsi-tile-demo" in text and "1.0.0" in text
     assert "DEMONSTRATION WEIGHTS" in text
     hd.sr.srread(BytesIO(_dump(sr)))
+
+
+def test_a_slide_with_only_level_0_and_missing_tiles_is_read_from_level_0(
+        wsi_center: Center, tmp_path: Path) -> None:
+    """A scanner that wrote level 0 only (TILED_SPARSE, two tissue tiles dropped): the
+    pipeline reads level 0 shrinking tile by tile, and a missing tile reads as glass."""
+    from devkit.wsi_samples import synthetic_wsi_dicom
+
+    c = wsi_center
+    c.start_worker()
+    width, height, seed = 8192, 6144, 14
+    paths = synthetic_wsi_dicom(tmp_path / "wsi", width=width, height=height, seed=seed,
+                                accession="PATH-AI-2", patient_id="AI-WSI-2", drop_levels=2,
+                                missing_tiles=2, label=False)
+    assert len(paths) == 1
+    result = storescu(paths, host="127.0.0.1", port=c.gateway_port, calling_ae=SENDER_AE,
+                      called_ae=c.gateway_ae)
+    assert len(result.succeeded) == 1, result.output[-2000:]
+    first = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    assert first.DimensionOrganizationType == "TILED_SPARSE"
+    jobs = wait_until(lambda: _tile_jobs(c, str(first.StudyInstanceUID)), 300,
+                      "the slide's AI job")
+    assert jobs is not None
+    assert [j.state for j in jobs] == ["succeeded"], [(j.state, j.error) for j in jobs]
+    with c.db.session() as s:
+        row = s.scalar(select(AIResult).where(
+            AIResult.series_uid == str(first.SeriesInstanceUID)))
+        assert row is not None and row.heatmap is not None
+        heatmap = row.heatmap
+    assert heatmap["level"] == 0 and heatmap["cell_px"] == TILE * DOWNSAMPLE
+    calls = np.asarray(heatmap["classes"]["values"]).argmax(axis=-1)
+    truth = tissue_mask(seed, width, height, heatmap["cell_px"])
+    assert calls.shape == truth.shape
+    assert float(np.mean((calls != 0) == truth)) >= 0.9

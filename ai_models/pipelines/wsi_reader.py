@@ -126,14 +126,24 @@ def decode_tile(data: bytes, where: str) -> np.ndarray:
         raise SlideUnreadable(f"tile {where} cannot be decoded: {e}") from e
 
 
-def read_level(client: OrthancClient, pyramid: Pyramid, level: int) -> np.ndarray:
-    """One level of the pyramid as an (h, w, 3) uint8 image, tile by tile."""
+def read_level(client: OrthancClient, pyramid: Pyramid, level: int,
+               scale: float = 1.0) -> np.ndarray:
+    """One level of the pyramid as an (h, w, 3) uint8 image, tile by tile, each tile
+    shrunk by ``scale`` (<= 1, area averaging) as it arrives.
+
+    Shrinking per tile keeps memory at the size of the result: a slide that lacks its
+    coarse levels (a scanner that wrote level 0 only) is read from level 0 without ever
+    holding level 0.  Tile edges are rounded to whole output pixels.
+    """
     width, height = pyramid.sizes[level]
-    if width * height > MAX_LEVEL_PIXELS:
-        raise SlideUnreadable(f"level {level} of series {pyramid.series_id} is {width}x"
-                              f"{height} px; the tile model reads at most "
-                              f"{MAX_LEVEL_PIXELS} px at once")
-    out = np.empty((height, width, 3), dtype=np.uint8)
+    if not 0 < scale <= 1.0:
+        raise ValueError(f"scale must be in (0, 1], not {scale}")
+    out_w, out_h = max(1, round(width * scale)), max(1, round(height * scale))
+    if out_w * out_h > MAX_LEVEL_PIXELS:
+        raise SlideUnreadable(f"level {level} of series {pyramid.series_id} at scale "
+                              f"{scale:g} is {out_w}x{out_h} px; the tile model reads at "
+                              f"most {MAX_LEVEL_PIXELS} px at once")
+    out = np.empty((out_h, out_w, 3), dtype=np.uint8)
     out[:] = GLASS
     tw, th = pyramid.tile_sizes[level]
     cols, rows = pyramid.tiles[level]
@@ -148,5 +158,15 @@ def read_level(client: OrthancClient, pyramid: Pyramid, level: int) -> np.ndarra
             x, y = col * tw, row * th
             h = min(tile.shape[0], height - y)
             w = min(tile.shape[1], width - x)
-            out[y:y + h, x:x + w] = tile[:h, :w]
+            if h <= 0 or w <= 0:
+                continue
+            x0, x1 = round(x * scale), min(out_w, round((x + w) * scale))
+            y0, y1 = round(y * scale), min(out_h, round((y + h) * scale))
+            if x1 <= x0 or y1 <= y0:
+                continue
+            part = tile[:h, :w]
+            if (x1 - x0, y1 - y0) != (w, h):
+                part = np.asarray(Image.fromarray(np.ascontiguousarray(part)).resize(
+                    (x1 - x0, y1 - y0), Image.Resampling.BOX))
+            out[y0:y1, x0:x1] = part
     return out

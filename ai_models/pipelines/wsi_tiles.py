@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from pydicom.dataset import Dataset
 
 from ai_models.manifest import Manifest
@@ -159,14 +158,11 @@ class WsiTilePipeline:
             target = self.spacing_mm / mpp_mm  # level-0 pixels per network pixel
             cell_px = max(1, round(self.cell * target))
             level = pyramid.level_for(target)
-            image = read_level(client, pyramid, level)
+            # The level is never coarser than the network's resolution: shrink only.
+            scale = min(1.0, self.cell * pyramid.downsamples[level] / cell_px)
+            image = read_level(client, pyramid, level, 1.0 if scale > 0.999 else scale)
         except SlideUnreadable as e:
             raise NotApplicable(str(e)) from e
-        scale = self.cell * pyramid.downsamples[level] / cell_px
-        if abs(scale - 1.0) > 1e-3:
-            h, w = image.shape[:2]
-            size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
         cells, rows, cols = cut_cells(image, self.cell)
         meta: dict[str, Any] = {
             "rows": rows, "cols": cols, "cell_px": cell_px, "level": level,
