@@ -64,7 +64,13 @@ def slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
+def _no_work_left(c: Center) -> None:
+    work = c.settings.home / "tmp"
+    assert not work.exists() or not any(work.iterdir())  # converted files removed
+
+
 def _nothing_stored(c: Center) -> None:
+    _no_work_left(c)
     with c.orthanc() as o:
         assert o.statistics()["CountInstances"] == 0
     with c.db.session() as s:
@@ -89,6 +95,7 @@ def test_import_stores_slides_study_and_intake_job(live: Center,
     assert (pyr.width, pyr.height, pyr.levels) == (W, H, 3)  # downsamples 1, 4, 16
     assert flat.levels >= 2  # the flat file got a pyramid
     assert pyr.mpp == pytest.approx(0.25)
+    _no_work_left(c)
 
     with c.db.session() as s:
         study = s.get(Study, result.study_id)
