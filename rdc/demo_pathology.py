@@ -120,7 +120,7 @@ def run_pathology_demo(settings: Settings, console: Console, *, site_id: str,
                   f"({width * height / 1e6:.0f} megapixels) in {time.monotonic() - t0:.0f} s")
     write_synthetic_slide(slides[1], width=small[0], height=small[1], seed=22, blur=False,
                           pen=False)
-    write_synthetic_slide(slides[2], width=small[0], height=small[1], seed=23, blur=True,
+    write_synthetic_slide(slides[2], width=small[0], height=small[1], seed=24, blur=True,
                           pen=True)
     db = get_database(settings.database_url)
     t0 = time.monotonic()
@@ -168,7 +168,10 @@ def _wait_for_cases(settings: Settings, console: Console, site_id: str,
                 console.print(f"[yellow]pathology: the database is busy ({e.orig}); "
                               "waiting[/yellow]")
                 busy_noted = True
-            state = {}
+            if time.monotonic() > deadline:
+                console.print("[yellow]the database stayed busy[/yellow]: see `rdc status`.")
+                return 1
+            continue
         done = all(state.get(c.accession, (0, 0)) == (c.slides, c.slides) for c in cases)
         if done:
             break

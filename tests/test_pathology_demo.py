@@ -1,7 +1,8 @@
 """The pathology part of ``rdc demo`` against a real center (Orthanc, the gateway, a
 worker process): an imported case of three slides, a DICOM WSI over
 C-STORE and a frozen section all end up in the pathologists' worklist, graded by the
-quality gate.  Smaller slides than the demo's default, so that it runs in minutes."""
+quality gate.  Smaller slides (8192 x 6144) than the demo's default, so that it runs
+in a minute."""
 
 from __future__ import annotations
 
@@ -58,10 +59,10 @@ def test_demo_cases_reach_the_worklist(live: Center) -> None:
     console = Console(file=out, width=200)
     code = run_pathology_demo(live.settings, console, site_id=DEMO_SITE.id,
                               calling_ae=DEMO_SITE.ae_title, timeout=600,
-                              slide_size=(4096, 3072))
+                              slide_size=(8192, 6144))
     text = out.getvalue()
     assert code == 0, text + live.logs()
-    assert "4096 x 3072 slide" in text, text
+    assert "8192 x 6144 slide" in text, text
     with live.db.session() as s:
         cases = {c.accession_number: c for c in s.scalars(select(PathologyCase).where(
             PathologyCase.site_id == DEMO_SITE.id))}
@@ -76,7 +77,7 @@ def test_demo_cases_reach_the_worklist(live: Center) -> None:
             s, visible_sites=None, user_id=None, site=DEMO_SITE.id, status="all")}
     # The imported case: three slides through the importer.
     imported = slides["IMP"]
-    assert len(imported) == 3
+    assert len(imported) == 3 and {sl.source for sl in imported} == {"import"}
     with live.db.session() as s:
         imports = list(s.scalars(select(AuditRecord).where(
             AuditRecord.action == "pathology.import")))
@@ -84,17 +85,22 @@ def test_demo_cases_reach_the_worklist(live: Center) -> None:
         assert [r.object_id for r in imports] == [str(imported[0].study_id)], imports
         assert len({sl.study_id for sl in imported}) == 1
     assert {sl.block for sl in imported} == {"A1"} and {sl.part for sl in imported} == {"A"}
-    assert max(sl.width for sl in imported) == 4096
+    assert sorted(sl.width for sl in imported) == [2048, 2048, 8192]
     assert by_kind["IMP"].organ == "colon"
     # The two C-STORE'd cases: one slide each, through the gateway.
     for kind in ("WSI", "FS"):
         assert len(slides[kind]) == 1 and slides[kind][0].source == "cstore", slides[kind]
     assert by_kind["FS"].urgency == "frozen"
     assert by_kind["WSI"].urgency == "routine"
-    # Every slide went through the quality gate, and the worklist lists all three,
-    # the frozen section first.
+    # Every slide went through the quality gate: the clean ones pass, the one drawn with
+    # blur and pen marks is flagged; the worklist lists all three, the frozen one first.
     for kind, rows in slides.items():
         assert all(sl.qc_grade in ("pass", "fail") for sl in rows), (kind, rows)
+    assert [sl.qc_grade for sl in slides["WSI"] + slides["FS"]] == ["pass", "pass"]
+    grades = sorted((sl.width, sl.qc_grade, sl.qc_reasons) for sl in imported)
+    assert [g[1] for g in grades] == ["fail", "pass", "pass"], grades
+    assert any("pen marks" in reason for reason in grades[0][2]), grades
+    for rows in slides.values():
         assert all(sl.levels >= 1 and sl.width > 0 and sl.orthanc_series_id for sl in rows)
     assert set(listed) == set(cases), listed
     assert listed[by_kind["IMP"].accession_number].slide_count == 3
