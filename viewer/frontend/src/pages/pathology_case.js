@@ -293,7 +293,7 @@ export function renderPathologyCase(root, caseId, slideIds, { navigate, user }) 
   /** @param {Slide[]} shown */
   function openViews(shown) {
     viewerRow.classList.toggle('side-by-side', shown.length > 1);
-    const sync = synchroniser(views, () => syncOn);
+    const sync = synchroniser(() => views, () => syncOn);
     views = shown.map((slide) => {
       const panel = h('div', { class: 'slide-panel', testid: 'slide-panel', dataset: { slideId: String(slide.id) } },
         h('div', { class: 'slide-panel-title' }, slideName(slide),
@@ -314,6 +314,9 @@ export function renderPathologyCase(root, caseId, slideIds, { navigate, user }) 
         if (disposed) return undefined;
         const tool = toolButtons.find((b) => b.classList.contains('active'))?.dataset.tool ?? '';
         v.annotations()?.setTool(v === active ? tool || null : null);
+        // A view that opens after its partner starts where the partner is.
+        const partner = views.find((o) => o !== v && o.viewer);
+        if (partner) sync(partner);
         return loadAnnotations(v);
       }).catch((err) => showError(message(err)));
     }

@@ -214,7 +214,7 @@ export function createSlideView(container, slide, hooks = {}) {
 /**
  * Keep side-by-side views in step: a pan or zoom of one moves the others to the same
  * place and magnification (viewport coordinates: each slide spans 0..1 across).
- * @param {SlideView[]} views
+ * @param {() => SlideView[]} views  the views shown now
  * @param {() => boolean} enabled
  * @returns {(source: SlideView) => void} the onViewChange hook
  */
@@ -226,7 +226,7 @@ export function synchroniser(views, enabled) {
     try {
       const center = source.viewer.viewport.getCenter(false);
       const zoom = source.viewer.viewport.getZoom(false);
-      for (const other of views) {
+      for (const other of views()) {
         if (other === source || !other.viewer) continue;
         other.viewer.viewport.zoomTo(zoom, null, true);
         other.viewer.viewport.panTo(center, true);
