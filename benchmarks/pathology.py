@@ -303,8 +303,10 @@ class Pool:
         barrier = threading.Barrier(self.n)
 
         def one(_: int) -> None:
-            fn()
-            barrier.wait(timeout=120)
+            try:
+                fn()
+            finally:  # a failed call still lets the others through; map re-raises it
+                barrier.wait(timeout=120)
 
         list(self.executor.map(one, range(self.n)))
 
