@@ -84,33 +84,39 @@ class PathCenter:
     web: subprocess.Popen[bytes]
     inbox: Path
     case_id: int
-    slide_id: int
+    slide_ids: list[int]
     study_uid: str
     reader_uri: str
     consultant_uri: str
     consultant_id: int
 
     @property
+    def slide_id(self) -> int:
+        return self.slide_ids[0]
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.center.web_port}"
 
 
-def _case_ready(c: Center) -> tuple[int, int] | None:
-    """The case and its slide, once the intake's QC gate has graded the slide."""
+def _case_ready(c: Center) -> tuple[int, list[int]] | None:
+    """The case and its two slides, once the intake's QC gate has graded both."""
     with c.db.session() as s:
         case = s.scalar(select(PathologyCase).where(PathologyCase.accession_number == ACCESSION))
         if case is None or case.state not in ("qc_passed", "qc_failed"):
             return None
-        slide = s.scalar(select(PathologySlide).where(PathologySlide.case_id == case.id))
-        if slide is None or slide.qc_grade == "pending":
+        slides = list(s.scalars(select(PathologySlide).where(PathologySlide.case_id == case.id)
+                                .order_by(PathologySlide.id)))
+        if len(slides) < 2 or any(sl.qc_grade == "pending" for sl in slides):
             return None
-        return case.id, slide.id
+        return case.id, [sl.id for sl in slides]
 
 
 @pytest.fixture
 def path_center(center: Center, tmp_path: Path) -> Iterator[PathCenter]:
-    """A whole center with one case of one synthetic H&E slide from county-a, the
-    county site's storescp, a pathologist of the center and one of county-b."""
+    """A whole center with one case of two synthetic H&E slides (blocks A1 and A2) from
+    county-a, the county site's storescp, a pathologist of the center and one of
+    county-b."""
     require_front_end()
     c = center
     scp_port, inbox = free_port(), tmp_path / "county-inbox"
@@ -124,9 +130,10 @@ def path_center(center: Center, tmp_path: Path) -> Iterator[PathCenter]:
         c.start_worker()
         web = start_web(c)
 
-        files = synthetic_wsi_dicom(tmp_path / "wsi", width=4096, height=3072, seed=3,
-                                    accession=ACCESSION, patient_id="PAT-B1", organ="skin",
-                                    blur=False, pen=False)
+        files = [f for n, seed in ((1, 3), (2, 4)) for f in synthetic_wsi_dicom(
+            tmp_path / f"wsi{n}", width=4096, height=3072, seed=seed, accession=ACCESSION,
+            patient_id="PAT-B1", organ="skin", block=str(n), slide_number=n, blur=False,
+            pen=False)]
         study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
         sent = storescu(files, host="127.0.0.1", port=c.gateway_port,
                         calling_ae=SENDER_AE, called_ae=c.gateway_ae)
@@ -137,7 +144,7 @@ def path_center(center: Center, tmp_path: Path) -> Iterator[PathCenter]:
         except AssertionError as e:
             raise AssertionError(f"{e}\n{c.logs()}") from None
         assert ready is not None
-        case_id, slide_id = ready
+        case_id, slide_ids = ready
 
         with c.db.session() as s:
             _, reader_uri = add_user(s, c.settings, username=READER, display_name="Dr Slide",
@@ -149,7 +156,7 @@ def path_center(center: Center, tmp_path: Path) -> Iterator[PathCenter]:
             s.flush()
             consultant_id = int(consultant.id)
         issue_key(c, READER, "Dr Slide")
-        yield PathCenter(c, web, inbox, case_id, slide_id, study_uid, reader_uri,
+        yield PathCenter(c, web, inbox, case_id, slide_ids, study_uid, reader_uri,
                          consultant_uri, consultant_id)
     finally:
         if web is not None:
@@ -238,7 +245,7 @@ def test_read_a_slide_consult_and_sign_in_the_browser(path_center: PathCenter,
     # zoom, through the proxy (tiles of the lowest level).
     row.get_by_test_id("path-open").click()
     page.wait_for_function(f"() => window.location.hash.startsWith('#/pathology/case/{e.case_id}')")
-    page.get_by_test_id("slide-tray-item").first.wait_for()
+    page.get_by_test_id("slide-tray-item").nth(1).wait_for()
     try:
         page.wait_for_function("() => window.__rdc && window.__rdc.slideViewer", timeout=30_000)
         page.evaluate("() => window.__rdc.slideViewer.ready")
@@ -263,10 +270,7 @@ def test_read_a_slide_consult_and_sign_in_the_browser(path_center: PathCenter,
 
     # 4. Full resolution (server level 0), over tissue: the scale bar is calibrated.
     x, y = densest_tissue(overview)
-    page.evaluate("""([x, y]) => { const v = window.__rdc.slideViewer.viewer;
-        const P = v.viewport.getCenter().constructor;
-        v.viewport.panTo(v.viewport.viewerElementToViewportCoordinates(new P(x, y)), true); }""",
-                  [x, y])
+    page.evaluate("([x, y]) => window.__rdc.slideViewer.panToElement(x, y)", [x, y])
     page.evaluate("() => window.__rdc.slideViewer.zoomTo(0)")
     wait_loaded(page)
     high = page.evaluate("() => window.__rdc.slideViewer.viewer.viewport.getZoom(true)")
@@ -324,7 +328,40 @@ def test_read_a_slide_consult_and_sign_in_the_browser(path_center: PathCenter,
     assert page.locator("[data-testid=annotation-shape][data-state=saved]").count() == 2
     shot("reopened")
 
-    # 7. Ask a second opinion of the county-b pathologist, blinded, this slide.
+    # 7. The QC flags are an overlay to switch on and off.
+    page.get_by_test_id("overlay-qc").check()
+    page.get_by_test_id("qc-overlay").wait_for(state="attached")
+    page.get_by_test_id("overlay-qc").uncheck()
+    page.wait_for_function("() => !document.querySelector('[data-testid=qc-overlay]')")
+
+    # 8. Side by side: the second slide beside the first, kept in step.
+    page.get_by_test_id("slide-tray-item").nth(1).get_by_test_id("slide-compare").click()
+    page.wait_for_function("() => window.location.hash.endsWith("
+                           f"'?slides={e.slide_ids[0]},{e.slide_ids[1]}')")
+    page.wait_for_function("() => window.__rdc.slideViewer"
+                           " && window.__rdc.slideViewer.views() === 2")
+    page.evaluate("() => window.__rdc.slideViewer.ready")
+    # Server level 1 at 1:1 in the first view; the second follows.
+    page.evaluate("() => window.__rdc.slideViewer.zoomTo(1)")
+    labels = "() => [...document.querySelectorAll('[data-testid=zoom-label]')]" \
+             ".map(e => e.textContent).join()"
+    down = next(float(lv["downsample"]) for lv in pyramid["levels"] if int(lv["level"]) == 1)
+    expected = f"1:{down:.1f}"
+    try:
+        page.wait_for_function(f"() => ({labels})() === '{expected},{expected}'")
+    except Exception:
+        shot("side-by-side-failed")
+        raise AssertionError(f"the views are not in step: {page.evaluate(labels)}") from None
+    assert page.get_by_test_id("slide-viewer").count() == 2
+    wait_loaded(page)  # both views
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    second = SCREENSHOTS / "pathology-canvas-second-slide.png"
+    page.get_by_test_id("slide-viewer").nth(1).screenshot(path=str(second))
+    drawn = np.asarray(Image.open(second).convert("RGB")).min(axis=2) < 250
+    assert drawn.mean() > 0.5, f"the second slide is not drawn ({second})"
+    shot("side-by-side")
+
+    # 9. Ask a second opinion of the county-b pathologist, blinded, this slide.
     page.get_by_test_id("consult-open-form").click()
     page.locator(f"[data-testid=consult-consultant] option[value='{e.consultant_id}']"
                  ).wait_for(state="attached")
@@ -336,7 +373,7 @@ def test_read_a_slide_consult_and_sign_in_the_browser(path_center: PathCenter,
     page.locator("[data-testid=consult-item][data-state=requested]").wait_for()
     shot("consult-requested")
 
-    # 8. The consultant, in another browser context, answers it (and may open the case).
+    # 10. The consultant, in another browser context, answers it (and may open the case).
     other = browser.new_context(viewport=VIEWPORT)
     page2 = other.new_page()
     page2.set_default_timeout(30_000)
@@ -363,7 +400,7 @@ def test_read_a_slide_consult_and_sign_in_the_browser(path_center: PathCenter,
     other.close()
     assert errors2 == [], "the consultant's browser saw problems:\n  " + "\n  ".join(errors2)
 
-    # 9. The requester grades the answer.
+    # 11. The requester grades the answer.
     page.get_by_test_id("pathology-tab-consults").click()
     mine = page.locator("[data-testid=consults-mine] [data-testid=consult-item]")
     mine.first.wait_for()
@@ -377,7 +414,7 @@ def test_read_a_slide_consult_and_sign_in_the_browser(path_center: PathCenter,
         assert consult.answer == "Compound naevus, no atypia."
     shot("consult-graded")
 
-    # 10. The synoptic report: start it, fill what is open, save, sign.
+    # 12. The synoptic report: start it, fill what is open, save, sign.
     page.goto(f"{e.url}/#/pathology/case/{e.case_id}")
     page.get_by_test_id("report-create").click()
     page.wait_for_function(
@@ -414,7 +451,7 @@ def test_read_a_slide_consult_and_sign_in_the_browser(path_center: PathCenter,
         assert case is not None and case.state == "signed"
     shot("signed", full_page=True)
 
-    # 11. The county site receives the signed SR and its PDF, of the slide's study.
+    # 13. The county site receives the signed SR and its PDF, of the slide's study.
     try:
         received = wait_until(
             lambda: f if len(f := sorted(p for p in e.inbox.rglob("*") if p.is_file())) >= 2
