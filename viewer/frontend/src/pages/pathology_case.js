@@ -87,7 +87,8 @@ export function renderPathologyCase(root, caseId, slideIds, { navigate, user }) 
     const d = detail;
     const badge = urgencyBadge(d.urgency);
     const claim = h('button', { class: 'btn primary', type: 'button', testid: 'case-claim', hidden: !canClaim(user, d) }, 'Claim');
-    const release = h('button', { class: 'btn', type: 'button', testid: 'case-release', hidden: !(pathologist && d.mine) }, 'Release');
+    const signed = ['signed', 'amended'].includes(String(d.state));
+    const release = h('button', { class: 'btn', type: 'button', testid: 'case-release', hidden: !(pathologist && d.mine && !signed) }, 'Release');
     claim.addEventListener('click', () => claimAction('claim', claim));
     release.addEventListener('click', () => claimAction('release', release));
     replace(head,
@@ -325,7 +326,7 @@ export function renderPathologyCase(root, caseId, slideIds, { navigate, user }) 
       const hook = window.__rdc ?? (window.__rdc = { viewportReady: new Promise(() => {}), renderedImageCount: 0, getViewport: () => null });
       hook.slideViewer = {
         ready: first.ready.then(() => undefined),
-        fullyLoaded: () => first.fullyLoaded(),
+        fullyLoaded: () => views.every((v) => v.fullyLoaded()),
         zoomTo: (level) => first.zoomTo(level),
         panToElement: (x, y) => first.panToElement(x, y),
         get viewer() { return first.viewer; },
