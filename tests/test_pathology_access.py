@@ -10,6 +10,7 @@ case or slide answers 404 exactly as a missing one, never 403; a wrong role answ
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -18,7 +19,9 @@ from sqlalchemy import select
 from test_pathology_api import World, world
 
 from core.models import User
+from viewer import pathology_views
 from viewer.app import create_app
+from viewer.auth import SESSION_COOKIE
 
 __all__ = ["world"]  # the fixture, shared with the API tests
 
@@ -251,3 +254,26 @@ def test_state_changes_need_the_csrf_header(world: World,
     assert "call" not in [t["step"] for t in case["timeline"]]
     assert dr_a.get(f"/api/pathology/slides/{w.slide_a}/annotations").json() == \
         {"annotations": []}
+
+
+def test_signed_out_viewer_loses_tiles_within_the_cache_window(
+        world: World, accounts: dict[str, TestClient]) -> None:
+    """Tile requests remember who is asking for a few seconds (viewer.pathology_views.
+    TILE_AUTH_TTL_S); a signed-out session is refused once that window has passed, and
+    every other route refuses it at once."""
+    w = world
+    dr_a = accounts[DR_A]
+    url = f"/api/pathology/slides/{w.slide_a}/tiles/0/0/0"
+    assert dr_a.get(url).status_code == 200
+    token = dr_a.cookies.get(SESSION_COOKIE)
+    assert token
+    assert dr_a.post("/api/auth/logout").status_code == 204
+    dr_a.cookies.set(SESSION_COOKIE, token)  # a copy of the ended session's cookie
+    ended = dr_a.get(f"/api/pathology/slides/{w.slide_a}/pyramid")
+    assert ended.status_code == 401 and "session expired" in ended.json()["detail"]
+    time.sleep(pathology_views.TILE_AUTH_TTL_S + 0.5)
+    refused = dr_a.get(url)
+    assert refused.status_code == 401 and "session expired" in refused.json()["detail"]
+    # A new sign-in reads tiles again.
+    again = w.client("dr.a.again", ["pathologist"], ["county-a"])
+    assert again.get(url).status_code == 200

@@ -13,16 +13,19 @@ here is called; this module only talks to Orthanc.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Generic, TypeVar
 
+import httpx
 import pydicom
 from fastapi import HTTPException
 from PIL import Image
@@ -175,16 +178,26 @@ def pyramid(ref: SlideRef) -> Pyramid:
     return _PYRAMIDS.get_or(_at(sid), read)
 
 
-def tile(ref: SlideRef, level: int, col: int, row: int) -> tuple[bytes, str]:
-    """One tile's bytes and media type, as Orthanc's WSI plugin serves it; NotFound
-    outside the pyramid (nothing is asked of Orthanc then)."""
-    pyr = pyramid(ref)
+def check_tile(pyr: Pyramid, ref: SlideRef, level: int, col: int, row: int) -> None:
+    """NotFound unless (level, col, row) is a tile of the pyramid."""
     if not 0 <= level < len(pyr.levels):
         raise NotFound(f"slide {ref.id} has levels 0..{len(pyr.levels) - 1}, not {level}")
     lv = pyr.levels[level]
     if not (0 <= col < lv.tiles_x and 0 <= row < lv.tiles_y):
         raise NotFound(f"level {level} of slide {ref.id} has {lv.tiles_x} x {lv.tiles_y} "
                        f"tiles; ({col}, {row}) is outside")
+
+
+def cached_pyramid(ref: SlideRef) -> Pyramid | None:
+    """The slide's pyramid if this process knows it already (no I/O)."""
+    sid = ref.orthanc_series_id or _SERIES_IDS.get(_at(ref.series_uid))
+    return _PYRAMIDS.get(_at(sid)) if sid else None
+
+
+def tile(ref: SlideRef, level: int, col: int, row: int) -> tuple[bytes, str]:
+    """One tile's bytes and media type, as Orthanc's WSI plugin serves it; NotFound
+    outside the pyramid (nothing is asked of Orthanc then)."""
+    check_tile(pyramid(ref), ref, level, col, row)
     try:
         r = orthanc().get(f"/wsi/tiles/{series_id(ref)}/{level}/{col}/{row}")
     except OrthancNotFound as e:
@@ -196,6 +209,49 @@ def tile(ref: SlideRef, level: int, col: int, row: int) -> tuple[bytes, str]:
                        f"(the scanner did not send it): {e}") from e
     except OrthancError as e:
         raise _archive_error(e) from e
+    return r.content, r.headers.get("content-type", "image/jpeg")
+
+
+#: One asynchronous client per event loop (uvicorn runs one; a test client makes its
+#: own), so that the tile route waits on Orthanc without holding a worker thread.
+_ASYNC_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = \
+    weakref.WeakKeyDictionary()
+
+
+def _async_client() -> httpx.AsyncClient:
+    loop = asyncio.get_running_loop()
+    client = _ASYNC_CLIENTS.get(loop)
+    if client is None:
+        settings = get_settings()
+        client = httpx.AsyncClient(
+            base_url=settings.orthanc_url.rstrip("/"), auth=settings.orthanc_credentials(),
+            timeout=httpx.Timeout(settings.orthanc_timeout_s, connect=5.0),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
+        _ASYNC_CLIENTS[loop] = client
+    return client
+
+
+async def tile_async(ref: SlideRef, level: int, col: int, row: int) -> tuple[bytes, str]:
+    """:func:`tile` on the event loop: one keep-alive request to Orthanc, the JPEG bytes
+    as they came.  The pyramid must be cached already (:func:`cached_pyramid`)."""
+    pyr = cached_pyramid(ref)
+    if pyr is None:
+        raise RuntimeError("tile_async needs the slide's pyramid cached first")
+    check_tile(pyr, ref, level, col, row)
+    sid = ref.orthanc_series_id or _SERIES_IDS.get(_at(ref.series_uid))
+    path = f"/wsi/tiles/{sid}/{level}/{col}/{row}"
+    OrthancClient.check_path(path)
+    try:
+        r = await _async_client().get(path)
+    except httpx.TransportError as e:
+        raise HTTPException(502, f"the archive did not answer: {e!r}") from e
+    if r.status_code == 404:
+        raise NotFound(f"tile {level}/{col}/{row} of slide {ref.id} is not in the archive")
+    if 400 <= r.status_code < 500:
+        raise NotFound(f"tile {level}/{col}/{row} of slide {ref.id} is missing (the scanner "
+                       f"did not send it): HTTP {r.status_code}")
+    if r.status_code >= 500:
+        raise HTTPException(502, f"the archive did not answer: HTTP {r.status_code}")
     return r.content, r.headers.get("content-type", "image/jpeg")
 
 

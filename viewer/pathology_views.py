@@ -16,16 +16,19 @@ is audited.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from fastapi import HTTPException, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from core import audit
-from core.db import Database
+from core.db import Database, get_database
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from core.models import (
     AIResult,
@@ -35,13 +38,13 @@ from core.models import (
     PathologySlide,
     Study,
 )
-from core.settings import Settings
+from core.settings import Settings, get_settings
 from pathology import annotations as ann
 from pathology import cases, consults, dashboard, frozen, paging
 from reports import service as report_service
 from viewer import pathology_tiles as tiles
 from viewer import report_views
-from viewer.auth import UserContext
+from viewer.auth import SESSION_COOKIE, Bearer, UserContext, current_user
 
 #: The synoptic report's template (pathology/report_templates/pathology-synoptic.toml).
 TEMPLATE = "pathology-synoptic"
@@ -273,17 +276,64 @@ def tile(db: Database, user: UserContext, slide_id: int, level: int, col: int,
     (checked once per user and case in this process, so tiles cost no write)."""
     ref = slide_ref(db, user, slide_id)
     data = tiles.tile(ref, level, col, row)
-    if _pathologist(user) and user.user_id is not None:
-        seen = (db.url, user.user_id, ref.case_id)
-        if seen not in _FIRST_TILE_SEEN:
-            with db.session() as s:
-                cases.record_event(s, ref.case_id, "first_tile", user.username, _now(),
-                                   {"slide_id": ref.id}, first_only=True)
-            with _FIRST_TILE_LOCK:
-                if len(_FIRST_TILE_SEEN) > 100_000:
-                    _FIRST_TILE_SEEN.clear()
-                _FIRST_TILE_SEEN.add(seen)
+    if _pathologist(user) and user.user_id is not None \
+            and (db.url, user.user_id, ref.case_id) not in _FIRST_TILE_SEEN:
+        _record_first_tile(db, user, ref)
     return data
+
+
+def _record_first_tile(db: Database, user: UserContext, ref: tiles.SlideRef) -> None:
+    seen = (db.url, user.user_id or 0, ref.case_id)
+    with db.session() as s:
+        cases.record_event(s, ref.case_id, "first_tile", user.username, _now(),
+                           {"slide_id": ref.id}, first_only=True)
+    with _FIRST_TILE_LOCK:
+        if len(_FIRST_TILE_SEEN) > 100_000:
+            _FIRST_TILE_SEEN.clear()
+        _FIRST_TILE_SEEN.add(seen)
+
+
+async def tile_async(user: UserContext, slide_id: int, level: int, col: int,
+                     row: int) -> tuple[bytes, str]:
+    """:func:`tile` for the event loop: when the slide, its pyramid and the caller's
+    first tile of the case are known to this process (every tile but the first few),
+    no thread and no database are involved, only one request to Orthanc."""
+    db = get_database(get_settings().database_url)
+    ref = _SLIDES.get((db.url, slide_id))
+    if ref is None or not (_all_sites(user) or ref.site_id in user.site_ids):
+        ref = await run_in_threadpool(slide_ref, db, user, slide_id)
+    if tiles.cached_pyramid(ref) is None:
+        await run_in_threadpool(tiles.pyramid, ref)
+    data = await tiles.tile_async(ref, level, col, row)
+    if _pathologist(user) and user.user_id is not None \
+            and (db.url, user.user_id, ref.case_id) not in _FIRST_TILE_SEEN:
+        await run_in_threadpool(_record_first_tile, db, user, ref)
+    return data
+
+
+#: Who is behind a session cookie or bearer token, for a few seconds: a viewer asks for
+#: tiles by the hundred, and each would otherwise cost the session's queries.  A
+#: signed-out or disabled account keeps reading tiles (only) for at most this long.
+TILE_AUTH_TTL_S = 5.0
+_VIEWERS: tiles.TTLCache[tuple[str, str], UserContext] = tiles.TTLCache(TILE_AUTH_TTL_S,
+                                                                        max_items=4096)
+VIEW_ROLES = ("pathologist", "admin", "site_user")
+
+
+async def tile_viewer(request: Request, creds: Bearer) -> UserContext:
+    """The caller of a tile request (a viewing role), remembered briefly (see
+    :data:`TILE_AUTH_TTL_S`); on a miss, exactly the app's own authentication."""
+    raw = creds.credentials if creds is not None else request.cookies.get(SESSION_COOKIE, "")
+    key = (get_settings().database_url,
+           ("bearer:" if creds is not None else "cookie:")
+           + hashlib.sha256(raw.encode()).hexdigest())
+    user = _VIEWERS.get(key) if raw else None
+    if user is None:
+        user = await run_in_threadpool(current_user, request, creds)
+        if not user.has_role(*VIEW_ROLES):
+            raise HTTPException(403, f"requires role {' or '.join(VIEW_ROLES)}")
+        _VIEWERS.put(key, user)
+    return user
 
 
 def thumbnail(db: Database, user: UserContext, slide_id: int) -> bytes:
@@ -523,6 +573,7 @@ def reset_caches() -> None:
     """Forget cached slides and first tiles (tests reuse ids across centers)."""
     _SLIDES.clear()
     _CONSULT_CASES.clear()
+    _VIEWERS.clear()
     with _FIRST_TILE_LOCK:
         _FIRST_TILE_SEEN.clear()
     tiles.reset_caches()

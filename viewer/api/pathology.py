@@ -46,6 +46,8 @@ router = APIRouter(prefix="/api/pathology", tags=["pathology"])
 
 #: Looks at cases, slides and annotations (of the sites the account may see).
 Viewer = Annotated[UserContext, Depends(require_roles("pathologist", "admin", "site_user"))]
+#: A viewer asking for tiles (the same roles, its authentication remembered briefly).
+TileViewer = Annotated[UserContext, Depends(views.tile_viewer)]
 #: Reads, claims, annotates, consults and signs.
 Pathologist = Annotated[UserContext, Depends(require_roles("pathologist"))]
 #: The frozen-section and concordance dashboard (durations and counts).
@@ -140,10 +142,11 @@ def pyramid(slide_id: int, db: DatabaseDep, user: Viewer) -> object:
 
 @router.get("/slides/{slide_id}/tiles/{level}/{col}/{row}", response_class=Response,
             responses=_JPEG)
-def tile(slide_id: int, level: NonNegative, col: NonNegative, row: NonNegative,
-         db: DatabaseDep, user: Viewer) -> Response:
-    """One tile from Orthanc's WSI plugin, bytes as stored (404 outside the pyramid)."""
-    data, media_type = views.tile(db, user, slide_id, level, col, row)
+async def tile(slide_id: int, level: NonNegative, col: NonNegative, row: NonNegative,
+               user: TileViewer) -> Response:
+    """One tile from Orthanc's WSI plugin, bytes as stored (404 outside the pyramid).
+    Asynchronous: the viewer's hundreds of tiles wait on Orthanc, not on threads."""
+    data, media_type = await views.tile_async(user, slide_id, level, col, row)
     return _jpeg(data, _TILE_HEADERS, media_type)
 
 
