@@ -270,18 +270,6 @@ def pyramid(db: Database, user: UserContext, slide_id: int) -> dict[str, Any]:
     return tiles.pyramid(ref).as_json(ref.mpp)
 
 
-def tile(db: Database, user: UserContext, slide_id: int, level: int, col: int,
-         row: int) -> tuple[bytes, str]:
-    """One tile; a pathologist's first tile of a case records its "first_tile" step
-    (checked once per user and case in this process, so tiles cost no write)."""
-    ref = slide_ref(db, user, slide_id)
-    data = tiles.tile(ref, level, col, row)
-    if _pathologist(user) and user.user_id is not None \
-            and (db.url, user.user_id, ref.case_id) not in _FIRST_TILE_SEEN:
-        _record_first_tile(db, user, ref)
-    return data
-
-
 def _record_first_tile(db: Database, user: UserContext, ref: tiles.SlideRef) -> None:
     seen = (db.url, user.user_id or 0, ref.case_id)
     with db.session() as s:
@@ -295,9 +283,11 @@ def _record_first_tile(db: Database, user: UserContext, ref: tiles.SlideRef) -> 
 
 async def tile_async(user: UserContext, slide_id: int, level: int, col: int,
                      row: int) -> tuple[bytes, str]:
-    """:func:`tile` for the event loop: when the slide, its pyramid and the caller's
-    first tile of the case are known to this process (every tile but the first few),
-    no thread and no database are involved, only one request to Orthanc."""
+    """One tile.  A pathologist's first tile of a case records its "first_tile" step
+    (checked once per user and case in this process, so tiles cost no write).  When the
+    slide, its pyramid and that first tile are known to this process (every tile but
+    the first few), no thread and no database are involved, only one request to
+    Orthanc.  The caches are per process: several web workers each learn them once."""
     db = get_database(get_settings().database_url)
     ref = _SLIDES.get((db.url, slide_id))
     if ref is None or not (_all_sites(user) or ref.site_id in user.site_ids):
