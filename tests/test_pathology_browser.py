@@ -63,6 +63,7 @@ from devkit.wsi_samples import synthetic_wsi_dicom
 from viewer.accounts import add_user
 
 READER = "dr.slide"
+FROZEN = "PATH-F1"
 CONSULTANT = "dr.second"
 ACCESSION = "PATH-B1"
 VIEWPORT = {"width": 1366, "height": 768}
@@ -85,6 +86,7 @@ class PathCenter:
     inbox: Path
     case_id: int
     slide_ids: list[int]
+    frozen_id: int
     study_uid: str
     reader_uri: str
     consultant_uri: str
@@ -99,24 +101,24 @@ class PathCenter:
         return f"http://127.0.0.1:{self.center.web_port}"
 
 
-def _case_ready(c: Center) -> tuple[int, list[int]] | None:
-    """The case and its two slides, once the intake's QC gate has graded both."""
+def _case_ready(c: Center, accession: str, n_slides: int) -> tuple[int, list[int]] | None:
+    """A case and its slides, once the intake's QC gate has graded all ``n_slides``."""
     with c.db.session() as s:
-        case = s.scalar(select(PathologyCase).where(PathologyCase.accession_number == ACCESSION))
+        case = s.scalar(select(PathologyCase).where(PathologyCase.accession_number == accession))
         if case is None or case.state not in ("qc_passed", "qc_failed"):
             return None
         slides = list(s.scalars(select(PathologySlide).where(PathologySlide.case_id == case.id)
                                 .order_by(PathologySlide.id)))
-        if len(slides) < 2 or any(sl.qc_grade == "pending" for sl in slides):
+        if len(slides) < n_slides or any(sl.qc_grade == "pending" for sl in slides):
             return None
         return case.id, [sl.id for sl in slides]
 
 
 @pytest.fixture
 def path_center(center: Center, tmp_path: Path) -> Iterator[PathCenter]:
-    """A whole center with one case of two synthetic H&E slides (blocks A1 and A2) from
-    county-a, the county site's storescp, a pathologist of the center and one of
-    county-b."""
+    """A whole center with a pathologist of the center and one of county-b, then from
+    county-a one case of two synthetic H&E slides (blocks A1 and A2) and one frozen
+    section (which pages the center's pathologist), and the county site's storescp."""
     require_front_end()
     c = center
     scp_port, inbox = free_port(), tmp_path / "county-inbox"
@@ -130,22 +132,6 @@ def path_center(center: Center, tmp_path: Path) -> Iterator[PathCenter]:
         c.start_worker()
         web = start_web(c)
 
-        files = [f for n, seed in ((1, 3), (2, 4)) for f in synthetic_wsi_dicom(
-            tmp_path / f"wsi{n}", width=4096, height=3072, seed=seed, accession=ACCESSION,
-            patient_id="PAT-B1", organ="skin", block=str(n), slide_number=n, blur=False,
-            pen=False)]
-        study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
-        sent = storescu(files, host="127.0.0.1", port=c.gateway_port,
-                        calling_ae=SENDER_AE, called_ae=c.gateway_ae)
-        assert sent.succeeded, sent.output[-2000:]
-        try:
-            ready = wait_until(lambda: _case_ready(c), 300, "the case and its QC-graded slide",
-                               interval=1.0)
-        except AssertionError as e:
-            raise AssertionError(f"{e}\n{c.logs()}") from None
-        assert ready is not None
-        case_id, slide_ids = ready
-
         with c.db.session() as s:
             _, reader_uri = add_user(s, c.settings, username=READER, display_name="Dr Slide",
                                      password=PASSWORD, roles=["pathologist"], all_sites=True,
@@ -155,8 +141,29 @@ def path_center(center: Center, tmp_path: Path) -> Iterator[PathCenter]:
                 password=PASSWORD, roles=["pathologist"], sites=["county-b"], actor="test")
             s.flush()
             consultant_id = int(consultant.id)
+
+        files = [f for n, seed in ((1, 3), (2, 4)) for f in synthetic_wsi_dicom(
+            tmp_path / f"wsi{n}", width=4096, height=3072, seed=seed, accession=ACCESSION,
+            patient_id="PAT-B1", organ="skin", block=str(n), slide_number=n, blur=False,
+            pen=False)]
+        files += synthetic_wsi_dicom(tmp_path / "frozen", width=2048, height=1536, seed=5,
+                                     accession=FROZEN, patient_id="PAT-F1", organ="breast",
+                                     frozen=True, blur=False, pen=False)
+        study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        sent = storescu(files, host="127.0.0.1", port=c.gateway_port,
+                        calling_ae=SENDER_AE, called_ae=c.gateway_ae)
+        assert sent.succeeded, sent.output[-2000:]
+        try:
+            ready = wait_until(lambda: _case_ready(c, ACCESSION, 2), 300,
+                               "the case and its QC-graded slides", interval=1.0)
+            frozen = wait_until(lambda: _case_ready(c, FROZEN, 1), 300,
+                                "the frozen section's case", interval=1.0)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{c.logs()}") from None
+        assert ready is not None and frozen is not None
+        case_id, slide_ids = ready
         issue_key(c, READER, "Dr Slide")
-        yield PathCenter(c, web, inbox, case_id, slide_ids, study_uid, reader_uri,
+        yield PathCenter(c, web, inbox, case_id, slide_ids, frozen[0], study_uid, reader_uri,
                          consultant_uri, consultant_id)
     finally:
         if web is not None:
@@ -220,12 +227,38 @@ def test_read_a_slide_consult_and_sign_in_the_browser(path_center: PathCenter,
     page.goto(f"{e.url}/")
     sign_in(page, READER, Codes(e.reader_uri))
     page.get_by_test_id("current-user").wait_for()
-    page.get_by_test_id("nav-pathology").click()
 
-    # 2. The case worklist shows the case; claim it.
+    # 2. The frozen section paged this pathologist: the banner, over any page, leads to
+    # it; claimed there, the intra-op call is entered and joins the timeline.
+    link = page.locator(f"[data-testid=pathology-page-link][data-case-id='{e.frozen_id}']")
+    try:
+        link.wait_for()
+    except Exception:
+        shot("page-missing")
+        raise AssertionError(f"no page for the frozen case; console: {errors}") from None
+    assert FROZEN in link.inner_text()
+    shot("paged")
+    link.click()
+    page.get_by_test_id("case-claim").click()
+    page.get_by_test_id("case-release").wait_for()
+    assert text_of(page, "case-urgency") == "FROZEN"
+    wait_loaded(page)
+    page.get_by_test_id("call-text").fill("Frozen section: benign, margins clear.")
+    page.get_by_test_id("call-submit").click()
+    page.locator("[data-testid=timeline-step][data-step=call][data-done=true]").wait_for()
+    assert page.get_by_test_id("call-form").count() == 0
+    steps = page.locator("[data-testid=timeline-step][data-done=true]")
+    done = [steps.nth(i).get_attribute("data-step") for i in range(steps.count())]
+    assert done[:2] == ["received", "qc"] and "first_tile" in done and done[-1] == "call", done
+    shot("frozen-call")
+
+    # 3. The case worklist, as the server sorts it: the frozen section first; claim the
+    # routine case.
+    page.get_by_test_id("nav-pathology").click()
     row = page.locator(f"[data-testid=path-row][data-case-id='{e.case_id}']")
     try:
         row.wait_for()
+        assert page.get_by_test_id("path-row").first.get_attribute("data-urgency") == "frozen"
     except Exception:
         shot("worklist-missing")
         raise AssertionError(f"no worklist row for case {e.case_id}; error: "
@@ -241,8 +274,9 @@ def test_read_a_slide_consult_and_sign_in_the_browser(path_center: PathCenter,
         case = s.get(PathologyCase, e.case_id)
         assert case is not None and case.state == "assigned" and case.assigned_to is not None
 
-    # 3. Open it: the slide tray and the viewer; the tissue renders at the whole-slide
+    # 4. Open it: the slide tray and the viewer; the tissue renders at the whole-slide
     # zoom, through the proxy (tiles of the lowest level).
+    tiles.clear()  # the frozen section's tiles came before
     row.get_by_test_id("path-open").click()
     page.wait_for_function(f"() => window.location.hash.startsWith('#/pathology/case/{e.case_id}')")
     page.get_by_test_id("slide-tray-item").nth(1).wait_for()
@@ -268,7 +302,7 @@ def test_read_a_slide_consult_and_sign_in_the_browser(path_center: PathCenter,
     assert text_of(page, "scale-bar-label").endswith(("µm", "mm"))
     shot("case-overview")
 
-    # 4. Full resolution (server level 0), over tissue: the scale bar is calibrated.
+    # 5. Full resolution (server level 0), over tissue: the scale bar is calibrated.
     x, y = densest_tissue(overview)
     page.evaluate("([x, y]) => window.__rdc.slideViewer.panToElement(x, y)", [x, y])
     page.evaluate("() => window.__rdc.slideViewer.zoomTo(0)")
@@ -287,7 +321,7 @@ def test_read_a_slide_consult_and_sign_in_the_browser(path_center: PathCenter,
     assert abs(um / px - mpp) < mpp * 0.02, (um, px, mpp)  # 1 screen pixel = 1 image pixel
     shot("full-resolution")
 
-    # 5. Annotate: a 200-pixel line (50 µm at 0.25 µm/px) and a text note; save them.
+    # 6. Annotate: a 200-pixel line (50 µm at 0.25 µm/px) and a text note; save them.
     layer = page.get_by_test_id("annotation-input")
     page.get_by_test_id("tool-line").click()
     box = layer.bounding_box()
@@ -316,7 +350,7 @@ def test_read_a_slide_consult_and_sign_in_the_browser(path_center: PathCenter,
     assert {a["author"] for a in stored} == {READER}, stored
     shot("annotated")
 
-    # 6. Reopen the case: the annotations are read back from the stored DICOM object.
+    # 7. Reopen the case: the annotations are read back from the stored DICOM object.
     page.get_by_test_id("case-back").click()
     row.wait_for()
     row.get_by_test_id("path-open").click()
@@ -328,13 +362,13 @@ def test_read_a_slide_consult_and_sign_in_the_browser(path_center: PathCenter,
     assert page.locator("[data-testid=annotation-shape][data-state=saved]").count() == 2
     shot("reopened")
 
-    # 7. The QC flags are an overlay to switch on and off.
+    # 8. The QC flags are an overlay to switch on and off.
     page.get_by_test_id("overlay-qc").check()
     page.get_by_test_id("qc-overlay").wait_for(state="attached")
     page.get_by_test_id("overlay-qc").uncheck()
     page.wait_for_function("() => !document.querySelector('[data-testid=qc-overlay]')")
 
-    # 8. Side by side: the second slide beside the first, kept in step.
+    # 9. Side by side: the second slide beside the first, kept in step.
     page.get_by_test_id("slide-tray-item").nth(1).get_by_test_id("slide-compare").click()
     page.wait_for_function("() => window.location.hash.endsWith("
                            f"'?slides={e.slide_ids[0]},{e.slide_ids[1]}')")
@@ -346,9 +380,9 @@ def test_read_a_slide_consult_and_sign_in_the_browser(path_center: PathCenter,
     labels = "() => [...document.querySelectorAll('[data-testid=zoom-label]')]" \
              ".map(e => e.textContent).join()"
     down = next(float(lv["downsample"]) for lv in pyramid["levels"] if int(lv["level"]) == 1)
-    expected = f"1:{down:.1f}"
+    one_to = f"1:{down:.1f}"
     try:
-        page.wait_for_function(f"() => ({labels})() === '{expected},{expected}'")
+        page.wait_for_function(f"() => ({labels})() === '{one_to},{one_to}'")
     except Exception:
         shot("side-by-side-failed")
         raise AssertionError(f"the views are not in step: {page.evaluate(labels)}") from None
@@ -361,7 +395,7 @@ def test_read_a_slide_consult_and_sign_in_the_browser(path_center: PathCenter,
     assert drawn.mean() > 0.5, f"the second slide is not drawn ({second})"
     shot("side-by-side")
 
-    # 9. Ask a second opinion of the county-b pathologist, blinded, this slide.
+    # 10. Ask a second opinion of the county-b pathologist, blinded, this slide.
     page.get_by_test_id("consult-open-form").click()
     page.locator(f"[data-testid=consult-consultant] option[value='{e.consultant_id}']"
                  ).wait_for(state="attached")
@@ -373,7 +407,7 @@ def test_read_a_slide_consult_and_sign_in_the_browser(path_center: PathCenter,
     page.locator("[data-testid=consult-item][data-state=requested]").wait_for()
     shot("consult-requested")
 
-    # 10. The consultant, in another browser context, answers it (and may open the case).
+    # 11. The consultant, in another browser context, answers it (and may open the case).
     other = browser.new_context(viewport=VIEWPORT)
     page2 = other.new_page()
     page2.set_default_timeout(30_000)
@@ -400,7 +434,7 @@ def test_read_a_slide_consult_and_sign_in_the_browser(path_center: PathCenter,
     other.close()
     assert errors2 == [], "the consultant's browser saw problems:\n  " + "\n  ".join(errors2)
 
-    # 11. The requester grades the answer.
+    # 12. The requester grades the answer.
     page.get_by_test_id("pathology-tab-consults").click()
     mine = page.locator("[data-testid=consults-mine] [data-testid=consult-item]")
     mine.first.wait_for()
@@ -414,7 +448,7 @@ def test_read_a_slide_consult_and_sign_in_the_browser(path_center: PathCenter,
         assert consult.answer == "Compound naevus, no atypia."
     shot("consult-graded")
 
-    # 12. The synoptic report: start it, fill what is open, save, sign.
+    # 13. The synoptic report: start it, fill what is open, save, sign.
     page.goto(f"{e.url}/#/pathology/case/{e.case_id}")
     page.get_by_test_id("report-create").click()
     page.wait_for_function(
@@ -451,7 +485,7 @@ def test_read_a_slide_consult_and_sign_in_the_browser(path_center: PathCenter,
         assert case is not None and case.state == "signed"
     shot("signed", full_page=True)
 
-    # 13. The county site receives the signed SR and its PDF, of the slide's study.
+    # 14. The county site receives the signed SR and its PDF, of the slide's study.
     try:
         received = wait_until(
             lambda: f if len(f := sorted(p for p in e.inbox.rglob("*") if p.is_file())) >= 2
