@@ -5,7 +5,7 @@
 // the pathology area.
 import { ApiError, api } from '../api.js';
 import { formatDateTime, formatDuration, formatPersonName, h, replace } from '../dom.js';
-import { canClaim, casePath, isPathologist, qcText, urgencyBadge } from './pathology_format.js';
+import { canClaim, casePath, hasAnyRole, isPathologist, qcText, urgencyBadge } from './pathology_format.js';
 
 /** @typedef {Record<string, any>} CaseItem */
 
@@ -14,18 +14,20 @@ const STAINS = ['', 'H&E', 'IHC', 'PAS', 'Giemsa', 'Trichrome', 'Reticulin'];
 const COLUMNS = ['Urgency', 'Accession', 'Patient', 'Organ', 'Site', 'Stains', 'Slides', 'QC', 'State', 'Due in', ''];
 
 /**
- * The pathology area's tabs: cases, second opinions, dashboard.
+ * The pathology area's tabs: cases; second opinions for pathologists; the dashboard
+ * for pathologists and admins (what the API lets each see).
  * @param {string} current  'cases' | 'consults' | 'dashboard'
+ * @param {{ roles?: unknown } | null | undefined} user
  */
-export function pathologyTabs(current) {
+export function pathologyTabs(current, user) {
   const tab = (/** @type {string} */ name, /** @type {string} */ href, /** @type {string} */ label) => h('a', {
     href, testid: `pathology-tab-${name}`, class: current === name ? 'active' : null,
     'aria-current': current === name ? 'page' : null,
   }, label);
   return h('nav', { class: 'subnav', 'aria-label': 'Pathology' },
     tab('cases', '#/pathology', 'Cases'),
-    tab('consults', '#/pathology/consults', 'Second opinions'),
-    tab('dashboard', '#/pathology/dashboard', 'Dashboard'));
+    isPathologist(user) ? tab('consults', '#/pathology/consults', 'Second opinions') : null,
+    hasAnyRole(user, ['pathologist', 'admin']) ? tab('dashboard', '#/pathology/dashboard', 'Dashboard') : null);
 }
 
 /** @returns {{ site: string, stain: string, organ: string, mine: boolean, status: string }} */
@@ -184,7 +186,7 @@ export function renderPathologyWorklist(root, { navigate, user }) {
   for (const el of [site, stain, mine, status]) el.addEventListener('change', () => load());
   organ.addEventListener('change', () => load());
 
-  root.append(pathologyTabs('cases'), h('section', { class: 'worklist-page' },
+  root.append(pathologyTabs('cases', user), h('section', { class: 'worklist-page' },
     h('div', { class: 'toolbar' },
       h('h2', {}, 'Pathology cases'),
       h('label', {}, 'Site ', site),

@@ -63,7 +63,7 @@ export function renderPathologyCase(root, caseId, slideIds, { navigate, user }) 
   const consultsBox = h('section', { class: 'case-section', testid: 'case-consults' });
   const reportBox = h('section', { class: 'case-section report-panel', testid: 'case-report' });
 
-  root.append(pathologyTabs('cases'), h('div', { class: 'pathology-case' },
+  root.append(pathologyTabs('cases', user), h('div', { class: 'pathology-case' },
     head, error,
     h('div', { class: 'case-body' },
       h('aside', { class: 'case-tray' }, h('h3', {}, 'Slides'), tray),

@@ -23,7 +23,7 @@ export function renderPathologyConsults(root, { navigate, user }) {
   const asked = h('ul', { class: 'consult-list', testid: 'consults-to-me' });
   const mine = h('ul', { class: 'consult-list', testid: 'consults-mine' });
   let disposed = false;
-  root.append(pathologyTabs('consults'), h('section', { class: 'consults-page' },
+  root.append(pathologyTabs('consults', user), h('section', { class: 'consults-page' },
     h('h2', {}, 'Second opinions'), error,
     h('h3', {}, 'Asked of me'), asked,
     h('h3', {}, 'Asked by me'), mine));

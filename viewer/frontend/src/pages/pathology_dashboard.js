@@ -15,14 +15,14 @@ const INTERVAL_LABELS = {
 
 /**
  * @param {HTMLElement} root
- * @param {PageContext} _ctx
+ * @param {PageContext} ctx
  * @returns {() => void}
  */
-export function renderPathologyDashboard(root, _ctx) {
+export function renderPathologyDashboard(root, ctx) {
   const error = h('p', { class: 'error', role: 'alert', testid: 'path-dashboard-error', hidden: true });
   const frozen = h('div', { class: 'table-wrap', testid: 'path-dashboard-frozen' }, 'Loading…');
   const concordance = h('div', { class: 'table-wrap', testid: 'path-dashboard-concordance' });
-  root.append(pathologyTabs('dashboard'), h('section', { class: 'dashboard-page' },
+  root.append(pathologyTabs('dashboard', ctx.user), h('section', { class: 'dashboard-page' },
     h('h2', {}, 'Pathology dashboard'), error,
     h('h3', {}, 'Frozen sections: time per step'), frozen,
     h('h3', {}, 'Second opinions: concordance'), concordance));
