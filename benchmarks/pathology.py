@@ -7,8 +7,9 @@ plugin serves tiles in the DICOM's own tile size), and stored in a throw-away ce
 Orthanc.  One case holds both slides.  Then, with 8 concurrent clients asking for tiles
 at random positions and random levels:
 
-(a) OpenSlide ``read_region`` locally on the source TIFF (the ceiling: no network, no
-    DICOM);
+(a) OpenSlide ``read_region`` locally on the source TIFF (no network, no DICOM, but
+    it decodes every tile to pixels, which a tile server that sends the stored JPEG
+    does not: not a ceiling);
 (b) Orthanc's WSI plugin directly (``/wsi/tiles/...``, loopback, Orthanc's password);
 (c) the web app's authenticated proxy (a real ``rdc web`` process and a signed-in
     pathologist: ``/api/pathology/slides/{id}/tiles/...``).
@@ -23,7 +24,9 @@ And what a viewer does, through the app and (for comparison) against Orthanc dir
 - pan step: at full resolution, the tiles a 256-screen-pixel move to the right brings
   in (the new column(s) of a 1920x1080 view), at random places on the slide.
 
-Also reported: the dicomizer's throughput (megapixels per second) for each tile size.
+Also reported: the converters' throughput (megapixels per second): the center's own
+(``pathology.wsi_convert``, the slide's 512-pixel tiles copied) and OrthancWSIDicomizer
+cutting 256-pixel tiles.
 Tile counts, latencies and rates are medians of ``--runs`` runs.  Targets (issue 13):
 (c) >= 0.8x (b) in tiles/s, tile p50 <= 25 ms through the app, case open < 2 s, field
 of view p50 <= 100 ms.
