@@ -4,27 +4,32 @@
 Nothing here is a stand-in: Orthanc (with its WSI plugin), the gateway, a Celery worker
 (routing, the pathology intake and its QC gate, delivery) and the web app (``python -m
 rdc web``, serving the test build of the front end) run as processes; a DCMTK
-``storescp`` plays the county site that receives the signed report.  A synthetic H&E
-slide, written as DICOM WSI the way the center converts a vendor file
-(devkit.wsi_samples), arrives over C-STORE and becomes a case.  Then Debian's Chromium,
-driven by Playwright, at a laptop's 1366 x 768:
+``storescp`` plays the county site that receives the signed report.  Synthetic H&E
+slides, written as DICOM WSI the way the center converts a vendor file
+(devkit.wsi_samples), arrive over C-STORE and become cases: a routine one of two slides
+and a frozen section.  Then Debian's Chromium, driven by Playwright, at a laptop's
+1366 x 768:
 
-- starts at ``/``, signs in as a pathologist (password + TOTP), opens the pathology
-  worklist, claims the case and opens it;
+- starts at ``/`` and signs in as a pathologist (password + TOTP), who was paged for the
+  frozen section: the banner leads to it; claims it there and enters the intra-op call,
+  which joins the frozen-section timeline;
+- opens the pathology worklist (the frozen section first), claims the routine case and
+  opens it;
 - checks that the tissue really rendered in OpenSeadragon at two zoom levels (the whole
   slide, then full resolution over tissue): screenshots of the viewer, in which a
-  meaningful fraction of the pixels is the stain's pink/purple, and tiles of both levels
-  came through the web app's proxy;
-- draws a measurement line (its length in µm from the pixel spacing) and a text note,
-  saves them (a DICOM Microscopy Bulk Simple Annotations instance), reopens the case and
-  sees them read back;
-- asks a second opinion of a pathologist of another site, who answers it in a second
-  browser context (the consult lets them open that case), and grades the answer;
+  meaningful fraction of the pixels is the stain's pink/purple, every tile through the
+  web app's proxy; the scale bar is calibrated from the pixel spacing;
+- draws a measurement line (its length in µm) and a text note, saves them (a DICOM
+  Microscopy Bulk Simple Annotations instance), reopens the case and sees them read back;
+- switches the QC flags overlay on and off; shows the second slide side by side, in step
+  with the first; switches the AI heat map overlay on and off;
+- asks a blinded second opinion of a pathologist of another site, who answers it in a
+  second browser context (the consult lets them open that case), and grades the answer;
 - fills and signs the synoptic report; the case is signed and the report (SR + PDF)
   reaches the county site's storescp.
 
-Each step leaves ``var/screenshots/pathology-<nn>-<step>.png``; the viewer's canvas at
-both zoom levels is kept as ``pathology-canvas-<zoom>.png``.  Missing pieces fail
+Each step leaves ``var/screenshots/pathology-<nn>-<step>.png``; the viewer at both zoom
+levels and the second slide are kept as ``pathology-canvas-<what>.png``.  Missing pieces fail
 loudly, never skip.
 """
 
@@ -368,7 +373,15 @@ def test_read_a_slide_consult_and_sign_in_the_browser(path_center: PathCenter,
     page.get_by_test_id("overlay-qc").uncheck()
     page.wait_for_function("() => !document.querySelector('[data-testid=qc-overlay]')")
 
-    # 9. Side by side: the second slide beside the first, kept in step.
+    # 9. Side by side: the second slide beside the first, kept in step; the AI heat map
+    # (the demonstration tile model's, computed by the worker) is an overlay too.
+    def heat_map() -> bool:
+        detail = page.request.get(f"{e.url}/api/pathology/cases/{e.case_id}").json()
+        return any(sl["has_heatmap"] for sl in detail["slides"])
+    try:
+        wait_until(heat_map, 300, "an AI heat map of a slide of the case", interval=2.0)
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n{c.logs()}") from None
     page.get_by_test_id("slide-tray-item").nth(1).get_by_test_id("slide-compare").click()
     page.wait_for_function("() => window.location.hash.endsWith("
                            f"'?slides={e.slide_ids[0]},{e.slide_ids[1]}')")
@@ -394,6 +407,12 @@ def test_read_a_slide_consult_and_sign_in_the_browser(path_center: PathCenter,
     drawn = np.asarray(Image.open(second).convert("RGB")).min(axis=2) < 250
     assert drawn.mean() > 0.5, f"the second slide is not drawn ({second})"
     shot("side-by-side")
+    page.get_by_test_id("overlay-ai").check()
+    page.get_by_test_id("ai-overlay").first.wait_for(state="attached")
+    assert page.get_by_test_id("ai-demo-note").is_visible()
+    shot("ai-heat-map")
+    page.get_by_test_id("overlay-ai").uncheck()
+    page.wait_for_function("() => !document.querySelector('[data-testid=ai-overlay]')")
 
     # 10. Ask a second opinion of the county-b pathologist, blinded, this slide.
     page.get_by_test_id("consult-open-form").click()
