@@ -316,7 +316,7 @@ export function renderPathologyCase(root, caseId, slideIds, { navigate, user }) 
         const tool = toolButtons.find((b) => b.classList.contains('active'))?.dataset.tool ?? '';
         v.annotations()?.setTool(v === active ? tool || null : null);
         // A view that opens after its partner starts where the partner is.
-        const partner = views.find((o) => o !== v && o.viewer);
+        const partner = views.find((o) => o !== v && o.opened());
         if (partner) sync(partner);
         return loadAnnotations(v);
       }).catch((err) => showError(message(err)));

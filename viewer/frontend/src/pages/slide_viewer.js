@@ -25,6 +25,7 @@ import { osdLevels, scaleBar, tileSourceOf } from './slide_geometry.js';
  * @property {Slide} slide
  * @property {any} viewer the OpenSeadragon viewer
  * @property {Promise<SlideView>} ready resolves once the pyramid is known and the slide open
+ * @property {() => boolean} opened the slide is open (until then its viewport is not where it will be)
  * @property {() => boolean} fullyLoaded every tile needed for the current view has arrived
  * @property {(serverLevel: number) => Promise<void>} zoomTo shows a server level 1:1, resolves when loaded
  * @property {(x: number, y: number) => void} panToElement centres the view on a point of the
@@ -77,6 +78,7 @@ export function createSlideView(container, slide, hooks = {}) {
   /** @type {HTMLCanvasElement | null} */
   let aiCanvas = null;
   let destroyed = false;
+  let isOpen = false;
   /** @type {Pyramid | null} */
   let pyramid = null;
 
@@ -107,6 +109,7 @@ export function createSlideView(container, slide, hooks = {}) {
     slide,
     get viewer() { return viewer; },
     ready: Promise.resolve(/** @type {any} */ (null)),
+    opened: () => isOpen && !destroyed,
     fullyLoaded: () => Boolean(viewer?.world.getItemAt(0)?.getFullyLoaded()),
     async zoomTo(serverLevel) {
       await view.ready;
@@ -199,6 +202,7 @@ export function createSlideView(container, slide, hooks = {}) {
       host.addEventListener('pointerdown', () => hooks.onActivate?.(view), { capture: true });
       layer = createAnnotationLayer(viewer, slide, (l) => hooks.onAnnotations?.(l));
       updateScale();
+      isOpen = true;
       host.dataset.open = 'true';
       return view;
     } catch (err) {
@@ -213,7 +217,9 @@ export function createSlideView(container, slide, hooks = {}) {
 
 /**
  * Keep side-by-side views in step: a pan or zoom of one moves the others to the same
- * place and magnification (viewport coordinates: each slide spans 0..1 across).
+ * place and magnification (viewport coordinates: each slide spans 0..1 across). Views
+ * not open yet take no part: a slide that opens goes to its home view first, which must
+ * not move its partner (the page moves the newcomer to its partner once it is open).
  * @param {() => SlideView[]} views  the views shown now
  * @param {() => boolean} enabled
  * @returns {(source: SlideView) => void} the onViewChange hook
@@ -221,13 +227,13 @@ export function createSlideView(container, slide, hooks = {}) {
 export function synchroniser(views, enabled) {
   let syncing = false;
   return (source) => {
-    if (syncing || !enabled() || !source.viewer) return;
+    if (syncing || !enabled() || !source.opened()) return;
     syncing = true;
     try {
       const center = source.viewer.viewport.getCenter(false);
       const zoom = source.viewer.viewport.getZoom(false);
       for (const other of views()) {
-        if (other === source || !other.viewer) continue;
+        if (other === source || !other.opened()) continue;
         other.viewer.viewport.zoomTo(zoom, null, true);
         other.viewer.viewport.panTo(center, true);
       }
