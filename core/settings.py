@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     #: build).  The browser tests point it at viewer/static-test, the build with their
     #: ``window.__rdc`` hook (``npm run build:test``).
     web_static_dir: Path | None = None
+    #: Web app processes (``RDC_WEB_WORKERS``); 0 = as many as CPUs, at most 4.  Each
+    #: keeps only caches of its own (sessions, sign-in lockouts and audit live in the
+    #: database), so a request may land in any of them.
+    web_workers: int = Field(default=0, ge=0, le=64)
 
     orthanc_binary: str = "Orthanc"
     orthanc_plugins_dir: Path = Path("/usr/share/orthanc/plugins")
