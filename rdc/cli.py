@@ -229,22 +229,16 @@ def commitment() -> None:
 
 @app.command()
 def web() -> None:
-    """Run the web app (FastAPI) in the foreground."""
-    import uvicorn
-
-    from rdc.domains import load_domains
+    """Run the web app (FastAPI) in the foreground (RDC_WEB_WORKERS processes)."""
+    from rdc.web_server import serve, web_workers
 
     s = _settings()
     _check_web_deployment(s)
     setup_logging(s, "web")
-    token = _ensure_api_token(s)
-    load_domains()  # the domains' report templates and prefill (rdc/domains.py)
-    console.print(f"web: http://{s.web_host}:{s.web_port} (API docs at /docs for admins; "
-                  f"operator token in {token})")
-    # Proxy headers are the app's business (RDC_TRUSTED_PROXIES, viewer/deployment.py):
-    # uvicorn's own handling would believe any X-Forwarded-For from 127.0.0.1.
-    uvicorn.run("viewer.app:create_app", factory=True, host=s.web_host, port=s.web_port,
-                log_level="info", proxy_headers=False)
+    token = _ensure_api_token(s)  # before the workers start: they all read this one
+    console.print(f"web: http://{s.web_host}:{s.web_port}, {web_workers(s)} worker(s) "
+                  f"(API docs at /docs for admins; operator token in {token})")
+    serve(s)  # rdc/web_server.py: each worker loads the domains and logs on its own
 
 
 @app.command()

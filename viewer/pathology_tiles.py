@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Generic, TypeVar
 
-import httpx
+import aiohttp
 import pydicom
 from fastapi import HTTPException
 from PIL import Image
@@ -212,23 +212,47 @@ def tile(ref: SlideRef, level: int, col: int, row: int) -> tuple[bytes, str]:
     return r.content, r.headers.get("content-type", "image/jpeg")
 
 
-#: One asynchronous client per event loop (uvicorn runs one; a test client makes its
-#: own), so that the tile route waits on Orthanc without holding a worker thread.
-_ASYNC_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = \
-    weakref.WeakKeyDictionary()
+#: One asynchronous session per event loop (each uvicorn worker runs one; a test client
+#: makes its own), so that the tile route waits on Orthanc without holding a thread.
+#: aiohttp rather than httpx here: its C HTTP parser costs a fraction of httpx's
+#: pure-Python stack per request, and on the tile path that per-request cost, not Orthanc,
+#: was most of what the web app spent (profiled; benchmarks/RESULTS.md, "Pathology: tile
+#: proxy throughput").  The rest of the module keeps the synchronous OrthancClient.
+_ASYNC_SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                           aiohttp.ClientSession] = weakref.WeakKeyDictionary()
 
 
-def _async_client() -> httpx.AsyncClient:
+def _async_session() -> aiohttp.ClientSession:
     loop = asyncio.get_running_loop()
-    client = _ASYNC_CLIENTS.get(loop)
-    if client is None:
+    session = _ASYNC_SESSIONS.get(loop)
+    if session is None or session.closed:
         settings = get_settings()
-        client = httpx.AsyncClient(
-            base_url=settings.orthanc_url.rstrip("/"), auth=settings.orthanc_credentials(),
-            timeout=httpx.Timeout(settings.orthanc_timeout_s, connect=5.0),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
-        _ASYNC_CLIENTS[loop] = client
-    return client
+        user, password = settings.orthanc_credentials()
+        session = aiohttp.ClientSession(
+            base_url=settings.orthanc_url.rstrip("/") + "/",
+            auth=aiohttp.BasicAuth(user, password),
+            # A JPEG does not shrink under gzip: asking Orthanc not to try spares its CPU
+            # and ours (it compresses for clients that accept gzip).
+            headers={"Accept-Encoding": "identity"}, auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=settings.orthanc_timeout_s, connect=5.0),
+            connector=aiohttp.TCPConnector(limit=64, limit_per_host=64,
+                                           keepalive_timeout=30),
+            skip_auto_headers=("User-Agent",), raise_for_status=False)
+        _ASYNC_SESSIONS[loop] = session
+        # Nothing awaits a close when the loop ends (a test client's loop, or the
+        # worker's at exit), so the connections are dropped with it instead of aiohttp
+        # warning about an unclosed session from its finalizer.
+        weakref.finalize(loop, _drop_connections, session.connector)
+    return session
+
+
+def _drop_connections(connector: aiohttp.BaseConnector | None) -> None:
+    close = getattr(connector, "_close", None)  # synchronous; the loop may be gone
+    if close is not None:
+        try:
+            close()
+        except Exception:  # at exit or after the loop: nothing is left to tell
+            log.debug("closing the tile connections at loop end failed", exc_info=True)
 
 
 async def tile_async(ref: SlideRef, level: int, col: int, row: int) -> tuple[bytes, str]:
@@ -242,17 +266,20 @@ async def tile_async(ref: SlideRef, level: int, col: int, row: int) -> tuple[byt
     path = f"/wsi/tiles/{sid}/{level}/{col}/{row}"
     OrthancClient.check_path(path)
     try:
-        r = await _async_client().get(path)
-    except httpx.TransportError as e:
+        async with _async_session().get(path.lstrip("/")) as r:
+            status = r.status
+            data = await r.read()
+            media_type = r.headers.get("Content-Type", "image/jpeg")
+    except (aiohttp.ClientError, TimeoutError) as e:
         raise HTTPException(502, f"the archive did not answer: {e!r}") from e
-    if r.status_code == 404:
+    if status == 404:
         raise NotFound(f"tile {level}/{col}/{row} of slide {ref.id} is not in the archive")
-    if 400 <= r.status_code < 500:
+    if 400 <= status < 500:
         raise NotFound(f"tile {level}/{col}/{row} of slide {ref.id} is missing (the scanner "
-                       f"did not send it): HTTP {r.status_code}")
-    if r.status_code >= 500:
-        raise HTTPException(502, f"the archive did not answer: HTTP {r.status_code}")
-    return r.content, r.headers.get("content-type", "image/jpeg")
+                       f"did not send it): HTTP {status}")
+    if status >= 500:
+        raise HTTPException(502, f"the archive did not answer: HTTP {status}")
+    return data, media_type
 
 
 #: A thumbnail is made of at most this many tiles of the smallest level that fits.
