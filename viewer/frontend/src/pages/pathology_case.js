@@ -197,7 +197,10 @@ export function renderPathologyCase(root, caseId, slideIds, { navigate, user }) 
   const annStatus = h('span', { class: 'muted small', testid: 'annotations-status', 'aria-live': 'polite' });
   const qcToggle = h('input', { type: 'checkbox', testid: 'overlay-qc' });
   const aiToggle = h('input', { type: 'checkbox', testid: 'overlay-ai' });
-  const aiNote = h('span', { class: 'warning small', testid: 'ai-demo-note', hidden: true }, 'AI heat map: demonstration model, UNVERIFIED');
+  const aiNote = h('span', {
+    class: 'warning small nowrap', testid: 'ai-demo-note', hidden: true,
+    title: 'The AI heat map comes from a demonstration model: UNVERIFIED, not for diagnosis',
+  }, 'demo model, UNVERIFIED');
   const syncToggle = h('input', { type: 'checkbox', testid: 'sync-views', checked: true });
   const toolButtons = TOOLS.map(([tool, label, title]) => h('button', {
     class: `btn small tool${tool === '' ? ' active' : ''}`, type: 'button', testid: `tool-${tool || 'pan'}`, title,
