@@ -40,8 +40,10 @@ def test_worker_count_from_settings(tmp_path: Path) -> None:
 def _children(pid: int) -> list[int]:
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        found += [int(p) for p in text]
+        try:  # a thread may end between the listing and the read
+            found += [int(p) for p in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            continue
     return found
 
 
