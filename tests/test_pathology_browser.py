@@ -387,7 +387,8 @@ def test_read_a_slide_consult_and_sign_in_the_browser(path_center: PathCenter,
                            f"'?slides={e.slide_ids[0]},{e.slide_ids[1]}')")
     page.wait_for_function("() => window.__rdc.slideViewer"
                            " && window.__rdc.slideViewer.views() === 2")
-    page.evaluate("() => window.__rdc.slideViewer.ready")
+    page.evaluate("() => window.__rdc.slideViewer.ready")  # both views open
+    wait_loaded(page)
     # Server level 1 at 1:1 in the first view; the second follows.
     page.evaluate("() => window.__rdc.slideViewer.zoomTo(1)")
     labels = "() => [...document.querySelectorAll('[data-testid=zoom-label]')]" \
