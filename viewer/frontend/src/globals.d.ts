@@ -30,7 +30,7 @@ declare global {
     /** The pathology case page's first slide viewer (pages/pathology_case.js). */
     slideViewer?: {
       ready: Promise<unknown>;
-      /** Every view on the page has the tiles of what it shows. */
+      /** Every view on the page has the tiles of what it shows (ready: every view is open). */
       fullyLoaded: () => boolean;
       /** Show a server pyramid level (0 = full resolution) 1:1; resolves once its tiles are in. */
       zoomTo: (level: number) => Promise<void>;

@@ -328,7 +328,7 @@ export function renderPathologyCase(root, caseId, slideIds, { navigate, user }) 
       const first = views[0];
       const hook = window.__rdc ?? (window.__rdc = { viewportReady: new Promise(() => {}), renderedImageCount: 0, getViewport: () => null });
       hook.slideViewer = {
-        ready: first.ready.then(() => undefined),
+        ready: Promise.all(views.map((v) => v.ready)).then(() => undefined),
         fullyLoaded: () => views.every((v) => v.fullyLoaded()),
         zoomTo: (level) => first.zoomTo(level),
         panToElement: (x, y) => first.panToElement(x, y),

@@ -197,8 +197,10 @@ export function createSlideView(container, slide, hooks = {}) {
       });
       if (destroyed) return view;
       for (const name of ['animation', 'zoom', 'pan', 'resize', 'open']) viewer.addHandler(name, updateScale);
-      viewer.addHandler('animation', () => hooks.onViewChange?.(view));
-      viewer.addHandler('animation-finish', () => hooks.onViewChange?.(view));
+      // Zoom and pan events come when the reader (or a partner's sync) moves the view;
+      // 'animation' also comes while tiles fade in, and would move partners back.
+      viewer.addHandler('zoom', () => hooks.onViewChange?.(view));
+      viewer.addHandler('pan', () => hooks.onViewChange?.(view));
       host.addEventListener('pointerdown', () => hooks.onActivate?.(view), { capture: true });
       layer = createAnnotationLayer(viewer, slide, (l) => hooks.onAnnotations?.(l));
       updateScale();
