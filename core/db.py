@@ -7,6 +7,7 @@ schema is always brought to the newest Alembic revision before use.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -144,8 +145,19 @@ class Database:
         self.engine.dispose()
 
 
+#: Alembic's command API is not thread-safe: the web app's first requests arrive together
+#: (a page asks for the worklist, the sites and the pages banner at once), and two threads
+#: migrating at once crashed one of them (KeyError in alembic's proxy), answering 500.
+_migrate_lock = threading.Lock()
+
+
 @lru_cache(maxsize=8)
 def get_database(url: str) -> Database:
-    """One :class:`Database` per URL per process, migrated on first use."""
-    migrate(url)
+    """One :class:`Database` per URL per process, migrated on first use.
+
+    The cache does not stop two first calls from running together, so the migration is
+    serialised; the later one finds the schema at head and does nothing.
+    """
+    with _migrate_lock:
+        migrate(url)
     return Database(url)
