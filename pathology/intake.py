@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core import audit, jobs
+from core.db import Database
 from core.models import Job, PathologyCase, PathologySlide, Site, Study
 from core.orthanc_client import OrthancClient, OrthancError, OrthancNotFound, OrthancRejected
 from core.settings import get_settings
@@ -124,30 +125,35 @@ def grade_series(client: OrthancClient, study_uid: str, series_uid: str,
                        headers=headers, pyramid=pyramid, result=result)
 
 
-def _read_new_slides(session: Session, study: Study) -> tuple[list[GradedSlide], int]:
+def _read_new_slides(db: Database, study_uid: str) -> tuple[list[GradedSlide], int]:
     """Grade the study's slides not yet known; returns them and how many of the study's
     slides were known already.  Orthanc trouble is transient; an unreadable slide fails
-    the job; a study with no slide at all is skipped, saying so."""
+    the job; a study with no slide at all is skipped, saying so.
+
+    Runs outside any write transaction: reading and grading a large slide takes tens of
+    seconds, and on SQLite every transaction holds the write lock (core.db), which would
+    make the gateway's C-STORE receipts wait and fail with "database is locked"."""
     try:
         with OrthancClient.from_settings(get_settings()) as client:
-            found = [x for x in client.lookup(study.study_uid) if x.get("Type") == "Study"]
+            found = [x for x in client.lookup(study_uid) if x.get("Type") == "Study"]
             if not found:
-                raise jobs.TransientJobError(f"study {study.study_uid} is not in Orthanc yet")
+                raise jobs.TransientJobError(f"study {study_uid} is not in Orthanc yet")
             series = ws.wsi_series(client, str(found[0]["ID"]))
-            known = set(session.scalars(select(PathologySlide.series_uid).where(
-                PathologySlide.series_uid.in_(
-                    [str(s.get("MainDicomTags", {}).get("SeriesInstanceUID", ""))
-                     for s in series] or [""]))))
+            uids = [str(s.get("MainDicomTags", {}).get("SeriesInstanceUID", ""))
+                    for s in series]
+            with db.session() as session:
+                known = set(session.scalars(select(PathologySlide.series_uid).where(
+                    PathologySlide.series_uid.in_(uids or [""]))))
             graded = []
             for s in series:
                 uid = str(s.get("MainDicomTags", {}).get("SeriesInstanceUID", ""))
                 if not uid or uid in known:
                     continue
                 try:
-                    graded.append(grade_series(client, study.study_uid, uid, str(s["ID"])))
+                    graded.append(grade_series(client, study_uid, uid, str(s["ID"])))
                 except ws.NoVolume as e:
                     log.info("pathology.intake.no_volume study=%s series=%s: %s",
-                             study.id, uid, e)
+                             study_uid, uid, e)
                 except ws.WSIUnreadable as e:
                     raise jobs.JobFailed(f"slide series {uid} is unreadable: {e}") from e
                 except OrthancNotFound as e:
@@ -197,14 +203,29 @@ def _due_at(session: Session, case: PathologyCase) -> datetime:
     return as_utc(case.received_at) + timedelta(minutes=minutes)
 
 
-def run_pathology_intake(session: Session, job: Job) -> None:
-    """Open or extend the study's case with its new slides, each graded by the gate."""
-    study = session.get(Study, job.study_id) if job.study_id is not None else None
-    if study is None:
-        raise ValueError(f"{JOB_KIND} job {job.id} has no study")
-    graded, _known = _read_new_slides(session, study)
+def run_pathology_intake(db: Database, job: Job) -> None:
+    """Open or extend the study's case with its new slides, each graded by the gate.
+
+    A self-managed job (core.jobs.register_db_handler): the slides are read from Orthanc
+    and graded with no transaction open, then stored in one short transaction.  The
+    writes are idempotent (series UIDs are unique), as such a handler's must be.
+    """
+    with db.session() as session:
+        found = session.get(Study, job.study_id) if job.study_id is not None else None
+        if found is None:
+            raise ValueError(f"{JOB_KIND} job {job.id} has no study")
+        study_uid = found.study_uid
+    graded, _known = _read_new_slides(db, study_uid)
     if not graded:
         return  # every slide is known already: a re-run
+    with db.session() as session:
+        study = session.get(Study, job.study_id)
+        assert study is not None
+        _store(session, study, job, graded)
+
+
+def _store(session: Session, study: Study, job: Job, graded: list[GradedSlide]) -> None:
+    """The case, its new slides with their grades, the events, the page and the audit."""
     now = as_utc()
     texts = [t for g in graded for t in g.headers.texts]
     organ = next((g.headers.organ for g in graded if g.headers.organ), study.body_part)

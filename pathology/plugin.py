@@ -14,7 +14,7 @@ ESCALATION_CHECK_S = 30.0
 
 def register() -> None:
     """Job handlers (intake + quality gate), the frozen-section escalation, the report."""
-    jobs.register_handler(INTAKE_JOB_KIND, run_pathology_intake)
+    jobs.register_db_handler(INTAKE_JOB_KIND, run_pathology_intake)
     scheduler.register_periodic("pathology.frozen_escalation", ESCALATION_CHECK_S,
                                 frozen.escalate_unanswered)
     reports.register_prefill(report_prefill.PREFILL_KINDS, report_prefill.pathology_prefill)
