@@ -64,9 +64,13 @@ def _check_demo_ai(c: Center) -> None:
                     sr = hd.sr.srread(BytesIO(data))
                     assert ds.VerificationFlag == "UNVERIFIED"
                     assert name in str(sr) or name in data.decode("latin-1")
-                else:
+                elif ds.Modality == "SEG":
                     seg = hd.seg.segread(BytesIO(data))
                     assert seg.number_of_segments == 1
+                else:  # the slide tile model's heat map: a Parametric Map
+                    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30", (name, ds.Modality)
+                    assert "DEMONSTRATION" in str(ds.get("SeriesDescription", "")).upper() \
+                        or b"DEMONSTRATION" in data.upper(), name
     assert results["ct-nodule-seg"].seg_sop_uid is not None, "no SEG for the demo CT"
 
 
