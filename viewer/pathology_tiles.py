@@ -235,8 +235,10 @@ def _async_session() -> aiohttp.ClientSession:
             # and ours (it compresses for clients that accept gzip).
             headers={"Accept-Encoding": "identity"}, auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=settings.orthanc_timeout_s, connect=5.0),
+            # Orthanc drops a keep-alive connection after 1 s idle (its KeepAliveTimeout
+            # default); ours are let go first, so that few are reused as it closes them.
             connector=aiohttp.TCPConnector(limit=64, limit_per_host=64,
-                                           keepalive_timeout=30),
+                                           keepalive_timeout=0.8),
             skip_auto_headers=("User-Agent",), raise_for_status=False)
         _ASYNC_SESSIONS[loop] = session
         # Nothing awaits a close when the loop ends (a test client's loop, or the
@@ -265,13 +267,20 @@ async def tile_async(ref: SlideRef, level: int, col: int, row: int) -> tuple[byt
     sid = ref.orthanc_series_id or _SERIES_IDS.get(_at(ref.series_uid))
     path = f"/wsi/tiles/{sid}/{level}/{col}/{row}"
     OrthancClient.check_path(path)
-    try:
-        async with _async_session().get(path.lstrip("/")) as r:
-            status = r.status
-            data = await r.read()
-            media_type = r.headers.get("Content-Type", "image/jpeg")
-    except (aiohttp.ClientError, TimeoutError) as e:
-        raise HTTPException(502, f"the archive did not answer: {e!r}") from e
+    for attempt in (1, 2):
+        try:
+            async with _async_session().get(path.lstrip("/")) as r:
+                status = r.status
+                data = await r.read()
+                media_type = r.headers.get("Content-Type", "image/jpeg")
+            break
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+            # A kept-alive connection Orthanc closed just as it was reused: a GET is
+            # safe to ask again once, on a new connection.
+            if attempt == 2:
+                raise HTTPException(502, f"the archive did not answer: {e!r}") from e
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            raise HTTPException(502, f"the archive did not answer: {e!r}") from e
     if status == 404:
         raise NotFound(f"tile {level}/{col}/{row} of slide {ref.id} is not in the archive")
     if 400 <= status < 500:
