@@ -56,6 +56,12 @@ def serve(settings: Settings) -> None:
     """Run the web app in the foreground until interrupted."""
     import uvicorn
 
+    from core.db import migrate
+
+    # The schema is brought to head here, once, before the worker processes start: each
+    # would otherwise migrate on its first request, and two processes migrating one fresh
+    # database at once collide.
+    migrate(settings.database_url)
     # Proxy headers are the app's business (RDC_TRUSTED_PROXIES, viewer/deployment.py):
     # uvicorn's own handling would believe any X-Forwarded-For from 127.0.0.1.
     uvicorn.run("rdc.web_server:create_worker_app", factory=True, host=settings.web_host,
