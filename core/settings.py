@@ -92,8 +92,11 @@ class Settings(BaseSettings):
     web_static_dir: Path | None = None
     #: Web app processes (``RDC_WEB_WORKERS``); 0 = as many as CPUs, at most 4.  Each
     #: keeps only caches of its own (sessions, sign-in lockouts and audit live in the
-    #: database), so a request may land in any of them.
-    web_workers: int = Field(default=0, ge=0, le=64)
+    #: database), so a request may land in any of them; but the DICOMweb proxy's
+    #: once-per-study view audit is remembered per process, so with several a study
+    #: view is audited once per process.  One by default: a second gained nothing
+    #: measurable on 2 cores (benchmarks/RESULTS.md).
+    web_workers: int = Field(default=1, ge=0, le=64)
 
     orthanc_binary: str = "Orthanc"
     orthanc_plugins_dir: Path = Path("/usr/share/orthanc/plugins")

@@ -13,9 +13,9 @@ from core import audit
 from core.errors import Conflict, InvalidInput, NotFound
 from core.models import Site, SiteCertificate, Study
 
-_SITE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_SITE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
 # PS3.5 AE title: up to 16 chars of the default repertoire, no backslash or control chars.
-_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}\Z")
 #: Result formats a site may take besides DICOM SR + PDF, which every site gets.
 RESULT_FORMATS = frozenset({"hl7", "fhir"})
 

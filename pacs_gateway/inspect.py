@@ -46,7 +46,7 @@ from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 # PS3.5 9.1: digits and dots, at most 64 characters.  Leading zeros in a
 # component are tolerated because real modalities send them.
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*\Z")
 
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_INVALID_UID = 0xC001

@@ -58,12 +58,15 @@ def serve(settings: Settings) -> None:
 
     from core.db import migrate
 
-    # The schema is brought to head here, once, before the worker processes start: each
-    # would otherwise migrate on its first request, and two processes migrating one fresh
-    # database at once collide.
-    migrate(settings.database_url)
+    workers = web_workers(settings)
+    if workers > 1:
+        # The schema is brought to head here, once, before the worker processes start:
+        # each would otherwise migrate on its first request, and two processes migrating
+        # one fresh database at once collide.  (One process migrates on first use, so
+        # it starts even while the database is still down.)
+        migrate(settings.database_url)
     # Proxy headers are the app's business (RDC_TRUSTED_PROXIES, viewer/deployment.py):
     # uvicorn's own handling would believe any X-Forwarded-For from 127.0.0.1.
     uvicorn.run("rdc.web_server:create_worker_app", factory=True, host=settings.web_host,
-                port=settings.web_port, workers=web_workers(settings), http="httptools",
+                port=settings.web_port, workers=workers, http="httptools",
                 loop="uvloop", access_log=False, log_level="info", proxy_headers=False)

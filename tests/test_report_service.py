@@ -166,8 +166,8 @@ def test_a_prefill_kind_no_domain_provides_is_refused_by_name(db: Database) -> N
                       modalities=["ECG"])
         s.add(study)
         s.flush()
-        with pytest.raises(InvalidInput, match=r"'pathology_slides'.*rdc/domains\.py"):
-            registry.prefill(s, study, "pathology_slides")
+        with pytest.raises(InvalidInput, match=r"'nodomain_slides'.*rdc/domains\.py"):
+            registry.prefill(s, study, "nodomain_slides")
         # The ECG domain's prefix covers every ecg_ kind; the AI domain's kind is exact.
         assert registry.prefill(s, study, "ecg_rhythm") == ""
         assert registry.prefill(s, study, "ai_findings") == ""

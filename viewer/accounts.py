@@ -59,8 +59,8 @@ MAX_PASSWORD_LENGTH = 1024
 #: Names the center itself uses as actors in the audit log; no person may take them.
 RESERVED_USERNAMES = frozenset({"operator", "cli", "system", "admin", "root"})
 
-_USERNAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,127}$")
-_TOTP_CODE = re.compile(r"^[0-9]{6}$")
+_USERNAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,127}\Z")
+_TOTP_CODE = re.compile(r"^[0-9]{6}\Z")
 _TOTP_KEY_FILE = "totp-key"
 _CIPHER_PREFIX = "v1:"
 

@@ -34,8 +34,8 @@ from enum import StrEnum
 
 # PS3.5 9.1: components of digits separated by dots, no leading zero in a
 # multi-digit component, at most 64 characters.
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-_FRAMES = re.compile(r"^[1-9][0-9]{0,8}(,[1-9][0-9]{0,8}){0,4095}$")
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\Z")
+_FRAMES = re.compile(r"^[1-9][0-9]{0,8}(,[1-9][0-9]{0,8}){0,4095}\Z")
 _PREFIX = "/dicom-web/"
 
 

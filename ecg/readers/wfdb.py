@@ -21,7 +21,7 @@ from ecg.errors import InconsistentWaveform, UnreadableWaveform
 from ecg.signal import Ecg12, assemble, canonical_lead_name
 
 _UNIT_TO_MV: dict[str, float] = {"mv": 1.0, "uv": 1e-3, "μv": 1e-3, "µv": 1e-3, "v": 1e3}
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+\Z")
 
 
 def _specification_lines(header: str) -> list[str]:

@@ -50,10 +50,10 @@ _SERIES_UID_TAG = "0020000E"
 _SOP_UID_TAG = "00080018"
 #: QIDO matching keys: a keyword, a tag, or a dotted sequence path of either.
 _QIDO_KEY = re.compile(r"^([A-Za-z][A-Za-z0-9]{0,63}|[0-9A-Fa-f]{8})"
-                       r"(\.([A-Za-z][A-Za-z0-9]{0,63}|[0-9A-Fa-f]{8})){0,7}$")
+                       r"(\.([A-Za-z][A-Za-z0-9]{0,63}|[0-9A-Fa-f]{8})){0,7}\Z")
 #: What a query value may hold: sent on literally (see _encode), so nothing that ends a
 #: parameter or the query, and no escapes.
-_QUERY_VALUE = re.compile(r"^[A-Za-z0-9^*?.,_:/+()-]*$")
+_QUERY_VALUE = re.compile(r"^[A-Za-z0-9^*?.,_:/+()-]*\Z")
 _RENDER_KEYS = frozenset({"viewport", "window", "quality"})
 _SEARCHES = frozenset({Resource.SEARCH_STUDIES, Resource.SEARCH_SERIES,
                        Resource.SEARCH_INSTANCES, Resource.SEARCH_SERIES_INSTANCES})
