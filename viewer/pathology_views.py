@@ -73,7 +73,10 @@ class Scope:
 
 
 def _all_sites(user: UserContext) -> bool:
-    return user.all_sites or user.is_operator or "admin" in user.roles
+    """The account's own all-sites grant (the operator token has it), as for studies
+    (:meth:`UserContext.can_see_site`): the admin role manages accounts and is not a
+    grant of every site, so an administrator of one county sees that county's cases."""
+    return user.all_sites
 
 
 def _pathologist(user: UserContext) -> bool:
