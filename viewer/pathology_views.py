@@ -72,13 +72,6 @@ class Scope:
         return self.sites is None or site_id in self.sites
 
 
-def _all_sites(user: UserContext) -> bool:
-    """The account's own all-sites grant (the operator token has it), as for studies
-    (:meth:`UserContext.can_see_site`): the admin role manages accounts and is not a
-    grant of every site, so an administrator of one county sees that county's cases."""
-    return user.all_sites
-
-
 def _pathologist(user: UserContext) -> bool:
     return user.user_id is not None and "pathologist" in user.roles
 
@@ -89,7 +82,9 @@ _CONSULT_CASES: tiles.TTLCache[tuple[str, int], frozenset[int]] = tiles.TTLCache
 
 
 def scope(s: Session, user: UserContext) -> Scope:
-    sites = None if _all_sites(user) else frozenset(user.site_ids)
+    """Sites from the account's all-sites grant, as for studies
+    (:meth:`UserContext.can_see_site`; the admin role is not such a grant)."""
+    sites = None if user.all_sites else frozenset(user.site_ids)
     consulted: frozenset[int] = frozenset()
     if _pathologist(user) and user.user_id is not None:
         consulted = frozenset(consults.consultant_case_ids(s, user.user_id))
@@ -108,7 +103,7 @@ def _own_site_case(s: Session, user: UserContext, case_id: int) -> PathologyCase
     """A case the caller may act on: of a site they read for (a consultant from another
     site reads the case, but does not claim, call or sign it)."""
     row = visible_case(s, user, case_id)
-    if not _all_sites(user) and row.site_id not in user.site_ids:
+    if not user.can_see_site(row.site_id):
         raise Forbidden(f"case {case_id} is at another site: a consultant answers the "
                         "consult, the site's pathologists read and sign the case")
     return row
@@ -254,7 +249,7 @@ def slide_ref(db: Database, user: UserContext, slide_id: int) -> tiles.SlideRef:
     tile costs no query when the caller reads for the slide's site."""
     key = (db.url, slide_id)
     ref = _SLIDES.get(key) or _SLIDES.put(key, _load_ref(db, slide_id))
-    if _all_sites(user) or ref.site_id in user.site_ids:
+    if user.can_see_site(ref.site_id):
         return ref
     if _pathologist(user) and user.user_id is not None:
         # Only a grant is cached: a consult asked a moment ago must open at once.
@@ -293,7 +288,7 @@ async def tile_async(user: UserContext, slide_id: int, level: int, col: int,
     Orthanc.  The caches are per process: several web workers each learn them once."""
     db = get_database(get_settings().database_url)
     ref = _SLIDES.get((db.url, slide_id))
-    if ref is None or not (_all_sites(user) or ref.site_id in user.site_ids):
+    if ref is None or not user.can_see_site(ref.site_id):
         ref = await run_in_threadpool(slide_ref, db, user, slide_id)
     if tiles.cached_pyramid(ref) is None:
         await run_in_threadpool(tiles.pyramid, ref)
@@ -393,7 +388,7 @@ def save_annotations(db: Database, user: UserContext, slide_id: int,
         case = s.get(PathologyCase, ref.case_id)
         if case is None:
             raise NotFound(f"slide {slide_id} not found")
-        if not _all_sites(user) and case.site_id not in user.site_ids \
+        if not user.can_see_site(case.site_id) \
                 and ref.case_id not in scope(s, user).consult_cases:
             raise NotFound(f"slide {slide_id} not found")
     now = _now()
@@ -491,7 +486,7 @@ def pages(s: Session, user: UserContext) -> dict[str, Any]:
 
 
 def dashboard_view(s: Session, user: UserContext) -> dict[str, Any]:
-    sites = None if _all_sites(user) else set(user.site_ids)
+    sites = None if user.all_sites else set(user.site_ids)
     return {"frozen": dashboard.frozen_step_stats(s, sites),
             "concordance": dashboard.concordance_table(s, sites)}
 
