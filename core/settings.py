@@ -177,6 +177,21 @@ class Settings(BaseSettings):
     #: unanswered (no slide opened) before the next pathologist on the rota is paged.
     pathology_on_duty: list[str] = Field(default_factory=list)
     pathology_frozen_escalation_s: float = Field(default=600.0, gt=0)
+    #: The lab center (lab/).  Orders (OML^O21, ORM^O01) from county sites arrive over
+    #: MLLP on this port, and analyzers send ASTM E1394 (LIS2-A2) on the other; both
+    #: listen on ``lab_host`` and are started by ``rdc up`` (``rdc lab listen``).  0 turns
+    #: a listener off.
+    lab_host: str = "0.0.0.0"
+    lab_mllp_port: int = Field(default=2575, ge=0, le=65535)
+    lab_astm_port: int = Field(default=5700, ge=0, le=65535)
+    #: The test catalog (LOINC codes, ranges, critical, stability, delta and HIL limits);
+    #: unset: the shipped lab/catalog.toml.
+    lab_catalog: Path | None = None
+    #: Critical values: who is told at each tier ("site": the site's accounts, its HL7
+    #: endpoint and the webhook; "center": the center's lab reviewers and the webhook),
+    #: and how long each tier waits for an acknowledgement before the next one.
+    lab_critical_tiers: list[str] = Field(default_factory=lambda: ["site", "site", "center"])
+    lab_critical_escalation_s: float = Field(default=300.0, gt=0)
     #: Where pages for critical results and frozen sections are POSTed as JSON besides
     #: the in-app notice (a paging system's webhook); unset: in-app only.
     notify_webhook_url: str | None = None

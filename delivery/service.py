@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session
 
 from core import audit, jobs
 from core.errors import Conflict, InvalidInput, NotFound
-from core.models import Delivery, Job, Report, ReportVersion, Site
+from core.models import Delivery, Job, OutboundMessage, Report, ReportVersion, Site
 from core.settings import get_settings
 from core.states import DeliveryState, JobState, ReportState, check_transition
 
@@ -144,7 +144,8 @@ def queue_attempt(session: Session, delivery: Delivery, *,
     run again, so the attempt gets a job under a suffixed key.
     """
     attempt = delivery.attempts + 1
-    version = session.get(ReportVersion, delivery.report_version_id)
+    version = (session.get(ReportVersion, delivery.report_version_id)
+               if delivery.report_version_id is not None else None)
     report = session.get(Report, version.report_id) if version is not None else None
     base = f"{JOB_KIND}:{delivery.id}:attempt-{attempt}"
     key = base
@@ -226,6 +227,52 @@ def schedule_result_deliveries(session: Session, version: ReportVersion) -> list
     if "hl7" in (site.result_formats or []) and site.hl7_host and site.hl7_port:
         scheduled.append(schedule_delivery(session, version, site, channel="hl7"))
     return scheduled
+
+
+def schedule_message(session: Session, message: OutboundMessage) -> Delivery:
+    """Send an outbound HL7 message (a lab result, a critical value) to its site over
+    MLLP, through the same retries, dead letters and resend as the reports; idempotent.
+
+    The message must be stored (flushed).  Refused with :class:`Conflict` when the site is
+    disabled or takes no results, :class:`InvalidInput` when it has no HL7 endpoint or
+    the message does not start with MSH.  The site's ACK is recorded on the message.
+    """
+    if message.id is None:
+        raise InvalidInput("an outbound message must be stored before delivery")
+    existing = session.scalar(select(Delivery).where(Delivery.message_id == message.id))
+    if existing is not None:
+        return existing
+    site = session.get(Site, message.site_id)
+    if site is None:
+        raise NotFound(f"outbound message {message.id} names no known site {message.site_id!r}")
+    if not site.enabled:
+        raise Conflict(f"site {site.id!r} is disabled")
+    if not site.accepts_results:
+        raise Conflict(f"site {site.id!r} does not accept results "
+                       "(register it with --accepts-results)")
+    if not site.hl7_host or site.hl7_port is None or not 1 <= site.hl7_port <= 65535:
+        raise InvalidInput(f"site {site.id!r} has no HL7 endpoint (hl7_host/hl7_port)")
+    if not message.body.startswith("MSH"):
+        raise InvalidInput(f"outbound message {message.id} does not start with an MSH segment")
+    delivery = Delivery(report_version_id=None, message_id=message.id, site_id=site.id,
+                        channel="hl7", state=DeliveryState.PENDING, attempts=0)
+    try:
+        with session.begin_nested():
+            session.add(delivery)
+            session.flush()
+    except IntegrityError:
+        found = session.scalar(select(Delivery).where(Delivery.message_id == message.id))
+        assert found is not None
+        return found
+    job, _ = queue_attempt(session, delivery)
+    audit.append(session, actor="system", action="delivery.schedule", object_type="delivery",
+                 object_id=str(delivery.id), detail={
+                     "message_id": message.id, "kind": message.kind,
+                     "subject": message.subject, "control_id": message.control_id,
+                     "site": site.id, "channel": "hl7", "job_id": job.id})
+    log.info("delivery.scheduled delivery_id=%s site=%s channel=hl7 message=%s job_id=%s",
+             delivery.id, site.id, message.control_id, job.id)
+    return delivery
 
 
 def requeue_due(session: Session, now: datetime | None = None) -> list[int]:

@@ -33,7 +33,7 @@ from sqlalchemy import func, or_, update
 from core import audit, jobs
 from core.db import Database
 from core.errors import RDCError
-from core.models import Delivery, Job, ReportVersion, Site
+from core.models import Delivery, Job, OutboundMessage, ReportVersion, Site
 from core.orthanc_client import OrthancClient, OrthancError
 from core.settings import get_settings
 from core.states import DeliveryState
@@ -159,17 +159,25 @@ def _claim(db: Database, job: Job) -> _Attempt:
                      job.id, why_not)
             raise jobs.SkipJob(why_not)
         site = s.get(Site, delivery.site_id)
-        version = s.get(ReportVersion, delivery.report_version_id)
-        assert site is not None and version is not None  # foreign keys
-        objects = tuple((label, uid) for label, uid in
-                        (("SR", version.sr_sop_uid), ("PDF", version.pdf_sop_uid)) if uid)
+        assert site is not None  # foreign key
+        if delivery.message_id is not None:
+            message = s.get(OutboundMessage, delivery.message_id)
+            assert message is not None  # foreign key
+            objects: tuple[tuple[str, str], ...] = ()
+            hl7_message = message.body
+        else:
+            version = s.get(ReportVersion, delivery.report_version_id)
+            assert version is not None  # foreign key
+            objects = tuple((label, uid) for label, uid in
+                            (("SR", version.sr_sop_uid), ("PDF", version.pdf_sop_uid)) if uid)
+            hl7_message = version.hl7_message or ""
         attempt = _Attempt(
             delivery_id=delivery_id, number=number, job_id=job.id, channel=delivery.channel,
             site_id=site.id, host=site.host if delivery.channel == "dicom" else
             (site.hl7_host or ""), port=site.port if delivery.channel == "dicom" else
             (site.hl7_port or 0), ae_title=site.ae_title,
             storage_commitment=site.storage_commitment, objects=objects,
-            hl7_message=version.hl7_message or "",
+            hl7_message=hl7_message,
             refusal=None if site.enabled and site.accepts_results else
             f"site {site.id!r} no longer accepts results (disabled or --no-results)",
             # The site's delivery CA covers both channels: DICOM TLS and MLLP over TLS.
@@ -263,6 +271,15 @@ def _record(db: Database, attempt: _Attempt, outcome: _Outcome, policy: RetryPol
             delivery.commitment_uid = outcome.commitment_uid
             detail.update(outcome="sent", commitment_uid=outcome.commitment_uid,
                           commitment_note=outcome.commitment_note)
+            if delivery.message_id is not None:
+                # The site's ACK, on the message itself (what the lab's timeline shows).
+                message = s.get(OutboundMessage, delivery.message_id)
+                if message is not None:
+                    message.ack_code = str(outcome.detail.get("ack", ""))[:2]
+                    message.ack_detail = {"control_id": outcome.detail.get("control_id"),
+                                          "delivery_id": delivery.id,
+                                          "attempt": attempt.number}
+                    message.acked_at = now
             audit.append(s, actor="worker", action="delivery.attempt", object_type="delivery",
                          object_id=str(delivery.id), detail=detail)
             log.info("delivery.sent delivery_id=%s attempt=%s commitment_uid=%s",

@@ -20,6 +20,7 @@ DOMAINS: tuple[str, ...] = (
     "ai_models",  # AI pre-reads: ai_preread, ai_inference
     "ecg",  # ECG center: ecg_analysis
     "pathology",  # pathology center: pathology_intake, frozen-section escalation
+    "lab",  # lab center: lab_run (QC + autoverification), critical-value escalation
 )
 
 _loaded = False

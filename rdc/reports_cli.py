@@ -210,7 +210,8 @@ def deliveries_list(state: Annotated[str | None, typer.Option(
             # on an association of its own, to `rdc commitment`).
             shown = f"{d.state} (awaiting commitment)" if (
                 d.state == "sent" and d.commitment_uid) else d.state
-            table.add_row(str(d.id), str(d.report_version_id), d.site_id, d.channel, shown,
+            table.add_row(str(d.id), str(d.report_version_id) if d.report_version_id is not None
+                          else f"message {d.message_id}", d.site_id, d.channel, shown,
                           str(d.attempts), str(d.next_attempt_at or ""),
                           (d.last_error or "")[:120])
     console.print(table)

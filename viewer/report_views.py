@@ -54,7 +54,8 @@ def report_out(session: Any, report: Report, full: bool = False) -> ReportOut:
 
 
 def delivery_out(d: Delivery) -> DeliveryOut:
-    return DeliveryOut(id=d.id, report_version_id=d.report_version_id, site_id=d.site_id,
+    return DeliveryOut(id=d.id, report_version_id=d.report_version_id, message_id=d.message_id,
+                       site_id=d.site_id,
                        channel=d.channel, state=d.state, attempts=d.attempts,
                        last_error=d.last_error, next_attempt_at=d.next_attempt_at,
                        sent_at=d.sent_at, committed_at=d.committed_at)

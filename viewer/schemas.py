@@ -294,7 +294,8 @@ class ReportOut(BaseModel):
 
 class DeliveryOut(BaseModel):
     id: int
-    report_version_id: int
+    report_version_id: int | None
+    message_id: int | None = None
     site_id: str
     channel: str
     state: str

@@ -13,9 +13,22 @@ from core.models.account import LoginThrottle, ShareLink, User, UserSite, WebSes
 from core.models.ai import AIFinding, AIModel, AIResult
 from core.models.audit import AuditHead, AuditRecord
 from core.models.base import Base, utcnow
-from core.models.delivery import Delivery
+from core.models.delivery import Delivery, OutboundMessage
 from core.models.ecg import ECGAnalysis
 from core.models.job import Job
+from core.models.lab import (
+    LabControlLot,
+    LabControlResult,
+    LabCriticalNotice,
+    LabCustodyEvent,
+    LabInboundMessage,
+    LabOrder,
+    LabResult,
+    LabRuleSet,
+    LabRun,
+    LabShipment,
+    LabSpecimen,
+)
 from core.models.pathology import (
     PathologyCase,
     PathologyConsult,
@@ -37,7 +50,19 @@ __all__ = [
     "ECGAnalysis",
     "Instance",
     "Job",
+    "LabControlLot",
+    "LabControlResult",
+    "LabCriticalNotice",
+    "LabCustodyEvent",
+    "LabInboundMessage",
+    "LabOrder",
+    "LabResult",
+    "LabRuleSet",
+    "LabRun",
+    "LabShipment",
+    "LabSpecimen",
     "LoginThrottle",
+    "OutboundMessage",
     "PathologyCase",
     "PathologyConsult",
     "PathologyEvent",
