@@ -23,6 +23,7 @@ from rdc.backup_cli import backup as backup_command
 from rdc.backup_cli import restore as restore_command
 from rdc.console import console, err, fail
 from rdc.console import load_settings as _settings
+from rdc.lab_cli import lab_app
 from rdc.models_cli import models_app
 from rdc.pathology_cli import pathology_app
 from rdc.reports_cli import deliveries_app, keys_app, reports_app
@@ -41,6 +42,7 @@ app.add_typer(reports_app, name="reports")
 app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(users_app, name="users")
 app.add_typer(pathology_app, name="pathology")
+app.add_typer(lab_app, name="lab")
 app.command("backup")(backup_command)
 app.command("restore")(restore_command)
 
