@@ -154,6 +154,12 @@ ACTION_EVENTS: Final[Mapping[str, Event]] = {
     "pathology.page": _e(APPLICATION_ACTIVITY, "E"),
     "pathology.page_failed": _e(APPLICATION_ACTIVITY, "E"),
     "pathology.page_webhook_failed": _e(APPLICATION_ACTIVITY, "E"),
+    # Lab results: review, QC-hold release, per-result signatures, results back.
+    "lab.review": _e(PATIENT_RECORD, "U"),
+    "lab.qc_release": _e(PATIENT_RECORD, "U"),
+    "lab.sign": _e(PATIENT_RECORD, "U"),
+    "lab.release": _e(EXPORT, "R"),
+    "lab.rejection_sent": _e(EXPORT, "R"),
     # The DICOM front door.
     "association.accept": _e(SECURITY_ALERT, "E", NODE_AUTHENTICATION, node=True),
     "association.reject": _e(SECURITY_ALERT, "E", NODE_AUTHENTICATION, node=True),
