@@ -160,6 +160,9 @@ ACTION_EVENTS: Final[Mapping[str, Event]] = {
     "lab.sign": _e(PATIENT_RECORD, "U"),
     "lab.release": _e(EXPORT, "R"),
     "lab.rejection_sent": _e(EXPORT, "R"),
+    # Lab orders in (HL7 over MLLP, FHIR over the API): accepted, or refused with a reason.
+    "lab.order": _e(PATIENT_RECORD, "C"),
+    "lab.message_refused": _e(SECURITY_ALERT, "E", NODE_AUTHENTICATION, node=True),
     # The DICOM front door.
     "association.accept": _e(SECURITY_ALERT, "E", NODE_AUTHENTICATION, node=True),
     "association.reject": _e(SECURITY_ALERT, "E", NODE_AUTHENTICATION, node=True),
