@@ -4,8 +4,9 @@ A frozen section is a surgeon waiting with the patient on the table, so a page m
 never be lost: the in-app notice (a ``paged`` event on the case, which the app's banner
 reads through :func:`open_pages`) is written first, in the caller's transaction, and
 the webhook (the paging system the center uses for critical results) is best effort on
-top of it.  A webhook that fails or times out is logged and audited, never raised: an
-unreachable pager must not roll back the in-app page.
+top of it (the center's shared :func:`core.notify.post_webhook`).  A webhook that
+fails or times out is logged and audited, never raised: an unreachable pager must not
+roll back the in-app page.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core import audit
+from core import audit, notify
 from core.errors import NotFound
 from core.models import PathologyCase, PathologyEvent, User
 from core.settings import Settings, get_settings
@@ -28,8 +28,6 @@ from pathology.cases import record_event
 
 log = logging.getLogger(__name__)
 
-#: How long a webhook POST may take: paging runs inside intake and the scheduler.
-WEBHOOK_TIMEOUT_S = 3.0
 _CLOSED = ("signed", "amended")
 
 
@@ -76,15 +74,12 @@ def _post_webhook(session: Session, url: str, case: PathologyCase, user: User, r
     body = {"kind": "pathology.page", "case_id": case.id, "site_id": case.site_id,
             "accession_number": case.accession_number, "urgency": case.urgency,
             "user": user.username, "reason": reason, "at": now.isoformat()}
-    try:
-        response = httpx.post(url, json=body, timeout=WEBHOOK_TIMEOUT_S)
-        response.raise_for_status()
-    except httpx.HTTPError as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        log.warning("pathology page webhook failed for case %s: %s", case.id, error)
+    outcome = notify.post_webhook(url, body)
+    if not outcome.ok:
+        log.warning("pathology page webhook failed for case %s: %s", case.id, outcome.error)
         audit.append(session, actor="system", action="pathology.page_webhook_failed",
-                      object_type="pathology_case", object_id=str(case.id),
-                      detail={"user": user.username, "error": error})
+                     object_type="pathology_case", object_id=str(case.id),
+                     detail={"user": user.username, "error": outcome.error})
 
 
 def page_failed(session: Session, case: PathologyCase, reason: str,
