@@ -29,7 +29,10 @@ def cur(run: int, *zs: float) -> list[ControlPoint]:
     return [ControlPoint(run=run, level=i + 1, z=z) for i, z in enumerate(zs)]
 
 
-def fired(history: list[ControlPoint], current: list[ControlPoint]) -> set[tuple[str, int | None, str]]:
+Fired = set[tuple[str, int | None, str]]
+
+
+def fired(history: list[ControlPoint], current: list[ControlPoint]) -> Fired:
     return {(v.rule, v.level, v.across) for v in evaluate(history, current)}
 
 
