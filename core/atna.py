@@ -163,6 +163,11 @@ ACTION_EVENTS: Final[Mapping[str, Event]] = {
     # Lab orders in (HL7 over MLLP, FHIR over the API): accepted, or refused with a reason.
     "lab.order": _e(PATIENT_RECORD, "C"),
     "lab.message_refused": _e(SECURITY_ALERT, "E", NODE_AUTHENTICATION, node=True),
+    # Lab chain of custody: each scan of a tube or box, a stability or temperature hold
+    # set or cleared on a tube, a tube rejected with a coded reason.
+    "lab.custody": _e(PATIENT_RECORD, "U"),
+    "lab.specimen_hold": _e(PATIENT_RECORD, "U"),
+    "lab.specimen_reject": _e(PATIENT_RECORD, "U"),
     # The DICOM front door.
     "association.accept": _e(SECURITY_ALERT, "E", NODE_AUTHENTICATION, node=True),
     "association.reject": _e(SECURITY_ALERT, "E", NODE_AUTHENTICATION, node=True),
