@@ -168,6 +168,11 @@ ACTION_EVENTS: Final[Mapping[str, Event]] = {
     "lab.custody": _e(PATIENT_RECORD, "U"),
     "lab.specimen_hold": _e(PATIENT_RECORD, "U"),
     "lab.specimen_reject": _e(PATIENT_RECORD, "U"),
+    # Analyzer runs in (ASTM, instrument ORU): a run's results stored, a run sent again
+    # (recognised, not stored twice), a result or control that could not be attached.
+    "lab.run_store": _e(PATIENT_RECORD, "C", node=True),
+    "lab.run_resent": _e(PATIENT_RECORD, "R", node=True),
+    "lab.result_refused": _e(SECURITY_ALERT, "E", NODE_AUTHENTICATION, node=True),
     # The DICOM front door.
     "association.accept": _e(SECURITY_ALERT, "E", NODE_AUTHENTICATION, node=True),
     "association.reject": _e(SECURITY_ALERT, "E", NODE_AUTHENTICATION, node=True),
