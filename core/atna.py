@@ -173,6 +173,12 @@ ACTION_EVENTS: Final[Mapping[str, Event]] = {
     "lab.run_store": _e(PATIENT_RECORD, "C", node=True),
     "lab.run_resent": _e(PATIENT_RECORD, "R", node=True),
     "lab.result_refused": _e(SECURITY_ALERT, "E", NODE_AUTHENTICATION, node=True),
+    # Lab critical values: the site notified (ORU, in-app, webhook), escalated to the next
+    # tier, a wrong read-back refused, the value acknowledged with a matching read-back.
+    "lab.critical_notify": _e(EXPORT, "R"),
+    "lab.critical_escalate": _e(APPLICATION_ACTIVITY, "E"),
+    "lab.critical_readback_mismatch": _e(PATIENT_RECORD, "R"),
+    "lab.critical_ack": _e(PATIENT_RECORD, "U"),
     # The DICOM front door.
     "association.accept": _e(SECURITY_ALERT, "E", NODE_AUTHENTICATION, node=True),
     "association.reject": _e(SECURITY_ALERT, "E", NODE_AUTHENTICATION, node=True),
