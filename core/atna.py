@@ -173,6 +173,10 @@ ACTION_EVENTS: Final[Mapping[str, Event]] = {
     "lab.run_store": _e(PATIENT_RECORD, "C", node=True),
     "lab.run_resent": _e(PATIENT_RECORD, "R", node=True),
     "lab.result_refused": _e(SECURITY_ALERT, "E", NODE_AUTHENTICATION, node=True),
+    # Lab QC: a control lot registered (a configuration change), a run judged by the
+    # Westgard rules (its patient results of a failing analyte put on hold).
+    "lab.qc_lot_add": _e(APPLICATION_ACTIVITY, "C", SOFTWARE_CONFIGURATION),
+    "lab.qc_evaluate": _e(PATIENT_RECORD, "U"),
     # Lab critical values: the site notified (ORU, in-app, webhook), escalated to the next
     # tier, a wrong read-back refused, the value acknowledged with a matching read-back.
     "lab.critical_notify": _e(EXPORT, "R"),
