@@ -183,6 +183,11 @@ ACTION_EVENTS: Final[Mapping[str, Event]] = {
     "lab.critical_escalate": _e(APPLICATION_ACTIVITY, "E"),
     "lab.critical_readback_mismatch": _e(PATIENT_RECORD, "R"),
     "lab.critical_ack": _e(PATIENT_RECORD, "U"),
+    # Lab autoverification: a batch judged by the rules; a rule set validated by
+    # replay and enabled (software configuration changes).
+    "lab.autoverify": _e(PATIENT_RECORD, "U"),
+    "lab.rules_validate": _e(APPLICATION_ACTIVITY, "E", SOFTWARE_CONFIGURATION),
+    "lab.rules_enable": _e(APPLICATION_ACTIVITY, "U", SOFTWARE_CONFIGURATION),
     # The DICOM front door.
     "association.accept": _e(SECURITY_ALERT, "E", NODE_AUTHENTICATION, node=True),
     "association.reject": _e(SECURITY_ALERT, "E", NODE_AUTHENTICATION, node=True),
