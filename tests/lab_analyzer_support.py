@@ -1,0 +1,57 @@
+"""Rows the analyzer tests start from: a county site, orders with their tubes and ordered
+results, as lab.orders would have stored them (written directly, so the analyzer tests
+stand on the lab's tables alone)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from core.models.lab import LabControlLot, LabOrder, LabResult, LabSpecimen
+from core.models.site import Site
+from core.sites import SiteSpec, add_site
+from lab.catalog import get_catalog
+
+SITE = "county-a"
+T0 = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+
+
+def ensure_site(s: Session, site_id: str = SITE) -> None:
+    if s.get(Site, site_id) is None:
+        add_site(s, SiteSpec(id=site_id, name=site_id.title(), ae_title=site_id.upper()[:16]
+                             .replace("-", "_"), host="127.0.0.1", port=11112,
+                             allowed_addresses=("127.0.0.1/32",)), actor="test")
+
+
+def make_order(s: Session, n: int, tests: tuple[str, ...], *, sex: str = "F",
+               patient: str | None = None, specimen_type: str = "serum") -> LabSpecimen:
+    """One order with one tube (accession L000000<n>) and an ordered result per test."""
+    ensure_site(s)
+    catalog = get_catalog()
+    order = LabOrder(site_id=SITE, placer_order_number=f"P{n}", filler_order_number=f"F{n}",
+                     patient_id=patient or f"PAT{n}", patient_name=f"Patient {n}", sex=sex,
+                     birth_date="19700101", visit_number=f"V{n}", state="ordered")
+    s.add(order)
+    s.flush()
+    spec = LabSpecimen(order_id=order.id, accession=f"L{n:08d}", specimen_type=specimen_type,
+                       collected_at=T0 - timedelta(hours=1), condition="room", spun=True,
+                       state="accessioned")
+    s.add(spec)
+    s.flush()
+    for code in tests:
+        test = catalog.test(code)
+        s.add(LabResult(order_id=order.id, specimen_id=spec.id, site_id=SITE,
+                        patient_id=order.patient_id, test_code=code, loinc=test.loinc,
+                        units=test.units, state="ordered"))
+    s.flush()
+    return spec
+
+
+def make_lot(s: Session, analyzer: str, lot: str, test: str, level: int, mean: float,
+             sd: float) -> LabControlLot:
+    row = LabControlLot(analyzer_id=analyzer, lot=lot, test_code=test, level=level,
+                        mean=mean, sd=sd, active=True)
+    s.add(row)
+    s.flush()
+    return row

@@ -1,0 +1,206 @@
+"""lab.results_in.store_run on a real center database: results attach where they belong,
+reruns keep the earlier value, refusals are kept and audited, a resent run is not
+doubled, and the run's evaluation job is submitted."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from lab_analyzer_support import T0, make_lot, make_order
+from sqlalchemy import func, select
+
+from core.errors import InvalidInput
+from core.models import AuditRecord, Job
+from core.models.lab import (
+    LabControlResult,
+    LabInboundMessage,
+    LabOrder,
+    LabResult,
+    LabRun,
+    LabSpecimen,
+)
+from devkit.center import Center
+from lab.results_in import ControlMeasurement, MeasuredResult, RunData, store_run
+
+
+def _m(acc: str, code: str, value: float, units: str = "mmol/L", *,
+       flags: tuple[str, ...] = (), hil: dict[str, float] | None = None) -> MeasuredResult:
+    return MeasuredResult(accession=acc, test_code=code, value=value, value_text=f"{value:g}",
+                          units=units, flags=flags, measured_at=T0, hil=hil)
+
+
+def _setup(c: Center) -> None:
+    with c.db.session() as s:
+        make_order(s, 1, ("K", "NA"))
+        make_order(s, 2, ("K", "CREA"))
+        make_lot(s, "CHEM1", "QCA", "K", 1, 4.0, 0.1)
+        make_lot(s, "CHEM1", "QCA", "K", 2, 6.5, 0.15)
+
+
+def _result(c: Center, acc: str, code: str) -> LabResult:
+    with c.db.session() as s:
+        row = s.scalar(select(LabResult).join(LabSpecimen, LabSpecimen.id == LabResult.specimen_id)
+                       .where(LabSpecimen.accession == acc, LabResult.test_code == code))
+        assert row is not None
+        return row
+
+
+def test_results_attach_to_their_ordered_rows_and_the_job_is_submitted(
+        env_center: Center) -> None:
+    c = env_center
+    _setup(c)
+    run = RunData("CHEM1", "RUN-1", (
+        _m("L00000001", "K", 4.4, flags=("H",), hil={"H": 20.0, "I": 3.0, "L": 10.0}),
+        _m("L00000001", "NA", 141),
+        _m("L00000002", "K", 3.9),
+        _m("L00000002", "CREA", 88, "umol/L"),
+    ), (ControlMeasurement("QCA", "K", 1, 4.2, T0), ControlMeasurement("QCA", "K", 2, 6.2, T0)))
+    out = store_run(c.db, run, actor="analyzer:CHEM1")
+    assert (out.stored, out.controls, out.refused, out.duplicate) == (4, 2, (), False)
+    k1 = _result(c, "L00000001", "K")
+    assert (k1.state, k1.value, k1.value_text, k1.units) == ("pending", 4.4, "4.4", "mmol/L")
+    assert k1.instrument_flags == ["H"] and k1.run_id == out.run_id
+    assert k1.analyzer_id == "CHEM1" and k1.measured_at == T0 and k1.attempts == []
+    assert _result(c, "L00000002", "CREA").value == 88
+    assert _result(c, "L00000002", "K").value == 3.9
+    with c.db.session() as s:
+        spec = s.scalar(select(LabSpecimen).where(LabSpecimen.accession == "L00000001"))
+        assert spec is not None and spec.hil == {"H": 20.0, "I": 3.0, "L": 10.0}
+        order = s.get(LabOrder, spec.order_id)
+        assert order is not None and order.state == "in_progress"
+        lab_run = s.get(LabRun, out.run_id)
+        assert lab_run is not None and lab_run.state == "received"
+        assert lab_run.analyzer_id == "CHEM1" and lab_run.run_code == "RUN-1"
+        zs = sorted(round(r.z, 6) for r in s.scalars(
+            select(LabControlResult).where(LabControlResult.run_id == out.run_id)))
+        assert zs == [-2.0, 2.0]
+        job = s.scalar(select(Job).where(Job.kind == "lab_run"))
+        assert job is not None and job.params == {"run_id": out.run_id}
+        assert job.queue == "routing" and job.state == "queued"
+        audit = s.scalar(select(AuditRecord).where(AuditRecord.action == "lab.run_store"))
+        assert audit is not None and audit.detail["results"] == 4
+        assert audit.detail["controls"] == 2
+
+
+def test_a_rerun_keeps_the_earlier_value_in_attempts(env_center: Center) -> None:
+    c = env_center
+    _setup(c)
+    first = store_run(c.db, RunData("CHEM1", "RUN-1", (_m("L00000001", "K", 6.9),), ()),
+                      actor="t")
+    with c.db.session() as s:
+        row = s.get(LabResult, _result(c, "L00000001", "K").id)
+        assert row is not None
+        row.state = "rerun"  # as a reviewer's "rerun" leaves it
+        row.review_action = "rerun"
+        row.review_reason = "hemolysed?"
+    later = T0 + timedelta(hours=1)
+    second = store_run(c.db, RunData("CHEM1", "RUN-2", (MeasuredResult(
+        "L00000001", "K", 4.1, "4.1", "mmol/L", (), later),), ()), actor="t")
+    k = _result(c, "L00000001", "K")
+    assert (k.state, k.value, k.run_id, k.measured_at) == ("pending", 4.1, second.run_id, later)
+    assert k.review_action == ""
+    assert len(k.attempts) == 1
+    old = k.attempts[0]
+    assert old["value"] == 6.9 and old["run_id"] == first.run_id
+    assert old["review_action"] == "rerun" and old["review_reason"] == "hemolysed?"
+    assert old["measured_at"] == T0.isoformat()
+
+
+def test_unknown_specimen_is_refused_recorded_and_audited_the_rest_stored(
+        env_center: Center) -> None:
+    c = env_center
+    _setup(c)
+    out = store_run(c.db, RunData("CHEM1", "RUN-1", (
+        _m("L00000001", "K", 4.0), _m("L99999999", "K", 5.0)), ()), actor="analyzer:CHEM1")
+    assert out.stored == 1
+    assert len(out.refused) == 1 and "L99999999" in out.refused[0]
+    assert "unknown specimen" in out.refused[0]
+    with c.db.session() as s:
+        msg = s.scalar(select(LabInboundMessage).where(LabInboundMessage.outcome == "AE"))
+        assert msg is not None
+        assert (msg.sender, msg.channel) == ("CHEM1", "astm")
+        assert "unknown specimen" in msg.reason and "L99999999" in msg.raw
+        audit = s.scalar(select(AuditRecord).where(
+            AuditRecord.action == "lab.result_refused"))
+        assert audit is not None and audit.object_id == str(msg.id)
+        assert "L99999999" in audit.detail["reason"]
+        # Nothing was attached anywhere else.
+        values = s.scalars(select(LabResult.value).where(LabResult.value.is_not(None))).all()
+        assert values == [4.0]
+
+
+def test_wrong_units_unordered_test_and_finished_result_are_refused(env_center: Center) -> None:
+    c = env_center
+    _setup(c)
+    with c.db.session() as s:
+        row = s.get(LabResult, _result(c, "L00000002", "K").id)
+        assert row is not None
+        row.state = "autoverified"
+    out = store_run(c.db, RunData("CHEM1", "RUN-1", (
+        _m("L00000001", "K", 4.0, "mEq/L"),       # units differ from the catalog
+        _m("L00000001", "GLU", 5.0),              # not ordered on this tube
+        _m("L00000001", "HGB", 120, "g/L"),       # not a test of CHEM1
+        _m("L00000001", "XYZ", 1),                # not in the catalog
+        _m("L00000002", "K", 4.0),                # already released
+    ), ()), actor="t")
+    assert out.stored == 0
+    reasons = "\n".join(out.refused)
+    assert "'mEq/L' do not match the catalog's 'mmol/L'" in reasons
+    assert "not ordered on this specimen" in reasons
+    assert "does not perform this test" in reasons
+    assert "unknown test code" in reasons
+    assert "autoverified, not awaiting" in reasons
+    assert _result(c, "L00000001", "K").value is None
+    with c.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(LabInboundMessage)) == 5
+        # Nothing was stored, so there is nothing to evaluate.
+        assert s.scalar(select(func.count()).select_from(Job)
+                        .where(Job.kind == "lab_run")) == 0
+
+
+def test_unknown_control_lot_is_refused(env_center: Center) -> None:
+    c = env_center
+    _setup(c)
+    out = store_run(c.db, RunData("CHEM1", "RUN-1", (), (
+        ControlMeasurement("QCA", "K", 1, 4.0, T0),
+        ControlMeasurement("QCZ", "K", 1, 4.0, T0),
+        ControlMeasurement("QCA", "NA", 1, 140, T0))), actor="t")
+    assert out.controls == 1 and len(out.refused) == 2
+    assert all("unknown on analyzer CHEM1" in r for r in out.refused)
+    with c.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(LabControlResult)) == 1
+        assert s.scalar(select(func.count()).select_from(LabInboundMessage)
+                        .where(LabInboundMessage.outcome == "AE")) == 2
+
+
+def test_a_resent_run_is_recognised_not_doubled(env_center: Center) -> None:
+    c = env_center
+    _setup(c)
+    run = RunData("CHEM1", "RUN-1", (_m("L00000001", "K", 4.0),),
+                  (ControlMeasurement("QCA", "K", 1, 4.0, T0),))
+    first = store_run(c.db, run, actor="t")
+    again = store_run(c.db, run, actor="t")
+    assert again.duplicate and again.run_id == first.run_id and again.stored == 0
+    k = _result(c, "L00000001", "K")
+    assert k.attempts == [] and k.value == 4.0
+    with c.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(LabRun)) == 1
+        assert s.scalar(select(func.count()).select_from(LabControlResult)) == 1
+        assert s.scalar(select(func.count()).select_from(Job)
+                        .where(Job.kind == "lab_run")) == 1
+        assert s.scalar(select(func.count()).select_from(AuditRecord)
+                        .where(AuditRecord.action == "lab.run_resent")) == 1
+
+
+def test_an_unknown_analyzer_refuses_the_whole_run(env_center: Center) -> None:
+    c = env_center
+    _setup(c)
+    with pytest.raises(InvalidInput, match="unknown analyzer 'CHEM9'"):
+        store_run(c.db, RunData("CHEM9", "RUN-1", (_m("L00000001", "K", 4.0),), ()),
+                  actor="t")
+    with c.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(LabRun)) == 0
+        msg = s.scalar(select(LabInboundMessage))
+        assert msg is not None and msg.outcome == "AR" and "CHEM9" in msg.reason
+    assert _result(c, "L00000001", "K").value is None
