@@ -1,7 +1,7 @@
 // @ts-check
 // Single-page app: hash routes #/login, #/worklist, #/study/<id>, #/ecg, #/ecg/<id>,
 // #/dashboard, #/admin, #/admin/front-door, #/pathology[/case/<id>[?slides=a,b] | /consults
-// | /dashboard].
+// | /dashboard], #/lab[/critical | /qc | /dashboard | /result/<id> | /specimen/<acc> | /box/<code>].
 import './styles.css';
 import {
   ApiError, loadMe, logout, noteActivity, onUnauthorized, setReauthenticate, startKeepalive,
@@ -9,6 +9,7 @@ import {
 import { h, replace } from './dom.js';
 import { renderLogin, signInDialog } from './pages/login.js';
 import { renderWorklist } from './pages/worklist.js';
+import { parseLabPath, seesLab, seesLabDashboard } from './pages/lab_format.js';
 
 /** @typedef {import('./api.js').User} User */
 
@@ -55,7 +56,7 @@ export function navigate(hash) {
  *   | { name: 'ecg' } | { name: 'login' } | { name: 'admin' } | { name: 'admin-front-door' }
  *   | { name: 'dashboard' } | { name: 'worklist' } | { name: 'pathology' }
  *   | { name: 'pathology-case', caseId: string, slides: number[] } | { name: 'pathology-consults' }
- *   | { name: 'pathology-dashboard' }}
+ *   | { name: 'pathology-dashboard' } | import('./pages/lab_format.js').LabRoute}
  */
 function parseRoute() {
   const path = window.location.hash.replace(/^#/, '') || '/worklist';
@@ -77,7 +78,7 @@ function parseRoute() {
   if (path === '/pathology/consults') return { name: 'pathology-consults' };
   if (path === '/pathology/dashboard') return { name: 'pathology-dashboard' };
   if (path === '/pathology') return { name: 'pathology' };
-  return { name: 'worklist' };
+  return parseLabPath(path) ?? { name: 'worklist' };
 }
 
 /** Roles that may see the turnaround dashboard (viewer/worklist_api.py Manager). */
@@ -146,6 +147,7 @@ function header(user, current) {
       canRead(user) ? link('worklist', '#/worklist', 'nav-worklist', 'Worklist') : null,
       canSeeEcg(user) ? link('ecg', '#/ecg', 'nav-ecg', 'ECG') : null,
       canSeePathology(user) ? link('pathology', '#/pathology', 'nav-pathology', 'Pathology') : null,
+      seesLab(user) ? link('lab', hasRole(user, 'lab_reviewer') ? '#/lab' : '#/lab/critical', 'nav-lab', 'Lab') : null,
       canSeeDashboard(user) ? link('dashboard', '#/dashboard', 'nav-dashboard', 'Dashboard') : null,
       canSeeAdmin(user) ? link('admin', '#/admin', 'nav-admin', 'Admin') : null),
     h('span', { class: 'spacer' }),
@@ -217,7 +219,7 @@ async function route() {
   }
   const main = h('main', { class: `page page-${r.name}` });
   const area = /** @type {Record<string, string>} */ ({ 'ecg-reading': 'ecg', 'admin-front-door': 'admin' })[r.name]
-    ?? (r.name.startsWith('pathology') ? 'pathology' : r.name);
+    ?? (r.name.startsWith('pathology') ? 'pathology' : r.name.startsWith('lab') ? 'lab' : r.name);
   replace(app, header(user, area), main);
   if (hasRole(user, 'pathologist')) {
     // A frozen section's page shows over every page (a separate chunk).
@@ -228,7 +230,8 @@ async function route() {
   if (((r.name === 'admin' || r.name === 'admin-front-door') && !canSeeAdmin(user)) || (r.name === 'dashboard' && !canSeeDashboard(user))
     || (r.name === 'study' && !canRead(user))
     || ((r.name === 'ecg' || r.name === 'ecg-reading') && !canSeeEcg(user))
-    || (r.name.startsWith('pathology') && !canSeePathology(user))) {
+    || (r.name.startsWith('pathology') && !canSeePathology(user))
+    || (r.name === 'lab-dashboard' ? !seesLabDashboard(user) : r.name.startsWith('lab') && !seesLab(user))) {
     replace(main, h('p', { class: 'error page-error', role: 'alert', testid: 'page-forbidden' },
       'You are not allowed to see this page.'));
     return;
@@ -277,6 +280,11 @@ async function route() {
       dispose = renderPathologyWorklist(main, { navigate, user });
     }
     disposeCurrent = dispose;
+  } else if (r.name.startsWith('lab')) {
+    // The lab screens: a separate chunk.
+    const { renderLab } = await import('./pages/lab_pages.js');
+    if (seq !== navSeq) return;
+    disposeCurrent = renderLab(main, /** @type {import('./pages/lab_format.js').LabRoute} */ (r), { navigate, user });
   } else if (r.name === 'study') {
     // The viewer (Cornerstone3D, vtk.js, codecs) is a separate chunk: the login page and
     // the worklist stay light.
