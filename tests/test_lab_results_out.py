@@ -1,0 +1,228 @@
+"""Lab results back to the site: the ORU^R01 as the site's HIS reads it, and its way out
+through delivery to a real MLLP receiver whose ACK lands on the message."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Any
+
+import pytest
+from hl7apy.core import Message
+from hl7apy.parser import parse_message
+from lab_review_support import Measured, make_order, make_site
+from sqlalchemy import func, select
+
+from conftest import Center
+from core import audit, jobs
+from core.errors import Conflict, InvalidInput
+from core.models import AuditRecord, Delivery, LabOrder, LabResult, OutboundMessage
+from lab.results_out import build_oru, release, send_rejection
+
+
+class MLLPReceiver:
+    """A county HIS on a free loopback port: records each ORU and answers AA."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(10)
+                buf = b""
+                while b"\x1c\x0d" not in buf:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    buf += chunk
+                text = buf[buf.index(b"\x0b") + 1:buf.index(b"\x1c\x0d")].decode("utf-8")
+                self.messages.append(text)
+                control_id = text.split("\r", 1)[0].split("|")[9]
+                ack = (f"MSH|^~\\&|HIS|county-a|RDC-LAB|RDC|20261201120000||ACK^R01|"
+                       f"ACK{control_id}|P|2.5.1\rMSA|AA|{control_id}\r")
+                conn.sendall(b"\x0b" + ack.encode() + b"\x1c\x0d")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _obx(msg: Message) -> list[dict[str, str]]:
+    out = []
+    for seg in msg.children:
+        for obs in _walk(seg):
+            if obs.name == "OBX":
+                out.append({"type": obs.obx_2.value, "code": obs.obx_3.obx_3_1.value,
+                            "system": obs.obx_3.obx_3_3.value, "value": obs.obx_5.value,
+                            "units": obs.obx_6.obx_6_1.value, "range": obs.obx_7.value,
+                            "flag": obs.obx_8.value, "status": obs.obx_11.value})
+    return out
+
+
+def _walk(node: Any) -> list[Any]:
+    children = getattr(node, "children", None)
+    if getattr(node, "name", "") in ("OBX", "NTE", "OBR", "ORC", "PID", "PV1"):
+        return [node]
+    return [x for child in (children or []) for x in _walk(child)]
+
+
+def test_oru_parsed_back_has_loinc_units_ranges_flags(center: Center) -> None:
+    make_site(center, "county-a")
+    with center.db.session() as s:
+        order, specimen, rows = make_order(s, [
+            Measured("K", 6.4, "autoverified", "HH", critical=True),
+            Measured("NA", 131.0, "autoverified", "L"),
+            Measured("TNI", None, "autoverified", value_text="<0.01"),
+            Measured("GLU", None, "rejected"),
+        ], patient_name="王^小明")
+        rows[3].review_reason = "clotted | sample ^ lost"
+        message = build_oru(s, rows, kind="lab-result")
+        body, control_id, msg_id = message.body, message.control_id, message.id
+        assert message.subject == f"lab_order:{order.id}"
+        other = build_oru(s, rows[:1], kind="lab-critical", preliminary=True)
+        assert other.control_id != control_id
+        prelim = other.body
+
+    assert control_id == f"LAB{msg_id:08d}"
+    parsed = parse_message(body)
+    assert parsed.msh.msh_9.to_er7() == "ORU^R01^ORU_R01"
+    assert parsed.msh.msh_10.value == control_id
+    assert parsed.msh.msh_6.to_er7() == "county-a"  # receiving facility: the site
+    assert parsed.msh.msh_4.to_er7() == center.settings.gateway_ae  # sending: the center
+    assert parsed.msh.msh_12.value == "2.5.1"
+    segs = {getattr(n, "name", ""): n for n in _walk(parsed)}
+    assert segs["PID"].pid_3.pid_3_1.value == "P001"
+    assert segs["PID"].pid_5.to_er7() == "王^小明"
+    assert segs["PV1"].pv1_19.value == "V1"
+    assert segs["ORC"].orc_2.value == order.placer_order_number
+    assert segs["ORC"].orc_3.value == order.filler_order_number
+    assert segs["OBR"].obr_20.value == specimen.accession
+    assert segs["OBR"].obr_25.value == "F"
+    obx = _obx(parsed)
+    assert obx == [
+        {"type": "NM", "code": "2823-3", "system": "LN", "value": "6.4", "units": "mmol/L",
+         "range": "3.5-5.3", "flag": "HH", "status": "F"},
+        {"type": "NM", "code": "2951-2", "system": "LN", "value": "131", "units": "mmol/L",
+         "range": "137-147", "flag": "L", "status": "F"},
+        {"type": "ST", "code": "89579-7", "system": "LN", "value": "<0.01", "units": "ng/L",
+         "range": obx[2]["range"], "flag": "", "status": "F"},
+        {"type": "", "code": "14749-6", "system": "LN", "value": "", "units": "",
+         "range": "", "flag": "", "status": "X"},
+    ]
+    assert obx[2]["range"].startswith("<")  # troponin has an upper limit only
+    # The rejection's reason, with HL7 delimiters escaped (the message still parses).
+    nte = [n for n in _walk(parsed) if getattr(n, "name", "") == "NTE"]
+    assert len(nte) == 1
+    assert "clotted \\F\\ sample \\S\\ lost" in body
+    assert nte[0].nte_3.value == "Result rejected: clotted \\F\\ sample \\S\\ lost"
+    # A preliminary message (a critical value told at once): OBX-11 and OBR-25 are P.
+    assert [seg.split("|")[11] for seg in prelim.split("\r") if seg.startswith("OBX")] == ["P"]
+    assert [seg.split("|")[25] for seg in prelim.split("\r") if seg.startswith("OBR")] == ["P"]
+
+
+def test_build_refuses_results_of_two_orders_and_stores_nothing(center: Center) -> None:
+    make_site(center, "county-a")
+    with center.db.session() as s:
+        _, _, a = make_order(s, [Measured("K", 4.0, "autoverified")])
+        _, _, b = make_order(s, [Measured("K", 4.1, "autoverified")])
+        with pytest.raises(InvalidInput, match="one order's results"):
+            build_oru(s, [a[0], b[0]], kind="lab-result")
+        with pytest.raises(InvalidInput, match="at least one result"):
+            build_oru(s, [], kind="lab-result")
+        assert s.scalar(select(func.count()).select_from(OutboundMessage)) == 0
+
+
+def test_release_to_an_hl7_site_is_delivered_and_the_ack_recorded(env_center: Center) -> None:
+    center = env_center
+    his = MLLPReceiver()
+    try:
+        make_site(center, "county-a", hl7_port=his.port)
+        with center.db.session() as s:
+            order, _, rows = make_order(s, [Measured("K", 4.2, "autoverified"),
+                                            Measured("NA", 140.0, "verified")])
+            messages = release(s, rows, actor="worker")
+            assert len(messages) == 1
+            message_id, control_id = messages[0].id, messages[0].control_id
+            delivery = s.scalar(select(Delivery).where(Delivery.message_id == message_id))
+            assert delivery is not None and delivery.channel == "hl7"
+            job_id = delivery.job_id
+            assert {r.message_id for r in rows} == {message_id}
+            assert s.get(LabOrder, order.id).state == "resulted"  # type: ignore[union-attr]
+            # Released twice (a retried job): nothing is sent again.
+            assert release(s, rows, actor="worker") == []
+        assert job_id is not None
+        assert jobs.execute(center.db, job_id) == "succeeded"
+        assert len(his.messages) == 1
+        assert his.messages[0].split("\r")[0].split("|")[9] == control_id
+        assert "2823-3^Potassium" in his.messages[0]
+        with center.db.session() as s:
+            stored = s.get(OutboundMessage, message_id)
+            assert stored is not None
+            assert stored.ack_code == "AA"
+            assert stored.acked_at is not None
+            assert stored.ack_detail["control_id"] == control_id
+            assert audit.verify(s).ok
+            actions = list(s.scalars(select(AuditRecord.action).where(
+                AuditRecord.object_type == "lab_order",
+                AuditRecord.object_id == str(order.id))))
+            assert actions == ["lab.release"]
+    finally:
+        his.close()
+
+
+def test_release_to_a_site_without_hl7_is_stored_not_sent(center: Center) -> None:
+    make_site(center, "county-a")  # takes results, but not over HL7
+    with center.db.session() as s:
+        _, _, rows = make_order(s, [Measured("K", 4.2, "autoverified")])
+        [message] = release(s, rows, actor="worker")
+        assert message.body.startswith("MSH|")
+        assert s.scalar(select(func.count()).select_from(Delivery)) == 0
+
+
+def test_release_refuses_a_held_result_and_stores_nothing(center: Center) -> None:
+    make_site(center, "county-a")
+    with center.db.session() as s:
+        _, _, rows = make_order(s, [Measured("K", 4.2, "autoverified"),
+                                    Measured("NA", 150.0, "held", "H")])
+        with pytest.raises(Conflict, match=rf"not: {rows[1].id} \(held\)"):
+            release(s, rows, actor="worker")
+        assert s.scalar(select(func.count()).select_from(OutboundMessage)) == 0
+        assert rows[0].message_id is None
+
+
+def test_send_rejection_tells_the_site_why(env_center: Center) -> None:
+    center = env_center
+    his = MLLPReceiver()
+    try:
+        make_site(center, "county-a", hl7_port=his.port)
+        with center.db.session() as s:
+            order, specimen, _ = make_order(s, [Measured("K", None, "rejected"),
+                                                   Measured("NA", None, "rejected")])
+            specimen.rejection_code, specimen.rejection_note = "hemolysed", "H index 310"
+            message = send_rejection(s, specimen, actor="tech-1")
+            assert message is not None
+            assert message.kind == "lab-rejection"
+            body = message.body
+            job_id = s.scalar(select(Delivery.job_id).where(
+                Delivery.message_id == message.id))
+            assert s.get(LabOrder, order.id).state == "resulted"  # type: ignore[union-attr]
+            assert {r.message_id for r in s.scalars(select(LabResult).where(
+                LabResult.order_id == order.id))} == {message.id}
+        segments = body.split("\r")
+        assert [seg.split("|")[11] for seg in segments if seg.startswith("OBX")] == ["X", "X"]
+        assert [seg.split("|")[25] for seg in segments if seg.startswith("OBR")] == ["X"]
+        assert (f"NTE|1|L|Specimen {specimen.accession} rejected (hemolysed): H index 310"
+                in segments)
+        assert job_id is not None
+        assert jobs.execute(center.db, job_id) == "succeeded"
+        assert his.messages == [body]
+    finally:
+        his.close()
