@@ -368,8 +368,10 @@ def parse_catalog(data: bytes, source: str) -> Catalog:
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise CatalogError(f"{source}: not valid UTF-8 TOML: {e}") from e
     top = _Table(source, doc)
-    head = top.sub("catalog")
-    assert head is not None
+    top.taken.add("catalog")
+    if "catalog" not in doc:
+        raise CatalogError(f"{source}: the [catalog] table (version, title) is required")
+    head = _Table(f"{source}: [catalog]", doc["catalog"])
     version = head.text("version", max_len=32)
     title = head.text("title")
     head.done()
