@@ -113,12 +113,19 @@ def orm_o01(site_id: str, placer: str, patient: Patient, tests: Sequence[str], *
     return "\r".join(lines) + "\r"
 
 
+def unescape(text: str) -> str:
+    """HL7 escapes (``\\F\\`` ...) back to the characters."""
+    for code, char in (("F", "|"), ("S", "^"), ("T", "&"), ("R", "~"), ("E", "\\")):
+        text = text.replace(f"\\{code}\\", char)
+    return text
+
+
 def msa(ack: str) -> tuple[str, str, str]:
-    """(MSA-1 code, MSA-2 control id, MSA-3 text) of an ACK."""
+    """(MSA-1 code, MSA-2 control id, MSA-3 text, unescaped) of an ACK."""
     for seg in ack.replace("\n", "\r").split("\r"):
         if seg.startswith("MSA"):
             parts = [*seg.split("|"), "", "", ""]
-            return parts[1], parts[2], parts[3]
+            return parts[1], parts[2], unescape(parts[3])
     raise ValueError(f"no MSA segment in {ack[:200]!r}")
 
 
