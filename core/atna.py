@@ -188,6 +188,10 @@ ACTION_EVENTS: Final[Mapping[str, Event]] = {
     "lab.autoverify": _e(PATIENT_RECORD, "U"),
     "lab.rules_validate": _e(APPLICATION_ACTIVITY, "E", SOFTWARE_CONFIGURATION),
     "lab.rules_enable": _e(APPLICATION_ACTIVITY, "U", SOFTWARE_CONFIGURATION),
+    # The lab in the web app: a result or a visit's report looked at, a FHIR order refused.
+    "lab.result_view": _e(PATIENT_RECORD, "R"),
+    "lab.report_view": _e(PATIENT_RECORD, "R"),
+    "lab.fhir_order_refused": _e(IMPORT, "C"),
     # The DICOM front door.
     "association.accept": _e(SECURITY_ALERT, "E", NODE_AUTHENTICATION, node=True),
     "association.reject": _e(SECURITY_ALERT, "E", NODE_AUTHENTICATION, node=True),
