@@ -431,6 +431,16 @@ def center_specs(settings: Settings) -> list[ChildSpec]:
         specs.insert(-1, spec("commitment", f"storage commitment SCP, AE "
                               f"{settings.gateway_ae} on {settings.gateway_host}:"
                               f"{commitment_port}", commitment_port))
+    lab_port = settings.lab_mllp_port or settings.lab_astm_port
+    if lab_port:
+        # The lab's front doors (lab/listen.py): HL7 orders and results over MLLP, ASTM
+        # from analyzers; one process, `rdc lab listen`.
+        specs.insert(-1, ChildSpec(
+            name="lab", argv=(sys.executable, "-m", "rdc", "lab", "listen"),
+            log_path=settings.log_dir / "lab.out",
+            where=f"lab MLLP on {settings.lab_host}:{settings.lab_mllp_port or 'off'}, "
+                  f"ASTM on {settings.lab_host}:{settings.lab_astm_port or 'off'}",
+            ready_port=lab_port))
     return specs
 
 

@@ -6,18 +6,23 @@ stores nothing."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
 from conftest import Center
 from core.models import LabInboundMessage, LabOrder, LabResult, LabSpecimen
+from devkit.center import REPO
 from devkit.hl7_site import Patient, Tube, msa, oml_o21, orm_o01, send_message, send_messages
-from devkit.ports import LOOPBACK, free_port
+from devkit.ports import LOOPBACK, free_port, wait_port
 from lab import mllp_server
 from lab.instrument_oru import build_oru
 from lab.results_in import MeasuredResult, RunData
@@ -221,3 +226,39 @@ def test_instrument_oru_from_the_hematology_analyzer(lab: tuple[Center, int]) ->
     rows = inbound(c)
     assert [(r.sender, r.outcome) for r in rows] == [
         ("county-a", "AA"), ("HEME1", "AA"), ("HEME1", "AA"), ("county-a", "AR")]
+
+
+def test_rdc_lab_listen_and_rdc_lab_order(env_center: Center, tmp_path: Path) -> None:
+    """The listener process as `rdc up` runs it, and the CLI that sends an order file."""
+    c = env_center
+    c.add_site("county-a", "COUNTY_A")
+    mllp, astm = free_port(), free_port()
+    c.extra_settings.update({"lab_mllp_port": str(mllp), "lab_astm_port": str(astm)})
+    c.home.mkdir(parents=True, exist_ok=True)
+    with open(tmp_path / "lab.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "rdc", "lab", "listen"], env=c.env,
+                                cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_port(mllp, 60, proc, "rdc lab listen")
+        wait_port(astm, 60, proc, "rdc lab listen")
+        good = tmp_path / "order.hl7"
+        good.write_text(good_oml(control="CLI-1").replace("\r", "\n"))
+        done = c.rdc("lab", "order", str(good), "--port", str(mllp))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "MSA|AA|CLI-1|order LO" in done.stdout
+        again = c.rdc("lab", "order", str(good), "--port", str(mllp))
+        assert again.returncode == 1
+        assert "AR for message CLI-1: duplicate message control id 'CLI-1'" in again.stderr
+        bad = tmp_path / "bad.hl7"
+        bad.write_text("hello")
+        refused = c.rdc("lab", "order", str(bad), "--port", str(mllp))
+        assert refused.returncode == 2 and "is not an HL7 v2 message" in refused.stderr
+        missing = c.rdc("lab", "order", str(tmp_path / "none.hl7"), "--port", str(mllp))
+        assert missing.returncode == 2 and "cannot read" in missing.stderr
+        assert [r.outcome for r in inbound(c)] == ["AA", "AR"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    out = (tmp_path / "lab.log").read_text()
+    assert f":{mllp}" in out and "lab: stopped" in out, out
+    assert code == 0, out
