@@ -564,10 +564,10 @@ def build_run(run: RunData, *, at: datetime | None = None, software: str = "rdc-
         recs.append(build_record(["P", str(seq)], d))
         codes = sorted({str(row[2][3]) for row in rows
                         if isinstance(row[2], list) and row[2][3] != SERUM_INDEX})
+        # O-3 specimen id, O-5 universal test ids, O-6 priority, O-26 report type.
         recs.append(build_record(["O", "1", specimen, "",
-                                  [["", "", "", c] for c in codes], "R", "", "", "",
-                                  "", "", "", "", "", "", "", "", "", "", "", "", "",
-                                  "", "", "F"], d))
+                                  [["", "", "", c] for c in codes], "R",
+                                  *[""] * 19, "F"], d))
         for i, row in enumerate(rows, 1):
             row[1] = str(i)
             recs.append(build_record(row, d))

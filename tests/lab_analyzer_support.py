@@ -4,13 +4,22 @@ stand on the lab's tables alone)."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.models.lab import LabControlLot, LabOrder, LabResult, LabSpecimen
+from core.db import Database
+from core.models.lab import LabControlLot, LabOrder, LabResult, LabRun, LabSpecimen
 from core.models.site import Site
+from core.settings import Settings
 from core.sites import SiteSpec, add_site
+from devkit.ports import free_port
+from lab import astm_server
 from lab.catalog import get_catalog
 
 SITE = "county-a"
@@ -55,3 +64,43 @@ def make_lot(s: Session, analyzer: str, lot: str, test: str, level: int, mean: f
     s.add(row)
     s.flush()
     return row
+
+
+@contextmanager
+def astm_listener(db: Database, settings: Settings) -> Iterator[int]:
+    """lab.astm_server on a free loopback port, in a thread with its own event loop."""
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            server = loop.run_until_complete(astm_server.start(db, settings, "127.0.0.1",
+                                                               port))
+        except BaseException as e:  # reported to the test below
+            failure.append(e)
+            started.set()
+            return
+        started.set()
+        loop.run_forever()
+        server.close()
+        loop.run_until_complete(server.wait_closed())
+        loop.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert started.wait(10), "the ASTM listener did not start"
+    if failure:
+        raise failure[0]
+    try:
+        yield port
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+def runs(db: Database) -> list[LabRun]:
+    with db.session() as s:
+        return list(s.scalars(select(LabRun).order_by(LabRun.id)))
