@@ -551,7 +551,6 @@ def _wbit(rs: RuleSet, inputs: Sequence[ResultInput], members: list[int],
     params = wbit.WbitParams.from_params(rule.params)
     current: dict[str, float] = {}
     previous: dict[str, float] = {}
-    involved: dict[str, int] = {}
     for i in members:
         item = inputs[i]
         v = _numeric(item)
@@ -563,7 +562,6 @@ def _wbit(rs: RuleSet, inputs: Sequence[ResultInput], members: list[int],
             continue
         current[item.test_code] = v
         previous[item.test_code] = prev.value
-        involved[item.test_code] = i
     result = wbit.score(current, previous, params)
     if result is None or not result.suspect:
         return
@@ -571,5 +569,6 @@ def _wbit(rs: RuleSet, inputs: Sequence[ResultInput], members: list[int],
     msg = (f"possible wrong blood in tube: {result.k} analytes together moved "
            f"{result.score:.1f} against the patient's previous results (threshold "
            f"{result.threshold:g}): {detail}")
-    for code in result.z:
-        hits[involved[code]].append(_hit(rule, msg))
+    # The whole tube is suspect, not only the analytes scored: every result of it holds.
+    for i in members:
+        hits[i].append(_hit(rule, msg))

@@ -164,6 +164,10 @@ def test_wbit_fires_on_several_small_changes_a_delta_check_misses() -> None:
     assert all("delta" not in fired(v) for v in other)
     # ... but together they are not this patient.
     assert all(fired(v) == {"wbit"} for v in other)
+    # The whole tube is suspect: a result of it that is not scored (glucose) holds too.
+    tube = judge(*_heme({"MCV": 90.9, "HGB": 122.0, "PLT": 200.0, "WBC": 8.5}, before),
+                 item("GLU", 5.0, key=9))
+    assert fired(tube[-1]) == {"wbit"}
     assert "wrong blood in tube" in other[0].hits[0].message
 
 
