@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
@@ -69,6 +69,14 @@ def make_lot(s: Session, analyzer: str, lot: str, test: str, level: int, mean: f
 @contextmanager
 def astm_listener(db: Database, settings: Settings) -> Iterator[int]:
     """lab.astm_server on a free loopback port, in a thread with its own event loop."""
+    with serving(lambda port: astm_server.start(db, settings, "127.0.0.1", port)) as port:
+        yield port
+
+
+@contextmanager
+def serving(start: Callable[[int], Awaitable[asyncio.Server]]) -> Iterator[int]:
+    """An asyncio server (``start(port)``) on a free loopback port, in a thread with its
+    own event loop; yields the port."""
     port = free_port()
     loop = asyncio.new_event_loop()
     started = threading.Event()
@@ -77,8 +85,7 @@ def astm_listener(db: Database, settings: Settings) -> Iterator[int]:
     def run() -> None:
         asyncio.set_event_loop(loop)
         try:
-            server = loop.run_until_complete(astm_server.start(db, settings, "127.0.0.1",
-                                                               port))
+            server = loop.run_until_complete(start(port))
         except BaseException as e:  # reported to the test below
             failure.append(e)
             started.set()
@@ -86,7 +93,13 @@ def astm_listener(db: Database, settings: Settings) -> Iterator[int]:
         started.set()
         loop.run_forever()
         server.close()
+        # Connections still open (an idle analyzer link) end with the test.
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.run_until_complete(server.wait_closed())
+        loop.run_until_complete(asyncio.sleep(0.05))  # transports closing
         loop.close()
 
     thread = threading.Thread(target=run, daemon=True)
