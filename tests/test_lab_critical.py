@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 from test_notify import Receiver
+from typer.testing import CliRunner
 
 from conftest import Center, _create_pg_database, _drop_pg_database, free_port
 from core import jobs
@@ -33,13 +34,13 @@ from core.models import (
     LabResult,
     LabSpecimen,
     OutboundMessage,
-    Site,
     User,
     UserSite,
 )
 from core.settings import Settings
 from core.sites import SiteSpec, add_site
 from lab import critical
+from rdc.cli import app as cli_app
 from test_delivery import MLLPServer
 
 NOW = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
@@ -454,38 +455,42 @@ def test_cli_lists_acknowledges_and_shows_the_dashboard(env_center: Center) -> N
     now = datetime.now(UTC)
     nid = open_for(db, add_result(db, "county-a", measured_at=now), conf(), now=now)
 
+    # Once through the real entry point; the rest in-process (the same typer app).
     listed = center.rdc("lab", "critical", "list", "--open", "--json")
     assert listed.returncode == 0, listed.stderr
     assert [(n["id"], n["state"], n["test_code"]) for n in json.loads(listed.stdout)] \
         == [(nid, "notified", "K")]
-    table = center.rdc("lab", "critical", "list")
-    assert table.returncode == 0 and "7.1 mmol/L" in table.stdout
+    runner = CliRunner()
 
-    def ack(user: str, readback: str) -> Any:
-        return center.rdc("lab", "critical", "ack", str(nid), "--name", "Dr Li",
-                          "--readback", readback, "--as", user)
+    def rdc(*args: str) -> Any:
+        return runner.invoke(cli_app, ["lab", "critical", *args])
+
+    table = rdc("list")
+    assert table.exit_code == 0 and "7.1 mmol/L" in table.stdout
+
+    def ack(user: str, readback: str, notice_id: int = nid) -> Any:
+        return rdc("ack", str(notice_id), "--name", "Dr Li", "--readback", readback,
+                   "--as", user)
 
     wrong_site = ack("nurse-b", "7.1")
-    assert wrong_site.returncode == 6 and "may not see site 'county-a'" in wrong_site.stderr
+    assert wrong_site.exit_code == 6 and "may not see site 'county-a'" in wrong_site.stderr
     wrong_role = ack("rad", "7.1")
-    assert wrong_role.returncode == 6 and "none of the roles" in wrong_role.stderr
-    assert ack("nobody", "7.1").returncode == 3
-    missing = center.rdc("lab", "critical", "ack", "999", "--name", "Dr Li", "--readback",
-                         "7.1", "--as", "nurse-a")
-    assert missing.returncode == 3 and "critical notice 999 not found" in missing.stderr
+    assert wrong_role.exit_code == 6 and "none of the roles" in wrong_role.stderr
+    assert ack("nobody", "7.1").exit_code == 3
+    missing = ack("nurse-a", "7.1", notice_id=999)
+    assert missing.exit_code == 3 and "critical notice 999 not found" in missing.stderr
     wrong = ack("nurse-a", "1.7")
-    assert wrong.returncode == 4 and "does not match" in wrong.stderr
+    assert wrong.exit_code == 4 and "does not match" in wrong.stderr
     assert "lab.critical_readback_mismatch" in [r.action for r in audits(db, nid)]
-    still = center.rdc("lab", "critical", "dashboard", "--json")
-    assert still.returncode == 1  # neither acknowledged nor escalated yet: loop not closed
+    # Neither acknowledged nor escalated yet: the loop is not closed, exit 1.
+    assert rdc("dashboard", "--json").exit_code == 1
     right = ack("nurse-a", "7.1")
-    assert right.returncode == 0, right.stderr
+    assert right.exit_code == 0, right.output
     assert "acknowledged by Dr Li (nurse-a)" in right.stdout
     assert notice(db, nid).state == "acknowledged"
-    board = center.rdc("lab", "critical", "dashboard", "--json")
-    assert board.returncode == 0, board.stderr
+    board = rdc("dashboard", "--json")
+    assert board.exit_code == 0, board.output
     [row] = json.loads(board.stdout)
     assert (row["site_id"], row["acknowledged"], row["closed_loop"]) == ("county-a", 1, True)
-    assert center.rdc("lab", "critical", "escalate").stdout.strip() == "nothing due"
-    with db.session() as s:
-        assert s.get(Site, "county-a") is not None
+    assert "county-a" in rdc("dashboard").stdout
+    assert rdc("escalate").stdout.strip() == "nothing due"
