@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from core import audit
 from core.db import Database
-from core.errors import InvalidInput
+from core.errors import InvalidInput, InvalidTransition
 from core.jobs import NewJob, submit
 from core.models.lab import (
     LabControlLot,
@@ -39,7 +39,8 @@ from core.models.lab import (
     LabSpecimen,
 )
 from lab.catalog import Analyzer, Catalog, get_catalog
-from lab.states import ResultState, check_order, check_result
+from lab.custody import record_event
+from lab.states import CustodyStep, ResultState, check_custody, check_order, check_result
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +162,9 @@ def _store(s: Session, catalog: Catalog, analyzer: Analyzer, run: RunData, *,
     refused: list[str] = []
     stored = 0
     seen: set[tuple[str, str]] = set()
+    on_analyzer: set[int] = set()
     for n, m in enumerate(run.results, 1):
-        reason = _attach_result(s, catalog, analyzer, lab_run, m, seen)
+        reason = _attach_result(s, catalog, analyzer, lab_run, m, seen, on_analyzer)
         if reason is None:
             stored += 1
             continue
@@ -196,7 +198,8 @@ def _store(s: Session, catalog: Catalog, analyzer: Analyzer, run: RunData, *,
 
 
 def _attach_result(s: Session, catalog: Catalog, analyzer: Analyzer, lab_run: LabRun,
-                   m: MeasuredResult, seen: set[tuple[str, str]]) -> str | None:
+                   m: MeasuredResult, seen: set[tuple[str, str]],
+                   on_analyzer: set[int]) -> str | None:
     """Attach ``m`` to its LabResult; returns the refusal reason, or None when stored."""
     where = f"specimen {m.accession!r} test {m.test_code!r}"
     test = catalog.tests.get(m.test_code)
@@ -242,12 +245,31 @@ def _attach_result(s: Session, catalog: Catalog, analyzer: Analyzer, lab_run: La
     result.updated_at = datetime.now(UTC)
     if m.hil:
         specimen.hil = {**specimen.hil, **{k: float(v) for k, v in m.hil.items()}}
+    if specimen.id not in on_analyzer:
+        on_analyzer.add(specimen.id)
+        _on_analyzer(s, specimen, analyzer, lab_run, m.measured_at)
     order = s.get(LabOrder, result.order_id)
     if order is not None and order.state != "in_progress":
         check_order(order.state, "in_progress")
         order.state = "in_progress"
         order.updated_at = datetime.now(UTC)
     return None
+
+
+def _on_analyzer(s: Session, specimen: LabSpecimen, analyzer: Analyzer, lab_run: LabRun,
+                 at: datetime) -> None:
+    """The tube's custody timeline shows it on the analyzer (once per run); its state
+    moves there when that is a step it may take (an accessioned or stored tube)."""
+    record_event(s, step=CustodyStep.ON_ANALYZER, actor=f"analyzer:{analyzer.id}",
+                 specimen=specimen, location=analyzer.id, at=at,
+                 detail={"run": lab_run.run_code, "run_id": lab_run.id})
+    try:
+        check_custody(specimen.state, CustodyStep.ON_ANALYZER)
+    except InvalidTransition:
+        log.warning("lab tube %s measured while %s: state left as it is",
+                    specimen.accession, specimen.state)
+        return
+    specimen.state = CustodyStep.ON_ANALYZER
 
 
 def _attempt_of(result: LabResult) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from core.errors import InvalidInput
 from core.models import AuditRecord, Job
 from core.models.lab import (
     LabControlResult,
+    LabCustodyEvent,
     LabInboundMessage,
     LabOrder,
     LabResult,
@@ -21,6 +22,7 @@ from core.models.lab import (
     LabSpecimen,
 )
 from devkit.center import Center
+from lab.instrument_oru import build_oru, parse_oru
 from lab.results_in import ControlMeasurement, MeasuredResult, RunData, store_run
 
 
@@ -67,6 +69,12 @@ def test_results_attach_to_their_ordered_rows_and_the_job_is_submitted(
     with c.db.session() as s:
         spec = s.scalar(select(LabSpecimen).where(LabSpecimen.accession == "L00000001"))
         assert spec is not None and spec.hil == {"H": 20.0, "I": 3.0, "L": 10.0}
+        # The tube's custody timeline shows it on the analyzer, once for the run.
+        assert spec.state == "on_analyzer"
+        (event,) = s.scalars(select(LabCustodyEvent).where(
+            LabCustodyEvent.specimen_id == spec.id, LabCustodyEvent.step == "on_analyzer"))
+        assert (event.actor, event.location, event.at) == ("analyzer:CHEM1", "CHEM1", T0)
+        assert event.detail["run"] == "RUN-1"
         order = s.get(LabOrder, spec.order_id)
         assert order is not None and order.state == "in_progress"
         lab_run = s.get(LabRun, out.run_id)
@@ -204,3 +212,44 @@ def test_an_unknown_analyzer_refuses_the_whole_run(env_center: Center) -> None:
         msg = s.scalar(select(LabInboundMessage))
         assert msg is not None and msg.outcome == "AR" and "CHEM9" in msg.reason
     assert _result(c, "L00000001", "K").value is None
+
+
+# --- HL7 ORU^R01 from the hematology analyzer (lab/instrument_oru.py) ----------------
+ORU = "\r".join([
+    "MSH|^~\\&|HEME1|HEME1|RDC|LAB|20261201080000||ORU^R01^ORU_R01|HRUN-7|P|2.5.1",
+    "OBR|1||QC^LOT-H^2|HGB^^99RDC|||20261201075000",
+    "OBX|1|NM|HGB^^99RDC||71|g/L||N|||F|||20261201075000",
+    "OBR|2||L00000003|CBC^^99RDC|||20261201080000",
+    "OBX|1|NM|718-7^Hemoglobin^LN||128|g/L|115-150|N|||F|||20261201080500",
+    "OBX|2|NM|PLT^^99RDC||15|10*9/L||LL~W|||F",
+    "OBX|3|ST|WBC^^99RDC||>400|10*9/L||>|||F",
+])
+
+
+def test_an_instrument_oru_reads_as_a_run() -> None:
+    run = parse_oru(ORU)
+    assert (run.analyzer_id, run.run_code) == ("HEME1", "HRUN-7")
+    (qc,) = run.controls
+    assert (qc.lot, qc.test_code, qc.level, qc.value) == ("LOT-H", "HGB", 2, 71.0)
+    hgb, plt, wbc = run.results
+    assert (hgb.accession, hgb.test_code, hgb.value, hgb.units) == ("L00000003", "HGB",
+                                                                   128.0, "g/L")
+    assert hgb.measured_at == T0 + timedelta(minutes=5)
+    assert (plt.value, plt.flags, plt.measured_at) == (15.0, ("LL", "W"), T0)  # OBR-7
+    assert (wbc.value, wbc.value_text, wbc.flags) == (None, ">400", (">",))
+    assert parse_oru(build_oru(run, at=T0)) == run
+
+
+@pytest.mark.parametrize(("change", "error"), [
+    (("ORU^R01^ORU_R01", "ORM^O01"), "is not ORU.R01"),
+    (("OBR|2||L00000003|", "OBR|2|||"), "OBR-3 .specimen. is empty"),
+    (("718-7^Hemoglobin^LN", "9999-9^X^LN"), "LOINC '9999-9' is not in the test catalog"),
+    (("QC^LOT-H^2", "QC^LOT-H^high"), "a control needs OBR-3 QC.lot.level"),
+    (("20261201080500", "2026-12-01"), "not an HL7 date/time"),
+])
+def test_a_bad_instrument_oru_is_refused_naming_the_field(change: tuple[str, str],
+                                                          error: str) -> None:
+    with pytest.raises(InvalidInput, match=error):
+        parse_oru(ORU.replace(*change))
+    with pytest.raises(InvalidInput, match="not an HL7 v2 message"):
+        parse_oru("hello")
