@@ -222,6 +222,9 @@ ALL_ROLES = frozenset(ROLES)
 #: The pathology center (tests/test_pathology_access.py has its own, finer matrix).
 PATHOLOGIST = frozenset({"pathologist"})
 PATHOLOGY_VIEW = frozenset({"pathologist", "admin", "site_user"})
+#: The lab center (tests/test_lab_access.py has its own, finer matrix).
+LAB_REVIEWER = frozenset({"lab_reviewer"})
+LAB_VIEW = frozenset({"lab_reviewer", "site_user"})
 #: (method, path as the app declares it) → expectation.  A route of the app missing
 #: here fails the test: a new route must say who may use it.
 MATRIX: dict[tuple[str, str], Expect] = {
@@ -299,6 +302,28 @@ MATRIX: dict[tuple[str, str], Expect] = {
         PATHOLOGIST, body={"concordance": "minor"}),
     ("GET", "/api/pathology/pages"): _signed_in(PATHOLOGIST | ADMIN),
     ("GET", "/api/pathology/dashboard"): _signed_in(PATHOLOGIST | ADMIN),
+    ("GET", "/api/lab/held"): _signed_in(LAB_REVIEWER),
+    ("GET", "/api/lab/results/{result_id}"): Expect(LAB_VIEW),
+    ("POST", "/api/lab/results/{result_id}/review"): Expect(
+        LAB_REVIEWER, body={"action": "rerun", "reason": "x"}),
+    # Signing is a person's act; the ids are in the body (a missing one: 404).
+    ("POST", "/api/lab/sign"): Expect(LAB_REVIEWER, operator=403, body={
+        "result_ids": [MISSING], "passphrase": PASSPHRASE}),
+    # Without analyzer, test and level: 422 once admitted.
+    ("GET", "/api/lab/qc/chart"): Expect(LAB_REVIEWER, ok=422),
+    ("GET", "/api/lab/qc/chart.png"): Expect(LAB_REVIEWER, ok=422),
+    ("GET", "/api/lab/critical"): _signed_in(LAB_VIEW),
+    ("POST", "/api/lab/critical/{notice_id}/ack"): Expect(
+        LAB_VIEW, body={"name": "x", "readback": "1"}),
+    ("GET", "/api/lab/dashboard"): _signed_in(LAB_REVIEWER | ADMIN),
+    ("GET", "/api/lab/specimens/{accession}/timeline"): Expect(LAB_VIEW),
+    ("GET", "/api/lab/specimens/{accession}/label.pdf"): Expect(LAB_VIEW),
+    ("GET", "/api/lab/boxes/{box_code}"): Expect(LAB_VIEW),
+    # An empty bundle: 422 naming what is missing (the operator: no site named).
+    ("POST", "/api/lab/orders/fhir"): Expect(frozenset({"site_user"}), ok=422, body={}),
+    ("GET", "/api/lab/orders/{order_id}/fhir"): Expect(LAB_VIEW),
+    # Without site, patient and visit: 422 once admitted.
+    ("GET", "/api/lab/visits/report.pdf"): Expect(LAB_VIEW, ok=422),
     ("GET", "/dicom-web/studies"): _signed_in(READING),
     ("GET", "/dicom-web/studies/{_path:path}"): Expect(READING),
     # Last: it ends the session.
@@ -385,7 +410,9 @@ def test_every_role_against_every_route(world: tuple[Center, dict[str, int]]) ->
     asset = next(p.name for p in sorted((REPO / "viewer" / "static" / "assets").iterdir()))
     fixed = {"user_id": MISSING, "delivery_id": MISSING, "token": "not-a-token", "index": 0,
              "name": "swagger-ui.css", "case_id": MISSING, "slide_id": MISSING,
-             "consult_id": MISSING, "level": 0, "col": 0, "row": 0}
+             "consult_id": MISSING, "level": 0, "col": 0, "row": 0,
+             "result_id": MISSING, "notice_id": MISSING, "order_id": MISSING,
+             "accession": "L99999999", "box_code": "BOX-MISSING"}
 
     def url(path: str, who: Caller) -> str:
         if path == "/assets":

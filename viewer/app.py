@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 
 from core.errors import RDCError
 from core.settings import get_settings
-from viewer.api import auth, dicomweb, ecg, front_door, ops, pathology, reports, worklist
+from viewer.api import auth, dicomweb, ecg, front_door, lab, ops, pathology, reports, worklist
 from viewer.deployment import check_production, trust_proxy_headers
 from viewer.frontend_routes import DEFAULT_STATIC_DIR, mount_docs, mount_frontend
 from viewer.headers import PatientDataHeaders
@@ -30,7 +30,7 @@ def create_app() -> FastAPI:
         return JSONResponse({"detail": str(exc), "error": type(exc).__name__},
                             status_code=exc.http_status)
 
-    for api in (ops, auth, front_door, worklist, reports, ecg, pathology, dicomweb):
+    for api in (ops, auth, front_door, worklist, reports, ecg, pathology, lab, dicomweb):
         app.include_router(api.router)
     static_dir = settings.web_static_dir or DEFAULT_STATIC_DIR
     mount_docs(app, static_dir)
