@@ -156,7 +156,7 @@ export function renderLabHeld(root, { navigate, user }) {
     h('td', { class: 'small' }, rangeText(item)),
     h('td', { testid: 'lab-patient' }, String(item.patient_name ?? ''), h('div', { class: 'muted small' }, `${item.patient_id ?? ''} · ${item.site_id ?? ''}`)),
     h('td', {}, item.accession ? h('a', { href: `#/lab/specimen/${encodeURIComponent(item.accession)}`, testid: 'lab-accession' }, String(item.accession)) : '',
-      item.hold_reason ? h('div', { class: 'error small', testid: 'lab-specimen-hold' }, String(item.hold_reason)) : null),
+      item.specimen_hold ? h('div', { class: 'error small', testid: 'lab-specimen-hold' }, String(item.specimen_hold)) : null),
     h('td', { testid: 'lab-qc', class: item.qc_hold ? 'error small' : 'small', title: String(item.qc_hold ?? '') }, qc || '—'),
     h('td', { testid: 'lab-hil', class: 'small' }, hilText(item.hil) || '—'),
     h('td', { testid: 'lab-rules', class: 'small' }, rules.length

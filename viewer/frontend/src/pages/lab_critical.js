@@ -40,7 +40,7 @@ export function renderLabCritical(root, { navigate, user }) {
       name, readback, submit, problem);
     form.addEventListener('submit', async (ev) => {
       ev.preventDefault();
-      const why = !name.value.trim() ? 'Who took the value?' : readbackProblem(readback.value, n.value, n.decimals);
+      const why = !name.value.trim() ? 'Who took the value?' : readbackProblem(readback.value, n.value_text || n.value);
       replace(problem, why);
       if (why) return;
       submit.disabled = true;
@@ -65,7 +65,7 @@ export function renderLabCritical(root, { navigate, user }) {
     return h('tr', { testid: 'lab-notice', class: open ? 'critical' : null, dataset: { noticeId: String(n.id), state: String(n.state ?? ''), resultId: String(n.result_id ?? '') } },
       h('td', {}, h('span', { class: badge.cls, testid: 'lab-notice-state' }, badge.label)),
       h('td', { testid: 'lab-notice-test' }, String(n.test_code ?? '')),
-      h('td', { class: 'num', testid: 'lab-notice-value' }, valueText(n), n.abnormal_flag ? ` ${n.abnormal_flag}` : ''),
+      h('td', { class: 'num', testid: 'lab-notice-value' }, valueText(n), n.flag ? ` ${n.flag}` : ''),
       h('td', {}, String(n.patient_name ?? ''), h('div', { class: 'muted small' }, `${n.patient_id ?? ''} · ${n.site_id ?? ''}`)),
       h('td', { class: 'small' }, formatDateTime(n.result_at)),
       h('td', { class: 'small' }, formatDateTime(n.notified_at)),

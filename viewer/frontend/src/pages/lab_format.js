@@ -102,7 +102,7 @@ export function valueText(r) {
  * @returns {{ label: string, cls: string }}
  */
 export function flagBadge(r) {
-  const flag = String(r?.abnormal_flag ?? '');
+  const flag = String(r?.abnormal_flag ?? r?.flag ?? '');
   if (r?.critical || flag === 'HH' || flag === 'LL') {
     return { label: flag || 'CRIT', cls: 'badge crit' };
   }
@@ -221,22 +221,22 @@ export function canSign(r) {
 }
 
 /**
- * Check a read-back before it is sent: a number, equal to the value at the test's
- * decimals (the server checks it again, lab.critical.acknowledge).
+ * Check a read-back before it is sent: a number, equal to the value as the lab sent it
+ * ("6.9" for 6.9 or 6.90). The server is the judge (lab.critical.readback_matches,
+ * at the test's decimals); this only says so before anything is sent.
  * @param {string} readback
- * @param {unknown} value
- * @param {number} [decimals]
+ * @param {unknown} sent  the value as sent (value_text, else the number)
  * @returns {string}  '' when it matches, else why not
  */
-export function readbackProblem(readback, value, decimals) {
-  const text = String(readback ?? '').trim().replace(',', '.');
+export function readbackProblem(readback, sent) {
+  const text = String(readback ?? '').trim();
   if (!text) return 'Read the value back as you heard it.';
-  const heard = Number(text.replace(/[^0-9.+-]/g, ''));
-  if (!/[0-9]/.test(text) || Number.isNaN(heard)) return 'The read-back must be the number you heard.';
-  const v = Number(value);
-  if (value === null || value === undefined || Number.isNaN(v)) return '';
-  const d = Number.isInteger(decimals) ? /** @type {number} */ (decimals) : 2;
-  return heard.toFixed(d) === v.toFixed(d) ? '' : `The read-back ${text} does not match the value.`;
+  const number = /[<>]?\s*[-+]?[0-9]+(\.[0-9]+)?/.exec(text);
+  if (!number) return 'The read-back must be the number you heard.';
+  const expected = /[<>]?\s*[-+]?[0-9]+(\.[0-9]+)?/.exec(String(sent ?? ''));
+  if (!expected) return '';
+  const norm = (/** @type {string} */ v) => `${/[<>]/.exec(v)?.[0] ?? ''}${Number(v.replace(/[<>\s]/g, ''))}`;
+  return norm(number[0]) === norm(expected[0]) ? '' : `The read-back ${text} does not match the value.`;
 }
 
 /**
