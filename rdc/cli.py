@@ -411,16 +411,23 @@ def demo(
         help="Also send three pathology cases (imported, C-STORE, frozen section).")] = True,
     slide_size: Annotated[str, typer.Option(
         help="Size of the imported demo slide, WIDTHxHEIGHT pixels.")] = "40960x30720",
+    lab: Annotated[bool, typer.Option(
+        "--lab/--no-lab", help="Also run the lab: HL7 orders from a county site, the "
+                               "simulated analyzers, results back over HL7.")] = True,
 ) -> None:
     """Register a demo county site, send sample studies with DCMTK storescu, and show
-    the AI pre-reads of the chest radiograph and the CT, and the pathology cases."""
+    the AI pre-reads of the chest radiograph and the CT, the pathology cases and the
+    lab's orders, runs and results back to the site."""
     from rdc.demo import run_demo
+    from rdc.demo_lab import run_lab_demo
     from rdc.demo_pathology import parse_slide_size
 
     s = _settings()
     try:
         code = run_demo(s, console, ct_slices=ct_slices, timeout=timeout, ai=ai,
                         pathology=pathology, slide_size=parse_slide_size(slide_size))
+        if lab:
+            code = max(code, run_lab_demo(s, console, timeout=timeout))
     except RDCError as e:
         raise fail(e) from e
     raise typer.Exit(code)
