@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -356,6 +358,34 @@ def test_acknowledge_refuses_bad_input_precisely(db: Database) -> None:
 def test_a_ladder_nobody_understands_stops_the_center(db: Database, tiers: list[str]) -> None:
     with db.session() as s, pytest.raises(ConfigurationError, match="RDC_LAB_CRITICAL_TIERS"):
         critical.escalate_due(s, conf(lab_critical_tiers=tiers), now=NOW)
+
+
+def test_an_acknowledgement_racing_the_escalation_is_never_overwritten(
+        db: Database) -> None:
+    """The scheduler escalating while a nurse acknowledges: escalation waits for the
+    acknowledgement's row lock (PostgreSQL's FOR UPDATE; SQLite's write lock) and then
+    finds nothing due, instead of writing "escalated" over "acknowledged"."""
+    settings = conf()
+    nid = open_for(db, add_result(db, "county-a"), settings)
+    outcome: dict[str, Any] = {}
+    locked = threading.Event()
+
+    def scheduler() -> None:
+        locked.wait(10)
+        outcome["escalated"] = escalate(db, settings, PERIOD_S + 1)
+
+    thread = threading.Thread(target=scheduler)
+    thread.start()
+    with db.session() as s:
+        critical.acknowledge(s, nid, actor="nurse-a", name="Li", readback="7.1",
+                             now=NOW + timedelta(seconds=PERIOD_S), settings=settings)
+        locked.set()
+        time.sleep(0.5)  # the scheduler is now waiting on the lock
+        assert "escalated" not in outcome
+    thread.join(30)
+    assert outcome["escalated"] == []
+    row = notice(db, nid)
+    assert (row.state, row.tier, row.next_escalation_at) == ("acknowledged", 0, None)
 
 
 # Read-back rules ----------------------------------------------------------------------
