@@ -54,7 +54,8 @@ def add_specimen(s: object, values: Mapping[str, float | None], *, patient: str 
     n = next(_counter)
     catalog = get_catalog()
     order = LabOrder(site_id=site, placer_order_number=f"PO{n}", filler_order_number=f"F{n}",
-                     patient_id=patient, sex=sex, birth_date=birth, state="in_progress")
+                     patient_id=patient, patient_name=f"DOE^{patient}", sex=sex,
+                     birth_date=birth, state="in_progress")
     s.add(order)
     s.flush()
     spec = LabSpecimen(order_id=order.id, accession=f"L{n:08d}", specimen_type="serum",
