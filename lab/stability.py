@@ -78,7 +78,12 @@ def temperature_excursion(condition: str, readings: Sequence[tuple[datetime, flo
                if (low is not None and t < low) or (high is not None and t > high)]
     if not outside:
         return ""
-    worst = max(outside, key=lambda r: max((low or r[1]) - r[1], r[1] - (high or r[1])))
+    def how_far(reading: tuple[datetime, float]) -> float:
+        below = low - reading[1] if low is not None else 0.0
+        above = reading[1] - high if high is not None else 0.0
+        return max(below, above)
+
+    worst = max(outside, key=how_far)
     return (f"{len(outside)} of {len(readings)} readings outside {span} for a {condition} "
             f"box, from {outside[0][0].isoformat()} to {outside[-1][0].isoformat()}; "
             f"worst {worst[1]:g} °C at {worst[0].isoformat()}")

@@ -10,14 +10,16 @@ as the order interface would; tests/test_lab_stability.py and test_lab_labels.py
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from conftest import _create_pg_database, _drop_pg_database
+from conftest import Center, _create_pg_database, _drop_pg_database
 from core import audit
 from core.db import Database, get_database
 from core.errors import Conflict, InvalidInput, InvalidTransition, NotFound
@@ -403,3 +405,99 @@ def test_a_tube_with_released_results_cannot_be_rejected(db: Database) -> None:
     with db.session() as s, pytest.raises(Conflict, match="results K were already released"):
         custody.reject_specimen(s, acc, "clotted", actor="tech")
     assert specimen(db, acc).state == "accessioned"
+
+
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def rdc(*args: str) -> Ran:
+    """``rdc ARGS`` in this process (the settings are the ``env_center``'s)."""
+    from typer.testing import CliRunner
+
+    from rdc.cli import app
+
+    r = CliRunner().invoke(app, list(args))
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    # stderr's console wraps at 80 columns: compare its words.
+    return Ran(r.exit_code, r.stdout, " ".join(r.stderr.split()))
+
+
+def test_the_custody_commands(env_center: Center, tmp_path: Path) -> None:
+    center = env_center
+    with center.db.session() as s:
+        add_site(s, SiteSpec(id="county-a", name="A", ae_title="COUNTY_A", host="127.0.0.1",
+                             port=104, allowed_addresses=("127.0.0.1",)), actor="test")
+    a1, a2 = add_order(center.db, tests=("NA", "CREA"), specimens=2, condition="refrigerated")
+
+    def at(hours: float) -> str:
+        return (NOW + timedelta(hours=hours)).isoformat()
+
+    r = rdc("lab", "box", "pack", "BX-9", a1, a2, "--site", "county-a",
+                   "--condition", "refrigerated", "--by", "nurse.li", "--at", at(0.5))
+    assert r.returncode == 0, r.stderr
+    assert "box BX-9 packed (refrigerated) with 2 tube(s)" in r.stdout
+    r = rdc("lab", "box", "pickup", "BX-9", "--courier", "County Express",
+                   "--at", at(0.1))
+    assert r.returncode == 4 and "before its last scan" in r.stderr, r.stderr
+    r = rdc("lab", "box", "pickup", "BX-9", "--courier", "County Express",
+                   "--by", "driver.wu", "--at", at(1))
+    assert r.returncode == 0, r.stderr
+    log = tmp_path / "logger.csv"
+    log.write_text("time,temperature_c\n" + "".join(
+        f"{at(1 + i / 4)},{t}\n" for i, t in enumerate([4.5, 5.0, 12.5, 6.0])), encoding="utf-8")
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"time,temperature_c\n{at(1)},4.0\n2026-12-01 09:00,5.0\n", encoding="utf-8")
+    r = rdc("lab", "box", "receive", "BX-9", "--log", str(bad), "--at", at(3))
+    assert r.returncode == 2, r.stderr
+    assert "bad.csv:3: time '2026-12-01 09:00' has no UTC offset" in r.stderr
+    r = rdc("lab", "box", "receive", "BX-9", "--log", str(log), "--by", "tech.zhou",
+                   "--at", at(3))
+    assert r.returncode == 0, r.stderr
+    assert "box BX-9 received: 4 reading(s), 2 tube(s)" in r.stdout
+    assert "1 of 4 readings outside 2 to 8 °C" in r.stdout
+    assert f"{a1}: HELD — box BX-9 temperature excursion" in r.stdout
+
+    r = rdc("lab", "scan", a1, "disposed", "--at", at(4))
+    assert r.returncode == 4 and "accessioned -> disposed is not allowed" in r.stderr
+    r = rdc("lab", "scan", a1, "on_analyzer", "--location", "CHEM1", "--by", "tech.ma",
+                   "--at", at(4))
+    assert r.returncode == 0 and "held:" in r.stdout, r.stderr
+    r = rdc("lab", "scan", a1, "stored", "--temperature", "4", "--at", at(5))
+    assert r.returncode == 0, r.stderr
+    r = rdc("lab", "reject", a2, "--code", "dirty")
+    assert r.returncode == 2 and "unknown rejection code 'dirty'" in r.stderr
+    r = rdc("lab", "reject", a2, "--code", "clotted", "--note", "clots seen",
+                   "--at", at(4))
+    assert r.returncode == 0 and f"{a2} rejected (clotted)" in r.stdout, r.stderr
+
+    r = rdc("lab", "timeline", a1, "--json")
+    assert r.returncode == 0, r.stderr
+    view = json.loads(r.stdout)
+    assert [e["step"] for e in view["events"]] == [
+        "ordered", "collected", "packed", "courier", "received", "accessioned", "on_analyzer",
+        "stored"]
+    assert view["events"][-1]["temperature_c"] == 4.0
+    assert view["hold_reason"].startswith("box BX-9 temperature excursion")
+    r = rdc("lab", "timeline", a1)
+    assert r.returncode == 0 and "tech.ma" in r.stdout and "CHEM1" in r.stdout
+    r = rdc("lab", "box-timeline", "BX-9", "--json")
+    box = json.loads(r.stdout)
+    assert [x["in_range"] for x in box["temperature_log"]] == [True, True, False, True]
+    assert [(t["accession"], t["rejection_code"]) for t in box["specimens"]] == [
+        (a1, None), (a2, "clotted")]
+    r = rdc("lab", "box-timeline", "BX-9")
+    assert r.returncode == 0 and "out of range" in r.stdout and "rejected (clotted)" in r.stdout
+    r = rdc("lab", "box-timeline", "NOPE")
+    assert r.returncode == 3 and "no shipment box 'NOPE'" in r.stderr
+
+    pdf = tmp_path / "labels.pdf"
+    r = rdc("lab", "label", a1, a2, "--out", str(pdf))
+    assert r.returncode == 0 and "2 label(s) written" in r.stdout, r.stderr
+    assert pdf.read_bytes().startswith(b"%PDF-") and pdf.read_bytes().count(b"/Type /Page\n") == 2
+    with center.db.session() as s:
+        assert audit.verify(s).ok
