@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import socket
 import threading
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from hl7apy.core import Message
 from hl7apy.parser import parse_message
-from lab_review_support import Measured, make_order, make_site
+from lab_review_support import PASSPHRASE, T0, Measured, make_order, make_site
 from sqlalchemy import func, select
 
 from conftest import Center
 from core import audit, jobs
 from core.errors import Conflict, InvalidInput
 from core.models import AuditRecord, Delivery, LabOrder, LabResult, OutboundMessage
+from devkit.hl7_site import SiteReceiver
+from lab.orders import OrderRequest, SpecimenRequest, accept_order
 from lab.results_out import build_oru, release, send_rejection
+from lab.signing import sign_results
+from reports.keys import issue_key
 
 
 class MLLPReceiver:
@@ -226,3 +231,44 @@ def test_send_rejection_tells_the_site_why(env_center: Center) -> None:
         assert his.messages == [body]
     finally:
         his.close()
+
+
+def test_an_order_taken_in_signed_and_sent_to_the_site_receiver(env_center: Center) -> None:
+    """The whole results leg on a real order: taken in by lab.orders, measured, held,
+    signed by a reviewer, released and received by the county site's HL7 endpoint
+    (devkit.hl7_site), whose ACK lands on the message."""
+    center = env_center
+    with SiteReceiver() as site:
+        make_site(center, "county-a", hl7_port=site.port)
+        with center.db.session() as s:
+            issue_key(s, center.settings, reader_id="rev.e2e", display_name="Reviewer",
+                      passphrase=PASSPHRASE, actor="test")
+            order = accept_order(s, OrderRequest(
+                site_id="county-a", placer_order_number="HIS-7781", patient_id="P-42",
+                patient_name="李^四", sex="F", birth_date="19700505", visit_number="V-3",
+                ordering_provider="Dr. Zhou", priority="routine",
+                specimens=(SpecimenRequest(
+                    site_specimen_id="T1", specimen_type="serum", collected_at=T0,
+                    condition="room", spun=True, tests=("K", "CREA")),)),
+                source="hl7", actor="test")
+            rows = list(s.scalars(select(LabResult).where(LabResult.order_id == order.id)
+                                  .order_by(LabResult.test_code)))
+            for row, value, flag in zip(rows, (150.0, 5.8), ("H", "H"), strict=True):
+                row.value, row.value_text, row.abnormal_flag = value, str(value), flag
+                row.measured_at, row.state = T0 + timedelta(hours=3), "held"
+            ids = [r.id for r in rows]
+        with center.db.session() as s:
+            sign_results(s, center.settings, ids, reader_id="rev.e2e", passphrase=PASSPHRASE)
+            message_id = s.scalar(select(LabResult.message_id).where(LabResult.id == ids[0]))
+            job_id = s.scalar(select(Delivery.job_id).where(Delivery.message_id == message_id))
+        assert job_id is not None
+        assert jobs.execute(center.db, job_id) == "succeeded"
+        [got] = site.received()
+        assert got.message_type.startswith("ORU^R01")
+        assert "14682-9^Creatinine" in got.raw and "2823-3^Potassium" in got.raw
+        assert "|HIS-7781|" in got.raw
+        with center.db.session() as s:
+            message = s.get(OutboundMessage, message_id)
+            assert message is not None and got.control_id == message.control_id
+            assert message.ack_code == "AA" and message.acked_at is not None
+            assert s.get(LabOrder, order.id).state == "resulted"  # type: ignore[union-attr]
