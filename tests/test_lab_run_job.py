@@ -5,7 +5,7 @@ failing control holds its analyte's results; running the job twice changes nothi
 from __future__ import annotations
 
 from lab_autoverify_support import NOW, add_run, add_specimen, db
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from core import jobs
@@ -44,7 +44,7 @@ def _controls(s: Session, run: LabRun, k_shift_sd: float = 0.0) -> None:
     s.flush()
 
 
-def _count(s: Session, model: type, *where: object) -> int:
+def _count(s: Session, model: type, *where: ColumnElement[bool]) -> int:
     return int(s.scalar(select(func.count()).select_from(model).where(*where)) or 0)
 
 
