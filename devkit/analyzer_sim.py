@@ -160,9 +160,16 @@ def _stable_uniform(*parts: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def plausible_value(test: Test, patient_id: str, sex: str) -> float:
+def plausible_value(test: Test, patient_id: str, sex: str,
+                    catalog: Catalog | None = None) -> float:
     """A value plausible for this patient: inside the reference range, stable per patient
-    and test (the patient's set point)."""
+    and test (the patient's set point).  Chloride follows the patient's sodium and
+    bicarbonate so that the anion gap Na - (Cl + HCO3) is a physiological 9-15 mmol/L
+    (independent draws would put a fifth of the tubes outside 3-20 and hold them)."""
+    if test.code == "CL" and catalog is not None and {"NA", "HCO3"} <= set(catalog.tests):
+        na = plausible_value(catalog.tests["NA"], patient_id, sex)
+        hco3 = plausible_value(catalog.tests["HCO3"], patient_id, sex)
+        return na - hco3 - (9.0 + 6.0 * _stable_uniform(patient_id, "anion-gap"))
     ref = test.reference_range(sex, 45.0)
     low = ref.low if ref is not None and ref.low is not None else None
     high = ref.high if ref is not None and ref.high is not None else None
@@ -231,7 +238,7 @@ def plan_run(db: Database, analyzer_id: str, options: SimOptions | None = None, 
             hil = _hil(spec, opts, rng) if spec.specimen_type in ("serum", "plasma") else None
             for r in pending:
                 test = catalog.test(r.test_code)
-                value = _patient_value(test, order.patient_id, order.sex, opts, rng)
+                value = _patient_value(catalog, test, order.patient_id, order.sex, opts, rng)
                 crit = next((c for c in opts.criticals if c.accession == spec.accession
                              and c.test == r.test_code), None)
                 if crit is not None:
@@ -272,9 +279,9 @@ def _controls(lots: Sequence[LabControlLot], opts: SimOptions, rng: random.Rando
     return out
 
 
-def _patient_value(test: Test, patient_id: str, sex: str, opts: SimOptions,
-                   rng: random.Random) -> float:
-    base = plausible_value(test, patient_id, sex)
+def _patient_value(catalog: Catalog, test: Test, patient_id: str, sex: str,
+                   opts: SimOptions, rng: random.Random) -> float:
+    base = plausible_value(test, patient_id, sex, catalog)
     cv_i = WITHIN_SUBJECT_CV.get(test.code, 5.0) / 100
     cv_a = ANALYTICAL_CV.get(test.code, 3.0) / 100
     value = base * (1 + rng.gauss(0.0, cv_i * 0.5)) * (1 + rng.gauss(0.0, cv_a))

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from core.errors import InvalidInput
-from core.models.lab import LabControlLot, LabControlResult, LabResult
+from core.models.lab import LabControlLot, LabControlResult, LabCriticalNotice, LabResult
 from devkit.analyzer_sim import (
     ControlFault,
     CriticalValue,
@@ -27,6 +27,7 @@ from devkit.ports import wait_until
 from lab import mllp_server
 from lab.catalog import get_catalog
 from lab.results_in import store_run
+from lab.run_job import process_run
 from rdc.lab_cli import lab_app
 
 
@@ -184,3 +185,52 @@ def test_a_simulated_run_stored_twice_is_not_doubled(env_center: Center) -> None
     again = store_run(c.db, run, actor="t")
     assert first.stored == 8 and first.controls == 14 and first.refused == ()
     assert again.duplicate and again.run_id == first.run_id
+
+
+def test_simulated_electrolytes_keep_a_physiological_anion_gap(env_center: Center) -> None:
+    c = env_center
+    with c.db.session() as s:
+        for i in range(1, 41):
+            make_order(s, i, ("NA", "CL", "HCO3"))
+    run = plan_run(c.db, "CHEM1", SimOptions(seed=11), now=T0)
+    by_tube: dict[str, dict[str, float]] = {}
+    for m in run.results:
+        assert m.value is not None
+        by_tube.setdefault(m.accession, {})[m.test_code] = m.value
+    gaps = [v["NA"] - v["CL"] - v["HCO3"] for v in by_tube.values()]
+    assert len(gaps) == 40 and all(3 <= g <= 20 for g in gaps), gaps
+    assert 9 <= statistics.mean(gaps) <= 15
+
+
+def test_a_failing_control_holds_its_analyte_and_a_critical_opens_a_notice(
+        env_center: Center) -> None:
+    """The simulator's run through the lab_run job: what the demo relies on."""
+    c = env_center
+    with c.db.session() as s:
+        for i in range(1, 11):
+            make_order(s, i, ("K", "NA", "CL", "HCO3", "CREA", "GLU"))
+    for n in range(3):  # in-control history for the lots
+        qc = plan_run(c.db, "CHEM1", SimOptions(seed=n, controls_only=True,
+                                                run_code=f"QC-{n}"), now=T0 + timedelta(hours=n))
+        stored = store_run(c.db, qc, actor="t")
+        with c.db.session() as s:
+            process_run(s, stored.run_id)
+    run = plan_run(c.db, "CHEM1", SimOptions(
+        seed=12, flag_rate=0.0, run_code="RUN-F", fail_controls=(ControlFault("K", 2, 3.5),),
+        criticals=(CriticalValue("L00000003", "GLU", 1.9),)), now=T0 + timedelta(hours=4))
+    stored = store_run(c.db, run, actor="t")
+    with c.db.session() as s:
+        process_run(s, stored.run_id)
+    with c.db.session() as s:
+        results = list(s.scalars(select(LabResult).where(LabResult.run_id == stored.run_id)))
+        assert len(results) == 60
+        k = [r for r in results if r.test_code == "K"]
+        assert all(r.state == "held" and "1-3s" in r.qc_hold for r in k)
+        others = [r for r in results if r.test_code != "K"]
+        assert all(r.qc_hold == "" for r in others)
+        glu = next(r for r in others if r.value == 1.9)
+        assert glu.critical and glu.state == "held"
+        notice = s.scalar(select(LabCriticalNotice))
+        assert notice is not None and notice.result_id == glu.id
+        # Everything else of an error-free simulated run is autoverified.
+        assert sum(r.state == "autoverified" for r in others) == len(others) - 1
