@@ -262,3 +262,31 @@ def test_rdc_lab_listen_and_rdc_lab_order(env_center: Center, tmp_path: Path) ->
     out = (tmp_path / "lab.log").read_text()
     assert f":{mllp}" in out and "lab: stopped" in out, out
     assert code == 0, out
+
+
+def test_the_same_message_twice_at_once_is_stored_once(lab: tuple[Center, int]) -> None:
+    """Two connections racing with one message: one AA, the other refused; one order."""
+    c, port = lab
+    message = oml_o21("county-a", "PO-RACE", Patient("P-9", "张^伟", "19600101", "M"),
+                      [Tube("T9", ("K", "NA", "GLU"))], collected_at=collected(),
+                      control_id="RACE-1")
+    answers: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def send() -> None:
+        barrier.wait()
+        answers.append(send_message(LOOPBACK, port, message))
+
+    threads = [threading.Thread(target=send) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    codes = sorted(msa(a)[0] for a in answers)
+    assert codes[0] == "AA" and codes[1] in ("AE", "AR"), answers
+    assert orders(c) == 1
+    with c.db.session() as s:
+        order = s.scalar(select(LabOrder))
+        assert order is not None and order.patient_name == "张^伟"
+        assert s.scalar(select(func.count()).select_from(LabResult)) == 3
+    assert sorted(r.outcome for r in inbound(c)) == codes
