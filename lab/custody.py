@@ -133,8 +133,14 @@ def scan(session: Session, accession: str, step: str, *, actor: str, location: s
     moment = as_utc(at)
     _check_scan(session, specimen, step, moment)
     specimen.state = step
+    detail: dict[str, Any] = {}
+    if step == CustodyStep.COLLECTED and specimen.collected_at is None:
+        # The order came without a collection time: the scan at the bedside gives it,
+        # and the stability timers run from it.
+        specimen.collected_at = moment
+        detail["collected_at_set"] = True
     record_event(session, step=step, actor=actor, specimen=specimen, location=location,
-                 temperature_c=temperature_c, at=moment)
+                 temperature_c=temperature_c, at=moment, detail=detail)
     if step in _HOLD_CHECK_STEPS:
         apply_holds(session, specimen, moment, actor=actor)
     return specimen

@@ -122,6 +122,19 @@ def test_a_tube_without_collection_time_is_held(db: Database) -> None:
     (acc,) = add_order(db, collected_at=None)
     assert reasons(db, acc, 0) == [
         "no collection time: the stability of the specimen cannot be judged"]
+    with db.session() as s:
+        tube = custody.find_specimen(s, acc)
+        assert apply_holds(s, tube, NOW, actor="tech").startswith("no collection time")
+    # The collection scan at the bedside gives the time; the timers run from it.
+    with db.session() as s:
+        custody.scan(s, acc, "collected", actor="nurse", at=NOW + timedelta(minutes=5))
+        tube = custody.find_specimen(s, acc)
+        assert tube.collected_at == NOW + timedelta(minutes=5)
+        custody.scan(s, acc, "received", actor="tech", at=NOW + timedelta(hours=1))
+        assert tube.hold_reason == ""
+    assert reasons(db, acc, 168, extra=timedelta(minutes=5)) == []
+    assert reasons(db, acc, 168, extra=timedelta(minutes=5) + SECOND)[0].startswith(
+        "past stability: K (Potassium) keeps 168 h room, spun")
 
 
 def test_apply_holds_sets_clears_and_audits_each_change(db: Database) -> None:
