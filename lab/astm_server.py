@@ -61,10 +61,11 @@ def refuse(db: Database, *, peer: str, sender: str, reason: str, raw: str,
 
 
 def handle_transfer(db: Database, settings: Settings, records: list[str],
-                    peer_ip: str) -> StoredRun | None:
+                    peer_ip: str) -> tuple[StoredRun | None, bool]:
     """One completed transfer: parse it, check the analyzer against the peer, store it.
 
-    Returns the stored run, or None when it was refused (recorded and audited).
+    Returns the stored run (None when refused: recorded and audited) and whether the
+    session may go on: a wrong analyzer ends it, a bad transfer from the right one not.
     """
     raw = "\r".join(records)
     sender = ""
@@ -76,13 +77,17 @@ def handle_transfer(db: Database, settings: Settings, records: list[str],
             raise InvalidInput(f"analyzer {sender} speaks {analyzer.protocol}, not ASTM")
     except InvalidInput as e:
         refuse(db, peer=peer_ip, sender=sender, reason=str(e), raw=raw)
-        return None
+        return None, False
     try:
+        kinds = {r[:1].upper() for r in records}
+        if "Q" in kinds and not kinds & {"O", "R"}:
+            raise InvalidInput("a host query (Q record): the center does not answer "
+                               "worklist queries; send results")
         run = astm.parse_run(records)
         stored = store_run(db, run, actor=f"analyzer:{analyzer.id}")
     except InvalidInput as e:
         refuse(db, peer=peer_ip, sender=analyzer.id, reason=str(e), raw=raw, outcome="AE")
-        return None
+        return None, True
     with db.session() as s:
         s.add(LabInboundMessage(
             sender=analyzer.id, peer=peer_ip[:64], channel="astm", message_type="ASTM",
@@ -93,7 +98,7 @@ def handle_transfer(db: Database, settings: Settings, records: list[str],
                     + (f"; {len(stored.refused)} refused: " + "; ".join(stored.refused)
                        if stored.refused else "")),
             raw=raw))
-    return stored
+    return stored, True
 
 
 async def _connection(db: Database, settings: Settings, reader: asyncio.StreamReader,
@@ -127,10 +132,10 @@ async def _connection(db: Database, settings: Settings, reader: asyncio.StreamRe
             _log_aborted(receiver, peer_ip)
             while receiver.transfers:
                 records = receiver.transfers.pop(0)
-                stored = await asyncio.to_thread(handle_transfer, db, settings, records,
-                                                 peer_ip)
-                if stored is None:
-                    return  # refused: the session ends
+                _, go_on = await asyncio.to_thread(handle_transfer, db, settings, records,
+                                                   peer_ip)
+                if not go_on:
+                    return  # a refused analyzer: the session ends
     except ConnectionError:
         receiver.connection_lost()
         _log_aborted(receiver, peer_ip)

@@ -17,7 +17,7 @@ import json
 import logging
 import uuid
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -152,6 +152,9 @@ def _store(s: Session, catalog: Catalog, analyzer: Analyzer, run: RunData, *,
         return _duplicate(s, existing, run, actor=actor)
     if not run.run_code.strip():
         raise InvalidInput(f"analyzer {run.analyzer_id}: a run needs a run code")
+    if not run.results and not run.controls:
+        raise InvalidInput(f"analyzer {run.analyzer_id} run {run.run_code}: no results and "
+                           f"no controls in it")
     times = [m.measured_at for m in run.results] + [c.measured_at for c in run.controls]
     started = min(times, default=datetime.now(UTC))
     lab_run = LabRun(analyzer_id=analyzer.id, run_code=run.run_code, started_at=started,
@@ -161,10 +164,9 @@ def _store(s: Session, catalog: Catalog, analyzer: Analyzer, run: RunData, *,
     channel = "astm" if analyzer.protocol == "astm" else "hl7"
     refused: list[str] = []
     stored = 0
-    seen: set[tuple[str, str]] = set()
-    on_analyzer: set[int] = set()
+    ctx = _context(s, run)
     for n, m in enumerate(run.results, 1):
-        reason = _attach_result(s, catalog, analyzer, lab_run, m, seen, on_analyzer)
+        reason = _attach_result(s, catalog, analyzer, lab_run, m, ctx)
         if reason is None:
             stored += 1
             continue
@@ -197,9 +199,32 @@ def _store(s: Session, catalog: Catalog, analyzer: Analyzer, run: RunData, *,
                      controls=controls)
 
 
+@dataclass
+class _Context:
+    """The rows a run's results go to, read in three queries rather than per result."""
+
+    specimens: dict[str, LabSpecimen]
+    results: dict[tuple[int, str], LabResult]
+    orders: dict[int, LabOrder]
+    seen: set[tuple[str, str]] = field(default_factory=set)
+    on_analyzer: set[int] = field(default_factory=set)
+
+
+def _context(s: Session, run: RunData) -> _Context:
+    accessions = {m.accession for m in run.results}
+    specimens = {sp.accession: sp for sp in s.scalars(
+        select(LabSpecimen).where(LabSpecimen.accession.in_(accessions)))} if accessions else {}
+    ids = [sp.id for sp in specimens.values()]
+    results = {(r.specimen_id, r.test_code): r for r in s.scalars(
+        select(LabResult).where(LabResult.specimen_id.in_(ids)))} if ids else {}
+    order_ids = {sp.order_id for sp in specimens.values()}
+    orders = {o.id: o for o in s.scalars(
+        select(LabOrder).where(LabOrder.id.in_(order_ids)))} if order_ids else {}
+    return _Context(specimens, results, orders)
+
+
 def _attach_result(s: Session, catalog: Catalog, analyzer: Analyzer, lab_run: LabRun,
-                   m: MeasuredResult, seen: set[tuple[str, str]],
-                   on_analyzer: set[int]) -> str | None:
+                   m: MeasuredResult, ctx: _Context) -> str | None:
     """Attach ``m`` to its LabResult; returns the refusal reason, or None when stored."""
     where = f"specimen {m.accession!r} test {m.test_code!r}"
     test = catalog.tests.get(m.test_code)
@@ -207,20 +232,22 @@ def _attach_result(s: Session, catalog: Catalog, analyzer: Analyzer, lab_run: La
         return f"{where}: unknown test code (catalog {catalog.version})"
     if m.test_code not in analyzer.tests:
         return f"{where}: analyzer {analyzer.id} does not perform this test"
-    specimen = s.scalar(select(LabSpecimen).where(LabSpecimen.accession == m.accession))
+    specimen = ctx.specimens.get(m.accession)
     if specimen is None:
         return f"{where}: unknown specimen"
-    result = s.scalar(select(LabResult).where(LabResult.specimen_id == specimen.id,
-                                              LabResult.test_code == m.test_code))
+    result = ctx.results.get((specimen.id, m.test_code))
     if result is None:
         return f"{where}: this test was not ordered on this specimen"
+    order = ctx.orders.get(result.order_id)
+    if order is None or order.state == "cancelled":
+        return f"{where}: the order is cancelled"
     if m.units != test.units:
         return f"{where}: units {m.units!r} do not match the catalog's {test.units!r}"
-    if (m.accession, m.test_code) in seen:
+    if (m.accession, m.test_code) in ctx.seen:
         return f"{where}: measured twice in one run"
     if result.state not in _AWAITING:
         return f"{where}: the result is {result.state}, not awaiting a measurement"
-    seen.add((m.accession, m.test_code))
+    ctx.seen.add((m.accession, m.test_code))
     if result.measured_at is not None or result.value_text:
         result.attempts = [*result.attempts, _attempt_of(result)]
     check_result(result.state, ResultState.PENDING)
@@ -245,11 +272,10 @@ def _attach_result(s: Session, catalog: Catalog, analyzer: Analyzer, lab_run: La
     result.updated_at = datetime.now(UTC)
     if m.hil:
         specimen.hil = {**specimen.hil, **{k: float(v) for k, v in m.hil.items()}}
-    if specimen.id not in on_analyzer:
-        on_analyzer.add(specimen.id)
+    if specimen.id not in ctx.on_analyzer:
+        ctx.on_analyzer.add(specimen.id)
         _on_analyzer(s, specimen, analyzer, lab_run, m.measured_at)
-    order = s.get(LabOrder, result.order_id)
-    if order is not None and order.state != "in_progress":
+    if order.state != "in_progress":
         check_order(order.state, "in_progress")
         order.state = "in_progress"
         order.updated_at = datetime.now(UTC)

@@ -239,6 +239,32 @@ def test_an_analyzer_from_the_wrong_address_or_unknown_is_refused(
             AuditRecord.action == "lab.message_refused")))) == 2
 
 
+def test_a_query_a_resent_run_and_a_bad_transfer_on_one_session(env_center: Center) -> None:
+    c = env_center
+    _orders(c)
+    run = RunData("CHEM1", "R-1", (MeasuredResult("L00000001", "K", 4.0, "4.0", "mmol/L",
+                                                  (), T0),), ())
+    with astm_listener(c.db, c.settings) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sender = astm.Sender(sock)
+            sender.send(["H|\\^&|Q1||CHEM1", "Q|1|^L00000001||ALL", "L|1|N"])
+            sender.send(astm.build_run(run))
+            sender.send(astm.build_run(run))  # our ACK of the run "lost": sent again
+            sender.send(["H|\\^&|R-2||CHEM1", "R|1|^^^K|4.0", "L|1|N"])
+            wait_until(lambda: len(_kept(c)) == 4, 20, "four transfers kept")
+    query, first, again, bad = _kept(c)
+    assert query.outcome == "AE" and "host query" in query.reason
+    assert first.outcome == "AA" and "1 results, 0 controls stored" in first.reason
+    assert again.outcome == "AA" and "(already received)" in again.reason
+    assert bad.outcome == "AE" and "before any O record" in bad.reason
+    assert [r.run_code for r in runs(c.db)] == ["R-1"]
+
+
+def _kept(c: Center) -> list[LabInboundMessage]:
+    with c.db.session() as s:
+        return list(s.scalars(select(LabInboundMessage).order_by(LabInboundMessage.id)))
+
+
 def _accepted(c: Center) -> list[LabInboundMessage]:
     with c.db.session() as s:
         return list(s.scalars(select(LabInboundMessage).where(LabInboundMessage.outcome == "AA")))

@@ -167,6 +167,29 @@ def test_wrong_units_unordered_test_and_finished_result_are_refused(env_center: 
                         .where(Job.kind == "lab_run")) == 0
 
 
+def test_a_cancelled_order_and_an_empty_run_are_refused(env_center: Center) -> None:
+    c = env_center
+    _setup(c)
+    with c.db.session() as s:
+        spec = s.scalar(select(LabSpecimen).where(LabSpecimen.accession == "L00000001"))
+        assert spec is not None
+        order = s.get(LabOrder, spec.order_id)
+        assert order is not None
+        order.state = "cancelled"
+    out = store_run(c.db, RunData("CHEM1", "RUN-1", (
+        _m("L00000001", "K", 4.0), _m("L00000002", "K", 4.1)), ()), actor="t")
+    assert out.stored == 1 and "the order is cancelled" in out.refused[0]
+    assert _result(c, "L00000001", "K").value is None
+    with pytest.raises(InvalidInput, match="no results and no controls"):
+        store_run(c.db, RunData("CHEM1", "RUN-2", (), ()), actor="t")
+    assert [r.run_code for r in _runs(c)] == ["RUN-1"]
+
+
+def _runs(c: Center) -> list[LabRun]:
+    with c.db.session() as s:
+        return list(s.scalars(select(LabRun)))
+
+
 def test_unknown_control_lot_is_refused(env_center: Center) -> None:
     c = env_center
     _setup(c)
