@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from core import audit
 from core.errors import Conflict, InvalidInput, NotFound
-from core.models import LabOrder, LabResult, LabSpecimen, OutboundMessage, Site
+from core.models import AuditRecord, LabOrder, LabResult, LabSpecimen, OutboundMessage, Site
 from core.settings import get_settings
 from core.timeutil import as_utc
 from delivery.service import schedule_message
@@ -108,10 +108,12 @@ def _xpn(name: str) -> str:
     return "^".join(escape_hl7(p) for p in parts).rstrip("^")
 
 
-def _obx_status(result: LabResult, preliminary: bool) -> str:
+def _obx_status(result: LabResult, preliminary: bool, corrected: frozenset[int]) -> str:
     if result.state == ResultState.REJECTED:
         return "X"
-    return "P" if preliminary else "F"
+    if preliminary:
+        return "P"
+    return "C" if result.id in corrected else "F"
 
 
 def _rejection_note(result: LabResult, specimen: LabSpecimen) -> str:
@@ -129,7 +131,7 @@ def _test_of(code: str) -> Test:
 
 def _message_text(order: LabOrder, site: Site, specimens: dict[int, LabSpecimen],
                   results: Sequence[LabResult], *, control_id: str, preliminary: bool,
-                  now: datetime) -> str:
+                  corrected: frozenset[int], now: datetime) -> str:
     settings = get_settings()
     segments = [
         "MSH|^~\\&|" + "|".join([
@@ -164,8 +166,10 @@ def _message_text(order: LabOrder, site: Site, specimens: dict[int, LabSpecimen]
                        f"{escape_hl7(', '.join(t.name for t in tests))}^99RDCLAB")
         if all(r.state == ResultState.REJECTED for r in group):
             obr_status = "X"
+        elif preliminary:
+            obr_status = "P"
         else:
-            obr_status = "P" if preliminary else "F"
+            obr_status = "C" if any(r.id in corrected for r in group) else "F"
         sections = {_SECTION_0074.get(t.section, "") for t in tests}
         collected = _ts(specimen.collected_at) if specimen.collected_at else ""
         segments.append(_segment("ORC", {
@@ -191,7 +195,7 @@ def _message_text(order: LabOrder, site: Site, specimens: dict[int, LabSpecimen]
                 7: "" if rejected else escape_hl7(format_range(result.ref_low, result.ref_high,
                                                                test.decimals)),
                 8: "" if rejected else escape_hl7(result.abnormal_flag),
-                11: _obx_status(result, preliminary),
+                11: _obx_status(result, preliminary, corrected),
                 14: _ts(result.measured_at) if result.measured_at and not rejected else "",
                 16: f"{escape_hl7(result.signed_by)}" if result.signed_by else "",
                 18: escape_hl7(result.analyzer_id) if not rejected else "",
@@ -216,12 +220,14 @@ def validate_oru(text: str) -> None:
 
 
 def build_oru(session: Session, results: Sequence[LabResult], *, kind: str,
-              preliminary: bool = False) -> OutboundMessage:
+              preliminary: bool = False,
+              corrected: frozenset[int] = frozenset()) -> OutboundMessage:
     """Store (and flush) the ORU^R01 that carries ``results`` of one order to its site.
 
     MSH-10 is ``"LAB"`` and the message's own id (unique, so the site's ACK names
-    exactly one message).  Nothing is stored when the results span several orders or
-    the message does not validate.
+    exactly one message).  Results whose ids are in ``corrected`` replace a value the
+    site had already received (a rerun after release): their OBX-11 is ``C``.  Nothing
+    is stored when the results span several orders or the message does not validate.
     """
     if not results:
         raise InvalidInput("an ORU^R01 needs at least one result")
@@ -245,7 +251,7 @@ def build_oru(session: Session, results: Sequence[LabResult], *, kind: str,
         session.flush()
         control_id = f"LAB{message.id:08d}"
         text = _message_text(order, site, specimens, results, control_id=control_id,
-                             preliminary=preliminary, now=now)
+                             preliminary=preliminary, corrected=corrected, now=now)
         validate_oru(text)
         message.control_id, message.body = control_id, text
         session.flush()
@@ -280,6 +286,19 @@ def _update_order(session: Session, order: LabOrder) -> None:
         order.updated_at = datetime.now(UTC)
 
 
+def _released_before(session: Session, order_id: int,
+                     results: Sequence[LabResult]) -> frozenset[int]:
+    """The results of ``results`` that an earlier release of the order already sent
+    (read from the hash-chained audit: each ``lab.release`` names its results)."""
+    ids = {r.id for r in results}
+    sent: set[int] = set()
+    for detail in session.scalars(select(AuditRecord.detail).where(
+            AuditRecord.action == "lab.release", AuditRecord.object_type == "lab_order",
+            AuditRecord.object_id == str(order_id))):
+        sent.update(int(i) for i in (detail or {}).get("results", []) if int(i) in ids)
+    return frozenset(sent)
+
+
 def release(session: Session, results: Sequence[LabResult], *,
             actor: str) -> list[OutboundMessage]:
     """Send final results (autoverified or verified) back to their sites, one ORU^R01
@@ -302,7 +321,8 @@ def release(session: Session, results: Sequence[LabResult], *,
     messages: list[OutboundMessage] = []
     for order_id in sorted(by_order):
         group = by_order[order_id]
-        message = build_oru(session, group, kind="lab-result")
+        corrected = _released_before(session, order_id, group)
+        message = build_oru(session, group, kind="lab-result", corrected=corrected)
         for r in group:
             r.message_id = message.id
             r.updated_at = datetime.now(UTC)
@@ -313,6 +333,7 @@ def release(session: Session, results: Sequence[LabResult], *,
         audit.append(session, actor=actor, action="lab.release", object_type="lab_order",
                      object_id=str(order_id), detail={
                          "results": [r.id for r in group], "message": message.control_id,
+                         "corrected": sorted(corrected),
                          "delivery_id": delivery_id, "site": message.site_id})
         messages.append(message)
     session.flush()

@@ -6,7 +6,7 @@ delta history), the QC status of its run and analyte, the specimen's HIL indices
 hold, and every rule that fired.  A decision is one of
 
 * ``rerun``: measure again (the value is kept in the result's attempts when the new
-  one arrives);
+  one arrives); a result already released goes out again as a correction;
 * ``reject``: no result; the site is told why (an ORU with status X);
 * ``release``: lift a QC hold (a failing control held the result) with a reason; the
   result stays held until a reviewer signs it (:mod:`lab.signing`).
@@ -173,6 +173,22 @@ def _reopen_or_close(session: Session, order_id: int) -> None:
         order.updated_at = datetime.now(UTC)
 
 
+def _supersede(result: LabResult) -> dict[str, Any]:
+    """A released (or signed) result is measured again: its signature and the message
+    that carried it belong to the old value.  They move into the audit record of the
+    rerun (hash-chained, so nothing is lost) and leave the row, so that the new value
+    can be signed and sent (as a correction: OBX-11 ``C``)."""
+    old = {"value": result.value, "value_text": result.value_text,
+           "message_id": result.message_id, "signed_by": result.signed_by,
+           "signer_key_id": result.signer_key_id, "signed_at": _iso(result.signed_at),
+           "hash_algorithm": result.hash_algorithm, "content_hash": result.content_hash,
+           "canonical": result.canonical, "envelope": result.envelope}
+    result.message_id = None
+    result.signed_by = result.signer_key_id = result.signed_at = None
+    result.canonical = result.hash_algorithm = result.content_hash = result.envelope = None
+    return old
+
+
 def review(session: Session, result_id: int, action: str, *, actor: str,
            reason: str) -> LabResult:
     """Apply a reviewer's decision (``rerun``, ``reject`` or ``release`` of a QC hold).
@@ -213,6 +229,8 @@ def review(session: Session, result_id: int, action: str, *, actor: str,
             result.qc_hold = ""
             if hold:
                 detail["qc_hold"] = hold
+            if result.signed_at is not None or result.message_id is not None:
+                detail["superseded"] = _supersede(result)
     now = datetime.now(UTC)
     result.review_action, result.review_reason = action, reason
     result.reviewed_by, result.reviewed_at, result.updated_at = actor, now, now

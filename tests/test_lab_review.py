@@ -13,6 +13,7 @@ from conftest import Center
 from core import audit
 from core.errors import Conflict, InvalidInput, InvalidTransition, NotFound
 from core.models import AuditRecord, LabOrder, LabResult, OutboundMessage
+from lab.results_out import release
 from lab.review import held_worklist, result_detail, review
 
 QC_HOLD = "QC reject on CHEM1 run R9: 1-3s"
@@ -141,3 +142,38 @@ def test_review_actions_need_a_reason_and_a_valid_transition(center: Center) -> 
         assert row is not None and row.review_reason == "delta check: rerun"
         assert _actions(s, na) == ["lab.review"]
         assert _actions(s, cl) == []
+
+
+def test_rerun_of_a_released_result_goes_out_as_a_correction(center: Center) -> None:
+    make_site(center, "county-a")
+    with center.db.session() as s:
+        _, _, rows = make_order(s, [Measured("K", 6.8, "autoverified", "HH", critical=True),
+                                    Measured("NA", 140.0, "autoverified")])
+        k, na = rows
+        [first] = release(s, rows, actor="worker")
+        assert "|HH|||F|" in first.body
+        k.signed_by, k.content_hash, k.canonical = "rev-1", "ab" * 32, "{}"
+        s.flush()
+
+        rerun = review(s, k.id, "rerun", actor="rev-1",
+                       reason="potassium implausible with the ECG; hemolysis suspected")
+        assert rerun.state == "rerun"
+        assert (rerun.message_id, rerun.signed_by, rerun.content_hash, rerun.canonical) == (
+            None, None, None, None)
+        record = s.scalar(select(AuditRecord).where(AuditRecord.action == "lab.review",
+                                                    AuditRecord.object_id == str(k.id)))
+        assert record is not None
+        assert record.detail["superseded"]["message_id"] == first.id
+        assert record.detail["superseded"]["content_hash"] == "ab" * 32
+        assert record.detail["superseded"]["value"] == 6.8
+
+        # The new measurement, autoverified (as lab.results_in and the rules leave it).
+        k.state, k.value, k.value_text, k.abnormal_flag, k.critical = (
+            "autoverified", 4.9, "4.9", "", False)
+        s.flush()
+        [second] = release(s, [k, na], actor="worker")  # NA was sent already: not again
+        obx = [seg.split("|") for seg in second.body.split("\r") if seg.startswith("OBX")]
+        assert [(o[5], o[11]) for o in obx] == [("4.9", "C")]
+        assert [seg.split("|")[25] for seg in second.body.split("\r")
+                if seg.startswith("OBR")] == ["C"]
+        assert na.message_id == first.id
