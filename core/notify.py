@@ -16,6 +16,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -26,10 +27,27 @@ log = logging.getLogger(__name__)
 WEBHOOK_TIMEOUT_S = 3.0
 
 
+def redacted(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``: what a log, an audit record or a notice shown
+    to a site may say about the pager.  Paging services put their secret in the path or
+    the query (a Slack-style hook, ``?token=``), and a user may be in the netloc."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<invalid url>"
+    if not parts.scheme or not host:
+        return "<invalid url>"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}{port}"
+
+
 @dataclass(frozen=True)
 class WebhookOutcome:
     """What one POST came to.  ``ok`` only for a 2xx answer."""
 
+    #: The pager's address without its path, query or credentials (:func:`redacted`).
     url: str
     ok: bool
     #: The HTTP status when the pager answered at all, else None.
@@ -54,20 +72,22 @@ def post_webhook(url: str, body: Mapping[str, Any], *,
     """POST ``body`` as JSON to ``url``; never raises, returns what happened.
 
     A non-2xx answer, a refused connection, a timeout and a malformed URL are all
-    failures with their reason in ``error`` (logged at warning).
+    failures with their reason in ``error`` (logged at warning); a redirect is not
+    followed.  No outcome or log line names more of the URL than :func:`redacted`.
     """
-    status: int | None = None
-    elapsed = 0.0
+    where = redacted(url)
     try:
         response = httpx.post(url, json=dict(body), timeout=timeout_s)
-        status = response.status_code
-        elapsed = response.elapsed.total_seconds()
-        response.raise_for_status()
     # Best effort by design: any failure (httpx's errors, an invalid URL, a body that is
     # not JSON) is reported to the caller, never raised into its transaction.
     except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        log.warning("notify webhook %s failed: %s", url, error)
-        return WebhookOutcome(url=url, ok=False, status=status, error=error,
-                              elapsed_s=elapsed)
-    return WebhookOutcome(url=url, ok=True, status=status, error="", elapsed_s=elapsed)
+        # Messages may quote the URL (and its secret): only the redacted form is kept.
+        error = f"{type(exc).__name__}: {exc}".replace(url, where)
+        log.warning("notify webhook %s failed: %s", where, error)
+        return WebhookOutcome(url=where, ok=False, status=None, error=error, elapsed_s=0.0)
+    status, elapsed = response.status_code, response.elapsed.total_seconds()
+    if response.is_success:
+        return WebhookOutcome(url=where, ok=True, status=status, error="", elapsed_s=elapsed)
+    error = f"HTTPStatusError: {where} answered {status} {response.reason_phrase}".rstrip()
+    log.warning("notify webhook %s failed: %s", where, error)
+    return WebhookOutcome(url=where, ok=False, status=status, error=error, elapsed_s=elapsed)

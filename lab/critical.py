@@ -125,7 +125,8 @@ def _webhook(settings: Settings, notice: LabCriticalNotice, result: LabResult,
             "flag": result.abnormal_flag, "tier": notice.tier, "tier_name": tier_name,
             "at": now.isoformat()}
     outcome = notify.post_webhook(url, body)
-    return _step(notice.tier, tier_name, now, "webhook", url, outcome.outcome, kind)
+    # The pager's address only: the notice's steps are shown to the site's accounts.
+    return _step(notice.tier, tier_name, now, "webhook", outcome.url, outcome.outcome, kind)
 
 
 def _send_oru(session: Session, notice: LabCriticalNotice, result: LabResult,

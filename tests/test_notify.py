@@ -70,7 +70,25 @@ def test_posts_the_json_body_and_reports_ok(receiver: Receiver) -> None:
     assert outcome.outcome == "ok 200"
     assert receiver.bodies == [{"kind": "test", "value": 7.1, "n": [1, 2]}]
     assert receiver.paths == ["/hook"]
-    assert outcome.as_detail()["ok"] is True and outcome.as_detail()["url"] == receiver.url
+    assert outcome.as_detail()["ok"] is True
+    assert outcome.url == receiver.url.removesuffix("/hook")
+
+
+def test_the_secret_in_a_pager_url_is_never_repeated() -> None:
+    hook = Receiver(status=500)
+    secret = hook.url.replace("://", "://svc:pw@") + "/T123/B456?token=S3CRET"
+    try:
+        failed = notify.post_webhook(secret, {"kind": "test"})
+        refused = notify.post_webhook(f"http://127.0.0.1:{free_port()}/x?token=S3CRET", {})
+    finally:
+        hook.close()
+    for outcome in (failed, refused):
+        assert not outcome.ok
+        text = json.dumps(outcome.as_detail()) + outcome.outcome
+        assert "S3CRET" not in text and "pw" not in text and "T123" not in text
+    assert failed.url == hook.url.removesuffix("/hook") and "500" in failed.error
+    assert notify.redacted("https://[::1]:8443/a?b=c") == "https://[::1]:8443"
+    assert notify.redacted("not a url") == "<invalid url>"
 
 
 @pytest.mark.parametrize("status", [500, 404])
@@ -81,7 +99,7 @@ def test_an_error_status_is_a_failure_not_an_exception(status: int) -> None:
     finally:
         hook.close()
     assert not outcome.ok and outcome.status == status
-    assert outcome.error.startswith("HTTPStatusError") and str(status) in outcome.error
+    assert outcome.error.startswith("HTTPStatusError") and f"answered {status}" in outcome.error
     assert outcome.outcome.startswith("failed: HTTPStatusError")
     assert hook.bodies == [{"kind": "test"}]  # it was delivered, and refused
 
