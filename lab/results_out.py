@@ -343,11 +343,12 @@ def release(session: Session, results: Sequence[LabResult], *,
 def send_rejection(session: Session, specimen: LabSpecimen, *,
                    actor: str) -> OutboundMessage | None:
     """Tell the site its specimen was rejected: an ORU^R01 whose OBX are status X with
-    the coded reason in an NTE.  ``None`` when the specimen has no rejected result to
-    report.  Stored always; sent when the site takes HL7 results."""
+    the coded reason in an NTE.  ``None`` when the specimen has no rejected result not
+    yet reported.  Stored always; sent when the site takes HL7 results."""
+    # A result rejected (and reported) earlier by a reviewer is not reported twice.
     results = list(session.scalars(select(LabResult).where(
-        LabResult.specimen_id == specimen.id, LabResult.state == ResultState.REJECTED)
-        .order_by(LabResult.id)))
+        LabResult.specimen_id == specimen.id, LabResult.state == ResultState.REJECTED,
+        LabResult.message_id.is_(None)).order_by(LabResult.id)))
     if not results:
         return None
     message = build_oru(session, results, kind="lab-rejection")

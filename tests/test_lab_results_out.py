@@ -216,6 +216,7 @@ def test_send_rejection_tells_the_site_why(env_center: Center) -> None:
             assert message is not None
             assert message.kind == "lab-rejection"
             body = message.body
+            assert send_rejection(s, specimen, actor="tech-1") is None  # told once
             job_id = s.scalar(select(Delivery.job_id).where(
                 Delivery.message_id == message.id))
             assert s.get(LabOrder, order.id).state == "resulted"  # type: ignore[union-attr]
