@@ -190,6 +190,9 @@ def pack_box(session: Session, *, site_id: str, box_code: str, accessions: Seque
         record_event(session, step=CustodyStep.PACKED, actor=actor, specimen=specimen,
                      shipment=box, location=location or site_id, at=moment,
                      detail={"box": code, "condition": condition})
+        # Said at the site, while the tube can still be kept back or spun: a tube its
+        # box's condition does not keep (unspun potassium in a cold box) is held now.
+        apply_holds(session, specimen, moment, actor=actor)
     return box
 
 

@@ -120,15 +120,24 @@ def box_pack(
     location: Annotated[str, typer.Option(help="Where (default: the site).")] = "",
     by: By = "", at: At = "",
 ) -> None:
-    """Pack tubes into a new shipment box (all tubes checked first)."""
-    from lab.custody import pack_box
+    """Pack tubes into a new shipment box (all tubes checked first).
 
-    def work(s: Session) -> str:
+    A tube the box's condition does not keep is shown as held.
+    """
+    from lab.custody import box_timeline, pack_box
+
+    def work(s: Session) -> tuple[str, list[tuple[str, str]]]:
         box = pack_box(s, site_id=site, box_code=box_code, accessions=accessions,
                        condition=condition, actor=_who(by), at=_when(at), location=location)
-        return f"box {box.box_code} packed ({box.condition}) with {len(accessions)} tube(s)"
+        held = [(t["accession"], t["hold_reason"])
+                for t in box_timeline(s, box.id)["specimens"] if t["hold_reason"]]
+        return (f"box {box.box_code} packed ({box.condition}) with {len(accessions)} tube(s)",
+                held)
 
-    console.print(_run(work), markup=False)
+    head, held = _run(work)
+    console.print(head, markup=False)
+    for accession, hold in held:
+        console.print(f"  [red]{escape(accession)} HELD[/red] — {escape(hold)}")
 
 
 @box_app.command("pickup")

@@ -118,6 +118,15 @@ def test_a_tube_shipped_in_another_condition_gets_the_shorter_window(db: Databas
         "collected 24.0 h ago"]
 
 
+def test_a_tube_its_box_does_not_keep_is_held_when_packed(db: Database) -> None:
+    (acc,) = add_order(db, tests=("K", "NA"), condition="room", spun=False)
+    with db.session() as s:
+        custody.pack_box(s, site_id="county-a", box_code="COLD", accessions=[acc],
+                         condition="refrigerated", actor="nurse", at=NOW)
+        assert custody.find_specimen(s, acc).hold_reason == (
+            "K (Potassium) is not stable refrigerated, unspun")
+
+
 def test_a_tube_without_collection_time_is_held(db: Database) -> None:
     (acc,) = add_order(db, collected_at=None)
     assert reasons(db, acc, 0) == [
