@@ -211,6 +211,22 @@ def _instrument(db: Database, raw: str, peer_ip: str, header: Header) -> str:
     return build_ack(header, answer.code, answer.text, error=answer.error)
 
 
+def answer_hl7(db: Database, raw: str, peer_ip: str) -> str:
+    """:func:`handle_hl7`, and an ``AE`` (table 0357 code 207) when the center itself
+    failed (database unreachable, catalog unreadable): the site keeps the message and
+    sends it again, which a closed connection without an answer would not tell it."""
+    try:
+        return handle_hl7(db, raw, peer_ip)
+    except Exception as e:
+        log.exception("lab hl7 message from %s could not be handled", peer_ip)
+        try:
+            header: Header | None = read_header(raw)
+        except InvalidInput:
+            header = None
+        return build_ack(header, "AE", f"the lab could not process the message now "
+                         f"({type(e).__name__}); send it again later", error="AE")
+
+
 # --------------------------------------------------------------------------- the server
 
 
@@ -242,7 +258,7 @@ async def _connection(db: Database, reader: asyncio.StreamReader,
                 writer.writeblock(ack.encode("utf-8"))  # type: ignore[attr-defined]
                 await writer.drain()
                 return
-            ack = await loop.run_in_executor(None, handle_hl7, db, _decode(block), peer_ip)
+            ack = await loop.run_in_executor(None, answer_hl7, db, _decode(block), peer_ip)
             writer.writeblock(ack.encode("utf-8"))  # type: ignore[attr-defined]
             await writer.drain()
     except Exception:

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 
 from conftest import Center
 from core.models import LabInboundMessage, LabOrder, LabResult, LabSpecimen
+from core.settings import get_settings
 from devkit.center import REPO
 from devkit.hl7_site import Patient, Tube, msa, oml_o21, orm_o01, send_message, send_messages
 from devkit.ports import LOOPBACK, free_port, wait_port
@@ -290,3 +291,23 @@ def test_the_same_message_twice_at_once_is_stored_once(lab: tuple[Center, int]) 
         assert order is not None and order.patient_name == "张^伟"
         assert s.scalar(select(func.count()).select_from(LabResult)) == 3
     assert sorted(r.outcome for r in inbound(c)) == codes
+
+
+def test_a_center_failure_is_answered_ae_to_send_again(lab: tuple[Center, int],
+                                                       tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The catalog unreadable (an operator's broken edit): the site is told to resend."""
+    c, port = lab
+    broken = tmp_path / "catalog.toml"
+    broken.write_text("[catalog\nversion = ")
+    monkeypatch.setenv("RDC_LAB_CATALOG", str(broken))
+    get_settings.cache_clear()
+    ack = send_message(LOOPBACK, port, good_oml(control="FAIL-1"))
+    assert msa(ack)[:2] == ("AE", "FAIL-1")
+    assert "could not process the message now (CatalogError); send it again later" in msa(
+        ack)[2]
+    assert "|207^" in err_segment(ack)
+    assert orders(c) == 0
+    monkeypatch.delenv("RDC_LAB_CATALOG")
+    get_settings.cache_clear()
+    assert msa(send_message(LOOPBACK, port, good_oml(control="FAIL-1")))[0] == "AA"
