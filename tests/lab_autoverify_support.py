@@ -22,7 +22,28 @@ _counter = iter(range(1, 10_000_000))
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    database = get_database(f"sqlite:///{tmp_path / 'lab.sqlite3'}")
+    """SQLite, with the two sites."""
+    yield from _database(f"sqlite:///{tmp_path / 'lab.sqlite3'}")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_any(request: pytest.FixtureRequest, tmp_path: Path, pg_admin: str
+           ) -> Iterator[Database]:
+    """SQLite and PostgreSQL (the batch query's row-value IN on both)."""
+    from conftest import _create_pg_database, _drop_pg_database
+
+    if request.param == "sqlite":
+        yield from _database(f"sqlite:///{tmp_path / 'lab.sqlite3'}")
+        return
+    name, url = _create_pg_database(pg_admin)
+    try:
+        yield from _database(url)
+    finally:
+        _drop_pg_database(pg_admin, name)
+
+
+def _database(url: str) -> Iterator[Database]:
+    database = get_database(url)
     with database.session() as s:
         for site in SITES:
             add_site(s, SiteSpec(id=site, name=f"{site} hospital", ae_title=site.upper(),

@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from lab_autoverify_support import NOW, add_run, add_specimen, db
+from lab_autoverify_support import NOW, add_run, add_specimen, db_any
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
@@ -20,7 +20,7 @@ from core.models.lab import LabResult, LabRuleSet
 from lab import autoverify
 from lab.catalog import get_catalog
 
-__all__ = ["db"]
+__all__ = ["db_any"]
 
 CHEM_OK = {"NA": 140.0, "K": 4.1, "CL": 103.0, "HCO3": 25.0, "CREA": 70.0, "GLU": 5.2}
 
@@ -29,8 +29,8 @@ def _by_code(results: list[LabResult]) -> dict[str, LabResult]:
     return {r.test_code: r for r in results}
 
 
-def test_a_run_is_judged_and_every_rule_recorded(db: Database) -> None:
-    with db.session() as s:
+def test_a_run_is_judged_and_every_rule_recorded(db_any: Database) -> None:
+    with db_any.session() as s:
         run = add_run(s)
         clean = add_specimen(s, CHEM_OK, patient="P1", run=run)
         bad = add_specimen(s, {"K": 6.9, "NA": 131.0, "GLU": None}, patient="P2", run=run,
@@ -60,8 +60,8 @@ def test_a_run_is_judged_and_every_rule_recorded(db: Database) -> None:
         assert {o["id"]: o["state"] for o in d["results"]}[b["K"].id] == "held"
 
 
-def test_a_second_pass_judges_nothing_again(db: Database) -> None:
-    with db.session() as s:
+def test_a_second_pass_judges_nothing_again(db_any: Database) -> None:
+    with db_any.session() as s:
         run = add_run(s)
         add_specimen(s, CHEM_OK, run=run)
         assert len(autoverify.verify_run(s, run.id, now=NOW)) == 6
@@ -76,8 +76,8 @@ def _history(s: Session, patient: str, site: str = "county-a", days: float = 1.0
                  at=NOW - timedelta(days=days))
 
 
-def test_delta_reads_only_the_patients_released_results_at_the_same_site(db: Database) -> None:
-    with db.session() as s:
+def test_delta_reads_only_the_patients_released_results_at_the_same_site(db_any: Database) -> None:
+    with db_any.session() as s:
         _history(s, "P1", K=2.9)  # released: delta +1.3 mmol/L, 45 %
         _history(s, "P2", site="county-b", K=2.9)  # another site's patient P2
         _history(s, "P2", state="held", K=2.9)  # not released
@@ -90,8 +90,8 @@ def test_delta_reads_only_the_patients_released_results_at_the_same_site(db: Dat
         assert p2.state == "autoverified"
 
 
-def test_wbit_and_anion_gap_on_a_specimen(db: Database) -> None:
-    with db.session() as s:
+def test_wbit_and_anion_gap_on_a_specimen(db_any: Database) -> None:
+    with db_any.session() as s:
         _history(s, "P1", MCV=88.0, HGB=135.0, PLT=240.0, WBC=6.0)
         run = add_run(s, "HEME1")
         heme = add_specimen(s, {"MCV": 90.9, "HGB": 122.0, "PLT": 200.0, "WBC": 8.5},
@@ -103,8 +103,8 @@ def test_wbit_and_anion_gap_on_a_specimen(db: Database) -> None:
         assert all([h["rule"] for h in r.rules_fired] == ["anion-gap"] for r in chem)
 
 
-def test_holds_from_the_specimen_and_qc(db: Database) -> None:
-    with db.session() as s:
+def test_holds_from_the_specimen_and_qc(db_any: Database) -> None:
+    with db_any.session() as s:
         run = add_run(s)
         [k] = add_specimen(s, {"K": 4.1}, run=run, hold="past stability: K 4 h unspun")
         [na] = add_specimen(s, {"NA": 140.0}, patient="P2", run=run)
@@ -114,10 +114,10 @@ def test_holds_from_the_specimen_and_qc(db: Database) -> None:
         assert na.rules_fired[0]["rule"] == "qc-hold" and "1-3s" in na.rules_fired[0]["message"]
 
 
-def test_history_and_context_come_from_one_query_whatever_the_batch(db: Database) -> None:
+def test_history_and_context_come_from_one_query_whatever_the_batch(db_any: Database) -> None:
     counts: dict[int, int] = {}
     for patients in (2, 25):
-        with db.session() as s:
+        with db_any.session() as s:
             run = add_run(s)
             for p in range(patients):
                 _history(s, f"Q{patients}-{p}", K=4.0, NA=139.0)
@@ -146,8 +146,8 @@ def test_history_and_context_come_from_one_query_whatever_the_batch(db: Database
     assert counts[2] == counts[25]  # the rule set look-up, the batch query: constant
 
 
-def test_results_are_held_when_the_rules_cannot_be_had(db: Database) -> None:
-    with db.session() as s:
+def test_results_are_held_when_the_rules_cannot_be_had(db_any: Database) -> None:
+    with db_any.session() as s:
         # The enabled version's file is not the one validated (its sha256 differs).
         s.add(LabRuleSet(version="autoverify-1", file_sha256="0" * 64, enabled=True,
                          validation={"passed": True}))
@@ -161,8 +161,8 @@ def test_results_are_held_when_the_rules_cannot_be_had(db: Database) -> None:
                 hit["message"]
 
 
-def test_only_pending_results_are_verified_and_classify_sets_nothing(db: Database) -> None:
-    with db.session() as s:
+def test_only_pending_results_are_verified_and_classify_sets_nothing(db_any: Database) -> None:
+    with db_any.session() as s:
         [done] = add_specimen(s, {"K": 4.1}, state="autoverified")
         with pytest.raises(InvalidTransition, match="only pending"):
             autoverify.verify_results(s, [done], now=NOW)

@@ -16,8 +16,9 @@ import pytest
 from lab import wbit
 from lab.rules_engine import load_rule_set, rule_file
 
-RULE = load_rule_set(rule_file("autoverify-1")).rule("wbit")
-assert RULE is not None
+_RULE = load_rule_set(rule_file("autoverify-1")).rule("wbit")
+assert _RULE is not None
+RULE = _RULE
 PARAMS = wbit.WbitParams.from_params(RULE.params)
 
 #: Population mean and between-subject SD of each analyte (adults; orders of magnitude
@@ -37,8 +38,10 @@ def _measure(rng: np.random.Generator, setpoints: dict[str, np.ndarray]) -> dict
     return out
 
 
-def _simulate(panel: tuple[str, ...], seed: int) -> tuple[np.ndarray, np.ndarray,
-                                                           dict[str, tuple[np.ndarray, ...]]]:
+Deltas = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def _simulate(panel: tuple[str, ...], seed: int) -> tuple[np.ndarray, np.ndarray, Deltas]:
     """Scores and per-analyte |relative delta| for own specimens and for swaps."""
     rng = np.random.default_rng(seed)
     setpoints = {c: rng.normal(*POPULATION[c], size=N).clip(POPULATION[c][0] * 0.3)
@@ -57,8 +60,8 @@ def _simulate(panel: tuple[str, ...], seed: int) -> tuple[np.ndarray, np.ndarray
             assert result is not None
             s.append(result.score)
         scores.append(np.array(s))
-    deltas = {c: (np.abs(own[c] - before[c]) / before[c], np.abs(swap[c] - before[c]) / before[c])
-              for c in panel}
+    deltas: Deltas = {c: (np.abs(own[c] - before[c]) / before[c],
+                          np.abs(swap[c] - before[c]) / before[c]) for c in panel}
     return scores[0], scores[1], deltas
 
 
