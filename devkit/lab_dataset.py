@@ -9,8 +9,8 @@ injected by kind, with the truth kept on every result:
   swap.  The rate is the share of patients involved (pairs).
 - ``hemolysis``: a serum tube with a high hemolysis index (H 60-400, above K's limit of
   50) and potassium raised by red-cell leakage, about 0.36 mmol/L per g/L of free
-  hemoglobin (H 100 ~ 1 g/L; Dimeski G, Clin Chem 2005;51:1720, and Lippi G et al., Clin
-  Chem Lab Med 2006;44:311-6).  Only K is wrong.
+  hemoglobin (H 100 ~ 1 g/L; Dimeski G, Clague AE, Hickman PE, Ann Clin Biochem
+  2005;42:119-23, and Lippi G et al., Clin Chem Lab Med 2006;44:311-6).  Only K is wrong.
 - ``shift``: an analyzer shift of 1-3 analytical SD on one analyte, over several
   consecutive runs, in the controls and the patient results alike.  The rate is the
   share of data runs shifted (at least one run when > 0).
@@ -25,7 +25,8 @@ Within-subject variation: each measurement is the set point times ``1 + CVi * N(
 EFLM Biological Variation Database estimates (Aarsand AK et al., Clin Chem
 2018;64:501-14; biologicalvariation.eu), rounded: Na 0.5 %, K 4.1 %, Cl 1.1 %, HCO3
 4.0 %, creatinine 4.5 %, glucose 4.7 %, hemoglobin 2.7 %, leukocytes 11.1 %, platelets
-7.3 %, MCV 0.8 %.  Analytical CVs (CVa) are typical of current analyzers.  Set points
+7.3 %, MCV 0.8 % (demonstration values: check the database before any clinical use).
+Analytical CVs (CVa) are typical of current analyzers.  Set points
 are drawn from adult population distributions (between-subject variation), with a few
 patients carrying a real change since their previous visit (not an error).
 

@@ -10,9 +10,9 @@ Sources:
 - Westgard JO, Barry PL, Hunt MR, Groth T. A multi-rule Shewhart chart for quality
   control in clinical chemistry. Clin Chem 1981;27:493-501 (1-2s, 1-3s, 2-2s, R-4s,
   4-1s, 10-x; "within run" and "across runs").
-- Westgard JO, Barry PL. Improving quality control by use of multirule control
-  procedures. In: Cost-effective quality control. AACC Press, 1986 (across levels:
-  2-2s and 4-1s counted over the materials of a run and consecutive runs).
+- Westgard JO, Barry PL. Cost-Effective Quality Control: Managing the Quality and
+  Productivity of Analytical Processes. AACC Press, 1986 (across levels: 2-2s and 4-1s
+  counted over the materials of a run and over consecutive runs).
 - Westgard JO. Basic QC Practices, 3rd ed. (2010), and westgard.com "Westgard Rules"
   (2of3-2s and 3-1s for three control levels; R-4s within a run only; 7-T trend).
 
