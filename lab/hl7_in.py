@@ -20,6 +20,9 @@ number, ORC-2, with OBR-2 as the fallback):
   share one tube), SPM-4 specimen type, SPM-17 collection time, SPM-15 special handling
   (HL7 table 0376: ``AMB`` room, ``REF`` refrigerated, ``FRZ``/``DFRZ``/``UFRZ`` frozen)
   and SPM-24 specimen condition (table 0493: ``CFU`` centrifuged = spun);
+- SPM-4 is read for the record only: a tube's type and container are the catalog's
+  for its tests (sites' local type codes vary); tests that need different tube types
+  under one SPM-2 are refused by lab.orders;
 - ORM^O01 (no SPM): OBR-7 collection time; the storage condition and spinning may be
   given in an NTE after the OBR as ``condition=refrigerated;spun=yes``; without it the
   tube is taken as kept at room temperature, unspun (the shortest stability windows,

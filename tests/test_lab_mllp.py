@@ -311,3 +311,17 @@ def test_a_center_failure_is_answered_ae_to_send_again(lab: tuple[Center, int],
     monkeypatch.delenv("RDC_LAB_CATALOG")
     get_settings.cache_clear()
     assert msa(send_message(LOOPBACK, port, good_oml(control="FAIL-1")))[0] == "AA"
+
+
+def test_rdc_up_runs_the_lab_listener_when_a_lab_port_is_on(center: Center) -> None:
+    from rdc.supervisor import center_specs
+
+    on = center.settings.model_copy(update={"lab_mllp_port": 12575, "lab_astm_port": 15700})
+    lab_spec = {s.name: s for s in center_specs(on)}["lab"]
+    assert lab_spec.argv[-3:] == ("rdc", "lab", "listen")
+    assert lab_spec.ready_port == 12575 and "15700" in lab_spec.where
+    assert [s.name for s in center_specs(on)][-2:] == ["lab", "web"]
+    astm_only = on.model_copy(update={"lab_mllp_port": 0})
+    assert {s.name: s for s in center_specs(astm_only)}["lab"].ready_port == 15700
+    off = on.model_copy(update={"lab_mllp_port": 0, "lab_astm_port": 0})
+    assert "lab" not in [s.name for s in center_specs(off)]
