@@ -110,7 +110,11 @@ def specimen_hold_reasons(session: Session, specimen: LabSpecimen,
             .order_by(LabResult.id)).all()
         elapsed_h = (now - specimen.collected_at).total_seconds() / 3600
         for code in codes:
-            test = catalog.test(code)
+            test = catalog.tests.get(code)
+            if test is None:  # the catalog changed since the order: nothing to judge by
+                reasons.append(f"{code} is not in the lab catalog {catalog.version}: its "
+                               "stability cannot be judged")
+                continue
             hours, condition = min((stability_hours(test, c, specimen.spun), c)
                                    for c in conditions)
             how = _how(condition, specimen.spun)

@@ -118,6 +118,17 @@ def test_a_tube_shipped_in_another_condition_gets_the_shorter_window(db: Databas
         "collected 24.0 h ago"]
 
 
+def test_a_test_the_catalog_no_longer_has_is_held_not_crashed(db: Database) -> None:
+    (acc,) = add_order(db, tests=("K",))
+    with db.session() as s:
+        tube = custody.find_specimen(s, acc)
+        s.add(LabResult(order_id=tube.order_id, specimen_id=tube.id, site_id="county-a",
+                        patient_id="P100", test_code="OLDX", state="ordered"))
+        s.flush()
+        assert specimen_hold_reasons(s, tube, NOW) == [
+            f"OLDX is not in the lab catalog {CAT.version}: its stability cannot be judged"]
+
+
 def test_a_tube_its_box_does_not_keep_is_held_when_packed(db: Database) -> None:
     (acc,) = add_order(db, tests=("K", "NA"), condition="room", spun=False)
     with db.session() as s:
