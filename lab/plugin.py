@@ -2,7 +2,27 @@
 
 from __future__ import annotations
 
+from sqlalchemy.orm import Session
+
+from core import jobs, scheduler
+from core.settings import Settings
+
+#: How often the scheduler looks for critical values nobody acknowledged in time (seconds).
+#: The tiers' own timers (RDC_LAB_CRITICAL_ESCALATION_S) decide who is due; this is only
+#: how late past its time an escalation may be.
+ESCALATION_CHECK_S = 30.0
+
+
+def _escalate(session: Session, settings: Settings) -> object:
+    from lab import critical
+
+    return critical.escalate_due(session, settings)
+
 
 def register() -> None:
-    """Job handlers (a run's QC and autoverification, critical-value notification) and
-    the periodic critical-value escalation; filled in by lab/ as its parts land."""
+    """The ``lab_run`` job (a run's QC, autoverification, release and critical notices)
+    and the periodic critical-value escalation."""
+    from lab import run_job
+
+    jobs.register_handler(run_job.JOB_KIND, run_job.run_lab_run)
+    scheduler.register_periodic("lab.critical_escalation", ESCALATION_CHECK_S, _escalate)
