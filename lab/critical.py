@@ -384,17 +384,28 @@ def _escalated(notice: LabCriticalNotice) -> bool:
     return any(s.get("step") == "escalate" for s in notice.steps or [])
 
 
+def _sent(result: LabResult, settings: Settings | None) -> str:
+    """The value as the site's ORU carries it (what a read-back is checked against)."""
+    try:
+        decimals = get_catalog(settings).test(result.test_code).decimals
+    except InvalidInput:  # a code the current catalog no longer has: the raw text
+        return result.value_text
+    return format_value(result, decimals)[1]
+
+
 def notice_json(notice: LabCriticalNotice, result: LabResult, accession: str,
-                order: LabOrder | None) -> dict[str, Any]:
-    """One notice as the app and the CLI list it."""
+                order: LabOrder | None, settings: Settings | None = None) -> dict[str, Any]:
+    """One notice as the app and the CLI list it.  ``value_sent`` is the value as the
+    site was sent it (the test's decimals): the one to read back."""
     return {
         "id": notice.id, "result_id": result.id, "site_id": notice.site_id,
         "state": notice.state, "tier": notice.tier, "escalated": _escalated(notice),
         "patient_id": result.patient_id,
         "patient_name": order.patient_name if order is not None else "",
         "accession": accession, "test_code": result.test_code, "value": result.value,
-        "value_text": result.value_text, "units": result.units,
-        "flag": result.abnormal_flag, "result_at": _iso(notice.result_at),
+        "value_text": result.value_text, "value_sent": _sent(result, settings),
+        "units": result.units, "flag": result.abnormal_flag,
+        "result_at": _iso(notice.result_at),
         "notified_at": _iso(notice.notified_at),
         "next_escalation_at": _iso(notice.next_escalation_at),
         "ack_by": notice.ack_by, "ack_name": notice.ack_name,
@@ -404,7 +415,7 @@ def notice_json(notice: LabCriticalNotice, result: LabResult, accession: str,
 
 
 def notices(session: Session, *, site_ids: frozenset[str] | None,
-            open_only: bool = False) -> list[dict[str, Any]]:
+            open_only: bool = False, settings: Settings | None = None) -> list[dict[str, Any]]:
     """Notices of ``site_ids`` (None: every site): open ones first, oldest first."""
     query = (select(LabCriticalNotice, LabResult, LabSpecimen.accession, LabOrder)
              .join(LabResult, LabResult.id == LabCriticalNotice.result_id)
@@ -416,7 +427,7 @@ def notices(session: Session, *, site_ids: frozenset[str] | None,
         query = query.where(LabCriticalNotice.state != NoticeState.ACKNOWLEDGED)
     rows = session.execute(query.order_by(LabCriticalNotice.notified_at,
                                           LabCriticalNotice.id)).all()
-    listed = [notice_json(n, r, acc, o) for n, r, acc, o in rows]
+    listed = [notice_json(n, r, acc, o, settings) for n, r, acc, o in rows]
     return sorted(listed, key=lambda d: d["state"] == NoticeState.ACKNOWLEDGED)
 
 

@@ -36,8 +36,8 @@ def _sites(site: list[str] | None) -> frozenset[str] | None:
 
 
 def _value(row: dict[str, Any]) -> str:
-    text = row["value_text"] or (str(row["value"]) if row["value"] is not None else "")
-    return f"{text} {row['units']}".strip()
+    """The value as the site was sent it: the one to read back."""
+    return f"{row['value_sent']} {row['units']}".strip()
 
 
 @critical_app.command("list")

@@ -287,6 +287,7 @@ def test_site_without_hl7_is_still_told_in_app_and_by_webhook(db: Database,
         assert [(n["id"], n["test_code"], n["value"], n["flag"], n["state"])
                 for n in listed] == [(nid, "K", 7.1, "HH", "notified")]
         assert listed[0]["patient_name"] == "WANG^FANG"
+        assert listed[0]["value_sent"] == "7.1" and listed[0]["accession"].startswith("L")
         assert critical.notices(s, site_ids=frozenset({"county-b"})) == []
         assert [n["id"] for n in critical.notices(s, site_ids=None, open_only=True)] == [nid]
         critical.acknowledge(s, nid, actor="nurse-a", name="Li", readback="7.10",
