@@ -63,6 +63,8 @@ MANDATORY = frozenset({"unevaluable", "no-value", "specimen-hold", "qc-hold", "c
 SEVERITIES = frozenset({"hold", "info"})
 _VERSION_RE = re.compile(r"[a-z0-9][a-z0-9.-]{0,31}\Z")
 _AG_TESTS = ("NA", "CL", "HCO3")
+#: The rules of :func:`_value_rule` (they read a numeric value).
+_VALUE_RULES = frozenset({"critical", "reference-range", "delta", "hemolysed-potassium"})
 
 
 class RuleFileError(ConfigurationError):
@@ -328,10 +330,13 @@ def evaluate(rule_set: RuleSet, catalog: Catalog,
     by_specimen: dict[Hashable, list[int]] = defaultdict(list)
     for i, item in enumerate(inputs):
         by_specimen[item.specimen].append(i)
+    wbit_rule = rule_set.rule("wbit")
+    wbit_params = None if wbit_rule is None else wbit.WbitParams.from_params(wbit_rule.params)
     for members in by_specimen.values():
         try:
             _anion_gap(rule_set, inputs, members, hits)
-            _wbit(rule_set, inputs, members, hits)
+            if wbit_rule is not None and wbit_params is not None:
+                _wbit(wbit_rule, wbit_params, inputs, members, hits)
         except Exception as e:
             for i in members:
                 hits[i].append(_unevaluable(rule_set, f"specimen rules failed: {e}"))
@@ -444,6 +449,8 @@ def _measuring(rule: Rule, test: Test, item: ResultInput, out: list[RuleHit]) ->
 def _value_rule(rule: Rule, test: Test, item: ResultInput, value: float,
                 out: list[RuleHit]) -> None:
     rid = rule.id
+    if rid not in _VALUE_RULES:
+        return
     shown = f"{test.code} {_fmt(value, test)} {test.units}"
     if rid == "critical":
         flag, critical, _ = classify_value(value, test, item.sex, item.age_y)
@@ -543,12 +550,8 @@ def _anion_gap(rs: RuleSet, inputs: Sequence[ResultInput], members: list[int],
         hits[found[code]].append(_hit(rule, msg))
 
 
-def _wbit(rs: RuleSet, inputs: Sequence[ResultInput], members: list[int],
-          hits: dict[int, list[RuleHit]]) -> None:
-    rule = rs.rule("wbit")
-    if rule is None:
-        return
-    params = wbit.WbitParams.from_params(rule.params)
+def _wbit(rule: Rule, params: wbit.WbitParams, inputs: Sequence[ResultInput],
+          members: list[int], hits: dict[int, list[RuleHit]]) -> None:
     current: dict[str, float] = {}
     previous: dict[str, float] = {}
     for i in members:
