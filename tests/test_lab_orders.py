@@ -58,8 +58,9 @@ def test_accept_order_stores_tubes_results_and_custody(lab: Center) -> None:
         order = accept_order(s, request(), source="hl7", actor="site:county-a", now=NOW)
         order_id = order.id
     with lab.db.session() as s:
-        order = s.get(LabOrder, order_id)
-        assert order is not None
+        stored = s.get(LabOrder, order_id)
+        assert stored is not None
+        order = stored
         assert (order.site_id, order.placer_order_number, order.state, order.source) == (
             "county-a", "PO-1", "ordered", "hl7")
         assert order.filler_order_number == f"LO{order_id:08d}"
