@@ -260,6 +260,36 @@ def test_a_query_a_resent_run_and_a_bad_transfer_on_one_session(env_center: Cent
     assert [r.run_code for r in runs(c.db)] == ["R-1"]
 
 
+def test_a_silent_sender_times_out_and_nothing_is_stored(
+        env_center: Center, monkeypatch: pytest.MonkeyPatch) -> None:
+    c = env_center
+    _orders(c)
+    monkeypatch.setattr(astm, "RECEIVER_TIMEOUT_S", 0.5)
+    frames = astm.frames_for(astm.build_run(RunData("CHEM1", "T-1", (MeasuredResult(
+        "L00000001", "K", 4.0, "4.0", "mmol/L", (), T0),), ())))
+    with astm_listener(c.db, c.settings) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(astm.ENQ)
+            assert sock.recv(1) == astm.ACK
+            sock.sendall(frames[0])
+            assert sock.recv(1) == astm.ACK
+            # The sender falls silent past the receiver's timer: the listener gives up
+            # the transfer and closes; what comes later is not a run.
+            assert sock.recv(1) == b""
+    assert runs(c.db) == [] and _kept(c) == []
+
+
+def test_the_sender_gives_up_when_no_answer_comes() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            peer, _ = server.accept()
+            with peer:
+                with pytest.raises(astm.TransferError, match=r"no answer within 0\.3 s"):
+                    astm.Sender(sock, timeout_s=0.3).send(["H|\\^&|X||CHEM1", "L|1"])
+                assert peer.recv(1) == astm.ENQ
+
+
 def _kept(c: Center) -> list[LabInboundMessage]:
     with c.db.session() as s:
         return list(s.scalars(select(LabInboundMessage).order_by(LabInboundMessage.id)))
