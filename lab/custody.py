@@ -88,6 +88,16 @@ def _check_scan(session: Session, specimen: LabSpecimen, step: str, at: datetime
                        f"is before its last scan at {as_utc(last).isoformat()}")
 
 
+def _check_fields(actor: str, location: str, temperature_c: float | None = None) -> None:
+    """What every event stores, checked before anything changes (the columns' limits)."""
+    if temperature_c is not None and not math.isfinite(temperature_c):
+        raise InvalidInput(f"temperature {temperature_c!r} is not a number")
+    for name, value in (("actor", actor), ("location", location)):
+        if len(value) > 128:
+            raise InvalidInput(f"custody {name} is longer than 128 characters: "
+                               f"{value[:40]!r}...")
+
+
 def record_event(session: Session, *, step: str, actor: str,
                  specimen: LabSpecimen | None = None, shipment: LabShipment | None = None,
                  location: str = "", temperature_c: float | None = None,
@@ -97,8 +107,7 @@ def record_event(session: Session, *, step: str, actor: str,
     callers check the transition and move the state)."""
     if specimen is None and shipment is None:
         raise InvalidInput("a custody event needs a specimen or a shipment box")
-    if temperature_c is not None and not math.isfinite(temperature_c):
-        raise InvalidInput(f"temperature {temperature_c!r} is not a number")
+    _check_fields(actor, location, temperature_c)
     moment = as_utc(at)
     event = LabCustodyEvent(
         specimen_id=None if specimen is None else specimen.id,
@@ -129,6 +138,7 @@ def scan(session: Session, accession: str, step: str, *, actor: str, location: s
         hint = " (use reject with a code)" if step == CustodyStep.REJECTED else ""
         raise InvalidInput(f"{step!r} is not a step a scan records{hint}; steps: "
                            f"{', '.join(s.value for s in CustodyStep if s in SCAN_STEPS)}")
+    _check_fields(actor, location, temperature_c)
     specimen = find_specimen(session, accession)
     moment = as_utc(at)
     _check_scan(session, specimen, step, moment)
@@ -157,6 +167,7 @@ def pack_box(session: Session, *, site_id: str, box_code: str, accessions: Seque
     """Pack the site's tubes into a new box; all tubes are checked before anything is
     written (unknown, another site's, already packed, scanned later than ``at``)."""
     check_condition(condition)
+    _check_fields(actor, location)
     code = box_code.strip()
     if not code or len(code) > 64:
         raise InvalidInput(f"box code {box_code!r}: 1 to 64 characters")
@@ -200,9 +211,11 @@ def courier_pickup(session: Session, box_code: str, *, actor: str, courier: str,
                    at: datetime | None = None, location: str = "") -> LabShipment:
     """The courier takes the box: the box and each tube still in it are in transit."""
     box = find_shipment(session, box_code)
-    if not courier.strip():
-        raise InvalidInput("courier pickup: the courier's name is required")
+    if not courier.strip() or len(courier) > 128:
+        raise InvalidInput("courier pickup: the courier's name is required (128 characters "
+                           "at most)")
     check_shipment(box.state, ShipmentState.IN_TRANSIT)
+    _check_fields(actor, location)
     moment = as_utc(at)
     carried = [s for s in _box_specimens(session, box) if s.state == CustodyStep.PACKED]
     for specimen in carried:
@@ -244,6 +257,7 @@ def receive_box(session: Session, box_code: str, *, actor: str,
     on the box, each tube is received and accessioned, and its holds are computed."""
     box = find_shipment(session, box_code)
     check_shipment(box.state, ShipmentState.RECEIVED)
+    _check_fields(actor, location)
     readings = _readings(temperature_log)
     moment = as_utc(at)
     if readings and readings[-1][0] > moment:
@@ -287,6 +301,7 @@ def reject_specimen(session: Session, accession: str, code: str, *, actor: str,
     if code not in REJECTION_CODES:
         raise InvalidInput(f"unknown rejection code {code!r}: use one of "
                            f"{', '.join(REJECTION_CODES)}")
+    _check_fields(actor, "")
     specimen = find_specimen(session, accession)
     moment = as_utc(at)
     _check_scan(session, specimen, CustodyStep.REJECTED, moment)

@@ -295,6 +295,10 @@ def test_out_of_order_scans_are_refused_and_change_nothing(db: Database) -> None
         custody.scan(s, acc, "rejected", actor="tech")
     with db.session() as s, pytest.raises(InvalidInput, match="'teleported' is not a step"):
         custody.scan(s, acc, "teleported", actor="tech")
+    with db.session() as s, pytest.raises(InvalidInput, match="location is longer than 128"):
+        custody.scan(s, acc, "received", actor="tech", location="x" * 129)
+    with db.session() as s, pytest.raises(InvalidInput, match="temperature nan is not"):
+        custody.scan(s, acc, "received", actor="tech", temperature_c=float("nan"))
     # Time order: a scan timed before the tube's last scan is refused.
     with db.session() as s, pytest.raises(Conflict, match=r"a received scan at .* is before its "
                                                           r"last scan"):
