@@ -600,3 +600,35 @@ def summary(ds: Dataset) -> dict[str, Any]:
             "runs": len(ds.runs), "controls": len(ds.controls),
             "by_error": {str(k): v for k, v in ds.by_error().items()},
             "shifts": [list(s) for s in ds.shifts]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m devkit.lab_dataset --out replay.jsonl [--error wbit=0.05 ...]``: write a
+    replay file for ``rdc lab validate-rules --replay``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Write a synthetic lab replay file (JSON lines).")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--patients", type=int, default=500)
+    ap.add_argument("--error", action="append", default=[], metavar="KIND=RATE",
+                    help=f"inject errors: one of {', '.join(ERROR_KINDS)} with its rate")
+    args = ap.parse_args(argv)
+    errors: dict[str, float] = {}
+    for item in args.error:
+        kind, _, rate = item.partition("=")
+        try:
+            errors[kind] = float(rate)
+        except ValueError:
+            ap.error(f"--error {item!r}: KIND=RATE, e.g. wbit=0.05")
+    try:
+        ds = generate(seed=args.seed, patients=args.patients, errors=errors)
+    except ValueError as e:
+        ap.error(str(e))
+    n = write_replay(ds, args.out)
+    print(f"wrote {n} results to {args.out}: {json.dumps(summary(ds)['by_error'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -8,6 +8,7 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from conftest import Center
@@ -19,6 +20,7 @@ from devkit.lab_dataset import (
     NewResult,
     generate,
     load,
+    main,
     write_replay,
 )
 from lab import qc
@@ -146,3 +148,14 @@ def test_loaded_into_the_database_and_qc_agrees(center: Center) -> None:
             select(LabResult.id, LabResult.qc_hold).where(LabResult.id.in_(list(holds))))}
     assert db_holds == holds
     assert any(holds.values())
+
+
+def test_command_line_writes_a_replay_file(tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    assert main(["--out", str(out), "--patients", "20", "--error", "transcription=0.1"]) == 0
+    lines = read_replay(out)
+    assert len(lines) == 200
+    assert sum(ln.error == "transcription" for ln in lines) == 2
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(out), "--error", "typo=0.1"])
+    assert e.value.code == 2
