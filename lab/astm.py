@@ -23,6 +23,7 @@ record, and escaped with ``&F&``, ``&S&``, ``&R&``, ``&E&`` inside values.
 
 from __future__ import annotations
 
+import math
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -453,19 +454,20 @@ def _value(text: str) -> float | None:
     """The numeric value of an analyzer result; None for a text result ("<0.01",
     "HEMOLYSED"): the text is kept, and the rules hold what they cannot judge."""
     try:
-        return float(text.strip())
+        value = float(text.strip())
     except ValueError:
         return None
+    return value if math.isfinite(value) else None
 
 
 def _test_code(r: Record) -> str:
     """The test code of a universal test id ``^^^CODE`` (component 4), or the first
     non-empty component for analyzers that put it elsewhere."""
-    code = r.get(3, 4)
-    if code:
-        return code.strip().upper()
-    return next((c.strip().upper() for c in r.repeats(3)[0] if c.strip()), "") \
-        if r.repeats(3) else ""
+    code = r.get(3, 4).strip()
+    if not code:
+        first = r.repeats(3)[0] if r.repeats(3) else []
+        code = next((c.strip() for c in first if c.strip()), "")
+    return code.upper()
 
 
 def parse_run(records: Sequence[str]) -> RunData:

@@ -13,6 +13,7 @@ value, OBX-6 the units, OBX-8 the instrument's flags (repeats), OBX-14 when meas
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -61,10 +62,12 @@ def _test_code(catalog: Catalog, obx3: str, where: str) -> str:
 
 
 def _number(text: str) -> float | None:
+    """A finite number, or None for a text value (">400", "NaN", "CLOTTED")."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         return None
+    return value if math.isfinite(value) else None
 
 
 def parse_oru(raw: str) -> RunData:

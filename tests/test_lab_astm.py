@@ -130,6 +130,10 @@ def test_delimiters_come_from_the_h_record() -> None:
     assert (m.accession, m.test_code, m.value, m.units, m.flags) == (
         "L00000001", "K", 4.5, "mmol/L", ("H", "W"))
     assert m.measured_at == T0
+    # A value that is not a finite number is kept as text, never as a number.
+    (nan,) = astm.parse_run(["H|\\^&|R8||CHEM1", "O|1|L00000001",
+                             "R|1|^^^K|NaN|mmol/L", "L|1"]).results
+    assert (nan.value, nan.value_text) == (None, "NaN")
     with pytest.raises(InvalidInput, match="H record"):
         astm.parse_run(["X|\\^&", "L|1"])
     with pytest.raises(InvalidInput, match="before any O record"):
