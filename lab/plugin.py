@@ -10,7 +10,7 @@ from core.settings import Settings
 #: How often the scheduler looks for critical values nobody acknowledged in time (seconds).
 #: The tiers' own timers (RDC_LAB_CRITICAL_ESCALATION_S) decide who is due; this is only
 #: how late past its time an escalation may be.
-ESCALATION_CHECK_S = 30.0
+ESCALATION_CHECK_S = 10.0
 
 
 def _escalate(session: Session, settings: Settings) -> object:
