@@ -177,6 +177,29 @@ def test_cli_sends_a_run_and_refuses_bad_options(env_center: Center) -> None:
     assert r.exit_code == 3 and "cannot reach the lab listener" in r.output
 
 
+def test_a_rerun_asked_by_a_reviewer_is_measured_again(env_center: Center) -> None:
+    c = env_center
+    _chem_orders(c, 2)
+    first = plan_run(c.db, "CHEM1", SimOptions(seed=13, run_code="R1"), now=T0)
+    store_run(c.db, first, actor="t")
+    assert plan_run(c.db, "CHEM1", SimOptions(seed=14), now=T0).results == ()
+    with c.db.session() as s:
+        k = s.scalar(select(LabResult).where(LabResult.test_code == "K")
+                     .order_by(LabResult.id))
+        assert k is not None
+        k.state = "rerun"  # as lab.review leaves a result a reviewer sent back
+    again = plan_run(c.db, "CHEM1", SimOptions(seed=15, run_code="R2"),
+                     now=T0 + timedelta(hours=1))
+    (m,) = again.results
+    assert (m.accession, m.test_code) == ("L00000001", "K")
+    store_run(c.db, again, actor="t")
+    with c.db.session() as s:
+        k = s.scalar(select(LabResult).where(LabResult.test_code == "K")
+                     .order_by(LabResult.id))
+        assert k is not None and k.state == "pending" and len(k.attempts) == 1
+        assert k.value == m.value
+
+
 def test_a_simulated_run_stored_twice_is_not_doubled(env_center: Center) -> None:
     c = env_center
     _chem_orders(c, 2)
