@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, select, tuple_
+from sqlalchemy import ColumnElement, and_, func, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from core import audit
@@ -55,39 +55,50 @@ def _load(session: Session, which: ColumnElement[bool],
     """The batch selected by ``which`` (SQL) / ``selected`` (the same test in Python, on
     the loaded rows), with its context, in one query.
 
-    The query returns (result, specimen, order) rows of two kinds: every result of the
+    The query returns rows (a result, with the columns the rules read of its specimen and
+    order) of two kinds: every result of the
     batch's specimens (those to judge, and the others the anion gap and WBIT rules read),
     and every released result of the batch's patients (same site and patient id), the
     history of the delta and WBIT rules.
     """
     batch_specimens = select(LabResult.specimen_id).where(which)
     batch_patients = select(LabResult.site_id, LabResult.patient_id).where(which)
+    # Released history through the (site, patient) index: the sites and patient ids as
+    # plain IN lists lead the planner to it; the row-value IN keeps exact pairs.  The
+    # state test is wrapped so that it is not taken for an index (every released
+    # result of the center would be scanned by the worklist index).
+    released = [str(s) for s in RELEASED_RESULT_STATES]
     rows = session.execute(
-        select(LabResult, LabSpecimen, LabOrder)
+        select(LabResult, LabSpecimen.hil, LabSpecimen.hold_reason, LabSpecimen.rejection_code,
+               LabOrder.sex, LabOrder.birth_date)
         .join(LabSpecimen, LabSpecimen.id == LabResult.specimen_id)
         .join(LabOrder, LabOrder.id == LabResult.order_id)
         .where(or_(
             LabResult.specimen_id.in_(batch_specimens),
-            and_(LabResult.state.in_([str(s) for s in RELEASED_RESULT_STATES]),
-                 LabResult.value.is_not(None), LabResult.measured_at.is_not(None),
-                 tuple_(LabResult.site_id, LabResult.patient_id).in_(batch_patients))))
+            and_(LabResult.site_id.in_(select(LabResult.site_id).where(which)),
+                 LabResult.patient_id.in_(select(LabResult.patient_id).where(which)),
+                 tuple_(LabResult.site_id, LabResult.patient_id).in_(batch_patients),
+                 func.coalesce(LabResult.state, "").in_(released),
+                 LabResult.value.is_not(None), LabResult.measured_at.is_not(None))))
         .order_by(LabResult.id)
     ).all()
-    on_specimen: dict[int, list[tuple[LabResult, LabSpecimen, LabOrder]]] = {}
+    on_specimen: dict[int, list[tuple[LabResult, _Context]]] = {}
     history: dict[tuple[str, str], list[tuple[int, Previous]]] = {}
-    for result, specimen, order in rows:
-        on_specimen.setdefault(specimen.id, []).append((result, specimen, order))
+    for result, hil, hold_reason, rejection_code, sex, birth_date in rows:
+        context = _Context(hil or {}, hold_reason or "", rejection_code or "", sex or "U",
+                           birth_date or "")
+        on_specimen.setdefault(result.specimen_id, []).append((result, context))
         if (result.state in RELEASED_RESULT_STATES and result.value is not None
                 and result.measured_at is not None):
             history.setdefault((result.site_id, result.patient_id), []).append(
-                (specimen.id, Previous(result.test_code, float(result.value),
-                                       result.measured_at)))
+                (result.specimen_id, Previous(result.test_code, float(result.value),
+                                              result.measured_at)))
     current: list[LabResult] = []
     inputs: list[ResultInput] = []
     for specimen_id, members in on_specimen.items():
-        if not any(selected(r) for r, _, _ in members):
+        if not any(selected(r) for r, _ in members):
             continue  # a released result of the history, not of the batch's specimens
-        for result, specimen, order in members:
+        for result, context in members:
             judge = selected(result)
             if judge:
                 current.append(result)
@@ -95,25 +106,37 @@ def _load(session: Session, which: ColumnElement[bool],
                 continue
             key = (result.site_id, result.patient_id)
             prev = tuple(p for sid, p in history.get(key, []) if sid != specimen_id)
-            inputs.append(_input(result, specimen, order, prev, judge))
+            inputs.append(_input(result, context, prev, judge))
     return _Batch(current=current, inputs=inputs)
 
 
-def _input(result: LabResult, specimen: LabSpecimen, order: LabOrder,
-           previous: tuple[Previous, ...], judge: bool) -> ResultInput:
-    hold = specimen.hold_reason or ""
-    if specimen.rejection_code:
-        hold = (f"{hold}; " if hold else "") + f"rejected ({specimen.rejection_code})"
+@dataclass(frozen=True)
+class _Context:
+    """What the rules read of a result's specimen and order (columns, not rows: the
+    history's results come with theirs too, and building objects for them is waste)."""
+
+    hil: dict[str, Any]
+    hold_reason: str
+    rejection_code: str
+    sex: str
+    birth_date: str
+
+
+def _input(result: LabResult, context: _Context, previous: tuple[Previous, ...],
+           judge: bool) -> ResultInput:
+    hold = context.hold_reason
+    if context.rejection_code:
+        hold = (f"{hold}; " if hold else "") + f"rejected ({context.rejection_code})"
     hil: dict[str, float] = {}
-    for k, v in (specimen.hil or {}).items():
+    for k, v in context.hil.items():
         if isinstance(v, int | float) and not isinstance(v, bool):
             hil[str(k)] = float(v)
     at = result.measured_at
     return ResultInput(
-        key=result.id, specimen=specimen.id, test_code=result.test_code,
+        key=result.id, specimen=result.specimen_id, test_code=result.test_code,
         value=result.value, value_text=result.value_text or "", units=result.units or "",
-        flags=tuple(result.instrument_flags or ()), hil=hil, sex=order.sex or "U",
-        age_y=age_years(order.birth_date or "", at or datetime.now(UTC)),
+        flags=tuple(result.instrument_flags or ()), hil=hil, sex=context.sex,
+        age_y=age_years(context.birth_date, at or datetime.now(UTC)),
         measured_at=at, specimen_hold=hold, qc_hold=result.qc_hold or "",
         previous=previous, judge=judge)
 
