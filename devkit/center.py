@@ -60,6 +60,9 @@ class Center:
     orthanc_http_port: int = 0
     orthanc_dicom_port: int = 0
     web_port: int = 0
+    #: The lab listener's MLLP and ASTM ports (``rdc up`` starts it beside the gateway).
+    lab_mllp_port: int = 0
+    lab_astm_port: int = 0
     orthanc_proc: subprocess.Popen[bytes] | None = None
     gateway_proc: subprocess.Popen[bytes] | None = None
     worker_proc: subprocess.Popen[bytes] | None = None
@@ -74,6 +77,8 @@ class Center:
         self.orthanc_http_port = self.orthanc_http_port or free_port(self.taken_ports)
         self.orthanc_dicom_port = self.orthanc_dicom_port or free_port(self.taken_ports)
         self.web_port = self.web_port or free_port(self.taken_ports)
+        self.lab_mllp_port = self.lab_mllp_port or free_port(self.taken_ports)
+        self.lab_astm_port = self.lab_astm_port or free_port(self.taken_ports)
 
     @property
     def env(self) -> dict[str, str]:
@@ -85,6 +90,8 @@ class Center:
             "RDC_ORTHANC_HTTP_PORT": str(self.orthanc_http_port),
             "RDC_ORTHANC_DICOM_PORT": str(self.orthanc_dicom_port),
             "RDC_WEB_PORT": str(self.web_port),
+            "RDC_LAB_MLLP_PORT": str(self.lab_mllp_port),
+            "RDC_LAB_ASTM_PORT": str(self.lab_astm_port),
             "RDC_DATABASE_URL": self.db_url,
             "RDC_BROKER_URL": self.broker_url,
             **(QUICK_TIMERS if self.quick_timers else {}),

@@ -591,6 +591,7 @@ def test_a_stop_after_restarts_is_clean_and_rdc_status_says_so(up: Up) -> None:
     assert record is not None and record.state == "stopped"
     assert {ch.state for ch in record.children} == {"stopped"}
     assert {ch.name: ch.restarts for ch in record.children} == \
-        {"orthanc": 2, "gateway": 1, "worker": 0, "scheduler": 0, "commitment": 0, "web": 0}
+        {"orthanc": 2, "gateway": 1, "worker": 0, "scheduler": 0, "commitment": 0, "lab": 0,
+         "web": 0}
     status = up.center.rdc("status")
     assert "rdc up is not running (it stopped at" in status.stdout, status.stdout
