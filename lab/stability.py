@@ -25,8 +25,9 @@ from sqlalchemy.orm import Session
 from core import audit
 from core.errors import InvalidInput
 from core.models import LabResult, LabShipment, LabSpecimen
+from core.settings import Settings
 from lab.catalog import CONDITIONS, Test, get_catalog
-from lab.states import ResultState
+from lab.states import CustodyStep, ResultState
 
 #: The temperature each box condition must stay within (°C; None: no bound).
 TEMPERATURE_RANGES: dict[str, tuple[float | None, float | None]] = {
@@ -55,6 +56,10 @@ def stability_deadline(test: Test, collected_at: datetime, condition: str,
                        spun: bool) -> datetime:
     """The last moment the specimen may be analysed (collection + the window)."""
     return collected_at + timedelta(hours=stability_hours(test, condition, spun))
+
+
+def _minute(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _how(condition: str, spun: bool) -> str:
@@ -121,8 +126,12 @@ def specimen_hold_reasons(session: Session, specimen: LabSpecimen,
             if hours <= 0:
                 reasons.append(f"{code} ({test.name}) is not stable {how}")
             elif elapsed_h > hours:
+                # Fixed facts, not the time since: the reason does not change (and is not
+                # audited again) each time it is recomputed.
+                until = specimen.collected_at + timedelta(hours=hours)
                 reasons.append(f"past stability: {code} ({test.name}) keeps {hours:g} h "
-                               f"{how}; collected {elapsed_h:.1f} h ago")
+                               f"{how}; collected {_minute(specimen.collected_at)}, stable "
+                               f"until {_minute(until)}")
     if shipment is not None and shipment.excursion:
         reasons.append(f"box {shipment.box_code} temperature excursion: {shipment.excursion}")
     return reasons
@@ -141,3 +150,32 @@ def apply_holds(session: Session, specimen: LabSpecimen, now: datetime | None = 
                      detail={"hold_reason": reason, "previous": previous,
                              "at": (now or datetime.now(UTC)).isoformat()})
     return reason
+
+
+#: The periodic re-check's name and interval (core.scheduler.register_periodic).
+RECHECK_TASK = "lab.stability_recheck"
+RECHECK_S = 300.0
+#: Tubes at the center that may still be put on an analyzer.
+_WAITING = (CustodyStep.RECEIVED, CustodyStep.ACCESSIONED, CustodyStep.ALIQUOTED,
+            CustodyStep.STORED, CustodyStep.ON_ANALYZER)
+
+
+def recheck_waiting(session: Session, settings: Settings | None = None,
+                    now: datetime | None = None) -> list[str]:
+    """Periodic: a tube waiting at the center passes its window while it waits, with no
+    scan to notice; hold it before it is analysed.  Only tubes with a test still to
+    measure (ordered or rerun) are looked at.  Returns the accessions whose hold changed."""
+    del settings  # the scheduler's signature; the catalog is read through get_catalog()
+    now = now or datetime.now(UTC)
+    waiting = session.scalars(
+        select(LabSpecimen).where(
+            LabSpecimen.state.in_([str(s) for s in _WAITING]),
+            LabSpecimen.id.in_(select(LabResult.specimen_id).where(
+                LabResult.state.in_([ResultState.ORDERED, ResultState.RERUN]))))
+        .order_by(LabSpecimen.id)).all()
+    changed: list[str] = []
+    for specimen in waiting:
+        before = specimen.hold_reason
+        if apply_holds(session, specimen, now, actor="scheduler") != before:
+            changed.append(specimen.accession)
+    return changed

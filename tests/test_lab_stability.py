@@ -21,6 +21,7 @@ from lab import custody
 from lab.catalog import get_catalog
 from lab.stability import (
     apply_holds,
+    recheck_waiting,
     specimen_hold_reasons,
     stability_deadline,
     stability_hours,
@@ -30,6 +31,12 @@ from lab.stability import (
 CAT = get_catalog()
 K, GLU, HGB, HCO3 = CAT.test("K"), CAT.test("GLU"), CAT.test("HGB"), CAT.test("HCO3")
 SECOND = timedelta(seconds=1)
+
+
+def until(hours: float) -> str:
+    """The end of a past-stability reason for a tube collected at NOW."""
+    return (f"; collected 2026-12-01 08:00 UTC, stable until "
+            f"{NOW + timedelta(hours=hours):%Y-%m-%d %H:%M} UTC")
 
 
 @pytest.fixture(params=["sqlite"])
@@ -65,12 +72,12 @@ def test_an_unspun_tube_just_inside_and_just_past_its_window(db: Database) -> No
     # Glucose keeps 1 h unspun at room temperature, potassium 4 h, sodium 8 h.
     assert reasons(db, acc, 1) == []
     assert reasons(db, acc, 1, extra=SECOND) == [
-        "past stability: GLU (Glucose) keeps 1 h room, unspun; collected 1.0 h ago"]
+        "past stability: GLU (Glucose) keeps 1 h room, unspun" + until(1)]
     assert reasons(db, acc, 4) == [
-        "past stability: GLU (Glucose) keeps 1 h room, unspun; collected 4.0 h ago"]
+        "past stability: GLU (Glucose) keeps 1 h room, unspun" + until(1)]
     assert reasons(db, acc, 4, extra=SECOND) == [
-        "past stability: K (Potassium) keeps 4 h room, unspun; collected 4.0 h ago",
-        "past stability: GLU (Glucose) keeps 1 h room, unspun; collected 4.0 h ago"]
+        "past stability: K (Potassium) keeps 4 h room, unspun" + until(4),
+        "past stability: GLU (Glucose) keeps 1 h room, unspun" + until(1)]
     assert len(reasons(db, acc, 8)) == 2
     assert len(reasons(db, acc, 8, extra=SECOND)) == 3
 
@@ -79,19 +86,19 @@ def test_a_spun_tube_keeps_far_longer(db: Database) -> None:
     (acc,) = add_order(db, tests=("K", "NA", "GLU"), spun=True)
     assert reasons(db, acc, 48) == []
     assert reasons(db, acc, 48, extra=SECOND) == [
-        "past stability: GLU (Glucose) keeps 48 h room, spun; collected 48.0 h ago"]
+        "past stability: GLU (Glucose) keeps 48 h room, spun" + until(48)]
     assert len(reasons(db, acc, 168)) == 1
     assert reasons(db, acc, 168, extra=SECOND)[:2] == [
-        "past stability: K (Potassium) keeps 168 h room, spun; collected 168.0 h ago",
-        "past stability: NA (Sodium) keeps 168 h room, spun; collected 168.0 h ago"]
+        "past stability: K (Potassium) keeps 168 h room, spun" + until(168),
+        "past stability: NA (Sodium) keeps 168 h room, spun" + until(168)]
 
 
 def test_frozen_and_refrigerated_tubes(db: Database) -> None:
     (frozen,) = add_order(db, tests=("K", "CREA"), condition="frozen", spun=True)
     assert reasons(db, frozen, 8760) == []
     assert reasons(db, frozen, 8760, extra=SECOND) == [
-        "past stability: K (Potassium) keeps 8760 h frozen, spun; collected 8760.0 h ago",
-        "past stability: CREA (Creatinine) keeps 8760 h frozen, spun; collected 8760.0 h ago"]
+        "past stability: K (Potassium) keeps 8760 h frozen, spun" + until(8760),
+        "past stability: CREA (Creatinine) keeps 8760 h frozen, spun" + until(8760)]
     (unspun_frozen,) = add_order(db, tests=("K",), condition="frozen", spun=False)
     assert reasons(db, unspun_frozen, 0) == ["K (Potassium) is not stable frozen, unspun"]
     (cold_unspun,) = add_order(db, tests=("K", "NA"), condition="refrigerated", spun=False)
@@ -99,7 +106,7 @@ def test_frozen_and_refrigerated_tubes(db: Database) -> None:
     assert reasons(db, cold_unspun, 24) == [
         "K (Potassium) is not stable refrigerated, unspun"]
     assert reasons(db, cold_unspun, 24, extra=SECOND)[1] == (
-        "past stability: NA (Sodium) keeps 24 h refrigerated, unspun; collected 24.0 h ago")
+        "past stability: NA (Sodium) keeps 24 h refrigerated, unspun" + until(24))
     (spun_blood,) = add_order(db, tests=("HGB",), spun=True)
     assert reasons(db, spun_blood, 0) == ["HGB (Hemoglobin) is not stable room, spun"]
 
@@ -114,8 +121,8 @@ def test_a_tube_shipped_in_another_condition_gets_the_shorter_window(db: Databas
                             at=NOW + timedelta(hours=1))
     assert reasons(db, acc, 24) == []
     assert reasons(db, acc, 24, extra=SECOND) == [
-        "past stability: HCO3 (Carbon dioxide, total (bicarbonate)) keeps 24 h room, spun; "
-        "collected 24.0 h ago"]
+        "past stability: HCO3 (Carbon dioxide, total (bicarbonate)) keeps 24 h room, spun"
+        + until(24)]
 
 
 def test_a_test_the_catalog_no_longer_has_is_held_not_crashed(db: Database) -> None:
@@ -163,7 +170,7 @@ def test_apply_holds_sets_clears_and_audits_each_change(db: Database) -> None:
         tube = custody.find_specimen(s, acc)
         assert apply_holds(s, tube, NOW + timedelta(minutes=30), actor="tech") == ""
         held = apply_holds(s, tube, NOW + timedelta(hours=2), actor="tech")
-        assert held == "past stability: GLU (Glucose) keeps 1 h room, unspun; collected 2.0 h ago"
+        assert held == "past stability: GLU (Glucose) keeps 1 h room, unspun" + until(1)
         assert tube.hold_reason == held
         # Same verdict: no new audit record.
         assert apply_holds(s, tube, NOW + timedelta(hours=2), actor="tech") == held
@@ -187,7 +194,7 @@ def test_a_scan_onto_the_analyzer_checks_the_window_again(db: Database) -> None:
         custody.scan(s, acc, "on_analyzer", actor="tech", location="CHEM1",
                      at=NOW + timedelta(hours=5))
         assert custody.find_specimen(s, acc).hold_reason == (
-            "past stability: K (Potassium) keeps 4 h room, unspun; collected 5.0 h ago")
+            "past stability: K (Potassium) keeps 4 h room, unspun" + until(4))
 
 
 @pytest.mark.parametrize(("condition", "temps", "outside"), [
@@ -202,3 +209,30 @@ def test_temperature_ranges_at_their_edges(condition: str, temps: list[float],
         assert found.startswith(f"{outside} of {len(temps)} readings outside "), found
     else:
         assert found == ""
+
+
+def test_the_periodic_recheck_holds_a_tube_that_expires_while_it_waits(db: Database) -> None:
+    (waiting,) = add_order(db, tests=("K",), spun=False)
+    (measured,) = add_order(db, tests=("K",), spun=False)
+    (at_site,) = add_order(db, tests=("K",), spun=False)
+    with db.session() as s:
+        for acc in (waiting, measured):
+            custody.scan(s, acc, "received", actor="tech", at=NOW + timedelta(hours=1))
+            custody.scan(s, acc, "accessioned", actor="tech", at=NOW + timedelta(hours=1))
+        tube = custody.find_specimen(s, measured)
+        s.scalars(select(LabResult).where(LabResult.specimen_id == tube.id)).one().state = (
+            "autoverified")
+    with db.session() as s:
+        assert recheck_waiting(s, None, NOW + timedelta(hours=4)) == []
+    with db.session() as s:
+        assert recheck_waiting(s, None, NOW + timedelta(hours=4) + SECOND) == [waiting]
+        # Run again: nothing new to say.
+        assert recheck_waiting(s, None, NOW + timedelta(hours=5)) == []
+    with db.session() as s:
+        assert custody.find_specimen(s, waiting).hold_reason == (
+            "past stability: K (Potassium) keeps 4 h room, unspun" + until(4))
+        assert custody.find_specimen(s, measured).hold_reason == ""
+        assert custody.find_specimen(s, at_site).hold_reason == ""
+        record = s.scalars(select(AuditRecord).where(AuditRecord.action == "lab.specimen_hold",
+                                                     AuditRecord.object_id == waiting)).one()
+        assert record.actor == "scheduler"
