@@ -62,6 +62,9 @@ describe('a held result', () => {
     expect(hilText(held.hil)).toBe('H 120 · L 10');
     expect(hilText(null)).toBe('');
     expect(firedRules(held.rules_fired).map((f) => f.rule)).toEqual(['qc-hold', 'range']);
+    expect(firedRules([{ rule: 'critical', message: 'critical: GLU 28.4 above 25' }])[0].message)
+      .toBe('GLU 28.4 above 25');
+    expect(firedRules(null)).toEqual([]);
     expect(deltaHistory(held).map((p) => p.value)).toEqual(['4.4', '4.1']);
   });
   it('is signed only without a QC hold', () => {

@@ -6,7 +6,7 @@
 // with the passphrase of their key (each result gets its own signature). Also the lab
 // area's sub-navigation.
 import { ApiError, api } from '../api.js';
-import { formatDateTime, h, replace } from '../dom.js';
+import { formatDateTime, formatPersonName, h, replace } from '../dom.js';
 import {
   ACTION_LABELS, REVIEW_ACTIONS, canSign, deltaHistory, firedRules, flagBadge, hilText,
   isLabReviewer, qcText, rangeText, seesLabDashboard, sortHeld, valueText,
@@ -154,7 +154,7 @@ export function renderLabHeld(root, { navigate, user }) {
     h('td', { testid: 'lab-test' }, String(item.test_code ?? ''), h('div', { class: 'muted small' }, String(item.test_name ?? item.loinc ?? ''))),
     h('td', { class: 'num', testid: 'lab-value' }, valueText(item)),
     h('td', { class: 'small' }, rangeText(item)),
-    h('td', { testid: 'lab-patient' }, String(item.patient_name ?? ''), h('div', { class: 'muted small' }, `${item.patient_id ?? ''} · ${item.site_id ?? ''}`)),
+    h('td', { testid: 'lab-patient' }, formatPersonName(item.patient_name), h('div', { class: 'muted small' }, `${item.patient_id ?? ''} · ${item.site_id ?? ''}`)),
     h('td', {}, item.accession ? h('a', { href: `#/lab/specimen/${encodeURIComponent(item.accession)}`, testid: 'lab-accession' }, String(item.accession)) : '',
       item.specimen_hold ? h('div', { class: 'error small', testid: 'lab-specimen-hold' }, String(item.specimen_hold)) : null),
     h('td', { testid: 'lab-qc', class: item.qc_hold ? 'error small' : 'small', title: String(item.qc_hold ?? '') }, qc || '—'),

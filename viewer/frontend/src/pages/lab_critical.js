@@ -5,7 +5,7 @@
 // it. The server checks the read-back against the value (a mismatch is refused and
 // audited); the page checks it first, to say so before anything is sent.
 import { ApiError, api } from '../api.js';
-import { formatDateTime, h, replace } from '../dom.js';
+import { formatDateTime, formatPersonName, h, replace } from '../dom.js';
 import { labTabs } from './lab.js';
 import { noticeBadge, readbackProblem, valueText } from './lab_format.js';
 
@@ -47,7 +47,7 @@ export function renderLabCritical(root, { navigate, user }) {
       try {
         await api('POST', `/api/lab/critical/${encodeURIComponent(n.id)}/ack`,
           { body: { name: name.value.trim(), readback: readback.value.trim() } });
-        replace(status, `Acknowledged: ${n.test_code ?? ''} ${valueText(n)} for ${n.patient_name || n.patient_id || ''}`);
+        replace(status, `Acknowledged: ${n.test_code ?? ''} ${valueText(n)} for ${formatPersonName(n.patient_name) || n.patient_id || ''}`);
         showError('');
         await load();
       } catch (err) {
@@ -66,7 +66,7 @@ export function renderLabCritical(root, { navigate, user }) {
       h('td', {}, h('span', { class: badge.cls, testid: 'lab-notice-state' }, badge.label)),
       h('td', { testid: 'lab-notice-test' }, String(n.test_code ?? '')),
       h('td', { class: 'num', testid: 'lab-notice-value' }, valueText(n), n.flag ? ` ${n.flag}` : ''),
-      h('td', {}, String(n.patient_name ?? ''), h('div', { class: 'muted small' }, `${n.patient_id ?? ''} · ${n.site_id ?? ''}`)),
+      h('td', {}, formatPersonName(n.patient_name), h('div', { class: 'muted small' }, `${n.patient_id ?? ''} · ${n.site_id ?? ''}`)),
       h('td', { class: 'small' }, formatDateTime(n.result_at)),
       h('td', { class: 'small' }, formatDateTime(n.notified_at)),
       h('td', {}, open ? ackForm(n)

@@ -175,9 +175,13 @@ export function hilText(hil) {
  */
 export function firedRules(fired) {
   if (!Array.isArray(fired)) return [];
-  const rows = fired.map((f) => ({
-    rule: String(f?.rule ?? ''), message: String(f?.message ?? ''), severity: String(f?.severity ?? 'hold'),
-  })).filter((f) => f.rule);
+  const rows = fired.map((f) => {
+    const rule = String(f?.rule ?? '');
+    const text = String(f?.message ?? '');
+    // A message that starts with its rule's name reads once, not twice.
+    const message = text.startsWith(`${rule}:`) ? text.slice(rule.length + 1).trim() : text;
+    return { rule, message, severity: String(f?.severity ?? 'hold') };
+  }).filter((f) => f.rule);
   return rows.sort((a, b) => Number(b.severity === 'hold') - Number(a.severity === 'hold'));
 }
 

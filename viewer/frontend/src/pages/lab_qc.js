@@ -97,7 +97,7 @@ export function renderLabQc(root, { navigate, user }) {
       replace(chart, el);
       const lot = data?.lot ? `lot ${data.lot}, ` : '';
       const target = data?.mean !== undefined ? `mean ${data.mean}, SD ${data.sd}; ` : '';
-      replace(summary, points.length ? `${lot}${target}${points.length} runs` : 'No control result for this analyzer, test and level yet.');
+      replace(summary, points.length ? `${lot}${target}${points.length} run${points.length === 1 ? '' : 's'}` : 'No control result for this analyzer, test and level yet.');
       const bad = points.filter((p) => p.status === 'reject');
       replace(rejects, bad.length ? h('table', { class: 'worklist' },
         h('thead', {}, h('tr', {}, ['Run', 'Measured', 'Value', 'z', 'Westgard rules'].map((c) => h('th', { scope: 'col' }, c)))),

@@ -4,7 +4,7 @@
 // delta history, earlier attempts (reruns) and its signature. Links to the specimen's
 // custody timeline and, for the order, the FHIR DiagnosticReport.
 import { ApiError, api } from '../api.js';
-import { formatDateTime, h, replace } from '../dom.js';
+import { formatDateTime, formatPersonName, h, replace } from '../dom.js';
 import { labTabs } from './lab.js';
 import {
   deltaHistory, firedRules, flagBadge, hilText, isLabReviewer, qcText, rangeText, valueText,
@@ -37,7 +37,7 @@ export function renderLabResult(root, resultId, { navigate, user }) {
         field('Value', [valueText(r), ' ', badge.label ? h('span', { class: badge.cls }, badge.label) : ''], 'lab-result-value'),
         field('Reference range', rangeText(r) || '—', 'lab-result-range'),
         field('State', String(r.state ?? ''), 'lab-result-state'),
-        field('Patient', `${r.patient_name ?? ''} (${r.patient_id ?? ''}) · ${r.site_id ?? ''}`, 'lab-result-patient'),
+        field('Patient', `${formatPersonName(r.patient_name)} (${r.patient_id ?? ''}) · ${r.site_id ?? ''}`, 'lab-result-patient'),
         field('Specimen', r.accession ? h('a', { href: `#/lab/specimen/${encodeURIComponent(r.accession)}` }, String(r.accession)) : '—', 'lab-result-specimen'),
         field('LOINC', String(r.loinc ?? ''), 'lab-result-loinc'),
         field('Analyzer', `${r.analyzer_id ?? ''} ${r.run_code ? `run ${r.run_code}` : ''}`, 'lab-result-analyzer'),
