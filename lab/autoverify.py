@@ -214,7 +214,8 @@ def verify_results(session: Session, results: Sequence[LabResult],
     found = {r.id for r in batch.current}
     if found != wanted:
         raise NotFound(f"lab results not found: {sorted(wanted - found)}")
-    label = ",".join(str(i) for i in ids[:20]) + ("..." if len(ids) > 20 else "")
+    # The audit's object id is short (128 characters): the range; every id is in detail.
+    label = str(ids[0]) if len(ids) == 1 else f"{ids[0]}-{ids[-1]}"
     return _verify(session, batch, object_type="lab_results", object_id=label, now=now)
 
 
