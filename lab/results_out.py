@@ -48,8 +48,8 @@ from lab.states import (
 )
 from reports.hl7 import HL7_VERSION, escape_hl7
 
-__all__ = ["build_oru", "format_range", "format_value", "release", "send_message",
-           "send_rejection", "site_takes_hl7"]
+__all__ = ["ORUError", "build_oru", "format_range", "format_value", "release", "send_message",
+           "send_rejection", "site_takes_hl7", "validate_oru"]
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,8 @@ def _message_text(order: LabOrder, site: Site, specimens: dict[int, LabSpecimen]
         _segment("PID", {
             1: "1",
             3: f"{escape_hl7(order.patient_id)}^^^{escape_hl7(order.site_id)}^PI",
-            5: _xpn(order.patient_name),
+            # PID-5 is required: an order without a name says so with HL7's null.
+            5: _xpn(order.patient_name) or '""',
             7: escape_hl7(order.birth_date),
             8: escape_hl7(order.sex or "U"),
         }),

@@ -20,7 +20,7 @@ from core.errors import Conflict, InvalidInput
 from core.models import AuditRecord, Delivery, LabOrder, LabResult, OutboundMessage
 from devkit.hl7_site import SiteReceiver
 from lab.orders import OrderRequest, SpecimenRequest, accept_order
-from lab.results_out import build_oru, release, send_rejection
+from lab.results_out import ORUError, build_oru, release, send_rejection, validate_oru
 from lab.signing import sign_results
 from reports.keys import issue_key
 
@@ -142,7 +142,14 @@ def test_build_refuses_results_of_two_orders_and_stores_nothing(center: Center) 
             build_oru(s, [a[0], b[0]], kind="lab-result")
         with pytest.raises(InvalidInput, match="at least one result"):
             build_oru(s, [], kind="lab-result")
+        a[0].test_code = "NOPE"  # a code the catalog does not know
+        with pytest.raises(InvalidInput, match="NOPE"):
+            build_oru(s, a, kind="lab-result")
         assert s.scalar(select(func.count()).select_from(OutboundMessage)) == 0
+    # What does not parse back under STRICT validation never leaves (no OBX-11 status).
+    with pytest.raises(ORUError, match=r"does not validate: Missing required child OBX\.OBX_11"):
+        validate_oru("MSH|^~\\&|RDC-LAB|RDC||county-a|20261201120000||ORU^R01^ORU_R01|X1|P|"
+                     "2.5.1\rPID|1||P1||Doe\rOBR|1|||2823-3^K^LN\rOBX|1|NM|2823-3^K^LN||5.1")
 
 
 def test_release_to_an_hl7_site_is_delivered_and_the_ack_recorded(env_center: Center) -> None:
@@ -186,9 +193,11 @@ def test_release_to_an_hl7_site_is_delivered_and_the_ack_recorded(env_center: Ce
 def test_release_to_a_site_without_hl7_is_stored_not_sent(center: Center) -> None:
     make_site(center, "county-a")  # takes results, but not over HL7
     with center.db.session() as s:
-        _, _, rows = make_order(s, [Measured("K", 4.2, "autoverified")])
+        _, _, rows = make_order(s, [Measured("K", 4.2, "autoverified")], patient_name="")
         [message] = release(s, rows, actor="worker")
         assert message.body.startswith("MSH|")
+        # No name: the required PID-5 carries HL7's explicit null.
+        assert 'PID|1||P001^^^county-a^PI||""|' in message.body
         assert s.scalar(select(func.count()).select_from(Delivery)) == 0
 
 
