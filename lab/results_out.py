@@ -103,9 +103,16 @@ def format_range(low: float | None, high: float | None, decimals: int) -> str:
 
 def _xpn(name: str) -> str:
     """A patient name as XPN: ``Family^Given`` kept as components, a name without
-    ``^`` (a Chinese name is written as one) as the family name."""
-    parts = [p.strip() for p in name.split("^")][:3]
-    return "^".join(escape_hl7(p) for p in parts).rstrip("^")
+    ``^`` (a Chinese name is often written as one) as the family name, and the
+    alphabetic and ideographic groups of a DICOM-style ``Zhang^San=张^三`` as
+    repetitions."""
+    names = []
+    for group in name.split("="):
+        parts = [p.strip() for p in group.split("^")][:3]
+        xpn = "^".join(escape_hl7(p) for p in parts).rstrip("^")
+        if xpn:
+            names.append(xpn)
+    return "~".join(names)
 
 
 def _obx_status(result: LabResult, preliminary: bool, corrected: frozenset[int]) -> str:

@@ -198,6 +198,10 @@ def test_release_to_a_site_without_hl7_is_stored_not_sent(center: Center) -> Non
         assert message.body.startswith("MSH|")
         # No name: the required PID-5 carries HL7's explicit null.
         assert 'PID|1||P001^^^county-a^PI||""|' in message.body
+        _, _, other = make_order(s, [Measured("K", 4.3, "autoverified")],
+                                 patient_name="Zhang^San=张^三")
+        [named] = release(s, other, actor="worker")
+        assert "|Zhang^San~张^三|" in named.body  # alphabetic and ideographic repetitions
         assert s.scalar(select(func.count()).select_from(Delivery)) == 0
 
 
