@@ -172,6 +172,14 @@ class Receiver:
                 del self._buf[:1]  # noise between frames
                 continue
             end = self._buf.find(LF)
+            cut = min((i for i in (self._buf.find(EOT), self._buf.find(ENQ)) if i > 0),
+                      default=-1)
+            if cut > 0 and (end < 0 or cut < end):
+                # A frame cut short by EOT/ENQ (neither may occur inside one): the sender
+                # gave up on it, so the transfer is incomplete and is discarded.
+                del self._buf[:cut]
+                self._given_up = self._given_up or "a frame was cut short by EOT or ENQ"
+                continue
             if end < 0:
                 if len(self._buf) > MAX_FRAME:
                     self._buf.clear()
@@ -184,11 +192,13 @@ class Receiver:
 
     def timeout(self) -> None:
         """No frame for :data:`RECEIVER_TIMEOUT_S`: the transfer is discarded."""
+        self._buf.clear()  # a frame begun before the silence is not finished later
         if self._active:
             self._abort("timed out waiting for the next frame")
 
     def connection_lost(self) -> None:
         """The connection closed: an open transfer is discarded (no EOT, no run)."""
+        self._buf.clear()
         if self._active:
             self._abort("connection closed before EOT")
 
@@ -492,6 +502,7 @@ def parse_run(records: Sequence[str]) -> RunData:
     order: Record | None = None
     pending_hil: dict[str, dict[str, float]] = {}
     patient_rows: list[tuple[str, Record]] = []
+    terminated = False
     for n, r in enumerate(recs[1:], 2):
         kind = r.type
         if kind == "O":
@@ -530,11 +541,14 @@ def parse_run(records: Sequence[str]) -> RunData:
         elif kind in ("P", "C", "Q", "M"):
             continue  # patient data lives in the order; comments and queries: no result
         elif kind == "L":
+            terminated = True
             break
         elif kind == "H":
             raise InvalidInput(f"record {n}: a second H record inside one transfer")
         else:
             raise InvalidInput(f"record {n}: unknown record type {kind!r}")
+    if not terminated:
+        raise InvalidInput("no terminator (L) record: the transfer is incomplete")
     for accession, r in patient_rows:
         code = _test_code(r)
         text = r.get(4).strip()

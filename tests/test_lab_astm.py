@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lab_analyzer_support import T0, astm_listener, make_order, runs
 from sqlalchemy import select
 
@@ -109,6 +111,49 @@ def test_an_interrupted_transfer_is_discarded() -> None:
         assert not receiver.in_transfer
 
 
+_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=600)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_TEXT.map(lambda x: "C|1|" + x), min_size=1, max_size=12),
+       st.lists(st.integers(min_value=1, max_value=300), min_size=1, max_size=20))
+def test_any_records_in_any_pieces_arrive_whole(records: list[str], cuts: list[int]) -> None:
+    wire = astm.ENQ + b"".join(astm.frames_for(records)) + astm.EOT
+    receiver = astm.Receiver()
+    answers = b""
+    i = 0
+    for n in cuts * (len(wire) // max(1, sum(cuts)) + 1):
+        answers += receiver.feed(wire[i:i + n])
+        i += n
+    answers += receiver.feed(wire[i:])
+    assert receiver.transfers == [records] and astm.NAK not in answers
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=600))
+def test_line_noise_never_breaks_the_receiver(noise: bytes) -> None:
+    receiver = astm.Receiver()
+    receiver.feed(noise)
+    receiver.feed(astm.EOT)
+    receiver.connection_lost()
+    before = len(receiver.transfers)
+    out = receiver.feed(astm.ENQ + b"".join(astm.frames_for(["H|\\^&", "L|1"])) + astm.EOT)
+    assert out == astm.ACK * 3
+    assert receiver.transfers[before:] == [["H|\\^&", "L|1"]]
+
+
+def test_a_frame_cut_short_by_eot_is_dropped_and_the_transfer_discarded() -> None:
+    frames = astm.frames_for(["H|\\^&|||CHEM1", "L|1|N"])
+    receiver = astm.Receiver()
+    out = receiver.feed(astm.ENQ + frames[0] + frames[1][:6] + astm.EOT)
+    assert out == astm.ACK * 2 and not receiver.in_transfer
+    # The sender gave up on the cut frame: nothing of the transfer is kept, and what the
+    # analyzer sends next is a fresh transfer.
+    assert receiver.transfers == [] and "cut short" in receiver.aborted[0]
+    out = receiver.feed(astm.ENQ + b"".join(frames) + astm.EOT)
+    assert out == astm.ACK * 3 and receiver.transfers[-1] == ["H|\\^&|||CHEM1", "L|1|N"]
+
+
 # --- E1394 records -----------------------------------------------------------------
 def test_escape_sequences_round_trip() -> None:
     d = astm.Delimiters()
@@ -138,6 +183,8 @@ def test_delimiters_come_from_the_h_record() -> None:
         astm.parse_run(["X|\\^&", "L|1"])
     with pytest.raises(InvalidInput, match="before any O record"):
         astm.parse_run(["H|\\^&|R1||CHEM1", "R|1|^^^K|4.0"])
+    with pytest.raises(InvalidInput, match=r"no terminator \(L\) record"):
+        astm.parse_run(["H|\\^&|R1||CHEM1", "O|1|L00000001", "R|1|^^^K|4.0|mmol/L"])
 
 
 def test_a_run_builds_and_parses_back() -> None:
