@@ -273,9 +273,10 @@ def order_fhir(db: Database, user: UserContext, bundle: dict[str, Any],
         raise
 
 
-def order_fhir_report(s: Session, user: UserContext, order_id: int) -> dict[str, Any]:
+def order_fhir_report(s: Session, user: UserContext, order_id: int) -> bytes:
+    """The order's DiagnosticReport as FHIR JSON."""
     visible_order(s, user, order_id)
-    return fhir_out.diagnostic_report(s, order_id)
+    return json.dumps(fhir_out.diagnostic_report(s, order_id), ensure_ascii=False).encode()
 
 
 def visit_report(s: Session, user: UserContext, *, site: str, patient: str,

@@ -49,6 +49,8 @@ Overseer = Annotated[UserContext, Depends(require_roles("lab_reviewer", "admin")
 _PRIVATE = {"Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"}
 _PDF: dict[int | str, dict[str, Any]] = {200: {"content": {"application/pdf": {}}}}
 _PNG: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}}}
+#: FHIR's own media type: the answer's shape is the standard's (DiagnosticReport, R4).
+_FHIR: dict[int | str, dict[str, Any]] = {200: {"content": {"application/fhir+json": {}}}}
 ChartAnalyzer = Annotated[str, Query(min_length=1, max_length=32)]
 ChartTest = Annotated[str, Query(min_length=1, max_length=16)]
 ChartLevel = Annotated[int, Query(ge=1, le=9)]
@@ -160,10 +162,11 @@ def order_fhir(db: DatabaseDep, user: Orderer,
     return views.order_fhir(db, user, bundle, site)
 
 
-@router.get("/orders/{order_id}/fhir")
-def order_report(order_id: int, s: SessionDep, user: LabViewer) -> dict[str, Any]:
-    """The order's FHIR DiagnosticReport with its Observations."""
-    return views.order_fhir_report(s, user, order_id)
+@router.get("/orders/{order_id}/fhir", response_class=Response, responses=_FHIR)
+def order_report(order_id: int, s: SessionDep, user: LabViewer) -> Response:
+    """The order's FHIR DiagnosticReport with its Observations (R4, validated)."""
+    return Response(views.order_fhir_report(s, user, order_id),
+                    media_type="application/fhir+json", headers=_PRIVATE)
 
 
 @router.get("/visits/report.pdf", response_class=Response, responses=_PDF)
