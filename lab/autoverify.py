@@ -40,8 +40,9 @@ ACTOR = "autoverification"
 def classify(result: LabResult, test: Test, sex: str,
              age_y: float | None) -> tuple[str, bool, RefRange | None]:
     """(abnormal flag, critical, reference range) of a result from the catalog; sets
-    nothing.  A result with no numeric value has no flag."""
-    return rules_engine.classify_value(result.value, test, sex, age_y)
+    nothing.  A result with no numeric value has no flag, unless it was reported beyond the
+    measuring range ("<x" / ">x"), whose bound is classified."""
+    return rules_engine.classify_value(result.value, test, sex, age_y, result.value_text or "")
 
 
 @dataclass

@@ -277,12 +277,39 @@ def _check_params(rid: str, p: Mapping[str, Any]) -> None:
 
 
 # --- classification (catalog limits; used by the rules, the DB layer and the replay) ---
-def classify_value(value: float | None, test: Test, sex: str,
-                   age_y: float | None) -> tuple[str, bool, RefRange | None]:
-    """(HL7 0078 abnormal flag, critical, reference range) of a value; no value → ""."""
+def censored_bound(value_text: str) -> tuple[str, float] | None:
+    """("<" or ">", bound) of a value reported beyond the measuring range ("<0.1",
+    ">=40"); None for anything else."""
+    text = value_text.strip()
+    if text[:1] not in ("<", ">"):
+        return None
+    try:
+        bound = float(text[1:].lstrip("=").strip())
+    except ValueError:
+        return None
+    return (text[0], bound) if math.isfinite(bound) else None
+
+
+def classify_value(value: float | None, test: Test, sex: str, age_y: float | None,
+                   value_text: str = "") -> tuple[str, bool, RefRange | None]:
+    """(HL7 0078 abnormal flag, critical, reference range) of a value; no value → "",
+    unless the analyzer reported it beyond its measuring range ("<x" / ">x"): then the
+    bound is what is known, e.g. K ">10" is critical."""
     rng = test.reference_range(sex, age_y)
     if value is None or not math.isfinite(value):
-        return "", False, rng
+        censored = censored_bound(value_text)
+        if censored is None:
+            return "", False, rng
+        op, bound = censored
+        if op == ">":
+            if test.critical_high is not None and bound >= test.critical_high:
+                return "HH", True, rng
+            high = rng.high if rng is not None else None
+            return ("H" if high is not None and bound >= high else ""), False, rng
+        if test.critical_low is not None and bound <= test.critical_low:
+            return "LL", True, rng
+        low = rng.low if rng is not None else None
+        return ("L" if low is not None and bound <= low else ""), False, rng
     if test.critical_low is not None and value < test.critical_low:
         return "LL", True, rng
     if test.critical_high is not None and value > test.critical_high:
@@ -348,7 +375,7 @@ def evaluate(rule_set: RuleSet, catalog: Catalog,
         flag, critical, rng = ("", False, None)
         if test_or_none is not None:
             flag, critical, rng = classify_value(item.value, test_or_none, item.sex,
-                                                 item.age_y)
+                                                 item.age_y, item.value_text)
         mine = tuple(hits[i])
         held = any(h.severity == "hold" for h in mine)
         verdicts.append(Verdict(
@@ -424,6 +451,15 @@ def _single(rs: RuleSet, catalog: Catalog, item: ResultInput,
                                           f"limit {limit:g}"))
         elif rid == "measuring-range":
             _measuring(rule, test, item, out)
+        elif rid == "critical" and not has_value:
+            flag, critical, _ = classify_value(None, test, item.sex, item.age_y,
+                                               item.value_text)
+            if critical:
+                bound = test.critical_low if flag == "LL" else test.critical_high
+                side = "below" if flag == "LL" else "above"
+                out.append(_hit(rule, f"critical: {test.code} reported as "
+                                      f"{item.value_text.strip()!r} {test.units}, {side} the "
+                                      f"critical limit {bound:g}"))
         elif has_value:
             assert value is not None
             _value_rule(rule, test, item, value, out)

@@ -14,6 +14,7 @@ again, and a critical notice is opened once per result.
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -24,6 +25,8 @@ from core.models import Job
 from core.models.lab import LabResult, LabRun
 from lab import autoverify, critical, qc, results_out
 from lab.states import ResultState
+
+log = logging.getLogger(__name__)
 
 JOB_KIND = "lab_run"
 #: The run's state once QC and autoverification are done.
@@ -48,6 +51,12 @@ def process_run(session: Session, run_id: int, now: datetime | None = None) -> d
     criticals = [r for r in results if r.critical
                  and r.state not in (ResultState.REJECTED, ResultState.RERUN)]
     for r in criticals:
+        if r.value is None:
+            # Critical by its bound (">10" beyond the measuring range): held and marked
+            # critical for the reviewers, but lab.critical reads back numbers only.
+            log.warning("lab.critical_not_notified result=%s value_text=%r reason=no numeric "
+                        "value to read back", r.id, r.value_text)
+            continue
         critical.open_notice(session, r, now=moment)
     run.state = EVALUATED
     session.flush()

@@ -178,7 +178,7 @@ def validate(rule_set: RuleSet, catalog: Catalog, lines: Sequence[ReplayLine], *
         agree += h == v.held
         test = catalog.tests.get(ln.item.test_code)
         is_critical = test is not None and rules_engine.classify_value(
-            ln.item.value, test, ln.item.sex, ln.item.age_y)[1]
+            ln.item.value, test, ln.item.sex, ln.item.age_y, ln.item.value_text)[1]
         critical += is_critical
         critical_released += is_critical and not v.held
         if ln.error:

@@ -233,3 +233,13 @@ def test_version_must_match_the_file_name_and_exist(tmp_path: Path) -> None:
     (tmp_path / "autoverify-1.toml").write_text("[rule_set\n", encoding="utf-8")
     with pytest.raises(RuleFileError, match="not a valid TOML"):
         load_rule_set(tmp_path / "autoverify-1.toml")
+
+
+def test_a_value_beyond_the_measuring_range_is_classified_by_its_bound() -> None:
+    [v] = judge(item("K", None, value_text=">10.0", flags=(">",)))
+    assert v.state == "held" and v.critical and v.abnormal_flag == "HH"
+    assert {"no-value", "instrument-flag", "measuring-range", "critical"} <= fired(v)
+    crit = next(h for h in v.hits if h.rule == "critical")
+    assert "reported as '>10.0'" in crit.message
+    [low] = judge(item("TNI", None, value_text="<2", sex="F"))
+    assert not low.critical and low.abnormal_flag == "" and "critical" not in fired(low)
