@@ -323,7 +323,8 @@ def _test(where: str, raw: object) -> Test:
         code=code, name=t.text("name"), loinc=loinc, loinc_name=t.text("loinc_name", max_len=300),
         section=t.text("section", max_len=32), units=t.text("units", max_len=16),
         decimals=t.integer("decimals", low=0, high=6),
-        specimen_type=t.text("specimen_type", max_len=32), container=t.text("container"),
+        specimen_type=t.text("specimen_type", max_len=32),
+        container=t.text("container", max_len=32),
         measuring_low=measuring[0], measuring_high=measuring[1],
         critical_low=critical[0], critical_high=critical[1], ranges=_ranges(t),
         stability=_stability(t), delta=_delta(t), hil=_hil(t))

@@ -35,7 +35,7 @@ from core.settings import get_settings
 from lab.catalog import Test, get_catalog
 from lab.results_out import format_range, format_value
 from lab.states import RELEASED_RESULT_STATES, ResultState
-from reports.pdf import _register_font, display_date, display_person_name
+from reports.pdf import display_date, display_person_name, register_font
 
 __all__ = ["cumulative_pdf"]
 
@@ -136,7 +136,7 @@ def cumulative_pdf(session: Session, *, site_id: str, patient_id: str,
     for r in visit_results:
         grid[r.test_code][r.specimen_id] = r
 
-    font = _register_font()
+    font = register_font()
     st = _styles(font)
     order = orders[-1]
     site = session.get(Site, site_id)

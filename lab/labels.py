@@ -28,8 +28,8 @@ from core.errors import InvalidInput
 from core.models import LabOrder, LabResult, LabSpecimen
 from core.timeutil import as_utc
 from lab.custody import find_specimen
-from reports.pdf import _register_font as register_cjk_font
 from reports.pdf import display_person_name
+from reports.pdf import register_font as register_cjk_font
 
 #: Thermal label printers' resolution: bars are whole dots of it.
 PRINTER_DPI = 203

@@ -20,9 +20,13 @@ def _escalate(session: Session, settings: Settings) -> object:
 
 
 def register() -> None:
-    """The ``lab_run`` job (a run's QC, autoverification, release and critical notices)
-    and the periodic critical-value escalation."""
-    from lab import run_job
+    """The ``lab_run`` job (a run's QC, autoverification, release and critical notices),
+    the periodic critical-value escalation and the stability re-check of waiting tubes."""
+    from lab import run_job, stability
 
     jobs.register_handler(run_job.JOB_KIND, run_job.run_lab_run)
     scheduler.register_periodic("lab.critical_escalation", ESCALATION_CHECK_S, _escalate)
+    # Tubes waiting at the center that pass their stability window are held before
+    # anyone puts them on an analyzer.
+    scheduler.register_periodic(stability.RECHECK_TASK, stability.RECHECK_S,
+                                stability.recheck_waiting)

@@ -117,7 +117,7 @@ class MissingFontError(ConfigurationError):
 # --------------------------------------------------------------------------- rendering
 
 
-def _register_font() -> str:
+def register_font() -> str:
     """Register the CJK font once per process; refuse to render without it."""
     if not CJK_FONT_PATH.is_file():  # checked every time: the package can be removed
         raise MissingFontError(
@@ -289,7 +289,7 @@ def _story(doc: ReportDocument, styles: dict[str, ParagraphStyle]) -> list[Any]:
 
 
 def _pdf_bytes(doc: ReportDocument) -> bytes:
-    font = _register_font()
+    font = register_font()
     styles = _styles(font)
     stamp = doc.signer.signed_at.astimezone(UTC).strftime("D:%Y%m%d%H%M%S+00'00'")
 
