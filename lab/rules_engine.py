@@ -175,9 +175,27 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+_parsed: dict[tuple[Path, str], RuleSet] = {}
+
+
 def load_rule_set(path: Path) -> RuleSet:
-    """Read and check a rule file; RuleFileError names the file, rule and field."""
-    raw = path.read_bytes()
+    """Read and check a rule file; RuleFileError names the file, rule and field.
+
+    The bytes are read and hashed on every call (the sha256 is what a validation is
+    bound to, so an edit is always seen); only the parse is cached, by that hash."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise RuleFileError(f"rule file {path} cannot be read: {e.strerror or e}") from e
+    key = (path, hashlib.sha256(raw).hexdigest())
+    hit = _parsed.get(key)
+    if hit is None:
+        hit = _parse(path, raw)
+        _parsed[key] = hit
+    return hit
+
+
+def _parse(path: Path, raw: bytes) -> RuleSet:
     where = str(path)
     try:
         data = tomllib.loads(raw.decode("utf-8"))
