@@ -31,6 +31,7 @@ from lab import rules_engine
 from lab.catalog import Catalog, RefRange, Test, age_years, get_catalog
 from lab.rules_engine import Previous, ResultInput, RuleHit, RuleSet, Verdict
 from lab.states import RELEASED_RESULT_STATES, ResultState, check_result
+from lab.validate_rules import active_rule_set
 
 __all__ = ["RuleHit", "classify", "verify_results", "verify_run"]
 
@@ -143,9 +144,8 @@ def _input(result: LabResult, context: _Context, previous: tuple[Previous, ...],
 
 
 def _rules_and_catalog(session: Session) -> tuple[RuleSet | None, Catalog | None, str]:
-    """The enabled rule set and the catalog, or the reason they cannot be had."""
-    from lab.validate_rules import active_rule_set
-
+    """The enabled rule set (the shipped one while none is enabled: see
+    lab.validate_rules.active_rule_set) and the catalog, or why they cannot be had."""
     try:
         rule_set = active_rule_set(session)
     except RDCError as e:
