@@ -40,6 +40,7 @@ from core.models.lab import (
 )
 from lab.catalog import Analyzer, Catalog, get_catalog
 from lab.custody import record_event
+from lab.stability import apply_holds
 from lab.states import CustodyStep, ResultState, check_custody, check_order, check_result
 
 log = logging.getLogger(__name__)
@@ -289,6 +290,9 @@ def _on_analyzer(s: Session, specimen: LabSpecimen, analyzer: Analyzer, lab_run:
     record_event(s, step=CustodyStep.ON_ANALYZER, actor=f"analyzer:{analyzer.id}",
                  specimen=specimen, location=analyzer.id, at=at,
                  detail={"run": lab_run.run_code, "run_id": lab_run.id})
+    # Judged at the time of measurement: a tube measured past its window, with no scan
+    # in between to notice, is held (the autoverification reads hold_reason).
+    apply_holds(s, specimen, at, actor=f"analyzer:{analyzer.id}")
     try:
         check_custody(specimen.state, CustodyStep.ON_ANALYZER)
     except InvalidTransition:
