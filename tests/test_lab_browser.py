@@ -21,6 +21,8 @@ by Playwright, at a laptop's 1366 x 768:
   acknowledges it with the value read back;
 - the reviewer ticks two results (the released potassium and the critical glucose) and
   signs them at once with the key's passphrase: each gets its own signature;
+- the held potassium's detail and its tube's custody timeline (ordered at the county
+  site, collected, packed, carried, received, on the analyzer);
 - the signed results go back over MLLP: the site's receiver gets the ORU^R01 with the
   values, and its ACK (AA) is recorded on the outbound message.
 
@@ -333,6 +335,19 @@ def test_review_acknowledge_and_sign_in_the_browser(lab_center: LabCenter,
                    and r.envelope and r.message_id for r in signed)
         assert len({r.content_hash for r in signed if r is not None}) == 2
         message_ids = {r.message_id for r in signed if r is not None}
+
+    # The still-held potassium's detail, and its tube's journey across institutions.
+    _row(page, k_b).get_by_test_id("lab-open").click()
+    page.get_by_test_id("lab-result-qc").wait_for()
+    assert "1-3s" in page.get_by_test_id("lab-result-qc").inner_text()
+    assert page.get_by_test_id("lab-result-analyzer").inner_text().startswith("CHEM1")
+    page.get_by_test_id("lab-result-specimen").locator("a").click()
+    page.get_by_test_id("lab-specimen-timeline").wait_for()
+    steps = page.locator("[data-testid=lab-custody-event]")
+    seen = [steps.nth(i).get_attribute("data-step") for i in range(steps.count())]
+    assert set(seen[:2]) == {"ordered", "collected"} and "received" in seen \
+        and seen[-1] == "on_analyzer", seen
+    shot("custody")
 
     # 6. The ORU goes back over MLLP; the site's ACK is recorded on the message.
     _run_jobs(c)
