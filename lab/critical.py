@@ -188,7 +188,8 @@ def open_notice(session: Session, result: LabResult, *, now: datetime | None = N
 
     Idempotent per result: a second call (a rerun job, a retried run) returns the notice
     already open and notifies no one again.  Refused (InvalidInput) for a result that is
-    not critical or has no numeric value, since there would be nothing to read back.
+    not critical or has no value at all (a censored ">10" is notified, read back with its
+    comparator), since there would be nothing to read back.
     """
     found = session.scalar(select(LabCriticalNotice).where(
         LabCriticalNotice.result_id == result.id))
@@ -196,9 +197,11 @@ def open_notice(session: Session, result: LabResult, *, now: datetime | None = N
         return found
     if not result.critical:
         raise InvalidInput(f"lab result {result.id} is not a critical value")
-    if result.value is None:
-        raise InvalidInput(f"lab result {result.id} ({result.test_code}) has no numeric value "
-                           "to notify and read back")
+    if result.value is None and _parse_readback(result.value_text or "", "") is None:
+        # A censored value (">10" beyond the measuring range) is notified and read back
+        # with its comparator; only a result with no number at all cannot be.
+        raise InvalidInput(f"lab result {result.id} ({result.test_code}) has no value to "
+                           "notify and read back")
     settings = settings or get_settings()
     ladder = tiers(settings)
     now = as_utc(now)

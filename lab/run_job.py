@@ -51,12 +51,8 @@ def process_run(session: Session, run_id: int, now: datetime | None = None) -> d
     criticals = [r for r in results if r.critical
                  and r.state not in (ResultState.REJECTED, ResultState.RERUN)]
     for r in criticals:
-        if r.value is None:
-            # Critical by its bound (">10" beyond the measuring range): held and marked
-            # critical for the reviewers, but lab.critical reads back numbers only.
-            log.warning("lab.critical_not_notified result=%s value_text=%r reason=no numeric "
-                        "value to read back", r.id, r.value_text)
-            continue
+        # Censored values (">10" beyond the measuring range) too: a critical value is
+        # never left un-notified (lab.critical reads them back with the comparator).
         critical.open_notice(session, r, now=moment)
     run.state = EVALUATED
     session.flush()

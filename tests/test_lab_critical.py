@@ -336,8 +336,8 @@ def test_open_notice_refuses_what_cannot_be_read_back(db: Database) -> None:
             critical.open_notice(s, normal, now=NOW, settings=conf())
         blank = s.get(LabResult, blank_id)
         assert blank is not None
-        blank.value = None
-        with pytest.raises(InvalidInput, match="no numeric value"):
+        blank.value, blank.value_text = None, "hemolysed"
+        with pytest.raises(InvalidInput, match="has no value to notify"):
             critical.open_notice(s, blank, now=NOW, settings=conf())
     with db.session() as s:
         assert s.scalar(select(LabCriticalNotice)) is None

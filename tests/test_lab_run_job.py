@@ -134,3 +134,37 @@ def test_a_missing_run_is_skipped(db: Database) -> None:
             assert "999" in str(e)
         else:
             raise AssertionError("a job for a missing run must be skipped")
+
+
+def test_a_critical_beyond_the_measuring_range_is_notified_and_read_back(
+        db: Database) -> None:
+    """K ">10" (above the analyzer's measuring range) has no number, yet is critical: the
+    site is notified like any other critical value, and reads it back with its '>'."""
+    from core.errors import Conflict
+    from lab import critical
+
+    with db.session() as s:
+        run = add_run(s)
+        _controls(s, run)
+        [k] = add_specimen(s, {"K": None}, patient="P3", run=run)
+        k.value_text = ">10.0"
+        s.flush()
+        counts = process_run(s, run.id, now=NOW)
+        assert counts["critical"] == 1
+        assert k.state == "held" and k.critical
+        notice = s.scalar(select(LabCriticalNotice).where(
+            LabCriticalNotice.result_id == k.id))
+        assert notice is not None and notice.state == "notified"
+        notice_id = notice.id
+    with db.session() as s:
+        try:
+            critical.acknowledge(s, notice_id, actor="nurse", name="Nurse Li",
+                                 readback="10.0", now=NOW)
+        except Conflict:
+            pass
+        else:
+            raise AssertionError("a censored value read back without its '>' was accepted")
+    with db.session() as s:
+        acked = critical.acknowledge(s, notice_id, actor="nurse", name="Nurse Li",
+                                     readback=">10.0", now=NOW)
+        assert acked.state == "acknowledged" and acked.ack_matches
