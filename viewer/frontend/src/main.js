@@ -227,6 +227,14 @@ async function route() {
     if (seq !== navSeq) return;
     stopPagesBanner = mountPagesBanner(main);
   }
+  if (hasRole(user, 'site_user')) {
+    // A critical value of the site waiting for acknowledgement shows over every page.
+    const { mountCriticalAlert } = await import('./pages/lab_alerts.js');
+    if (seq !== navSeq) return;
+    const stopPathology = stopPagesBanner;
+    const stopAlert = mountCriticalAlert(main);
+    stopPagesBanner = () => { stopPathology?.(); stopAlert(); };
+  }
   if (((r.name === 'admin' || r.name === 'admin-front-door') && !canSeeAdmin(user)) || (r.name === 'dashboard' && !canSeeDashboard(user))
     || (r.name === 'study' && !canRead(user))
     || ((r.name === 'ecg' || r.name === 'ecg-reading') && !canSeeEcg(user))
