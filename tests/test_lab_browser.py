@@ -17,8 +17,8 @@ by Playwright, at a laptop's 1366 x 768:
   failing control with its Westgard rule (1-3s), the serum indices and the rules that
   fired; the Levey-Jennings chart shows the rejected control;
 - the reviewer releases one QC hold with a reason;
-- a county account, in a second browser context, sees the critical value and
-  acknowledges it with the value read back;
+- a county account, in a second browser context, is alerted to the critical value over
+  its home page and acknowledges it with the value read back;
 - the reviewer ticks two results (the released potassium and the critical glucose) and
   signs them at once with the key's passphrase: each gets its own signature;
 - the held potassium's detail and its tube's custody timeline (ordered at the county
@@ -297,7 +297,14 @@ def test_review_acknowledge_and_sign_in_the_browser(lab_center: LabCenter,
     site_shot = Shots(site_page, "lab-site")
     site_page.goto(f"{e.url}/")
     sign_in(site_page, CLERK, Codes(e.clerk_uri))
-    site_page.get_by_test_id("nav-lab").click()
+    # The alert shows over the home page; it leads to the acknowledgement form.
+    alert = site_page.locator(f"[data-testid=lab-critical-alert-link]"
+                              f"[data-notice-id='{e.notice_id}']")
+    alert.wait_for()
+    assert alert.inner_text().startswith("GLU 28.4")
+    assert site_page.get_by_test_id("nav-lab").is_visible()
+    site_shot("alert")
+    alert.click()
     notice = site_page.locator(f"[data-testid=lab-notice][data-notice-id='{e.notice_id}']")
     notice.wait_for()
     assert notice.get_attribute("data-state") == "notified"
@@ -309,6 +316,10 @@ def test_review_acknowledge_and_sign_in_the_browser(lab_center: LabCenter,
     notice.get_by_test_id("lab-ack-submit").click()
     site_page.locator(f"[data-testid=lab-notice][data-notice-id='{e.notice_id}']"
                       "[data-state=acknowledged]").wait_for()
+    site_page.reload()  # the alert is gone once acknowledged
+    site_page.get_by_test_id("lab-critical-table").wait_for()
+    site_page.wait_for_timeout(1000)
+    assert site_page.get_by_test_id("lab-critical-alert-link").count() == 0
     assert "Nurse Li Hua" in site_page.get_by_test_id("lab-notice-ack").first.inner_text()
     site_shot("acknowledged")
     with c.db.session() as s:
