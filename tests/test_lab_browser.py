@@ -21,6 +21,7 @@ by Playwright, at a laptop's 1366 x 768:
   its home page and acknowledges it with the value read back;
 - the reviewer ticks two results (the released potassium and the critical glucose) and
   signs them at once with the key's passphrase: each gets its own signature;
+- the dashboard shows the site's result -> notification -> acknowledgement times;
 - the held potassium's detail and its tube's custody timeline (ordered at the county
   site, collected, packed, carried, received, on the analyzer);
 - the signed results go back over MLLP: the site's receiver gets the ORU^R01 with the
@@ -346,6 +347,16 @@ def test_review_acknowledge_and_sign_in_the_browser(lab_center: LabCenter,
                    and r.envelope and r.message_id for r in signed)
         assert len({r.content_hash for r in signed if r is not None}) == 2
         message_ids = {r.message_id for r in signed if r is not None}
+
+    # The dashboard: result -> notification -> acknowledgement for the county site.
+    page.get_by_test_id("lab-tab-dashboard").click()
+    site_row = page.locator(f"[data-testid=lab-dashboard-site][data-site='{SITE}']")
+    site_row.wait_for()
+    assert site_row.get_by_test_id("lab-dashboard-notify").inner_text().endswith(" s")
+    assert site_row.get_by_test_id("lab-dashboard-ack").inner_text() != "—"
+    shot("dashboard")
+    page.get_by_test_id("lab-tab-held").click()
+    _row(page, k_b).wait_for()
 
     # The still-held potassium's detail, and its tube's journey across institutions.
     _row(page, k_b).get_by_test_id("lab-open").click()
