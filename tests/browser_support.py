@@ -34,7 +34,8 @@ def start_web(c: Center) -> subprocess.Popen[bytes]:
     env = {**c.env, "RDC_WEB_STATIC_DIR": str(STATIC)}
     proc = subprocess.Popen([sys.executable, "-m", "rdc", "web"], env=env, cwd=REPO,
                             stdout=out, stderr=subprocess.STDOUT)
-    wait_port(c.web_port, 60, proc)
+    # Generous: on 2 loaded cores the app (with every domain) has taken over 60 s to start.
+    wait_port(c.web_port, 180, proc)
     return proc
 
 
