@@ -6,16 +6,14 @@ site come out exactly as computed by hand."""
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 import test_pathology_cases as shared
 from sqlalchemy import select
+from test_notify import Receiver as Webhook
 from test_pathology_cases import NOW, add_case, add_user
 
 from conftest import free_port
@@ -29,33 +27,6 @@ from pathology import cases, dashboard, frozen, paging
 #: The shared database fixture (two sites, SQLite and PostgreSQL).
 db = shared.db
 ESCALATE_S = 600.0
-
-
-class Webhook:
-    """A real HTTP server that records what is POSTed to it (the center's pager)."""
-
-    def __init__(self, status: int = 200) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", "0"))
-                outer.bodies.append(json.loads(self.rfile.read(length)))
-                self.send_response(status)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/page"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
