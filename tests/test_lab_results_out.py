@@ -3,8 +3,6 @@ through delivery to a real MLLP receiver whose ACK lands on the message."""
 
 from __future__ import annotations
 
-import socket
-import threading
 from datetime import timedelta
 from typing import Any
 
@@ -23,41 +21,6 @@ from lab.orders import OrderRequest, SpecimenRequest, accept_order
 from lab.results_out import ORUError, build_oru, release, send_rejection, validate_oru
 from lab.signing import sign_results
 from reports.keys import issue_key
-
-
-class MLLPReceiver:
-    """A county HIS on a free loopback port: records each ORU and answers AA."""
-
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.sock.getsockname()[1])
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(10)
-                buf = b""
-                while b"\x1c\x0d" not in buf:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    buf += chunk
-                text = buf[buf.index(b"\x0b") + 1:buf.index(b"\x1c\x0d")].decode("utf-8")
-                self.messages.append(text)
-                control_id = text.split("\r", 1)[0].split("|")[9]
-                ack = (f"MSH|^~\\&|HIS|county-a|RDC-LAB|RDC|20261201120000||ACK^R01|"
-                       f"ACK{control_id}|P|2.5.1\rMSA|AA|{control_id}\r")
-                conn.sendall(b"\x0b" + ack.encode() + b"\x1c\x0d")
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def _obx(msg: Message) -> list[dict[str, str]]:
@@ -154,7 +117,7 @@ def test_build_refuses_results_of_two_orders_and_stores_nothing(center: Center) 
 
 def test_release_to_an_hl7_site_is_delivered_and_the_ack_recorded(env_center: Center) -> None:
     center = env_center
-    his = MLLPReceiver()
+    his = SiteReceiver().start()
     try:
         make_site(center, "county-a", hl7_port=his.port)
         with center.db.session() as s:
@@ -172,9 +135,9 @@ def test_release_to_an_hl7_site_is_delivered_and_the_ack_recorded(env_center: Ce
             assert release(s, rows, actor="worker") == []
         assert job_id is not None
         assert jobs.execute(center.db, job_id) == "succeeded"
-        assert len(his.messages) == 1
-        assert his.messages[0].split("\r")[0].split("|")[9] == control_id
-        assert "2823-3^Potassium" in his.messages[0]
+        assert len(his.received()) == 1
+        assert his.received()[0].control_id == control_id
+        assert "2823-3^Potassium" in his.received()[0].raw
         with center.db.session() as s:
             stored = s.get(OutboundMessage, message_id)
             assert stored is not None
@@ -187,7 +150,7 @@ def test_release_to_an_hl7_site_is_delivered_and_the_ack_recorded(env_center: Ce
                 AuditRecord.object_id == str(order.id))))
             assert actions == ["lab.release"]
     finally:
-        his.close()
+        his.stop()
 
 
 def test_release_to_a_site_without_hl7_is_stored_not_sent(center: Center) -> None:
@@ -218,7 +181,7 @@ def test_release_refuses_a_held_result_and_stores_nothing(center: Center) -> Non
 
 def test_send_rejection_tells_the_site_why(env_center: Center) -> None:
     center = env_center
-    his = MLLPReceiver()
+    his = SiteReceiver().start()
     try:
         make_site(center, "county-a", hl7_port=his.port)
         with center.db.session() as s:
@@ -242,9 +205,9 @@ def test_send_rejection_tells_the_site_why(env_center: Center) -> None:
                 in segments)
         assert job_id is not None
         assert jobs.execute(center.db, job_id) == "succeeded"
-        assert his.messages == [body]
+        assert [m.raw for m in his.received()] == [body]
     finally:
-        his.close()
+        his.stop()
 
 
 def test_an_order_taken_in_signed_and_sent_to_the_site_receiver(env_center: Center) -> None:
