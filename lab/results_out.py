@@ -27,8 +27,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Final
 
-from hl7apy.consts import VALIDATION_LEVEL
-from hl7apy.parser import parse_message
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -46,7 +44,7 @@ from lab.states import (
     ResultState,
     check_order,
 )
-from reports.hl7 import HL7_VERSION, escape_hl7
+from reports.hl7 import HL7_VERSION, escape_hl7, strict_validation_error
 
 __all__ = ["ORUError", "build_oru", "format_range", "format_value", "release", "send_message",
            "send_rejection", "site_takes_hl7", "validate_oru"]
@@ -217,14 +215,9 @@ def _message_text(order: LabOrder, site: Site, specimens: dict[int, LabSpecimen]
 def validate_oru(text: str) -> None:
     """Parse ``text`` back with hl7apy's STRICT validation (structure, required fields,
     data types); raises :class:`ORUError` naming what is wrong."""
-    try:
-        parsed = parse_message(text, validation_level=VALIDATION_LEVEL.STRICT)
-        parsed.validate()
-    except Exception as exc:  # hl7apy raises a family of unrelated exceptions
-        detail = str(exc)
-        if len(detail) > 300:
-            detail = detail[:150] + " ... " + detail[-150:]
-        raise ORUError(f"the lab ORU^R01 message does not validate: {detail}") from exc
+    detail = strict_validation_error(text)
+    if detail is not None:
+        raise ORUError(f"the lab ORU^R01 message does not validate: {detail}")
 
 
 def build_oru(session: Session, results: Sequence[LabResult], *, kind: str,

@@ -196,13 +196,22 @@ def oru_r01(
     return message
 
 
-def _validate(message: str) -> None:
-    """Parse with hl7apy's STRICT validation: structure, required fields, datatypes."""
+def strict_validation_error(message: str) -> str | None:
+    """Why ``message`` fails hl7apy's STRICT validation (structure, required fields,
+    datatypes), shortened for a log line; None when it passes.  Shared by every HL7
+    message the center builds (reports here, the lab's ORUs)."""
     try:
         parsed = parse_message(message, validation_level=VALIDATION_LEVEL.STRICT)
         parsed.validate()
     except Exception as exc:  # hl7apy raises a family of unrelated exceptions
-        detail = str(exc)
+        detail = str(exc) or type(exc).__name__
         if len(detail) > 300:
             detail = detail[:150] + " ... " + detail[-150:]
-        raise HL7MessageError(f"the ORU^R01 message does not validate: {detail}") from exc
+        return detail
+    return None
+
+
+def _validate(message: str) -> None:
+    detail = strict_validation_error(message)
+    if detail is not None:
+        raise HL7MessageError(f"the ORU^R01 message does not validate: {detail}")
