@@ -33,6 +33,7 @@ from core import audit
 from core.db import Database, get_database
 from core.errors import ConfigurationError
 from core.models import (
+    AuditRecord,
     Job,
     LabCriticalNotice,
     LabOrder,
@@ -46,7 +47,10 @@ from core.settings import Settings
 from core.sites import SiteSpec, add_site
 from devkit.analyzer_sim import ControlFault, CriticalValue, SimOptions, run_analyzer
 from devkit.hl7_site import Patient, SiteReceiver, Tube, msa, oml_o21, send_messages
+from lab import critical
+from lab.catalog import get_catalog
 from lab.custody import courier_pickup, pack_box, receive_box
+from lab.results_out import format_value
 
 #: The county site of the lab demo: its results come back over HL7 to the test receiver.
 LAB_SITE_ID = "demo-lab-county"
@@ -221,8 +225,54 @@ def run_lab_demo(settings: Settings, console: Console, *, timeout: float) -> int
         run_codes = run_analyzers(db, settings, console, stamp, critical_accession)
         order_ids = list(orders.values())
         code = _wait(db, console, run_codes, order_ids, receiver, timeout)
+        if code == 0:
+            code = _acknowledge_critical(db, console, order_ids)
         _show(db, console, order_ids, receiver)
     return code
+
+
+#: Who takes the critical value's call at the county site in the demo.
+DEMO_NURSE = ("demo-county-nurse", "Nurse Wang (ward 3)")
+
+
+def _acknowledge_critical(db: Database, console: Console, order_ids: list[int]) -> int:
+    """The county site closes the loop: a nurse reads the critical value back (as the
+    alert showed it), then the demo prints the site's result -> notification ->
+    acknowledgement times and the closed-loop check, and the notice's audit trail."""
+    with db.session() as s:
+        notices = list(s.scalars(select(LabCriticalNotice).join(
+            LabResult, LabResult.id == LabCriticalNotice.result_id).where(
+            LabResult.order_id.in_(order_ids), LabCriticalNotice.state != "acknowledged")))
+        for notice in notices:
+            result = s.get(LabResult, notice.result_id)
+            assert result is not None
+            _kind, readback = format_value(result, get_catalog().test(result.test_code).decimals)
+            critical.acknowledge(s, notice.id, actor=DEMO_NURSE[0], name=DEMO_NURSE[1],
+                                 readback=readback)
+            console.print(f"lab: {DEMO_NURSE[1]} at {LAB_SITE_ID} read back {readback} "
+                          f"{result.units}: notice {notice.id} acknowledged", markup=False)
+    with db.session() as s:
+        first = s.scalar(select(LabResult.measured_at).where(
+            LabResult.order_id.in_(order_ids), LabResult.measured_at.is_not(None))
+            .order_by(LabResult.measured_at))
+        rows = critical.dashboard(s, site_ids=frozenset({LAB_SITE_ID}),
+                                  since=first or datetime.now(UTC))
+        ids = [str(n) for n in s.scalars(select(LabCriticalNotice.id).join(
+            LabResult, LabResult.id == LabCriticalNotice.result_id).where(
+            LabResult.order_id.in_(order_ids)))]
+        trail = [(a.action, a.actor) for a in s.scalars(select(AuditRecord).where(
+            AuditRecord.object_type == "lab_critical_notice",
+            AuditRecord.object_id.in_(ids)).order_by(AuditRecord.seq))]
+    for row in rows:
+        console.print(
+            f"lab: critical values at {row['site_id']}: {row['count']}; median result -> "
+            f"notification {row['median_result_to_notification_s']} s, notification -> "
+            f"acknowledgement {row['median_notification_to_ack_s']} s; acknowledged "
+            f"{row['acknowledged']}, escalated {row['escalated']}, open {row['open']}; "
+            f"closed loop {row['closed_loop_pct']} %", markup=False)
+    console.print("lab: audit of the critical notice: " + ", ".join(
+        f"{action} ({actor})" for action, actor in trail), markup=False)
+    return 0 if rows and all(r["closed_loop"] for r in rows) else 1
 
 
 def _wait(db: Database, console: Console, run_codes: list[str], order_ids: list[int],

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from conftest import Center
 from core.errors import ConfigurationError
 from core.models import (
+    AuditRecord,
     LabCriticalNotice,
     LabInboundMessage,
     LabOrder,
@@ -30,7 +31,15 @@ from core.models import (
 from core.settings import get_settings
 from devkit.center import REPO
 from devkit.ports import free_port, wait_port
-from rdc.demo_lab import CRITICAL_TEST, CRITICAL_VALUE, LAB_SITE_ID, PATIENTS, run_lab_demo
+from lab.critical import dashboard
+from rdc.demo_lab import (
+    CRITICAL_TEST,
+    CRITICAL_VALUE,
+    DEMO_NURSE,
+    LAB_SITE_ID,
+    PATIENTS,
+    run_lab_demo,
+)
 
 
 @pytest.fixture
@@ -96,6 +105,21 @@ def test_lab_demo_orders_runs_and_results_back_to_the_site(live: Center) -> None
     assert [r.value for r in glucose] == [CRITICAL_VALUE]
     assert [n.result_id for n in notices] == [glucose[0].id]
     assert notices[0].notified_at is not None
+    # The loop closed: the county nurse read the value back; told within a minute of the
+    # result (issue 14: median result -> notification <= 60 s), and every step audited.
+    assert notices[0].state == "acknowledged" and notices[0].ack_matches
+    assert notices[0].ack_by == DEMO_NURSE[0] and notices[0].ack_name == DEMO_NURSE[1]
+    assert (notices[0].notified_at - notices[0].result_at).total_seconds() <= 60
+    with live.db.session() as s:
+        trail = [a.action for a in s.scalars(select(AuditRecord).where(
+            AuditRecord.object_type == "lab_critical_notice",
+            AuditRecord.object_id == str(notices[0].id)).order_by(AuditRecord.seq))]
+        [row] = dashboard(s, site_ids=frozenset({LAB_SITE_ID}),
+                          since=min(r.measured_at for r in results if r.measured_at))
+    assert trail == ["lab.critical_notify", "lab.critical_ack"], trail
+    assert row["closed_loop"] and row["closed_loop_pct"] == 100.0
+    assert row["median_result_to_notification_s"] <= 60
+    assert "closed loop 100.0 %" in text and "lab.critical_ack" in text
     # Results went back over HL7 and the site's ACK is recorded on each message.
     kinds = {m.kind for m in messages}
     assert {"lab-result", "lab-critical"} <= kinds, kinds
