@@ -276,7 +276,9 @@ def send_message(session: Session, message: OutboundMessage) -> int | None:
     return schedule_message(session, message).id
 
 
-def _update_order(session: Session, order: LabOrder) -> None:
+def update_order_state(session: Session, order: LabOrder) -> None:
+    """The order is ``resulted`` once every result of it is final, else ``in_progress``
+    (a rerun after release reopens it); shared by release and review."""
     states = list(session.scalars(select(LabResult.state).where(
         LabResult.order_id == order.id)))
     new = OrderState.RESULTED if all(s in FINAL_RESULT_STATES for s in states) \
@@ -330,7 +332,7 @@ def release(session: Session, results: Sequence[LabResult], *,
         delivery_id = send_message(session, message)
         order = session.get(LabOrder, order_id)
         assert order is not None  # build_oru found it
-        _update_order(session, order)
+        update_order_state(session, order)
         audit.append(session, actor=actor, action="lab.release", object_type="lab_order",
                      object_id=str(order_id), detail={
                          "results": [r.id for r in group], "message": message.control_id,
@@ -358,7 +360,7 @@ def send_rejection(session: Session, specimen: LabSpecimen, *,
     delivery_id = send_message(session, message)
     order = session.get(LabOrder, specimen.order_id)
     if order is not None:
-        _update_order(session, order)
+        update_order_state(session, order)
     audit.append(session, actor=actor, action="lab.rejection_sent", object_type="lab_specimen",
                  object_id=str(specimen.id), detail={
                      "accession": specimen.accession, "code": specimen.rejection_code,

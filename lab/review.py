@@ -29,13 +29,10 @@ from core import audit
 from core.errors import Conflict, InvalidInput, NotFound
 from core.models import LabOrder, LabResult, LabRun, LabSpecimen, OutboundMessage
 from lab.catalog import get_catalog
-from lab.results_out import build_oru, send_message
+from lab.results_out import build_oru, send_message, update_order_state
 from lab.states import (
-    FINAL_RESULT_STATES,
     RELEASED_RESULT_STATES,
-    OrderState,
     ResultState,
-    check_order,
     check_result,
 )
 
@@ -164,13 +161,7 @@ def result_detail(session: Session, result_id: int) -> dict[str, Any]:
 def _reopen_or_close(session: Session, order_id: int) -> None:
     order = session.get(LabOrder, order_id)
     assert order is not None  # foreign key
-    states = list(session.scalars(select(LabResult.state).where(LabResult.order_id == order_id)))
-    new = OrderState.RESULTED if all(s in FINAL_RESULT_STATES for s in states) \
-        else OrderState.IN_PROGRESS
-    if order.state != new:
-        check_order(order.state, new)
-        order.state = new
-        order.updated_at = datetime.now(UTC)
+    update_order_state(session, order)
 
 
 def _supersede(result: LabResult) -> dict[str, Any]:
