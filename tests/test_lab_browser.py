@@ -239,11 +239,14 @@ def test_review_acknowledge_and_sign_in_the_browser(lab_center: LabCenter,
     errors = collect_errors(page)
     shot = Shots(page, "lab")
 
-    # 1. The reviewer signs in from the home URL; the Lab link opens the held results.
+    # 1. The reviewer signs in from the home URL and lands on the held results (a lab
+    #    reviewer's home); the Lab link in the nav leads there too.
     page.goto(f"{e.url}/")
     sign_in(page, REVIEWER, Codes(e.reviewer_uri))
     page.get_by_test_id("current-user").wait_for()
-    page.get_by_test_id("nav-lab").click()
+    page.get_by_test_id("lab-held-row").first.wait_for()
+    assert page.url.endswith("#/lab"), page.url
+    assert page.get_by_test_id("nav-lab").get_attribute("href") == "#/lab"
     try:
         _row(page, k_a).wait_for()
     except Exception:

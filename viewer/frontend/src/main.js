@@ -104,6 +104,9 @@ const canRead = (/** @type {User} */ user) => hasRole(user, ...READING_ROLES);
  * @param {User} user
  */
 function homeOf(user) {
+  // A lab reviewer with no imaging, ECG or pathology role lands on the held lab results,
+  // not on an imaging worklist they have nothing to read in.
+  if (hasRole(user, 'lab_reviewer') && !hasRole(user, 'radiologist', 'cardiologist', 'pathologist')) return '#/lab';
   if (canRead(user)) return '#/worklist';
   return canSeeAdmin(user) ? '#/admin' : '#/dashboard';
 }
@@ -212,8 +215,9 @@ async function route() {
     return;
   }
   sessionStorage.removeItem(NEXT_KEY);
-  if (r.name === 'worklist' && !canRead(user)) {
-    // An administrator reads no patient data: the home page is account management.
+  if (r.name === 'worklist' && homeOf(user) !== '#/worklist') {
+    // An administrator reads no patient data: the home page is account management; a
+    // lab reviewer's is the held lab results.
     navigate(homeOf(user));
     return;
   }
