@@ -308,6 +308,12 @@ def _stub_app(static_dir: Path, roles: tuple[str, ...] = ("radiologist",)) -> Fa
                           {"id": "county-b", "name": "County B <b>Hospital</b>",
                            "enabled": True}]}
 
+    @app.get("/api/lab/critical")
+    def lab_critical() -> dict[str, Any]:
+        # A county account's banner polls its site's open critical lab values: none here.
+        seen["lab_critical_polled"] = True
+        return {"notices": []}
+
     @app.get("/api/studies/5")
     def get_radiograph() -> dict[str, Any]:
         return radiograph
@@ -1151,6 +1157,7 @@ def test_site_clerk_reads_the_signed_report_and_its_pdf(static_dir: Path, browse
         signed.get_by_test_id("worklist-open").click()
         page.get_by_test_id("report-field-impression").wait_for(timeout=30_000)
         assert app.state.seen.get("signed_report_read")
+        assert app.state.seen.get("lab_critical_polled")  # the county's critical-value banner
         assert page.get_by_test_id("report-field-impression").input_value() == "Normal hand."
         assert page.get_by_test_id("report-field-impression").get_attribute("readonly") \
             is not None
