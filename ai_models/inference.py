@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from pydicom import dcmread
@@ -32,7 +32,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ai_models.dicom_outputs import build_seg, build_sr
+from ai_models.dicom_outputs import build_seg
 from ai_models.manifest import Manifest
 from ai_models.output_uids import result_uids
 from ai_models.pipelines import get_pipeline
@@ -41,14 +41,18 @@ from ai_models.pipelines.wsi_map import build_parametric_map
 from ai_models.preread import inference_key
 from ai_models.registry import get_model
 from ai_models.runtime import SESSIONS, LoadedModel
+from ai_models.sr_template import SR_TEMPLATES
 from core import audit, jobs
 from core.db import Database
-from core.models import AIFinding, AIResult, Job, Study
+from core.models import AIFinding, AIResult, Instance, Job, Study
 from core.orthanc_client import OrthancClient, OrthancNotFound, OrthancUnavailable
 from core.settings import Settings, get_settings
-from core.states import JobState
+from core.states import InstanceState, JobState
 
 log = logging.getLogger(__name__)
+
+#: Threads that fetch and decode series, and build and upload outputs, for one batch.
+IO_THREADS = 4
 
 #: Worklist priority of a study with an unverified critical AI finding: below a
 #: STAT request (9), above urgent (7) and routine (5).
@@ -65,15 +69,32 @@ class Item:
     outcome: JobState = JobState.RUNNING
     error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    output: np.ndarray | None = None
+    stored: Stored | None = None
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What one item left in Orthanc, to be recorded with the rest of its batch."""
+
+    result: Result
+    sr_uid: str
+    #: The SEG or, for a tile model, the heat map (Parametric Map).
+    seg_uid: str | None
 
 
 def fetch_series(client: OrthancClient, series_uid: str) -> list[Dataset]:
-    """The series' instances from Orthanc, parsed (pixel data decoded later)."""
+    """The series' instances from Orthanc, found by UID, parsed (pixels decoded later)."""
     orthanc_id = client.find_series(series_uid)
     if orthanc_id is None:
         raise LookupError(f"series {series_uid} is not in Orthanc")
+    return fetch_instances(client, client.series_instances(orthanc_id))
+
+
+def fetch_instances(client: OrthancClient, orthanc_ids: Sequence[str]) -> list[Dataset]:
+    """These instances' files from Orthanc, parsed (pixel data decoded later)."""
     datasets: list[Dataset] = []
-    for instance in client.series_instances(orthanc_id):
+    for instance in orthanc_ids:
         data = client.instance_file(instance)
         try:
             datasets.append(dcmread(BytesIO(data)))
@@ -81,6 +102,30 @@ def fetch_series(client: OrthancClient, series_uid: str) -> list[Dataset]:
             raise NotApplicable(f"instance {instance} of the series cannot be parsed: {e}"
                                 ) from e
     return datasets
+
+
+def stored_instances(db: Database, items: Sequence[Item]) -> dict[int, list[str]]:
+    """Orthanc IDs of each item's series, as the gateway recorded them (one query).
+
+    The gateway knows every instance it stored in Orthanc, so the worker needs no
+    lookup and no listing per series: one request per instance file.  An item whose
+    study has no such rows (an import, a series stored another way) is left out and
+    found by UID in Orthanc instead."""
+    wanted = {(i.study_id, i.series_uid): i.job_id for i in items}
+    if not wanted:
+        return {}
+    found: dict[int, list[str]] = {}
+    with db.session() as s:
+        rows = s.execute(select(Instance.study_id, Instance.series_uid, Instance.orthanc_id)
+                         .where(Instance.study_id.in_({k[0] for k in wanted}),
+                                Instance.series_uid.in_({k[1] for k in wanted}),
+                                Instance.state == InstanceState.STORED,
+                                Instance.orthanc_id.is_not(None)))
+        for study_id, series_uid, orthanc_id in rows:
+            job_id = wanted.get((study_id, series_uid))
+            if job_id is not None and orthanc_id:
+                found.setdefault(job_id, []).append(str(orthanc_id))
+    return found
 
 
 def _fill_batch(db: Database, leader: Job, manifest: Manifest, wait_s: float) -> list[int]:
@@ -120,16 +165,33 @@ class BatchRunner:
         self.pipeline = pipeline
         self.manifest = loaded.manifest
         self.batch_len = 1
+        #: Orthanc IDs of the items' instances, by job, where the gateway recorded them.
+        self.known: dict[int, list[str]] = {}
 
     def run(self, items: Sequence[Item]) -> None:
         with OrthancClient.from_settings(self.settings, retries=2) as client:
-            for item in items:
-                if item.outcome == JobState.RUNNING:
-                    self._prepare(client, item)
+            waiting = [i for i in items if i.outcome == JobState.RUNNING]
+            self.known = stored_instances(self.db, waiting)
+            # Fetching from Orthanc waits on the network and Orthanc's disk, decoding
+            # partly outside the GIL: a few threads overlap them (bounded: at most
+            # IO_THREADS series are in flight, and a batch is the manifest's size).
+            self._each(waiting, lambda item: self._prepare(client, item))
             ready = [i for i in items if i.prepared is not None]
             jobs.touch(self.db, [i.job_id for i in items])
             if ready:
                 self._predict_and_store(client, ready)
+
+    @staticmethod
+    def _each(items: Sequence[Item], work: Callable[[Item], None]) -> None:
+        """``work`` on every item, on up to IO_THREADS threads (in order on one)."""
+        if len(items) <= 1:
+            for item in items:
+                work(item)
+            return
+        with ThreadPoolExecutor(max_workers=min(IO_THREADS, len(items)),
+                                thread_name_prefix="ai-io") as pool:
+            for _ in pool.map(work, items):
+                pass
 
     def _prepare(self, client: OrthancClient, item: Item) -> None:
         started = time.perf_counter()
@@ -140,7 +202,7 @@ class BatchRunner:
             if from_orthanc is not None:
                 item.prepared = from_orthanc(client, item.series_uid)
             else:
-                datasets = fetch_series(client, item.series_uid)
+                datasets = self._fetch(client, item)
                 self.pipeline.check(datasets)
                 item.prepared = self.pipeline.preprocess(datasets)
         except NotApplicable as e:
@@ -151,6 +213,16 @@ class BatchRunner:
             log.exception("ai.prepare_failed job_id=%s", item.job_id)
             item.outcome, item.error = JobState.FAILED, f"{type(e).__name__}: {e}"
         item.timings["prepare_ms"] = (time.perf_counter() - started) * 1000
+
+    def _fetch(self, client: OrthancClient, item: Item) -> list[Dataset]:
+        known = self.known.get(item.job_id)
+        if known:
+            try:
+                return fetch_instances(client, known)
+            except OrthancNotFound:  # deleted or replaced since: ask Orthanc by UID
+                log.info("ai.fetch_by_uid job_id=%s: a recorded instance is gone",
+                         item.job_id)
+        return fetch_series(client, item.series_uid)
 
     def _predict_and_store(self, client: OrthancClient, ready: list[Item]) -> None:
         started = time.perf_counter()
@@ -167,19 +239,37 @@ class BatchRunner:
         jobs.touch(self.db, [i.job_id for i in ready])
         for item, output in zip(ready, outputs, strict=True):
             item.timings["predict_ms"] = predict_ms
+            item.output = output
+        # Build and upload every item's DICOM outputs on the I/O threads, then record
+        # the batch's results in one transaction.
+        self._each(ready, lambda item: self._build_and_upload(client, item))
+        stored = [i for i in ready if i.stored is not None]
+        if stored:
             try:
-                self._store(client, item, output)
-                item.outcome = JobState.SUCCEEDED
-            except OrthancUnavailable as e:
-                item.outcome, item.error = JobState.QUEUED, f"Orthanc: {e}"
+                record_results(self.db, stored, self.manifest, device=self.loaded.provider,
+                               batch_size=self.batch_len)
             except Exception as e:
-                log.exception("ai.store_failed job_id=%s", item.job_id)
-                item.outcome, item.error = JobState.FAILED, f"{type(e).__name__}: {e}"
+                log.exception("ai.record_failed model=%s", self.manifest.ref)
+                for item in stored:
+                    item.outcome, item.error = JobState.FAILED, f"{type(e).__name__}: {e}"
+                return
+            for item in stored:
+                item.outcome = JobState.SUCCEEDED
 
-    def _store(self, client: OrthancClient, item: Item, output: np.ndarray) -> None:
-        assert item.prepared is not None
+    def _build_and_upload(self, client: OrthancClient, item: Item) -> None:
+        try:
+            item.stored = self._store(client, item)
+        except OrthancUnavailable as e:
+            item.outcome, item.error = JobState.QUEUED, f"Orthanc: {e}"
+        except Exception as e:
+            log.exception("ai.store_failed job_id=%s", item.job_id)
+            item.outcome, item.error = JobState.FAILED, f"{type(e).__name__}: {e}"
+
+    def _store(self, client: OrthancClient, item: Item) -> Stored:
+        """Post-process one item and put its SEG or heat map and its SR into Orthanc."""
+        assert item.prepared is not None and item.output is not None
         started = time.perf_counter()
-        result = self.pipeline.postprocess(item.prepared, output)
+        result = self.pipeline.postprocess(item.prepared, item.output)
         m = self.manifest
         uids = result_uids(item.series_uid, m.name, m.version)
         source = item.prepared.datasets
@@ -198,16 +288,12 @@ class BatchRunner:
                                           series_uid=uids.seg_series, sop_uid=uids.seg)
             _upload(client, map_ds)
         derived = seg_ds if seg_ds is not None else map_ds
-        sr_ds = build_sr(source, m, result.findings,
-                         series_uid=uids.sr_series, sop_uid=uids.sr, device=self.loaded.provider,
-                         seg=seg_ds)
+        sr_ds = SR_TEMPLATES.build(source, m, result.findings, series_uid=uids.sr_series,
+                                   sop_uid=uids.sr, device=self.loaded.provider, seg=seg_ds)
         _upload(client, sr_ds)
         item.timings["store_ms"] = (time.perf_counter() - started) * 1000
-        record_result(self.db, item, m, result, device=self.loaded.provider,
-                      batch_size=self.batch_len,
-                      sr_uid=str(sr_ds.SOPInstanceUID),
-                      seg_uid=str(derived.SOPInstanceUID) if derived is not None else None,
-                      heatmap=result.heatmap)
+        return Stored(result, str(sr_ds.SOPInstanceUID),
+                      str(derived.SOPInstanceUID) if derived is not None else None)
 
 
 def _upload(client: OrthancClient, ds: Dataset) -> None:
@@ -217,45 +303,53 @@ def _upload(client: OrthancClient, ds: Dataset) -> None:
     log.info("ai.uploaded sop=%s status=%s", ds.SOPInstanceUID, answer.get("Status"))
 
 
-def record_result(db: Database, item: Item, manifest: Manifest, result: Result, *,
-                  device: str, batch_size: int, sr_uid: str, seg_uid: str | None,
-                  heatmap: dict[str, Any] | None = None) -> bool:
-    """Write the run's result and findings once; returns False if it already existed.
+def record_results(db: Database, items: Sequence[Item], manifest: Manifest, *, device: str,
+                   batch_size: int) -> list[bool]:
+    """Write a batch's results and findings in one transaction, each once.
 
-    ``seg_uid`` is the run's SEG or, for a tile model, its heat map (Parametric Map)."""
+    Returns, per item, False where its result already existed (a rerun, or another
+    worker that raced this one): the job still succeeds, with the first result."""
+    with db.session() as s:
+        return [_record_one(s, item, manifest, device=device, batch_size=batch_size)
+                for item in items]
+
+
+def _record_one(s: Session, item: Item, manifest: Manifest, *, device: str,
+                batch_size: int) -> bool:
+    assert item.stored is not None
+    result, sr_uid, seg_uid = item.stored.result, item.stored.sr_uid, item.stored.seg_uid
     critical = any(f.critical for f in result.findings)
     duration = sum(item.timings.values())
-    with db.session() as s:
-        exists = s.scalar(select(AIResult.id).where(
-            AIResult.series_uid == item.series_uid, AIResult.model_name == manifest.name,
-            AIResult.model_version == manifest.version))
-        if exists is not None:
-            log.info("ai.result_exists series=%s model=%s", item.series_uid, manifest.ref)
-            return False
-        row = AIResult(job_id=item.job_id, study_id=item.study_id, series_uid=item.series_uid,
-                       model_name=manifest.name, model_version=manifest.version,
-                       device=device, batch_size=batch_size, duration_ms=duration,
-                       sr_sop_uid=sr_uid, seg_sop_uid=seg_uid, critical=critical,
-                       heatmap=heatmap)
-        try:
-            with s.begin_nested():
-                s.add(row)
-                s.flush()
-        except IntegrityError:
-            log.info("ai.result_raced series=%s model=%s", item.series_uid, manifest.ref)
-            return False
-        for f in result.findings:
-            label = manifest.label(f.label)
-            s.add(AIFinding(result_id=row.id, study_id=item.study_id, label=f.label,
-                            probability=f.probability, threshold=label.threshold,
-                            positive=f.positive, critical=f.critical, volume_ml=f.volume_ml))
-        if critical:
-            _raise_priority(s, item.study_id)
-        audit.append(s, actor=f"ai:{manifest.ref}", action="ai.result", object_type="study",
-                     object_id=str(item.study_id), detail={
-                         "series_uid": item.series_uid, "job_id": item.job_id,
-                         "device": device, "critical": critical, "sr": sr_uid, "seg": seg_uid,
-                         "positive": [f.label for f in result.findings if f.positive]})
+    exists = s.scalar(select(AIResult.id).where(
+        AIResult.series_uid == item.series_uid, AIResult.model_name == manifest.name,
+        AIResult.model_version == manifest.version))
+    if exists is not None:
+        log.info("ai.result_exists series=%s model=%s", item.series_uid, manifest.ref)
+        return False
+    row = AIResult(job_id=item.job_id, study_id=item.study_id, series_uid=item.series_uid,
+                   model_name=manifest.name, model_version=manifest.version,
+                   device=device, batch_size=batch_size, duration_ms=duration,
+                   sr_sop_uid=sr_uid, seg_sop_uid=seg_uid, critical=critical,
+                   heatmap=result.heatmap)
+    try:
+        with s.begin_nested():
+            s.add(row)
+            s.flush()
+    except IntegrityError:
+        log.info("ai.result_raced series=%s model=%s", item.series_uid, manifest.ref)
+        return False
+    for f in result.findings:
+        label = manifest.label(f.label)
+        s.add(AIFinding(result_id=row.id, study_id=item.study_id, label=f.label,
+                        probability=f.probability, threshold=label.threshold,
+                        positive=f.positive, critical=f.critical, volume_ml=f.volume_ml))
+    if critical:
+        _raise_priority(s, item.study_id)
+    audit.append(s, actor=f"ai:{manifest.ref}", action="ai.result", object_type="study",
+                 object_id=str(item.study_id), detail={
+                     "series_uid": item.series_uid, "job_id": item.job_id,
+                     "device": device, "critical": critical, "sr": sr_uid, "seg": seg_uid,
+                     "positive": [f.label for f in result.findings if f.positive]})
     return True
 
 

@@ -85,6 +85,31 @@ def time_calls(fn: Callable[[], object], *, min_calls: int, max_calls: int, min_
     return latencies, warm
 
 
+def interleaved_calls(fns: dict[str, Callable[[], object]], *, rounds: int, min_calls: int,
+                      max_calls: int, min_s: float, cap_s: float
+                      ) -> dict[str, tuple[list[float], float, list[float]]]:
+    """:func:`time_calls` of several functions in alternating rounds (A B, B A, A B...).
+
+    Two configurations timed one after the other see different machines when a
+    neighbour's load comes and goes; alternating them in short rounds gives both the
+    same share of it, so their ratio is stable even where their absolute times are
+    not.  Per function: every latency (s), the first warm-up, and each round's median.
+    """
+    out: dict[str, tuple[list[float], float, list[float]]] = {
+        name: ([], 0.0, []) for name in fns}
+    names = list(fns)
+    for r in range(max(1, rounds)):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            lat, warm = time_calls(fns[name], min_calls=max(1, min_calls // rounds),
+                                   max_calls=max(1, max_calls // rounds),
+                                   min_s=min_s / rounds, cap_s=cap_s / rounds)
+            everything, first_warm, medians = out[name]
+            everything += lat
+            medians.append(sorted(lat)[len(lat) // 2])
+            out[name] = (everything, first_warm if r else warm, medians)
+    return out
+
+
 def repeat_timed(fn: Callable[[], T], repeat: int) -> tuple[list[float], T]:
     """``repeat`` timings of ``fn`` in milliseconds after one untimed warm-up call (caches,
     connection pools), and the last call's result."""
