@@ -1,0 +1,60 @@
+"""The ingest benchmark runs end to end (a tiny series, two rounds) and reports medians
+and the issue's targets; the profile summary puts samples in the right stages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.gateway_profile import OTHER, breakdown, read_collapsed
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_ingest_benchmark_quick_run(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "benchmarks.ingest", "--instances", "8",
+                        "--senders", "1,4", "--repeat", "2", "--out", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    data = json.loads((out / "ingest.json").read_text())
+    assert data["repeat"] == 2
+    assert len(data["runs"]) == 2 * 4 * 2  # rounds x targets x sender counts
+    keys = {(m["target"], m["senders"]) for m in data["results"]}
+    assert keys == {(t, n) for t in ("storescp", "orthanc", "gateway_ack", "gateway_stored")
+                    for n in (1, 4)}
+    for m in data["results"]:  # each figure is the median of its two rounds
+        rounds = sorted(x["seconds"] for x in data["runs"]
+                        if (x["target"], x["senders"]) == (m["target"], m["senders"]))
+        assert abs(m["seconds"] - (rounds[0] + rounds[1]) / 2) < 1e-9
+        assert m["instances"] == 8 and m["instances_per_s"] > 0
+    targets = {(q["numerator"], q["senders"]): q["target"] for q in data["ratios"]}
+    assert targets == {("gateway_ack", 1): None, ("gateway_ack", 4): 1.0,
+                       ("gateway_stored", 1): None, ("gateway_stored", 4): 0.8}
+    assert "PASS" in r.stdout or "FAIL" in r.stdout
+    assert (out / "ingest.png").stat().st_size > 0
+
+
+def test_profile_stages_take_the_first_matching_marker() -> None:
+    lines = [
+        "run (pacs_gateway/scp.py:10);write (pacs_gateway/spool.py:88);fsync (libc.so.6) 30",
+        "run (pacs_gateway/scp.py:10);write (pacs_gateway/spool.py:80) 10",
+        "handle (pacs_gateway/scp.py:50);inspect (pacs_gateway/inspect.py:99);"
+        "dcmread (pydicom/filereader.py:1) 20",
+        "run_reactor (pynetdicom/dul.py:300);read (pynetdicom/transport.py:9) 15",
+        "record (pacs_gateway/receipts.py:47);commit (sqlalchemy/orm/session.py:1) 25",
+        "<module> (threading.py:1) 5",
+        "not a line",
+    ]
+    stages = {s.name: s for s in breakdown(read_collapsed(lines), instances=10, rate_hz=100)}
+    assert stages["fsync (spool file, directory, WAL)"].samples == 30
+    assert stages["spool write"].samples == 10
+    assert stages["inspection (pydicom parse, checks)"].samples == 20
+    assert stages["pynetdicom: PDU reads and state machine"].samples == 15
+    assert stages["receipt commit (SQLite)"].samples == 25
+    assert stages[OTHER].samples == 5
+    # 30 samples at 100 Hz: 300 ms of CPU, over 10 instances 30 ms per instance.
+    assert abs(stages["fsync (spool file, directory, WAL)"].ms_per_instance - 30.0) < 1e-9
+    assert abs(sum(s.share for s in stages.values()) - 1.0) < 1e-9
