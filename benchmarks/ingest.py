@@ -342,6 +342,8 @@ class Bench:
                  timeout_s: float, gateway_processes: int = 0) -> None:
         #: Where ``gateway()`` writes py-spy's collapsed stacks of the next send (once).
         self.profile_to: Path | None = None
+        #: What py-spy printed on stderr, for the error when it wrote nothing.
+        self.spy_errors = ""
         self.gateway_extra = {"gateway_processes": str(gateway_processes)} \
             if gateway_processes else {}
         self.files = list(files)
@@ -490,9 +492,12 @@ class Bench:
             if spy is not None:
                 spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
                 try:
-                    spy.wait(60)
+                    _, err = spy.communicate(timeout=60)
                 except subprocess.TimeoutExpired:
                     spy.kill()
+                    _, err = spy.communicate()
+                self.spy_errors = f"; py-spy said: {err.decode(errors='replace')[-500:]}" \
+                    if err else ""
                 self.profile_to = None
             stored_seconds = stored_at - start
             in_orthanc = int(client.statistics()["CountInstances"])
@@ -651,30 +656,31 @@ def print_report(console: Console, results: Sequence[Measurement], found: Sequen
 
 
 def report_profile(console: Console, collapsed: Path, instances: int, senders: int,
-                   out: Path) -> dict[str, Any]:
+                   out: Path, spy_errors: str = "") -> dict[str, Any]:
     """Print and return the gateway's CPU per instance by stage (see gateway_profile)."""
-    if not collapsed.exists():
-        raise BenchError(f"py-spy wrote no profile to {collapsed}")
+    if not collapsed.exists() or not collapsed.stat().st_size:
+        raise BenchError(f"py-spy wrote no profile to {collapsed}{spy_errors}")
     stacks = gateway_profile.read_collapsed(collapsed.read_text().splitlines())
     stages = gateway_profile.breakdown(stacks, instances)
     out.mkdir(parents=True, exist_ok=True)
     kept = out / "ingest-gateway.collapsed.txt"
     shutil.copyfile(collapsed, kept)
-    table = Table(title=f"Gateway CPU per instance by stage (py-spy, {senders} sender(s), "
+    table = Table(title=f"Gateway time per instance by stage (py-spy, {senders} sender(s), "
                         f"{instances} instances)")
-    for col in ("stage", "ms/instance", "share"):
-        table.add_column(col, justify="left" if col == "stage" else "right")
-    for st in sorted(stages, key=lambda x: -x.samples):
-        table.add_row(st.name, f"{st.ms_per_instance:.2f}", f"{st.share:.0%}")
-    total = sum(st.ms_per_instance for st in stages)
-    table.add_row("[bold]total[/bold]", f"{total:.2f}", "100%")
+    for col in ("stage", "kind", "ms/instance", "share of kind"):
+        table.add_column(col, justify="left" if col in ("stage", "kind") else "right")
+    order = {gateway_profile.CPU: 0, gateway_profile.DISK: 1, gateway_profile.WAIT: 2}
+    for st in sorted(stages, key=lambda x: (order[x.kind], -x.samples)):
+        table.add_row(st.name, st.kind, f"{st.ms_per_instance:.2f}", f"{st.share:.0%}")
+    cpu = sum(st.ms_per_instance for st in stages if st.kind == gateway_profile.CPU)
+    table.add_row("[bold]CPU total[/bold]", "cpu", f"{cpu:.2f}", "100%")
     console.print(table)
     console.print(f"collapsed stacks (flamegraph.pl or speedscope input): {kept}")
     return {"senders": senders, "instances": instances, "rate_hz": gateway_profile.RATE_HZ,
-            "ms_per_instance_total": round(total, 2), "collapsed": str(kept),
-            "stages": [{"stage": st.name, "samples": st.samples,
+            "cpu_ms_per_instance": round(cpu, 2), "collapsed": str(kept),
+            "stages": [{"stage": st.name, "kind": st.kind, "samples": st.samples,
                         "ms_per_instance": round(st.ms_per_instance, 3),
-                        "share": round(st.share, 4)} for st in stages]}
+                        "share_of_kind": round(st.share, 4)} for st in stages]}
 
 
 # Entry point -----------------------------------------------------------------------------
@@ -758,7 +764,8 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         print_report(console, medians, found, bench.total_bytes, results)
         profile = None
         if args.profile:
-            profile = report_profile(console, collapsed, len(files), profiled, args.out)
+            profile = report_profile(console, collapsed, len(files), profiled, args.out,
+                                     bench.spy_errors)
         return {
             "benchmark": "ingest",
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -805,7 +812,8 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    console = Console()
+    # Piped output (a log, the test) gets a width that fits the tables.
+    console = Console() if sys.stdout.isatty() else Console(width=120)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         data = run(args, console)

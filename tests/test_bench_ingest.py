@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.gateway_profile import OTHER, breakdown, read_collapsed
+from benchmarks.gateway_profile import CPU, OTHER, breakdown, read_collapsed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,15 +46,24 @@ def test_profile_stages_take_the_first_matching_marker() -> None:
         "run_reactor (pynetdicom/dul.py:300);read (pynetdicom/transport.py:9) 15",
         "record (pacs_gateway/receipts.py:47);commit (sqlalchemy/orm/session.py:1) 25",
         "<module> (threading.py:1) 5",
+        "Uploader._run (pacs_gateway/uploader.py:1);Queue.get (queue.py:1);"
+        "PyThread_acquire_lock_timed (libpython3.11.so) 40",
+        "handle (pacs_gateway/scp.py:50);take_gil (libpython3.11.so) 7",
         "not a line",
     ]
     stages = {s.name: s for s in breakdown(read_collapsed(lines), instances=10, rate_hz=100)}
-    assert stages["fsync (spool file, directory, WAL)"].samples == 30
+    assert stages["fsync (spool file, directory, SQLite WAL)"].samples == 30
+    assert stages["idle threads (locks, queues, select, sleeps)"].samples == 40
+    assert stages["waiting for the GIL"].samples == 7
+    assert stages["upload to Orthanc"].samples == 0  # its waiting thread is idle, not CPU
     assert stages["spool write"].samples == 10
     assert stages["inspection (pydicom parse, checks)"].samples == 20
     assert stages["pynetdicom: PDU reads and state machine"].samples == 15
     assert stages["receipt commit (SQLite)"].samples == 25
     assert stages[OTHER].samples == 5
     # 30 samples at 100 Hz: 300 ms of CPU, over 10 instances 30 ms per instance.
-    assert abs(stages["fsync (spool file, directory, WAL)"].ms_per_instance - 30.0) < 1e-9
-    assert abs(sum(s.share for s in stages.values()) - 1.0) < 1e-9
+    assert abs(stages["fsync (spool file, directory, SQLite WAL)"].ms_per_instance - 30.0
+               ) < 1e-9
+    cpu = [s for s in stages.values() if s.kind == CPU]
+    assert abs(sum(s.share for s in cpu) - 1.0) < 1e-9
+    assert sum(s.samples for s in cpu) == 10 + 20 + 15 + 25 + 5
