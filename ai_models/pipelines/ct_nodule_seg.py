@@ -21,6 +21,7 @@ from math import prod
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from monai.data.utils import compute_shape_offset
 from monai.inferers import sliding_window_inference
 from monai.transforms import Spacing, SpatialResample
 from pydicom.dataset import Dataset
@@ -111,7 +112,51 @@ def _affine(spacing: Sequence[float], origin: Sequence[float] = (0.0, 0.0, 0.0)
 
 def resample(volume: np.ndarray, spacing: Sequence[float], target: Sequence[float],
              mode: str = "bilinear") -> np.ndarray:
-    """(D, H, W) on ``spacing`` → the same field of view on ``target`` (mm), with MONAI."""
+    """(D, H, W) on ``spacing`` → the same field of view on ``target`` (mm).
+
+    Linear interpolation is separable, so the bilinear case is three 1-D passes in
+    numpy (:func:`_linear_axis`), about ten times faster on a 300-slice CT than MONAI's
+    ``Spacing`` (a 3-D grid sample), with the same grid: ``round((n - 1) * s / t + 1)``
+    voxels per axis, voxel 0 on voxel 0, and the border value beyond the last voxel.
+    ``tests/test_ai_pipelines.py`` holds the two to 1e-5.  Other modes go to MONAI."""
+    if mode != "bilinear":
+        return resample_monai(volume, spacing, target, mode)
+    out = np.ascontiguousarray(volume, dtype=np.float32)
+    if out.ndim != 3:
+        raise ValueError(f"resample needs a 3-D volume, got shape {out.shape}")
+    # The output grid exactly as Spacing computes it (an extent of k + 0.5 voxels rounds
+    # the way its floating point does).
+    sizes, _ = compute_shape_offset(out.shape, _affine(spacing).numpy(),
+                                    _affine(target).numpy())
+    # Shrinking axes first keeps the intermediate volumes small.
+    axes = sorted(range(3), key=lambda a: float(target[a]) / float(spacing[a]), reverse=True)
+    for axis in axes:
+        ratio = float(target[axis]) / float(spacing[axis])
+        out = _linear_axis(out, axis, int(sizes[axis]), ratio)
+    return out
+
+
+def _linear_axis(volume: np.ndarray, axis: int, size: int, ratio: float) -> np.ndarray:
+    """``size`` samples along ``axis`` at input positions 0, ratio, 2·ratio…, linearly
+    interpolated, clamped to the last voxel."""
+    n = volume.shape[axis]
+    pos = np.clip(np.arange(size, dtype=np.float64) * ratio, 0.0, n - 1)
+    low = np.floor(pos).astype(np.intp)
+    high = np.minimum(low + 1, n - 1)
+    shape = [1, 1, 1]
+    shape[axis] = size
+    weight = (pos - low).astype(np.float32).reshape(shape)
+    a = np.take(volume, low, axis=axis)
+    b = np.take(volume, high, axis=axis)
+    b -= a
+    b *= weight
+    a += b
+    return a
+
+
+def resample_monai(volume: np.ndarray, spacing: Sequence[float], target: Sequence[float],
+                   mode: str = "bilinear") -> np.ndarray:
+    """The same resampling with MONAI's ``Spacing`` (any of its modes)."""
     image = MetaTensor(torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None],
                        affine=_affine(spacing))
     out = Spacing(pixdim=tuple(target), mode=mode)(image)
