@@ -25,7 +25,13 @@ from ai_models.manifest import Manifest, WeightsMismatch, load_manifest, verify_
 from ai_models.pipelines import PIPELINES, get_pipeline
 from ai_models.pipelines.base import NotApplicable, Pipeline, Result
 from ai_models.pipelines.common import connected_components
-from ai_models.pipelines.ct_nodule_seg import resample, resample_monai
+from ai_models.pipelines.ct_nodule_seg import (
+    SW_BATCH,
+    SW_OVERLAP,
+    resample,
+    resample_monai,
+    sliding_window,
+)
 from ai_models.training.export import export_onnx, onnx_session, parity
 from ai_models.training.networks import ct_unet, cxr_densenet
 from core.errors import InvalidInput
@@ -380,3 +386,22 @@ def test_the_separable_resample_matches_monai_spacing(
     monai = resample_monai(volume, spacing, target)
     assert fast.shape == monai.shape and fast.dtype == np.float32
     np.testing.assert_allclose(fast, monai, rtol=0, atol=2e-3)  # HU; float32 rounding
+
+
+@pytest.mark.parametrize("shape", [(1, 70, 80, 90), (1, 40, 100, 64), (1, 64, 64, 64)])
+def test_the_numpy_sliding_window_matches_monai(ct: Model, shape: tuple[int, ...]) -> None:
+    from monai.inferers import sliding_window_inference
+
+    roi = tuple(int(r) for r in ct.manifest.input.size)
+    volume = np.random.default_rng(len(shape) + shape[1]).random(shape, dtype=np.float32)
+
+    def network(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(ct.run(x.numpy()))
+
+    with torch.no_grad():
+        want = np.asarray(sliding_window_inference(
+            torch.from_numpy(volume[None]), roi, SW_BATCH, network, overlap=SW_OVERLAP,
+            mode="gaussian")[0])
+    got = sliding_window(volume, roi, ct.run)
+    assert got.shape == want.shape == (2, *shape[1:])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
