@@ -30,6 +30,7 @@ from ai_models.pipelines.ct_nodule_seg import (
     SW_OVERLAP,
     resample,
     resample_monai,
+    resample_slices,
     sliding_window,
 )
 from ai_models.training.export import export_onnx, onnx_session, parity
@@ -405,3 +406,14 @@ def test_the_numpy_sliding_window_matches_monai(ct: Model, shape: tuple[int, ...
     got = sliding_window(volume, roi, ct.run)
     assert got.shape == want.shape == (2, *shape[1:])
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_resampling_slice_by_slice_equals_resampling_the_stack() -> None:
+    rng = np.random.default_rng(3)
+    slices = [rng.random((37, 41), dtype=np.float32) * 2000 - 1000 for _ in range(23)]
+    for spacing, target in (((1.25, 0.68, 0.68), (1.5, 1.5, 1.5)),
+                            ((0.7, 0.9, 2.5), (1.5, 1.5, 1.5))):
+        whole = resample_monai(np.stack(slices), spacing, target)
+        each = resample_slices(slices, spacing, target)
+        assert each.shape == whole.shape
+        np.testing.assert_allclose(each, whole, rtol=0, atol=2e-3)

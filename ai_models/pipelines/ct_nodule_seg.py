@@ -136,6 +136,26 @@ def resample(volume: np.ndarray, spacing: Sequence[float], target: Sequence[floa
     return out
 
 
+def resample_slices(slices: Sequence[np.ndarray], spacing: Sequence[float],
+                    target: Sequence[float]) -> np.ndarray:
+    """:func:`resample` of ``np.stack(slices)``, one slice at a time in plane first.
+
+    A 300-slice 512² CT is 315 MB as float32; shrinking each slice before stacking
+    never holds it whole, and skips the copy into one array."""
+    if not slices:
+        raise ValueError("no slices to resample")
+    rows, cols = slices[0].shape
+    sizes, _ = compute_shape_offset((len(slices), rows, cols), _affine(spacing).numpy(),
+                                    _affine(target).numpy())
+    ratios = [float(target[a]) / float(spacing[a]) for a in range(3)]
+    planes = []
+    for image in slices:
+        plane = np.ascontiguousarray(image, dtype=np.float32)
+        plane = _linear_axis(plane, 0, int(sizes[1]), ratios[1])
+        planes.append(_linear_axis(plane, 1, int(sizes[2]), ratios[2]))
+    return _linear_axis(np.stack(planes), 0, int(sizes[0]), ratios[0])
+
+
 def _linear_axis(volume: np.ndarray, axis: int, size: int, ratio: float) -> np.ndarray:
     """``size`` samples along ``axis`` at input positions 0, ratio, 2·ratio…, linearly
     interpolated, clamped to the last voxel."""
@@ -143,7 +163,7 @@ def _linear_axis(volume: np.ndarray, axis: int, size: int, ratio: float) -> np.n
     pos = np.clip(np.arange(size, dtype=np.float64) * ratio, 0.0, n - 1)
     low = np.floor(pos).astype(np.intp)
     high = np.minimum(low + 1, n - 1)
-    shape = [1, 1, 1]
+    shape = [1] * volume.ndim
     shape[axis] = size
     weight = (pos - low).astype(np.float32).reshape(shape)
     a = np.take(volume, low, axis=axis)
@@ -242,10 +262,12 @@ class CtNoduleSegPipeline:
 
     def preprocess(self, datasets: Sequence[Dataset]) -> Prepared:
         ordered, spacing = sorted_slices(datasets)
-        hu = np.stack([modality_pixels(ds) for ds in ordered])
-        array = to_network_input(hu, spacing, self.spacing, self.manifest.input.window)
+        slices = [modality_pixels(ds) for ds in ordered]
+        resampled = resample_slices(slices, spacing, self.spacing)
+        array = window(resampled, self.manifest.input.window)[None]
         return Prepared(array=array, datasets=ordered,
-                        meta={"source_shape": hu.shape, "source_spacing": spacing})
+                        meta={"source_shape": (len(slices), *slices[0].shape),
+                              "source_spacing": spacing})
 
     def predict(self, prepared: Sequence[Prepared], run: Predict) -> list[np.ndarray]:
         roi = tuple(int(r) for r in self.manifest.input.size)
