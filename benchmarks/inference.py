@@ -179,19 +179,7 @@ def ct_shape(slices: int, pixels: int) -> tuple[int, int, int]:
 def demo_ct_shape() -> tuple[int, int, int]:
     """The demo CT's (slices, rows, columns) after the pipeline's resampling to the
     ct-nodule-seg manifest spacing (MONAI ``Spacing``'s own output-shape rule)."""
-    from monai.data.utils import compute_shape_offset
-
-    from ai_models.pipelines.ct_nodule_seg import _affine
-
-    spacing = load_manifest(model_folder(CT_MODEL)).input.spacing
-    if spacing is None:
-        raise BenchError(f"{CT_MODEL}: the manifest has no spacing")
-    pixel = DEMO_CT_FOV_MM / DEMO_CT_PIXELS
-    shape, _ = compute_shape_offset((DEMO_CT_SLICES, DEMO_CT_PIXELS, DEMO_CT_PIXELS),
-                                    _affine((DEMO_CT_SLICE_MM, pixel, pixel)),
-                                    _affine(spacing))
-    d, h, w = (int(v) for v in shape)
-    return d, h, w
+    return ct_shape(DEMO_CT_SLICES, DEMO_CT_PIXELS)
 
 
 def model_folder(name: str) -> Path:
