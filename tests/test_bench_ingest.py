@@ -8,9 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.gateway_profile import CPU, OTHER, breakdown, read_collapsed
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
+# The benchmarks are run from the repository root (``python -m benchmarks.ingest``),
+# which pytest does not put on the path.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.gateway_profile import CPU, OTHER, breakdown, read_collapsed
 
 
 def test_ingest_benchmark_quick_run(tmp_path: Path) -> None:
