@@ -4,7 +4,6 @@ phantoms, and the reasons a series is not read."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 import shutil
 import subprocess
@@ -13,9 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pydicom
 import pytest
 import torch
+from onnx import numpy_helper
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
@@ -163,7 +164,7 @@ def test_onnx_export_matches_torch(tmp_path: Path) -> None:
 
 
 def test_training_is_reproducible_from_the_seed(tmp_path: Path) -> None:
-    digests = []
+    runs: list[Path] = []
     for run in ("a", "b"):
         out = tmp_path / run
         done = subprocess.run([sys.executable, "-m", "ai_models.training.train", "cxr", "--quick",
@@ -176,9 +177,24 @@ def test_training_is_reproducible_from_the_seed(tmp_path: Path) -> None:
         m = load_manifest(out)
         verify_weights(out, m)
         assert m.training is not None and m.training.seed == 3 and m.demonstration
-        digests.append((hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest(),
-                        (out / "model.yaml").read_text()))
-    assert digests[0] == digests[1]
+        runs.append(out)
+    # Same seed, same model: the same graph, and the same weights up to float rounding.
+    # Bit-exact training is not promised on a CPU (parallel reductions may add in another
+    # order when the machine is busy: two CI runs once differed by 2e-7), so the weights
+    # are compared with a tolerance far below what any prediction could notice.
+    first, second = (onnx.load(str(out / "model.onnx")) for out in runs)
+    assert [n.op_type for n in first.graph.node] == [n.op_type for n in second.graph.node]
+    weights = [{i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+               for model in (first, second)]
+    assert weights[0].keys() == weights[1].keys() and weights[0]
+    for name, value in weights[0].items():
+        np.testing.assert_allclose(weights[1][name], value, rtol=0, atol=1e-5, err_msg=name)
+
+    def without_digest(out: Path) -> list[str]:
+        return [line for line in (out / "model.yaml").read_text().splitlines()
+                if "sha256" not in line]
+
+    assert without_digest(runs[0]) == without_digest(runs[1])
 
 
 # --- chest radiographs --------------------------------------------------------------
