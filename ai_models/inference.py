@@ -121,7 +121,9 @@ def stored_instances(db: Database, items: Sequence[Item]) -> dict[int, list[str]
     wanted = {(i.study_id, i.series_uid): i.job_id for i in items}
     if not wanted:
         return {}
-    found: dict[int, list[str]] = {}
+    # A resent instance has a receipt of its own with the same Orthanc ID (Orthanc kept
+    # one copy): each ID counts once, or a CT would get the same slice twice.
+    found: dict[int, dict[str, None]] = {}
     with db.session() as s:
         rows = s.execute(select(Instance.study_id, Instance.series_uid, Instance.orthanc_id)
                          .where(Instance.study_id.in_({k[0] for k in wanted}),
@@ -131,8 +133,8 @@ def stored_instances(db: Database, items: Sequence[Item]) -> dict[int, list[str]
         for study_id, series_uid, orthanc_id in rows:
             job_id = wanted.get((study_id, series_uid))
             if job_id is not None and orthanc_id:
-                found.setdefault(job_id, []).append(str(orthanc_id))
-    return found
+                found.setdefault(job_id, {})[str(orthanc_id)] = None
+    return {job_id: list(ids) for job_id, ids in found.items()}
 
 
 def _fill_batch(db: Database, leader: Job, manifest: Manifest, wait_s: float) -> list[int]:

@@ -59,10 +59,11 @@ def test_the_worker_fetches_by_recorded_ids_and_falls_back_to_uids(
     own = _study(c, "county-a", g.study_uid)
     other = _study(c, "county-b", "2.25.999")  # another site's study, same series UID
     _instance(c, own, "county-a", g.series_uid, orthanc_id)
+    _instance(c, own, "county-a", g.series_uid, orthanc_id)  # the site resent it
     _instance(c, own, "county-a", g.series_uid, "not-stored-yet", state=InstanceState.SPOOLED)
     _instance(c, other, "county-b", g.series_uid, "other-sites-instance")
     item = Item(job_id=11, study_id=own, series_uid=g.series_uid, leader=True)
-    assert stored_instances(c.db, [item]) == {11: [orthanc_id]}
+    assert stored_instances(c.db, [item]) == {11: [orthanc_id]}  # once, though resent
     lone = Item(job_id=12, study_id=other + 1000, series_uid=g.series_uid, leader=False)
     assert stored_instances(c.db, [lone]) == {}
 
