@@ -50,9 +50,6 @@ _OWN = frozenset({
     "PerformedProcedureCodeSequence", "ReferencedPerformedProcedureStepSequence",
     "VerifyingObserverSequence", "PertinentOtherEvidenceSequence",
 })
-#: Attributes whose value is the time of creation: left out of the self-check.
-_TIMES = frozenset({"InstanceCreationDate", "InstanceCreationTime", "ContentDate",
-                    "ContentTime", "ContributionDateTime"})
 TRACKING_UID = "112040"
 IMAGE_LIBRARY = "126010"
 VOLUME = "118565006"
@@ -99,6 +96,8 @@ def _normalised(ds: Dataset) -> Any:
     return strip(ds.to_json_dict())
 
 
+#: The creation times (InstanceCreationDate/Time, ContentDate/Time, ContributionDateTime),
+#: as JSON tags: left out of the self-check.
 _TIME_TAGS = frozenset({"00080012", "00080013", "00080023", "00080033", "0018A002"})
 
 
