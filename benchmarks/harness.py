@@ -9,6 +9,7 @@ built from ``core`` (settings, ``core.orthanc_process``) and ``devkit``, never `
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import time
@@ -158,3 +159,35 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     tmp.replace(path)
+
+
+def tree_cpu_s(pid: int, *, children_done: bool = False) -> float:
+    """User plus system CPU seconds of ``pid`` and its live descendants, from /proc.
+
+    The gateway's listener processes are children of the one started; all live for
+    the whole send, so the difference of two readings is the CPU the send cost.
+    ``children_done`` adds what ended children that ``pid`` waited for spent
+    (cutime, cstime): storescp forks a child per association.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        fields = text.rsplit(")", 1)[1].split()
+        # After the command's ")": state, ppid, ... utime (14th field), stime (15th).
+        spent = int(fields[11]) + int(fields[12])
+        if children_done and int(entry) == pid:
+            spent += int(fields[13]) + int(fields[14])
+        stats[int(entry)] = (int(fields[1]), spent / tick)
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        if current in stats:
+            total += stats[current][1]
+        todo.extend(child for child, (parent, _) in stats.items() if parent == current)
+    return total

@@ -273,6 +273,18 @@ def alternate(fns: dict[str, Callable[[], object]], plan: Plan
                                      cap_s=plan.cap_s * ROUNDS)
 
 
+def cpu_ms_per_item(fn: Callable[[], object], batch: int, calls: int = 5) -> float:
+    """This process's CPU (every thread, user + system) per item of ``fn``'s batches.
+
+    ONNX Runtime's CPU per item is the pipeline's floor: on a machine whose cores are
+    all busy, (c)/(b) can reach at most (b)'s CPU per item over the pipeline's.
+    """
+    before = time.process_time()
+    for _ in range(calls):
+        fn()
+    return round(1000 * (time.process_time() - before) / (calls * batch), 2)
+
+
 def _ms(seconds: Sequence[float]) -> list[float]:
     return [round(x * 1000, 1) for x in seconds]
 
@@ -374,7 +386,8 @@ def bench_densenet(plan: Plan, device: str, progress: Progress,
                 out.append(Measurement("b", DENSENET, config, ort_device(loaded), batch, lat,
                                        extra={"warmup_ms": round(warm * 1000, 1),
                                               "size": size, "batch": batch,
-                                              "round_medians_ms": _ms(rounds)}))
+                                              "round_medians_ms": _ms(rounds),
+                                              "cpu_ms_per_item": cpu_ms_per_item(onnx, batch)}))
             progress.advance(task)
     info.update({"unsupported_sizes": unsupported, "provider": loaded.provider,
                  "load_ms": round(loaded.load_ms, 1), "torch_device": str(tdev),
@@ -689,12 +702,19 @@ def bench_pipeline(plan: Plan, args: argparse.Namespace, root: Path, progress: P
 
         progress.update(task, description=f"{SECTION['c']}: {n} jobs, cxr-triage",
                         total=n, completed=0)
+        cpu_before = {"worker": harness.tree_cpu_s(worker.proc.pid),
+                      "orthanc": harness.tree_cpu_s(orthanc.proc.pid)}
         t0 = datetime.now(UTC)
         clock = time.perf_counter()
         timed = new_jobs(range(1, n + 1))
         enqueued_s = time.perf_counter() - clock
         wait_for([j for j, _ in timed], 120 + 10 * n, task)
         polled_s = time.perf_counter() - clock
+        # CPU of the worker (Celery's pool included) and of Orthanc over the timed
+        # batch, from /proc: the pipeline's cost per item, whatever the clock says.
+        pipeline_cpu = {who: round(1000 * (harness.tree_cpu_s(pid) - cpu_before[who]) / n, 2)
+                        for who, pid in (("worker", worker.proc.pid),
+                                         ("orthanc", orthanc.proc.pid))}
 
         # A study alone, with nothing queued before it: the latency a single urgent
         # radiograph sees (the batch waits RDC_AI_BATCH_WAIT_MS for company).
@@ -825,6 +845,7 @@ def bench_pipeline(plan: Plan, args: argparse.Namespace, root: Path, progress: P
         "alone_latency_median_ms": round(float(np.median(alone_ms)), 1),
         "queued_latency_p95_ms": round(float(np.percentile(latencies, 95)) * 1000, 1),
         "mean_wall_ms_per_item": round(1000 * seconds / n, 1),
+        "cpu_ms_per_item": pipeline_cpu,
         "srs_in_orthanc": n,
         "split_ms_per_item": split,
         "split_note": "the handler's steps replayed in the benchmark process on up to 8 of "
@@ -1003,6 +1024,16 @@ def print_report(console: Console, rows: Sequence[Measurement], found: Sequence[
         for name, ms in pipeline["split_ms_per_item"].items():
             st.add_row(f"  {name}", f"{ms:.0f}")
         console.print(st)
+        cpu = pipeline.get("cpu_ms_per_item")
+        b_row = find(rows, "b", DENSENET, PIPELINE_CONFIG)
+        ort_cpu = b_row.extra.get("cpu_ms_per_item") if b_row else None
+        if cpu and ort_cpu:
+            spent = cpu["worker"] + cpu["orthanc"]
+            console.print(f"CPU per item (user + system, from /proc): (b) ONNX Runtime "
+                          f"{ort_cpu:.1f} ms; (c) worker {cpu['worker']:.1f} ms + Orthanc "
+                          f"{cpu['orthanc']:.1f} ms = {spent:.1f} ms. On a machine whose "
+                          f"cores are all busy, (c)/(b) can reach at most "
+                          f"{ort_cpu / spent:.2f}x at these costs")
         console.print(f"latency, job created to result stored: p95 "
                       f"{pipeline['queued_latency_p95_ms']:.0f} ms with {pipeline['items']} "
                       f"queued at once; median {pipeline['alone_latency_median_ms']:.0f} ms for "

@@ -45,7 +45,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -69,6 +69,7 @@ from benchmarks.harness import (
     ratio_text,
     tail_text,
     target_text,
+    tree_cpu_s,
     verdict,
     wait_port,
     write_json,
@@ -148,6 +149,13 @@ class Measurement:
     instances: int
     bytes: int
     seconds: float
+    #: CPU seconds per process group during the send ("orthanc", "gateway"), read
+    #: from /proc: what the physics of a CPU-bound machine is about.
+    cpu_s: dict[str, float] = field(default_factory=dict)
+
+    def cpu_ms_per_instance(self, who: str) -> float | None:
+        spent = self.cpu_s.get(who)
+        return None if spent is None else 1000 * spent / self.instances
 
     @property
     def instances_per_s(self) -> float:
@@ -159,6 +167,8 @@ class Measurement:
 
     def as_json(self) -> dict[str, Any]:
         return {**asdict(self), "label": TARGETS[self.target],
+                "cpu_ms_per_instance": {who: round(1000 * v / self.instances, 2)
+                                        for who, v in self.cpu_s.items()},
                 "instances_per_s": round(self.instances_per_s, 2),
                 "mb_per_s": round(self.mb_per_s, 2)}
 
@@ -365,8 +375,10 @@ class Bench:
         if not self.keep:
             shutil.rmtree(path, ignore_errors=True)
 
-    def _measure(self, target: str, senders: int, seconds: float) -> Measurement:
-        return Measurement(target, senders, len(self.files), self.total_bytes, seconds)
+    def _measure(self, target: str, senders: int, seconds: float,
+                 cpu_s: dict[str, float] | None = None) -> Measurement:
+        return Measurement(target, senders, len(self.files), self.total_bytes, seconds,
+                           cpu_s or {})
 
     def _send(self, stack: ExitStack, label: str, senders: int, port: int, called_ae: str,
               work: Path, target: str) -> tuple[Senders, float]:
@@ -389,14 +401,18 @@ class Bench:
             proc = start_storescp(received, port, STORESCP_AE)  # --fork, TCP_NODELAY=1
             stack.callback(stop_process, proc)
             wait_port(port, 30, proc, "storescp")
+            cpu_before = tree_cpu_s(proc.pid)
             _, seconds = self._send(stack, TARGETS["storescp"], senders, port, STORESCP_AE,
                                     work, "storescp")
+            # storescp --fork: each association's child has ended by now; the parent
+            # has collected them (cutime), so the difference still counts them.
+            cpu = {"storescp": tree_cpu_s(proc.pid, children_done=True) - cpu_before}
             written = count_files(received)
             if written != len(self.files):
                 raise BenchError(f"{TARGETS['storescp']}: {written} files written, "
                                  f"expected {len(self.files)}")
         self._done_with(work)
-        return self._measure("storescp", senders, seconds)
+        return self._measure("storescp", senders, seconds, cpu)
 
     def orthanc(self, senders: int) -> Measurement:
         work = self._workdir(f"orthanc-{senders}")
@@ -416,15 +432,18 @@ class Bench:
             before = int(client.statistics()["CountInstances"])
             if before:
                 raise BenchError(f"fresh Orthanc already holds {before} instances")
+            assert proc is not None
+            cpu_before = tree_cpu_s(proc.pid)
             _, seconds = self._send(stack, TARGETS["orthanc"], senders, s.orthanc_dicom_port,
                                     s.orthanc_aet, work, "orthanc")
+            cpu = {"orthanc": tree_cpu_s(proc.pid) - cpu_before}
             stored = int(client.statistics()["CountInstances"])
             if stored != len(self.files):
                 raise BenchError(f"{TARGETS['orthanc']}: Orthanc holds {stored} instances "
                                  f"after the send, expected {len(self.files)}")
             client.delete_modality("benchmark")
         self._done_with(work)
-        return self._measure("orthanc", senders, seconds)
+        return self._measure("orthanc", senders, seconds, cpu)
 
     def gateway(self, senders: int) -> tuple[Measurement, Measurement]:
         work = self._workdir(f"gateway-{senders}")
@@ -462,6 +481,10 @@ class Bench:
             if self.profile_to is not None:
                 spy = gateway_profile.start_recording(gw.pid, self.profile_to)
                 time.sleep(1.0)  # py-spy attaches to every process before the first byte
+            orthanc_proc = center.orthanc_proc
+            assert orthanc_proc is not None
+            cpu_before = {"gateway": tree_cpu_s(gw.pid), "orthanc": tree_cpu_s(orthanc_proc.pid)}
+            cpu: dict[str, float] = {}
             start = run.start()
             deadline = time.monotonic() + self.timeout_s
             stored_at: float | None = None
@@ -480,6 +503,8 @@ class Bench:
                                      f"{tail_text(s.log_dir / 'gateway.log')}")
                 if stored_at is None and stored >= len(self.files):
                     stored_at = now
+                    cpu = {"gateway": tree_cpu_s(gw.pid) - cpu_before["gateway"],
+                           "orthanc": tree_cpu_s(orthanc_proc.pid) - cpu_before["orthanc"]}
                 if stored_at is not None and run.done():
                     break
                 if time.monotonic() > deadline:
@@ -508,7 +533,7 @@ class Bench:
         get_database.cache_clear()
         self._done_with(work)
         return (self._measure("gateway_ack", senders, ack_seconds),
-                self._measure("gateway_stored", senders, stored_seconds))
+                self._measure("gateway_stored", senders, stored_seconds, cpu))
 
 
 def instance_states(db: Database) -> dict[str, int]:
@@ -628,7 +653,9 @@ def median_runs(runs: Sequence[Measurement]) -> list[Measurement]:
     for (target, senders), ms in sorted(grouped.items(),
                                         key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
         seconds = statistics.median(m.seconds for m in ms)
-        out.append(Measurement(target, senders, ms[0].instances, ms[0].bytes, seconds))
+        cpu = {who: statistics.median(m.cpu_s[who] for m in ms if who in m.cpu_s)
+               for who in {k for m in ms for k in m.cpu_s}}
+        out.append(Measurement(target, senders, ms[0].instances, ms[0].bytes, seconds, cpu))
     return out
 
 
@@ -654,6 +681,75 @@ def print_report(console: Console, results: Sequence[Measurement], found: Sequen
         rt.add_row(r.name, str(r.senders), ratio_text(r.value), target_text(r.target),
                    verdict(r.passed))
     console.print(rt)
+
+
+@dataclass(frozen=True)
+class CpuBudget:
+    """The gateway's CPU per instance against Orthanc's, for one sender count.
+
+    On a machine whose cores are all busy, throughput is the cores divided by the CPU
+    every instance costs.  Orthanc direct costs ``orthanc_direct_ms``; through the
+    gateway an instance costs the gateway's ``gateway_ms`` plus Orthanc's
+    ``orthanc_behind_ms``.  ``ceiling`` is the (d)/(b) those figures allow (the
+    senders' own CPU left out), and ``gateway_budget_ms`` what the gateway may spend
+    for (d)/(b) to reach ``target``.
+    """
+
+    senders: int
+    orthanc_direct_ms: float
+    gateway_ms: float
+    orthanc_behind_ms: float
+    target: float
+    #: DCMTK storescp's CPU per instance: what a compiled receiver costs that only
+    #: writes the file (no fsync, no database, no upload).
+    storescp_ms: float | None = None
+
+    @property
+    def ceiling(self) -> float:
+        return self.orthanc_direct_ms / (self.gateway_ms + self.orthanc_behind_ms)
+
+    @property
+    def gateway_budget_ms(self) -> float:
+        return self.orthanc_direct_ms / self.target - self.orthanc_behind_ms
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "ceiling": round(self.ceiling, 3),
+                "gateway_budget_ms": round(self.gateway_budget_ms, 2)}
+
+
+def cpu_budgets(results: Sequence[Measurement]) -> list[CpuBudget]:
+    by_key = {(m.target, m.senders): m for m in results}
+    out = []
+    for (target, n), m in sorted(by_key.items()):
+        direct = by_key.get(("orthanc", n))
+        if target != "gateway_stored" or direct is None:
+            continue
+        gw, behind = m.cpu_ms_per_instance("gateway"), m.cpu_ms_per_instance("orthanc")
+        orthanc = direct.cpu_ms_per_instance("orthanc")
+        if gw is None or behind is None or orthanc is None:
+            continue
+        goal = next((t for tn, _, ts, t in RATIO_TARGETS
+                     if tn == "gateway_stored" and ts in (None, n)), 0.8)
+        scp = by_key.get(("storescp", n))
+        out.append(CpuBudget(n, orthanc, gw, behind, goal,
+                             scp.cpu_ms_per_instance("storescp") if scp else None))
+    return out
+
+
+def print_cpu(console: Console, budgets: Sequence[CpuBudget]) -> None:
+    table = Table(title="CPU per instance (ms, user + system, from /proc; medians)")
+    for col in ("senders", "storescp", "Orthanc direct", "gateway", "Orthanc behind it",
+                "(d)/(b) ceiling", "gateway budget"):
+        table.add_column(col, justify="right")
+    for b in budgets:
+        scp = "" if b.storescp_ms is None else f"{b.storescp_ms:.2f}"
+        table.add_row(str(b.senders), scp, f"{b.orthanc_direct_ms:.2f}", f"{b.gateway_ms:.2f}",
+                      f"{b.orthanc_behind_ms:.2f}", ratio_text(b.ceiling),
+                      f"{b.gateway_budget_ms:.2f} for {b.target:g}x")
+    console.print(table)
+    console.print("ceiling: the (d)/(b) these CPU costs allow on a CPU-bound machine; "
+                  "budget: the gateway's CPU per instance that would reach the target "
+                  "(negative: Orthanc's own extra cost behind the gateway already exceeds it)")
 
 
 def report_profile(console: Console, collapsed: Path, instances: int, senders: int,
@@ -767,6 +863,8 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         medians = median_runs(results)
         found = ratios(medians, args.senders)
         print_report(console, medians, found, bench.total_bytes, results)
+        budgets = cpu_budgets(medians)
+        print_cpu(console, budgets)
         profile = None
         if args.profile:
             profile = report_profile(console, collapsed, len(files), profiled, args.out,
@@ -799,6 +897,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             "results": [m.as_json() for m in medians],
             "runs": [m.as_json() for m in results],
             "ratios": [r.as_json() for r in found],
+            "cpu_budgets": [b.as_json() for b in budgets],
             "gateway_profile": profile,
         }
     except BaseException:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -44,6 +45,7 @@ from pacs_gateway.receipts import record_receipt
 from pacs_gateway.receive_limits import ReceiveLimiter, ReceiveLimits, received_dataset
 from pacs_gateway.spool import Spool, SpoolFull
 from pacs_gateway.tls import TLSAcceptor, transport_refusal
+from pacs_gateway.uploader import Receipt
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +124,15 @@ class GatewaySCP:
     """Owns the pynetdicom AE and the handler bindings."""
 
     def __init__(self, settings: Settings, db: Database, spool: Spool,
-                 committer: GroupCommitter, on_spooled: Any = None) -> None:
+                 committer: GroupCommitter,
+                 on_spooled: Callable[[str, Receipt], None] | None = None) -> None:
         self.settings = settings
         self.db = db
         self.spool = spool
         #: Receipts are committed in groups across concurrent associations.
         self.committer = committer
-        #: Called with the receipt ID after each durable receipt (wakes the uploader).
+        #: Called with the receipt ID and its :class:`Receipt` after each durable
+        #: receipt (hands it to the uploader).
         self.on_spooled = on_spooled
         self._assocs: dict[int, _AssocState] = {}
         self._lock = threading.Lock()
@@ -316,7 +320,7 @@ class GatewaySCP:
             log.exception("gateway.spool_write_failed site=%s", state.site_id)
             return _failure(STATUS_OUT_OF_RESOURCES, f"cannot write spool: {e.strerror}")
         try:
-            self.committer.run(partial(
+            study_id = self.committer.run(partial(
                 record_receipt, receipt_id=receipt_id, site_id=state.site_id, info=info,
                 size=received.size, calling_ae=state.calling_ae, peer_address=state.peer,
                 urgent=getattr(event.request, "Priority", 0) == PRIORITY_HIGH))
@@ -326,7 +330,7 @@ class GatewaySCP:
             raise
         state.stored += 1
         if self.on_spooled is not None:
-            self.on_spooled(receipt_id)
+            self.on_spooled(receipt_id, Receipt(state.site_id, study_id, info.sop_instance_uid))
         return STATUS_SUCCESS
 
     def _on_closed(self, event: evt.Event) -> None:

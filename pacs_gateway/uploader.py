@@ -11,6 +11,8 @@ import logging
 import queue
 import threading
 import time
+from concurrent.futures import Future
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -34,6 +36,21 @@ from pacs_gateway.spool import Spool
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Receipt:
+    """What the uploader needs of a receipt, handed over by the SCP that just wrote it.
+
+    The SCP has these in hand when it acknowledges; reading them back cost the
+    uploader a transaction per instance, and on SQLite every transaction takes the
+    write lock (``core.db._sqlite_begin``), so the read also queued behind the receipts
+    of the senders.  A receipt resumed after a restart has none and is read.
+    """
+
+    site_id: str
+    study_id: int
+    sop_instance_uid: str
+
+
 class Uploader:
     def __init__(self, db: Database, spool: Spool, orthanc: OrthancClient,
                  committer: GroupCommitter, *, workers: int = 4,
@@ -46,6 +63,10 @@ class Uploader:
         self.retry_max_s = retry_max_s
         self._queue: queue.Queue[str] = queue.Queue()
         self._inflight: set[str] = set()
+        #: Receipts handed over by the SCP (see :class:`Receipt`), until uploaded.
+        self._known: dict[str, Receipt] = {}
+        #: Studies whose Orthanc ID is already recorded: the stored mark skips them.
+        self._study_noted: set[int] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -54,8 +75,10 @@ class Uploader:
         self.orthanc_up = True
 
     # Producer side --------------------------------------------------------
-    def submit(self, receipt_id: str) -> None:
+    def submit(self, receipt_id: str, receipt: Receipt | None = None) -> None:
         with self._lock:
+            if receipt is not None:
+                self._known[receipt_id] = receipt
             if receipt_id in self._inflight:
                 return
             self._inflight.add(receipt_id)
@@ -124,10 +147,14 @@ class Uploader:
                     return
             done = self._upload_one(rid)
             if done:
-                with self._lock:
-                    self._inflight.discard(rid)
-            else:
+                self._finished(rid)
+            elif done is not None:
                 self._queue.put(rid)
+
+    def _finished(self, rid: str) -> None:
+        with self._lock:
+            self._inflight.discard(rid)
+            self._known.pop(rid, None)
 
     def _note_down(self, error: Exception) -> None:
         with self._lock:
@@ -146,18 +173,33 @@ class Uploader:
                 self._backoff_s = 0.0
                 self._backoff_until = 0.0
 
-    def _upload_one(self, rid: str) -> bool:
-        """Try once.  True when the receipt reached a final state (stored or failed)."""
+    def _receipt(self, rid: str) -> Receipt | None:
+        """The receipt's fields: as handed over, or read (None: gone or already stored)."""
+        with self._lock:
+            known = self._known.get(rid)
+        if known is not None:
+            return known
         with self.db.session() as s:
             inst = s.get(Instance, rid)
             if inst is None:
                 log.error("uploader.no_receipt receipt=%s", rid)
-                return True
-            site_id, sop_uid, state = inst.site_id, inst.sop_instance_uid, inst.state
-            study_id = inst.study_id
-        if state == InstanceState.STORED:
-            self.spool.remove(rid)
+                return None
+            if inst.state == InstanceState.STORED:
+                self.spool.remove(rid)
+                return None
+            return Receipt(inst.site_id, inst.study_id, inst.sop_instance_uid)
+
+    def _upload_one(self, rid: str) -> bool | None:
+        """Try once.
+
+        True when the receipt reached a final state (stored or failed), False to try
+        again later, None when the stored mark is being committed (:meth:`_stored`
+        finishes the receipt, or queues it again if the commit fails).
+        """
+        receipt = self._receipt(rid)
+        if receipt is None:
             return True
+        site_id, sop_uid, study_id = receipt.site_id, receipt.sop_instance_uid, receipt.study_id
         try:
             # Streamed from the spool file: an instance of any size costs a chunk of memory.
             answer = self.orthanc.upload_instance_file(self.spool.path(rid))
@@ -190,13 +232,34 @@ class Uploader:
             # harmless, a different object under a reused UID needs a human look.
             note = "Orthanc already held an instance with this SOP Instance UID; kept its copy"
             log.warning("uploader.already_stored receipt=%s sop=%s", rid, sop_uid)
-        self.committer.run(partial(mark_stored, receipt_id=rid, orthanc_id=str(answer["ID"]),
-                                   study_id=study_id, orthanc_study=answer.get("ParentStudy"),
-                                   note=note))
-        self.spool.remove(rid)
+        orthanc_study = None if study_id in self._study_noted else answer.get("ParentStudy")
+        # Not waited for: the thread goes on with the next upload while the group
+        # committer gathers this mark with others into one transaction.  The spool
+        # file is deleted only once the mark is committed (:meth:`_stored`).
+        marked = self.committer.submit(partial(
+            mark_stored, receipt_id=rid, orthanc_id=str(answer["ID"]), study_id=study_id,
+            orthanc_study=orthanc_study, note=note))
+        marked.add_done_callback(partial(self._stored, rid, study_id, orthanc_study))
         log.debug("uploader.stored receipt=%s sop=%s orthanc=%s status=%s", rid, sop_uid,
                   answer["ID"], answer.get("Status"))
-        return True
+        return None
+
+    def _stored(self, rid: str, study_id: int, orthanc_study: str | None,
+                marked: Future[bool]) -> None:
+        """Runs in the committer's thread once the stored mark is committed (or not)."""
+        error = marked.exception()
+        if error is not None:
+            # The file stays and the receipt says spooled: upload again (Orthanc answers
+            # AlreadyStored) and mark again.
+            log.error("uploader.mark_failed receipt=%s error=%s", rid, error)
+            self._queue.put(rid)
+            return
+        if orthanc_study:
+            self._study_noted.add(study_id)
+        try:
+            self.spool.remove(rid)
+        finally:
+            self._finished(rid)
 
     def resubmit_spooled(self, older_than: datetime | None = None) -> int:
         """Queue receipts still spooled but not in flight here (a dead listener's)."""

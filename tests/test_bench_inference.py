@@ -36,5 +36,13 @@ def test_inference_benchmark_quick_run(tmp_path: Path) -> None:
     assert len(pipeline["ct_latency_ms"]) == 2 and pipeline["ct_latency_median_ms"] > 0
     assert pipeline["ct_series"]["network_input"] == data["parameters"]["ct_volume"]
     assert "time to a finding, CT alone" in r.stdout
+    # CPU per item, from /proc: the pipeline's worker and Orthanc, and ORT in (b).
+    assert pipeline["cpu_ms_per_item"]["worker"] > 0
+    assert pipeline["cpu_ms_per_item"]["orthanc"] > 0
+    b_row = next(row for row in data["rows"]
+                 if (row["model"], row["section"], row["config"]) == ("densenet121", "b",
+                                                                      "224px b8"))
+    assert b_row["cpu_ms_per_item"] > 0
+    assert "can reach at most" in r.stdout
     assert (out / "inference.png").stat().st_size > 1000
     assert "(b)/(a)" in r.stdout and "(c)/(b)" in r.stdout

@@ -40,6 +40,52 @@ def test_ingest_benchmark_quick_run(tmp_path: Path) -> None:
                        ("gateway_stored", 1): None, ("gateway_stored", 4): 0.8}
     assert "PASS" in r.stdout or "FAIL" in r.stdout
     assert (out / "ingest.png").stat().st_size > 0
+    # CPU per instance, from /proc: Orthanc in (b), the gateway and Orthanc in (d).
+    cpu = {(m["target"], m["senders"]): m["cpu_ms_per_instance"] for m in data["results"]}
+    for n in (1, 4):
+        assert cpu[("orthanc", n)]["orthanc"] > 0
+        assert cpu[("gateway_stored", n)]["gateway"] > 0
+        assert cpu[("gateway_stored", n)]["orthanc"] > 0
+    budgets = {b["senders"]: b for b in data["cpu_budgets"]}
+    assert set(budgets) == {1, 4}
+    b4 = budgets[4]
+    assert abs(b4["ceiling"] - b4["orthanc_direct_ms"]
+               / (b4["gateway_ms"] + b4["orthanc_behind_ms"])) < 1e-3
+    assert "CPU per instance" in r.stdout
+
+
+def test_cpu_budget_arithmetic_and_process_tree_cpu() -> None:
+    import os
+    import time
+
+    from benchmarks.harness import tree_cpu_s
+    from benchmarks.ingest import CpuBudget, Measurement, cpu_budgets
+
+    direct = Measurement("orthanc", 4, 100, 1, 1.0, {"orthanc": 0.4})
+    through = Measurement("gateway_stored", 4, 100, 1, 4.0, {"gateway": 1.6, "orthanc": 0.5})
+    (b,) = cpu_budgets([direct, through])
+    assert (b.orthanc_direct_ms, b.gateway_ms, b.orthanc_behind_ms) == (4.0, 16.0, 5.0)
+    assert abs(b.ceiling - 4.0 / 21.0) < 1e-9
+    assert abs(b.gateway_budget_ms - (4.0 / 0.8 - 5.0)) < 1e-9  # nothing left for it
+    assert CpuBudget(4, 4.0, 0.5, 4.0, 0.8).ceiling > 0.8
+    # This process's CPU grows when it works, and a child's counts for its parent.
+    before = tree_cpu_s(os.getpid())
+    end = time.process_time() + 0.3
+    while time.process_time() < end:
+        pass
+    assert tree_cpu_s(os.getpid()) - before >= 0.2
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import time\nt=time.process_time()+0.5\n"
+                              "while time.process_time()<t: pass\ntime.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 20
+        while tree_cpu_s(child.pid) < 0.4:
+            assert time.monotonic() < deadline, "the child's CPU never showed"
+            time.sleep(0.1)
+        assert tree_cpu_s(os.getpid()) >= tree_cpu_s(child.pid) + before
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_profile_stages_take_the_first_matching_marker() -> None:

@@ -169,3 +169,26 @@ def test_inspect_refuses_truncated_encapsulated_pixel_data(cut: int) -> None:
     with pytest.raises(InvalidDataset) as e:
         inspect_encoded(data[:-cut])
     assert e.value.status in (STATUS_CANNOT_UNDERSTAND, STATUS_MISSING_UID)
+
+
+def test_association_contexts_are_private_copies_equal_to_pynetdicoms() -> None:
+    """The cheap per-association copy negotiates as pynetdicom's deep copy does."""
+    import copy
+
+    from pynetdicom import AE
+    from pynetdicom.presentation import AllStoragePresentationContexts
+
+    from pacs_gateway.connection import copy_contexts
+    from pacs_gateway.scp import preferred_transfer_syntaxes
+
+    ae = AE()
+    for cx in AllStoragePresentationContexts[:20]:
+        assert cx.abstract_syntax is not None
+        ae.add_supported_context(cx.abstract_syntax, preferred_transfer_syntaxes())
+    shared = ae.supported_contexts
+    mine = copy_contexts(shared)
+    assert [c.__dict__ for c in mine] == [c.__dict__ for c in copy.deepcopy(shared)]
+    mine[0].transfer_syntax = ["1.2.840.10008.1.2"]
+    mine[1].scp_role = True
+    assert len(shared[0].transfer_syntax) == len(preferred_transfer_syntaxes())
+    assert shared[1].scp_role is None
