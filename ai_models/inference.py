@@ -391,11 +391,11 @@ def run_inference_job(db: Database, job: Job) -> None:
     except BaseException:
         # Hand claimed jobs back (their messages are still in the broker) before the
         # leader's own failure is recorded.
-        for item in items[1:]:
-            jobs.finish_claimed(db, item.job_id, JobState.QUEUED, "batch interrupted")
+        jobs.finish_claimed_many(db, [(item.job_id, JobState.QUEUED, "batch interrupted")
+                                      for item in items[1:]])
         raise
-    for item in items[1:]:
-        jobs.finish_claimed(db, item.job_id, item.outcome, item.error)
+    jobs.finish_claimed_many(db, [(item.job_id, item.outcome, item.error)
+                                  for item in items[1:]])
     log.info("ai.batch model=%s provider=%s size=%s outcomes=%s", manifest.ref,
              loaded.provider, len(items), [str(i.outcome) for i in items])
     leader = items[0]
