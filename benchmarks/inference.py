@@ -273,12 +273,15 @@ def alternate(fns: dict[str, Callable[[], object]], plan: Plan
                                      cap_s=plan.cap_s * ROUNDS)
 
 
-def cpu_ms_per_item(fn: Callable[[], object], batch: int, calls: int = 5) -> float:
+def cpu_ms_per_item(fn: Callable[[], object], batch: int, calls: int = 10) -> float:
     """This process's CPU (every thread, user + system) per item of ``fn``'s batches.
 
     ONNX Runtime's CPU per item is the pipeline's floor: on a machine whose cores are
-    all busy, (c)/(b) can reach at most (b)'s CPU per item over the pipeline's.
+    all busy, (c)/(b) can reach at most (b)'s CPU per item over the pipeline's.  The
+    process idles first: torch's OpenMP threads spin for a while after (a)'s last
+    call, and that CPU is not (b)'s.
     """
+    time.sleep(0.5)
     before = time.process_time()
     for _ in range(calls):
         fn()
