@@ -170,7 +170,8 @@ def tree_cpu_s(pid: int, *, children_done: bool = False) -> float:
     (cutime, cstime): storescp forks a child per association.
     """
     tick = os.sysconf("SC_CLK_TCK")
-    stats: dict[int, tuple[int, float]] = {}
+    spent_by: dict[int, float] = {}
+    children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -183,11 +184,11 @@ def tree_cpu_s(pid: int, *, children_done: bool = False) -> float:
         spent = int(fields[11]) + int(fields[12])
         if children_done and int(entry) == pid:
             spent += int(fields[13]) + int(fields[14])
-        stats[int(entry)] = (int(fields[1]), spent / tick)
+        spent_by[int(entry)] = spent / tick
+        children.setdefault(int(fields[1]), []).append(int(entry))
     total, todo = 0.0, [pid]
     while todo:
         current = todo.pop()
-        if current in stats:
-            total += stats[current][1]
-        todo.extend(child for child, (parent, _) in stats.items() if parent == current)
+        total += spent_by.get(current, 0.0)
+        todo.extend(children.get(current, ()))
     return total

@@ -867,6 +867,7 @@ def replay_split(settings: Any, client: Any, manifest: Manifest,
     """
     from io import BytesIO
 
+    from ai_models.dicom_outputs import build_sr
     from ai_models.inference import fetch_series
     from ai_models.output_uids import deterministic_uid
     from ai_models.pipelines import get_pipeline
@@ -886,9 +887,9 @@ def replay_split(settings: Any, client: Any, manifest: Manifest,
     warm = fetch_series(client, series_uids[0])
     warm_result = pipeline.postprocess(pipeline.preprocess(warm), np.zeros(
         len(manifest.labels), dtype=np.float32))
-    SRTemplates().build(warm, manifest, warm_result.findings,
-                        series_uid=deterministic_uid("warm-up", "sr-series"),
-                        sop_uid=deterministic_uid("warm-up", "sr"), device=loaded.provider)
+    build_sr(warm, manifest, warm_result.findings,
+             series_uid=deterministic_uid("warm-up", "sr-series"),
+             sop_uid=deterministic_uid("warm-up", "sr"), device=loaded.provider)
 
     def timed(name: str, started: float) -> None:
         spent[name] = spent.get(name, 0.0) + time.perf_counter() - started

@@ -70,10 +70,10 @@ def record_receipt(
     """
     now = datetime.now(UTC)
     conn = session.connection()
-    s = STUDIES.c
+    cols = STUDIES.c
     row = conn.execute(
-        select(s.id, s.state, s.expected_instances, s.priority, s.modalities)
-        .where(s.site_id == site_id, s.study_uid == info.study_uid)
+        select(cols.id, cols.state, cols.expected_instances, cols.priority, cols.modalities)
+        .where(cols.site_id == site_id, cols.study_uid == info.study_uid)
     ).first()
     unchanged = row is not None and row.state != StudyState.COMPLETE and (
         info.expected_study_instances is None
