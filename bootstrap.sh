@@ -28,8 +28,10 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 # Debian packages ---------------------------------------------------------------
 # fonts-wqy-zenhei: Chinese text in report PDFs; poppler-utils: the tests read PDFs back;
 # chromium: the browser tests (driven by Playwright, never a downloaded browser).
+# haproxy: the load balancer of the multi-node deployment (`rdc deploy`), which the
+# multi-node tests start.
 apt_packages=(orthanc orthanc-dicomweb orthanc-wsi orthanc-postgresql dcmtk fonts-wqy-zenhei
-  poppler-utils chromium)
+  poppler-utils chromium haproxy)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -48,6 +50,10 @@ if ((${#missing[@]})); then
   # not use it, so the one this script just installed is stopped and disabled.
   if [[ " ${missing[*]} " == *" orthanc "* ]] && [ -d /run/systemd/system ]; then
     "${sudo_cmd[@]}" systemctl disable --now orthanc || true
+  fi
+  # Likewise Debian's HAProxy service: `rdc deploy` writes the balancer's own config.
+  if [[ " ${missing[*]} " == *" haproxy "* ]] && [ -d /run/systemd/system ]; then
+    "${sudo_cmd[@]}" systemctl disable --now haproxy || true
   fi
 fi
 

@@ -42,7 +42,7 @@ from ai_models.preread import inference_key
 from ai_models.registry import get_model
 from ai_models.runtime import SESSIONS, LoadedModel
 from ai_models.sr_template import SR_TEMPLATES
-from core import audit, jobs
+from core import audit, jobs, metrics
 from core.db import Database
 from core.models import AIFinding, AIResult, Instance, Job, Study
 from core.orthanc_client import OrthancClient, OrthancNotFound, OrthancUnavailable
@@ -243,7 +243,10 @@ class BatchRunner:
             for item in ready:
                 item.outcome, item.error = JobState.FAILED, f"inference: {e}"
             return
-        predict_ms = (time.perf_counter() - started) * 1000 / len(ready)
+        predict_s = time.perf_counter() - started
+        metrics.MODEL_SECONDS.labels(model=self.manifest.name,
+                                     provider=self.loaded.provider).observe(predict_s)
+        predict_ms = predict_s * 1000 / len(ready)
         self.batch_len = len(ready)
         jobs.touch(self.db, [i.job_id for i in ready])
         for item, output in zip(ready, outputs, strict=True):
@@ -386,6 +389,7 @@ def run_inference_job(db: Database, job: Job) -> None:
     pipeline = get_pipeline(manifest)
     followers = _fill_batch(db, job, manifest, settings.ai_batch_wait_ms / 1000)
     items = _load_items(db, job, followers)
+    metrics.JOB_BATCH_SIZE.labels(model=manifest.name).observe(len(items))
     try:
         BatchRunner(db, settings, loaded, pipeline).run(items)
     except BaseException:

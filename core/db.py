@@ -17,7 +17,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import DateTime, Dialect, Engine, create_engine, event
+from sqlalchemy import DateTime, Dialect, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -111,11 +111,36 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+#: The PostgreSQL advisory lock that serialises migrations across processes and nodes.
+MIGRATION_LOCK_KEY = 0x52444321  # "RDC!"
+
+
 def migrate(url: str) -> None:
-    """Bring the schema at ``url`` to the newest revision (idempotent)."""
+    """Bring the schema at ``url`` to the newest revision (idempotent).
+
+    Every process migrates on first use.  On PostgreSQL several nodes may start at
+    once (after a power cut, or ``systemctl start`` on every node): each waits for an
+    advisory lock first, so one migrates and the others find the schema at head,
+    instead of two creating the same table and one crashing.
+    """
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(url), "head")
+        command.upgrade(alembic_config(url), "head")
+        return
+    if not url.startswith(("postgresql://", "postgresql+")):
+        command.upgrade(alembic_config(url), "head")
+        return
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            try:
+                command.upgrade(alembic_config(url), "head")
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
+                conn.commit()
+    finally:
+        engine.dispose()
 
 
 class Database:

@@ -7,6 +7,7 @@ the job by ID, moves it through its state machine and calls the handler.
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,9 +19,10 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core import audit
+from core import audit, metrics
 from core import queue as job_queue
 from core.db import Database, after_commit
+from core.log_context import log_context
 from core.models import Job
 from core.states import JobState, check_transition
 
@@ -195,12 +197,20 @@ def execute(db: Database, job_id: int, max_attempts: int = 5,
         job.updated_at = datetime.now(UTC)
         job.attempts += 1
         kind = job.kind
-    if kind in _DB_HANDLERS:
-        return _execute_self_managed(db, job_id, kind, max_attempts)
+        created_at, study_id = job.created_at, job.study_id
+    with log_context(job_id=job_id, study_id=study_id):
+        if kind in _DB_HANDLERS:
+            return _execute_self_managed(db, job_id, kind, max_attempts, created_at)
+        return _execute_in_session(db, job_id, kind, max_attempts, created_at)
+
+
+def _execute_in_session(db: Database, job_id: int, kind: str, max_attempts: int,
+                        created_at: datetime | None) -> str:
     fn = _HANDLERS.get(kind)
     with db.session() as s:
         job = s.get(Job, job_id)
         assert job is not None
+        started = time.monotonic()
         try:
             if fn is None:
                 raise LookupError(f"no handler registered for job kind {kind!r}: is its domain "
@@ -210,9 +220,24 @@ def execute(db: Database, job_id: int, max_attempts: int = 5,
             error = None
         except Exception as e:
             error = e
+        run_s = time.monotonic() - started
         outcome = _record(s, job, kind, error, max_attempts)
+    _observe(kind, outcome, created_at, run_s)
     log.info("job.done job_id=%s kind=%s state=%s", job_id, kind, outcome)
     return str(outcome)
+
+
+def _observe(kind: str, outcome: str, created_at: datetime | None,
+             run_s: float | None = None) -> None:
+    """Count a job's recorded outcome in the worker's metrics (core/metrics.py)."""
+    metrics.JOBS.labels(kind=kind, outcome=outcome).inc()
+    if outcome in (JobState.FAILED, JobState.DEAD):
+        metrics.JOB_FAILURES.labels(kind=kind).inc()
+    if run_s is not None:
+        metrics.JOB_RUN_SECONDS.labels(kind=kind).observe(run_s)
+    latency = metrics.seconds_since(created_at)
+    if outcome != JobState.QUEUED and latency is not None:  # QUEUED: not finished yet
+        metrics.JOB_LATENCY_SECONDS.labels(kind=kind).observe(latency)
 
 
 def _record(s: Session, job: Job, kind: str, error: Exception | None,
@@ -242,16 +267,19 @@ def _record(s: Session, job: Job, kind: str, error: Exception | None,
     return outcome
 
 
-def _execute_self_managed(db: Database, job_id: int, kind: str, max_attempts: int) -> str:
+def _execute_self_managed(db: Database, job_id: int, kind: str, max_attempts: int,
+                          created_at: datetime | None = None) -> str:
     with db.session() as s:
         job = s.get(Job, job_id)
         assert job is not None
         s.expunge(job)
+    started = time.monotonic()
     try:
         _DB_HANDLERS[kind](db, job)
         error: Exception | None = None
     except Exception as e:
         error = e
+    run_s = time.monotonic() - started
     with db.session() as s:
         current = s.get(Job, job_id, with_for_update=True)
         assert current is not None
@@ -259,6 +287,7 @@ def _execute_self_managed(db: Database, job_id: int, kind: str, max_attempts: in
             log.info("job.already_finished job_id=%s state=%s", job_id, current.state)
             return str(current.state)
         outcome = _record(s, current, kind, error, max_attempts)
+    _observe(kind, outcome, created_at, run_s)
     log.info("job.done job_id=%s kind=%s state=%s", job_id, kind, outcome)
     return str(outcome)
 
@@ -304,16 +333,20 @@ def finish_claimed_many(db: Database,
     """
     if not outcomes:
         return
+    finished: list[tuple[str, JobState, datetime | None]] = []
     with db.session() as s:
         for job_id, outcome, error in outcomes:
             job = s.get(Job, job_id, with_for_update=True)
             if job is None or job.state != JobState.RUNNING:
                 continue
             _move(job, outcome)
+            finished.append((job.kind, outcome, job.created_at))
             job.error = error
             audit.append(s, actor="worker", action=f"job.{outcome}", object_type="job",
                          object_id=str(job_id), detail={"kind": job.kind, "error": error,
                                                         "batched": True})
+    for kind, outcome, created_at in finished:
+        _observe(kind, outcome, created_at)
 
 
 def touch(db: Database, job_ids: list[int]) -> None:
@@ -344,6 +377,7 @@ def requeue_stale(session: Session, older_than_s: float) -> list[int]:
     ids: list[int] = []
     for job in stale_jobs(session, older_than_s):
         log.warning("job.requeue_stale job_id=%s kind=%s", job.id, job.kind)
+        metrics.JOBS_REQUEUED_STALE.labels(kind=job.kind).inc()
         enqueue_after_commit(session, job)
         ids.append(job.id)
     return ids

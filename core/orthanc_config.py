@@ -34,7 +34,7 @@ POSTGRES_INDEX_PLUGIN = "libOrthancPostgreSQLIndex.so"
 
 def build_config(settings: Settings) -> dict[str, Any]:
     user, password = settings.orthanc_credentials()
-    storage = settings.orthanc_dir / "storage"
+    storage = settings.orthanc_storage_dir or settings.orthanc_dir / "storage"
     plugins = [str(settings.orthanc_plugins_dir / p) for p in PLUGINS]
     cfg: dict[str, Any] = {
         "Name": f"{settings.center_name} archive",
@@ -47,7 +47,7 @@ def build_config(settings: Settings) -> dict[str, Any]:
         "Plugins": plugins,
         "HttpServerEnabled": True,
         "HttpPort": settings.orthanc_http_port,
-        "RemoteAccessAllowed": False,
+        "RemoteAccessAllowed": settings.orthanc_remote_access,
         "AuthenticationEnabled": True,
         "RegisteredUsers": {user: password},
         "HttpDescribeErrors": True,
@@ -113,6 +113,8 @@ def write_config(settings: Settings) -> Path:
     settings.ensure_dirs()
     for sub in ("storage", "index", "tmp"):
         (settings.orthanc_dir / sub).mkdir(parents=True, exist_ok=True)
+    if settings.orthanc_storage_dir is not None:
+        settings.orthanc_storage_dir.mkdir(parents=True, exist_ok=True)
     path = settings.orthanc_dir / "orthanc.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(build_config(settings), indent=2))

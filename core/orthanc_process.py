@@ -59,7 +59,11 @@ def start_orthanc(settings: Settings, wait_s: float = 60.0) -> subprocess.Popen[
 def wait_healthy(settings: Settings, proc: subprocess.Popen[bytes] | None, wait_s: float,
                  logfile: Path | None = None) -> None:
     deadline = time.monotonic() + wait_s
-    with OrthancClient.from_settings(settings, retries=0, timeout=2.0) as client:
+    # This node's own Orthanc, not ``orthanc_endpoint`` (a balancer would answer
+    # for another instance while this one is still starting).
+    user, password = settings.orthanc_credentials()
+    own = f"http://127.0.0.1:{settings.orthanc_http_port}"
+    with OrthancClient(own, user, password, retries=0, timeout=2.0) as client:
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
                 tail = _tail(logfile) if logfile else ""

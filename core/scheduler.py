@@ -40,7 +40,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
-from core import audit, jobs
+from core import audit, jobs, metrics
 from core.db import Database, get_database
 from core.settings import Settings
 
@@ -217,6 +217,11 @@ def _audit(db: Database, action: str, name: str, detail: dict[str, Any]) -> None
         log.exception("scheduler.audit_failed action=%s task=%s", action, name)
 
 
+def _count_run(name: str, outcome: str, started: float) -> None:
+    metrics.SCHEDULER_RUNS.labels(task=name, outcome=outcome).inc()
+    metrics.SCHEDULER_RUN_SECONDS.labels(task=name).observe(time.monotonic() - started)
+
+
 def run_task(db: Database, settings: Settings, task: PeriodicTask) -> object:
     """One run of ``task`` in its own transaction (raises what the task raised)."""
     with db.session() as s:
@@ -246,15 +251,18 @@ def run_scheduler(settings: Settings, stop: threading.Event, *,
             for task in tasks:
                 if stop.is_set() or time.monotonic() < next_run[task.name]:
                     continue
+                started = time.monotonic()
                 try:
                     run_task(db, settings, task)
                 except Exception as e:
+                    _count_run(task.name, "failed", started)
                     log.exception("scheduler.task_failed task=%s", task.name)
                     if task.name not in failing:
                         failing.add(task.name)
                         _audit(db, "scheduler.task_failed", task.name,
                                {"error": f"{type(e).__name__}: {e}"[:2000]})
                 else:
+                    _count_run(task.name, "ok", started)
                     if task.name in failing:
                         failing.discard(task.name)
                         log.info("scheduler.task_recovered task=%s", task.name)

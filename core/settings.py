@@ -11,11 +11,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,6 +25,8 @@ from pydantic_settings import (
 )
 
 DEFAULT_HOME = Path("~/.rdc")
+#: Each role's offset from the metrics base port (``Settings.metrics_port``).
+METRICS_ROLE_OFFSETS = {"gateway": 0, "worker": 1, "web": 2, "scheduler": 3}
 
 
 def _config_file() -> Path | None:
@@ -47,6 +50,14 @@ class Settings(BaseSettings):
     home: Path = DEFAULT_HOME
 
     center_name: str = "Regional Diagnostic Center"
+    #: The center's secrets directory; unset: ``$RDC_HOME/secrets``.  A center of
+    #: several nodes has one CA, one TOTP key and one operator token, so every node
+    #: points here at the same directory (a volume only the center's user can read).
+    secrets_path: Path | None = None
+    #: This node's name in a multi-node center (``rdc deploy``); unset: the host name.
+    #: It names the gateway's spool (pacs_gateway/spool_owner.py), the worker and the
+    #: metrics, so two nodes on one machine need names of their own.
+    node_name: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9._-]*$")
     gateway_ae: str = Field(default="RDC_CENTER", min_length=1, max_length=16)
     gateway_host: str = "0.0.0.0"
     gateway_port: int = Field(default=11112, ge=1, le=65535)
@@ -82,6 +93,11 @@ class Settings(BaseSettings):
     #: Refusals (capacity, garbage, timeouts, unknown AE or address) are audited per
     #: peer address and window: the first ``burst`` of each kind individually, the
     #: rest counted and written as one summary row per peer when the window ends.
+    #: TCP load balancers in front of the gateway (addresses or networks, comma
+    #: separated).  Their connections must begin with a PROXY protocol v2 header
+    #: (HAProxy's ``send-proxy-v2``) naming the site's own address, which deny-by-default
+    #: then checks; anyone else's header is refused as garbage.  Empty: none.
+    gateway_proxy_protocol_from: str = ""
     gateway_refusal_audit_window_s: float = Field(default=60.0, gt=0)
     gateway_refusal_audit_burst: int = Field(default=5, ge=1, le=1000)
     web_host: str = "127.0.0.1"
@@ -97,6 +113,14 @@ class Settings(BaseSettings):
     #: view is audited once per process.  One by default: a second gained nothing
     #: measurable on 2 cores (benchmarks/RESULTS.md).
     web_workers: int = Field(default=1, ge=0, le=64)
+    #: Prometheus metrics (core/metrics.py): each role serves its own on ``metrics_host``
+    #: at this base port plus the role's offset (:data:`METRICS_ROLE_OFFSETS`: gateway +0,
+    #: worker +1, web +2, scheduler +3).  Unset: 9410 in production and off in development
+    #: (so that test centers side by side never fight over fixed ports); 0 turns them off.
+    #: The address must be one Prometheus reaches, and what it serves is unauthenticated
+    #: (counts and latencies only, never patient data).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=None, ge=0, le=65535 - 3)
 
     orthanc_binary: str = "Orthanc"
     orthanc_plugins_dir: Path = Path("/usr/share/orthanc/plugins")
@@ -110,6 +134,18 @@ class Settings(BaseSettings):
     orthanc_timeout_s: float = 30.0
     #: PostgreSQL URL for a shared Orthanc index (several Orthanc instances).
     orthanc_index_url: str = ""
+    #: Where Orthanc keeps the DICOM files; unset: ``$RDC_HOME/orthanc/storage``.  With
+    #: several Orthanc instances on one index, all of them must see one storage (a
+    #: shared volume at this path).
+    orthanc_storage_dir: Path | None = None
+    #: The URL this node's clients (uploader, worker, web app) use for Orthanc's REST
+    #: API; unset: this node's own Orthanc on loopback.  In a multi-node center: the
+    #: balancer in front of the Orthanc instances, which fails over between them.
+    orthanc_endpoint: str = ""
+    #: Let Orthanc answer HTTP from other hosts (a balancer on another node); its
+    #: password is required either way.  Orthanc cannot bind to one address, so its
+    #: ports must then be firewalled to the center's own nodes.
+    orthanc_remote_access: bool = False
 
     database_url: str = ""
     broker_url: str = ""
@@ -271,16 +307,17 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
         return tuple(sources)
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "gateway_proxy_protocol_from")
     @classmethod
-    def _check_proxies(cls, value: str) -> str:
+    def _check_proxies(cls, value: str, info: ValidationInfo) -> str:
         for entry in (e.strip() for e in value.split(",")):
             if not entry:
                 continue
             try:
                 ipaddress.ip_network(entry, strict=False)
             except ValueError:
-                raise ValueError(f"RDC_TRUSTED_PROXIES: {entry!r} is not an IP address or "
+                name = f"RDC_{(info.field_name or '').upper()}"
+                raise ValueError(f"{name}: {entry!r} is not an IP address or "
                                  "network (e.g. 127.0.0.1, 10.0.0.0/8, ::1)") from None
         return value
 
@@ -332,7 +369,9 @@ class Settings(BaseSettings):
 
     @property
     def secrets_dir(self) -> Path:
-        return self.home / "secrets"
+        """The center's secrets (its CA, the TOTP key, the operator token): one set per
+        center, so several nodes must all read the same (``secrets_path``)."""
+        return self.secrets_path or self.home / "secrets"
 
     @property
     def audit_dir(self) -> Path:
@@ -352,11 +391,26 @@ class Settings(BaseSettings):
         return [e.strip() for e in self.trusted_proxies.split(",") if e.strip()]
 
     @property
+    def gateway_balancer_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """``gateway_proxy_protocol_from`` as networks."""
+        return [ipaddress.ip_network(e.strip(), strict=False)
+                for e in self.gateway_proxy_protocol_from.split(",") if e.strip()]
+
+    @property
     def gateway_tls_listen_port(self) -> int | None:
         """The TLS port the gateway listens on, or None when TLS is off."""
         if self.gateway_tls_port is None:
             return 2762 if self.environment == "production" else None
         return self.gateway_tls_port or None
+
+    def metrics_port_for(self, role: str) -> int | None:
+        """The port ``role`` (a key of :data:`METRICS_ROLE_OFFSETS`) serves its metrics on,
+        or None when metrics are off; see ``metrics_port``."""
+        offset = METRICS_ROLE_OFFSETS[role]
+        base = self.metrics_port
+        if base is None:
+            base = 9410 if self.environment == "production" else 0
+        return base + offset if base else None
 
     @property
     def commitment_listen_port(self) -> int | None:
@@ -378,7 +432,14 @@ class Settings(BaseSettings):
 
     @property
     def orthanc_url(self) -> str:
+        if self.orthanc_endpoint:
+            return self.orthanc_endpoint.rstrip("/")
         return f"http://127.0.0.1:{self.orthanc_http_port}"
+
+    @property
+    def node(self) -> str:
+        """This node's name: ``node_name``, else the host name."""
+        return self.node_name or socket.gethostname()
 
     def routing_rules_path(self) -> Path:
         if self.routing_rules is not None:

@@ -30,9 +30,10 @@ from typing import Any
 
 from sqlalchemy import func, or_, update
 
-from core import audit, jobs
+from core import audit, jobs, metrics
 from core.db import Database
 from core.errors import RDCError
+from core.log_context import log_context
 from core.models import Delivery, Job, OutboundMessage, ReportVersion, Site
 from core.orthanc_client import OrthancClient, OrthancError
 from core.settings import get_settings
@@ -101,10 +102,11 @@ def run_delivery_job(db: Database, job: Job) -> None:
     """
     policy = retry_policy()  # a configuration error fails the job before anything is claimed
     attempt = _claim(db, job)
-    log.info("delivery.attempt delivery_id=%s attempt=%s channel=%s site=%s",
-             attempt.delivery_id, attempt.number, attempt.channel, attempt.site_id)
-    outcome = _perform(attempt, policy)
-    _record(db, attempt, outcome, policy)
+    with log_context(site_id=attempt.site_id):
+        log.info("delivery.attempt delivery_id=%s attempt=%s channel=%s site=%s",
+                 attempt.delivery_id, attempt.number, attempt.channel, attempt.site_id)
+        outcome = _perform(attempt, policy)
+        _record(db, attempt, outcome, policy)
     refused_commitment = outcome.commitment is not None and not outcome.commitment[0]
     if outcome.error is not None or refused_commitment:
         why = outcome.error or (outcome.commitment[1] if outcome.commitment else "")
@@ -262,6 +264,7 @@ def _record(db: Database, attempt: _Attempt, outcome: _Outcome, policy: RetryPol
                          object_id=str(delivery.id), detail=detail)
             log.warning("delivery.attempt_superseded delivery_id=%s attempt=%s",
                         delivery.id, attempt.number)
+            _count(attempt, "superseded")
             return
         if outcome.error is None:
             move(delivery, DeliveryState.SENT)
@@ -287,6 +290,7 @@ def _record(db: Database, attempt: _Attempt, outcome: _Outcome, policy: RetryPol
             if outcome.commitment is not None:
                 apply_commitment(s, delivery, *outcome.commitment, actor="worker",
                                   policy=policy)
+            _count(attempt, "sent")
             return
         created = delivery.created_at or now
         delivery.last_error = outcome.error
@@ -302,6 +306,8 @@ def _record(db: Database, attempt: _Attempt, outcome: _Outcome, policy: RetryPol
                              "max_age_s": policy.max_age_s})
             log.error("delivery.dead delivery_id=%s attempts=%s error=%s", delivery.id,
                       delivery.attempts, outcome.error)
+            _count(attempt, "dead")
+            metrics.DELIVERY_DEAD_LETTERED.labels(channel=attempt.channel).inc()
             return
         move(delivery, DeliveryState.FAILED)
         delivery.next_attempt_at = now + policy.backoff(delivery.attempts)
@@ -312,3 +318,9 @@ def _record(db: Database, attempt: _Attempt, outcome: _Outcome, policy: RetryPol
         log.warning("delivery.failed delivery_id=%s attempt=%s next_attempt_at=%s error=%s",
                     delivery.id, attempt.number, delivery.next_attempt_at.isoformat(),
                     outcome.error)
+    _count(attempt, "failed")
+
+
+def _count(attempt: _Attempt, outcome: str) -> None:
+    metrics.DELIVERY_ATTEMPTS.labels(channel=attempt.channel, outcome=outcome,
+                                     site=attempt.site_id).inc()

@@ -301,6 +301,24 @@ def _dicomweb_seeds() -> Iterator[tuple[str, bytes]]:
         yield f"{name}.txt", path.encode()
 
 
+# ------------------------------------------------------------------- PROXY protocol
+
+def _proxy_seeds() -> Iterator[tuple[str, bytes]]:
+    from pacs_gateway import proxy_protocol as pp
+
+    v4 = pp.build("10.1.2.3", 40000, "10.0.0.10", 104)
+    yield "v4.bin", v4 + b"\x01\x00"
+    yield "v6.bin", pp.build("2001:db8::7", 40001, "2001:db8::1", 104)
+    yield "v4-mapped.bin", pp.build("::ffff:10.1.2.3", 40002, "::ffff:10.0.0.10", 104)
+    yield "local.bin", pp.build_local()
+    # HAProxy's TLVs after the addresses (a unique ID, then NOOP padding).
+    tlv = b"\x05\x00\x04abcd" + b"\x04\x00\x02\x00\x00"
+    body = v4[16:] + tlv
+    yield "v4-tlvs.bin", v4[:14] + len(body).to_bytes(2, "big") + body
+    yield "v1-text.bin", b"PROXY TCP4 10.1.2.3 10.0.0.10 40000 104\r\n"
+    yield "dicom-associate.bin", b"\x01\x00\x00\x00\x00\xcd\x00\x01"
+
+
 # ------------------------------------------------------------------------- reports
 
 def _report_seeds() -> Iterator[tuple[str, bytes]]:
@@ -356,7 +374,8 @@ def main() -> None:
         help="folder with the PhysioNet records s0010_re and 100")
     args = parser.parse_args()
     for target in ("inspect_encoded", "gateway_stream", "ecg_dicom", "ecg_aecg",
-                   "ecg_wfdb_zip", "ecg_wfdb_record", "dicomweb_path", "report_verify"):
+                   "ecg_wfdb_zip", "ecg_wfdb_record", "dicomweb_path", "report_verify",
+                   "proxy_header"):
         _clear(target)
     for name, data in _dicom_seeds():
         _write("inspect_encoded", name, data)
@@ -368,6 +387,8 @@ def main() -> None:
         _write("dicomweb_path", name, data)
     for name, data in _report_seeds():
         _write("report_verify", name, data)
+    for name, data in _proxy_seeds():
+        _write("proxy_header", name, data)
     for folder in sorted(CORPUS_DIR.iterdir()):
         files = list(folder.iterdir())
         size = sum(p.stat().st_size for p in files)

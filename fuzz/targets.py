@@ -19,6 +19,7 @@ TARGETS: dict[str, str] = {
     "ecg_wfdb_record": "fuzz.harnesses.ecg_wfdb_record",
     "dicomweb_path": "fuzz.harnesses.dicomweb_path",
     "report_verify": "fuzz.harnesses.report_verify",
+    "proxy_header": "fuzz.harnesses.proxy_header",
 }
 
 

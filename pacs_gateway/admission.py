@@ -214,10 +214,16 @@ class FrontDoor:
     reported to the refusal audit."""
 
     def __init__(self, admission: Admission, auditor: RefusalAuditor,
-                 timeouts: Timeouts) -> None:
+                 timeouts: Timeouts, balancers: Iterable[IPNetwork] = ()) -> None:
         self.admission = admission
         self.auditor = auditor
         self.timeouts = timeouts
+        #: Load balancers whose connections begin with a PROXY protocol v2 header.
+        self.balancers = tuple(balancers)
+        # Connections of a balancer whose header is still being read: as many as the
+        # site slots behind it (a stalled balancer cannot hold more threads than that).
+        self._header_slots = threading.BoundedSemaphore(
+            max(1, admission.limits.total)) if self.balancers else None
         #: Set while the gateway stops: connections it cuts itself are no refusals.
         self.stopping = False
         self._started = False
@@ -231,7 +237,8 @@ class FrontDoor:
                    RefusalAuditor(db, settings.gateway_refusal_audit_window_s,
                                   settings.gateway_refusal_audit_burst),
                    Timeouts(associate_s=settings.gateway_associate_timeout_s,
-                            idle_s=settings.gateway_idle_timeout_s))
+                            idle_s=settings.gateway_idle_timeout_s),
+                   balancers=settings.gateway_balancer_networks)
 
     def start(self) -> None:
         if not self._started:
@@ -256,6 +263,32 @@ class FrontDoor:
                                     "registered_address": result.registered})
         return None
 
+    # Load balancers (PROXY protocol) ----------------------------------------------
+    def from_balancer(self, peer: str) -> bool:
+        if not self.balancers:
+            return False
+        addr = normalise_address(peer)
+        return addr is not None and any(
+            addr.version == net.version and addr in net for net in self.balancers)
+
+    def admit_balancer(self, peer: str) -> Ticket | None:
+        slots = self._header_slots
+        if slots is not None and slots.acquire(blocking=False):
+            return _HeaderSlot(slots)
+        reason = "local limit exceeded: every slot for a balancer's PROXY header in use"
+        self.auditor.refuse(peer, category="connection", kind="capacity",
+                            action="connection.refuse", object_id=peer,
+                            detail={"peer": peer, "kind": "capacity", "reason": reason,
+                                    "registered_address": False})
+        return None
+
+    def proxy_refused(self, peer: str, reason: str) -> None:
+        if self.stopping:
+            return
+        self.auditor.refuse(peer, category="connection", kind="proxy-header",
+                            action="connection.refuse", object_id=peer,
+                            detail={"peer": peer, "kind": "proxy-header", "reason": reason})
+
     def closed(self, record: ConnectionRecord) -> None:
         if self.stopping:
             return
@@ -268,3 +301,16 @@ class FrontDoor:
                             detail={"peer": record.peer, "kind": kind, "reason": reason,
                                     "bytes_received": record.bytes_received,
                                     "held_s": record.held_s})
+
+
+class _HeaderSlot(Ticket):
+    """A balancer connection's slot while its PROXY header is read."""
+
+    def __init__(self, slots: threading.BoundedSemaphore) -> None:
+        self._slots = slots
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._slots.release()

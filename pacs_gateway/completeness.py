@@ -45,9 +45,15 @@ def complete_ready_studies(session: Session, default_window_s: float,
     """Refresh the counts of open studies and complete those that are ready."""
     now = now or datetime.now(UTC)
     open_states = [StudyState.RECEIVED, StudyState.REOPENED]
+    # Several gateway nodes each run this monitor.  FOR UPDATE OF the studies SKIP
+    # LOCKED (PostgreSQL): a study another monitor is deciding, or whose receipt is
+    # being recorded right now (FOR SHARE in record_receipt), is left for the next
+    # round, so a study is never completed twice and never before a receipt that
+    # committed meanwhile is counted.
     rows = session.execute(
         select(Study, Site.inactivity_s).join(Site, Site.id == Study.site_id)
         .where(Study.state.in_(open_states))
+        .with_for_update(skip_locked=True, of=Study)
     ).all()
     counts = _receipt_counts(session, [study.id for study, _ in rows])
     done: list[int] = []

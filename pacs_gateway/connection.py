@@ -65,6 +65,8 @@ from pynetdicom.transport import (
     ThreadedAssociationServer,
 )
 
+from pacs_gateway import proxy_protocol
+
 log = logging.getLogger(__name__)
 
 #: Largest A-ASSOCIATE-RQ read before the peer is known: a request proposing all 128
@@ -132,6 +134,19 @@ class ConnectionGate(Protocol):
     def admit(self, peer: str) -> Ticket | None: ...
 
     def closed(self, record: ConnectionRecord) -> None: ...
+
+    def from_balancer(self, peer: str) -> bool:
+        """Whether ``peer`` is a load balancer whose connections start with a PROXY
+        protocol header (pacs_gateway/proxy_protocol.py)."""
+        ...
+
+    def admit_balancer(self, peer: str) -> Ticket | None:
+        """A slot for reading one balancer connection's header (a pool of its own)."""
+        ...
+
+    def proxy_refused(self, peer: str, reason: str) -> None:
+        """A balancer connection's header was missing or malformed."""
+        ...
 
 
 # Transport ---------------------------------------------------------------------------
@@ -615,7 +630,11 @@ class GatewayServer(ThreadedAssociationServer):
         super().server_bind()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        ticket = self.gate.admit(str(client_address[0]))
+        peer = str(client_address[0])
+        # A load balancer's connection speaks for a site named only in its PROXY
+        # header: it gets a slot of the header pool now and the site's slot once read.
+        ticket = (self.gate.admit_balancer(peer) if self.gate.from_balancer(peer)
+                  else self.gate.admit(peer))
         if ticket is None:
             return False  # socketserver closes it: no thread, no read, no handshake
         self._handoff.ticket = ticket  # the acceptor thread's: taken by process_request
@@ -635,6 +654,11 @@ class GatewayServer(ThreadedAssociationServer):
             raise
 
     def _connection(self, request: Any, client_address: Any, ticket: Ticket) -> None:
+        if self.gate.from_balancer(str(client_address[0])):
+            proxied = self._read_proxy_header(request, client_address, ticket)
+            if proxied is None:
+                return
+            client_address, ticket = proxied
         peer = str(client_address[0])
         record = ConnectionRecord(peer, time.monotonic(), self.gate.timeouts.associate_s)
         handoff = self._handoff
@@ -650,6 +674,32 @@ class GatewayServer(ThreadedAssociationServer):
                 # or failed while starting: report only what this layer saw.
                 if reached or record.bytes_received or record.garbage:
                     self.gate.closed(record)
+
+    def _read_proxy_header(self, request: Any, client_address: Any, ticket: Ticket,
+                           ) -> tuple[tuple[str, int], Ticket] | None:
+        """The site's address from the balancer's PROXY header, and its slot; None when
+        the connection ended here (closed, refused and audited)."""
+        balancer = str(client_address[0])
+        try:
+            header = proxy_protocol.read_header(cast(socket.socket, request),
+                                                self.gate.timeouts.associate_s)
+        except proxy_protocol.ProxyHeaderError as exc:
+            log.info("gateway.proxy_header_refused balancer=%s %s", balancer, exc)
+            if not exc.empty:
+                self.gate.proxy_refused(balancer, str(exc))
+            self.shutdown_request(request)
+            return None
+        finally:
+            ticket.release()
+        if header.address is None or header.port is None:
+            # LOCAL: the balancer's own health check, which ends here.
+            self.shutdown_request(request)
+            return None
+        site_ticket = self.gate.admit(header.address)
+        if site_ticket is None:
+            self.shutdown_request(request)
+            return None
+        return (header.address, header.port), site_ticket
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         record = self._handoff.record

@@ -71,9 +71,18 @@ def record_receipt(
     now = datetime.now(UTC)
     conn = session.connection()
     cols = STUDIES.c
+    # FOR KEY SHARE (PostgreSQL; SQLite has one writer anyway): the completeness
+    # monitor locks a study FOR UPDATE, which conflicts with it, before it counts the
+    # study's receipts; so it skips the study while this receipt is uncommitted, or
+    # it completed the study before this read (and this reopens it).  Without the
+    # lock, a monitor on another gateway node could complete the study between this
+    # read and the insert, and the late instance would never be routed.  KEY SHARE,
+    # not SHARE: two receipts that both go on to update the study (a new modality,
+    # a reopening) then queue on the row instead of deadlocking.
     row = conn.execute(
         select(cols.id, cols.state, cols.expected_instances, cols.priority, cols.modalities)
         .where(cols.site_id == site_id, cols.study_uid == info.study_uid)
+        .with_for_update(read=True, key_share=True)
     ).first()
     unchanged = row is not None and row.state != StudyState.COMPLETE and (
         info.expected_study_instances is None

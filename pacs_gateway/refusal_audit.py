@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from core import audit
+from core import audit, metrics
 from core.db import Database
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ class RefusalAuditor:
                detail: dict[str, Any], calling_ae: str | None = None) -> None:
         """Count one refusal; queue its own row if the peer's window has room for it."""
         assert category in CATEGORIES, category
+        metrics.GATEWAY_REFUSALS.labels(category=category, kind=kind).inc()
         now = time.monotonic()
         with self._cond:
             self.refusals += 1

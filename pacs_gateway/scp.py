@@ -29,10 +29,11 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from core import audit
+from core import audit, metrics
 from core.db import Database
 from core.dicom_admission import admit, send_reject
 from core.group_commit import GroupCommitter
+from core.log_context import log_context
 from core.settings import Settings
 from pacs_gateway.admission import FrontDoor
 from pacs_gateway.connection import GatewayAssociation, GatewayServer
@@ -251,7 +252,9 @@ class GatewaySCP:
         if decision.site_id is not None:
             with self._lock:
                 self._assocs[id(assoc)] = _AssocState(decision.site_id, calling, peer)
+            metrics.GATEWAY_ASSOCIATIONS.labels(site=decision.site_id, outcome="accepted").inc()
             return
+        metrics.GATEWAY_ASSOCIATIONS.labels(site="unknown", outcome="rejected").inc()
         assert decision.reject is not None
         log.warning("gateway.association_rejected reason=%r calling=%s called=%s peer=%s",
                     decision.reason, calling, called, peer)
@@ -282,12 +285,18 @@ class GatewaySCP:
         state = self._assocs.get(id(event.assoc))
         if state is None:  # cannot happen: unknown senders never get an association
             return _failure(STATUS_PROCESSING_FAILURE, "association not authorised")
-        try:
-            return self._store(event, state)
-        except Exception as e:  # safety net: a defined failure and a log line
-            log.exception("gateway.store_crashed site=%s", state.site_id)
-            state.refused += 1
-            return _failure(STATUS_PROCESSING_FAILURE, f"internal error: {type(e).__name__}")
+        with log_context(site_id=state.site_id):
+            try:
+                answer = self._store(event, state)
+            except Exception as e:  # safety net: a defined failure and a log line
+                log.exception("gateway.store_crashed site=%s", state.site_id)
+                state.refused += 1
+                answer = _failure(STATUS_PROCESSING_FAILURE,
+                                  f"internal error: {type(e).__name__}")
+        status = answer if isinstance(answer, int) else int(answer.Status)
+        metrics.GATEWAY_CSTORE.labels(site=state.site_id,
+                                      status=metrics.dicom_status(status)).inc()
+        return answer
 
     def _store(self, event: evt.Event, state: _AssocState) -> int | Dataset:
         # A file in the spool's tmp/, written as it arrived; inspected from disk and

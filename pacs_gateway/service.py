@@ -21,6 +21,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
+from core import metrics
 from core.audit_background import AuditBackground
 from core.db import Database, get_database
 from core.errors import ConfigurationError
@@ -31,6 +32,7 @@ from core.settings import Settings
 from pacs_gateway.completeness import complete_ready_studies
 from pacs_gateway.scp import GatewaySCP, port_is_free
 from pacs_gateway.spool import Spool
+from pacs_gateway.spool_owner import SpoolClaim, claim_spool
 from pacs_gateway.tls import TLSAcceptor, aggregated_refusals
 from pacs_gateway.uploader import Uploader
 
@@ -59,12 +61,20 @@ class Gateway:
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
         self._listeners: list[subprocess.Popen[bytes]] = []
+        #: The primary's lock on its spool (pacs_gateway/spool_owner.py).
+        self._claim: SpoolClaim | None = None
         #: Signed audit checkpoints and the ATNA export: primary only (one per center).
         self.audit_background = AuditBackground(settings, self.db) if primary else None
+        #: The gateway role's metrics exporter: the primary's, when metrics are on.
+        self.exporter: metrics.Exporter | None = None
 
     def start(self) -> None:
         processes = self.settings.gateway_process_count
         if self.primary:
+            # First: the listeners it starts inherit the metrics directory.
+            self.exporter = metrics.serve_role("gateway", self.settings, collectors=[
+                metrics.SpoolCollector(self.spool.depth)])
+            self._claim = claim_spool(self.settings.spool_dir, self.settings.node)
             if not port_is_free(self.settings.gateway_host, self.settings.gateway_port):
                 raise ConfigurationError(
                     f"port {self.settings.gateway_port} is already in use (another gateway?)")
@@ -116,6 +126,12 @@ class Gateway:
             self.audit_background.stop()
         self.committer.stop()
         self.orthanc.close()
+        if self.exporter is not None:
+            self.exporter.stop()
+            self.exporter = None
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
 
     def wait(self) -> None:
         while not self._stop.wait(1.0):
@@ -129,6 +145,7 @@ class Gateway:
         for i, proc in enumerate(self._listeners):
             if proc.poll() is not None and not self._stop.is_set():
                 log.error("gateway.listener_died code=%s; restarting", proc.returncode)
+                metrics.process_exited(proc.pid)
                 self._listeners[i] = self._spawn_listener()
 
     def _monitor_loop(self) -> None:

@@ -160,6 +160,22 @@ class Spool:
                 continue
         return [rid for _, rid in sorted(entries)]
 
+    def depth(self) -> tuple[int, float | None]:
+        """(whole files waiting for upload, modification time of the oldest or None), for
+        the metrics; one directory scan, no sorting."""
+        count, oldest = 0, None
+        with os.scandir(self.ready) as entries:
+            for entry in entries:
+                if not entry.name.endswith(".dcm"):
+                    continue
+                try:
+                    mtime = entry.stat().st_mtime
+                except FileNotFoundError:  # uploaded meanwhile
+                    continue
+                count += 1
+                oldest = mtime if oldest is None else min(oldest, mtime)
+        return count, oldest
+
     def drop_partial(self) -> int:
         """Remove half-written files left by a crash; none was ever acknowledged."""
         n = 0

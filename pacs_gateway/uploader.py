@@ -19,8 +19,10 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from core import metrics
 from core.db import Database
 from core.group_commit import GroupCommitter
+from core.log_context import log_context
 from core.models import Instance
 from core.orthanc_client import (
     SOURCE_SITE_METADATA,
@@ -199,17 +201,26 @@ class Uploader:
         receipt = self._receipt(rid)
         if receipt is None:
             return True
+        with log_context(site_id=receipt.site_id, study_id=receipt.study_id):
+            return self._send(rid, receipt)
+
+    def _send(self, rid: str, receipt: Receipt) -> bool | None:
+        """The upload of :meth:`_upload_one`, once the receipt is known."""
         site_id, sop_uid, study_id = receipt.site_id, receipt.sop_instance_uid, receipt.study_id
         try:
+            path = self.spool.path(rid)
+            spooled_at = path.stat().st_mtime  # written as it arrived: the receipt's time
             # Streamed from the spool file: an instance of any size costs a chunk of memory.
-            answer = self.orthanc.upload_instance_file(self.spool.path(rid))
+            answer = self.orthanc.upload_instance_file(path)
             self.orthanc.set_metadata("instances", answer["ID"], SOURCE_SITE_METADATA, site_id)
         except FileNotFoundError:
             # Gone (a no-op for a receipt that another process stored meanwhile).
+            metrics.GATEWAY_UPLOADS.labels(outcome="missing").inc()
             with self.db.session() as s:
                 mark_attempt_failed(s, rid, "spool file missing", final=True)
             return True
         except OrthancRejected as e:
+            metrics.GATEWAY_UPLOADS.labels(outcome="rejected").inc()
             log.error("uploader.rejected receipt=%s sop=%s error=%s", rid, sop_uid, e)
             self.committer.run(partial(mark_attempt_failed, receipt_id=rid,
                                        error=f"Orthanc refused the instance: {e}", final=True))
@@ -218,6 +229,7 @@ class Uploader:
             self.spool.path(rid).replace(failed_dir / f"{rid}.dcm")
             return True
         except (OrthancUnavailable, OrthancError) as e:
+            metrics.GATEWAY_UPLOADS.labels(outcome="retry").inc()
             self._note_down(e)
             try:
                 self.committer.run(partial(mark_attempt_failed, receipt_id=rid, error=str(e),
@@ -225,6 +237,9 @@ class Uploader:
             except Exception:
                 log.exception("uploader.note_failed receipt=%s", rid)
             return False
+        metrics.GATEWAY_UPLOADS.labels(outcome="stored").inc()
+        metrics.GATEWAY_UPLOAD_SECONDS.labels(site=site_id).observe(
+            max(0.0, time.time() - spooled_at))
         self._note_up()
         note = None
         if answer.get("Status") == "AlreadyStored":

@@ -17,12 +17,14 @@ from rich.table import Table
 
 from core.db import get_database
 from core.errors import RDCError
+from core.heartbeat import Heartbeat
 from core.settings import Settings, get_settings
 from rdc.audit_cli import audit_app
 from rdc.backup_cli import backup as backup_command
 from rdc.backup_cli import restore as restore_command
 from rdc.console import console, err, fail
 from rdc.console import load_settings as _settings
+from rdc.deploy_cli import deploy_app
 from rdc.lab_cli import lab_app
 from rdc.models_cli import models_app
 from rdc.pathology_cli import pathology_app
@@ -43,19 +45,20 @@ app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(users_app, name="users")
 app.add_typer(pathology_app, name="pathology")
 app.add_typer(lab_app, name="lab")
+app.add_typer(deploy_app, name="deploy")
 app.command("backup")(backup_command)
 app.command("restore")(restore_command)
 
 
 
 def setup_logging(settings: Settings, name: str, level: str = "INFO") -> None:
+    """Log to stderr and ``$RDC_HOME/logs/NAME.log``: JSON lines in the file, and on
+    stderr unless it is a terminal (core/log_format.py)."""
+    from core.log_format import log_handlers
+
     settings.ensure_dirs()
-    fmt = "%(asctime)s %(levelname)s %(name)s " + f"proc={name} " + "%(message)s"
-    handlers: list[logging.Handler] = [
-        logging.StreamHandler(sys.stderr),
-        logging.FileHandler(settings.log_dir / f"{name}.log"),
-    ]
-    logging.basicConfig(level=level, format=fmt, handlers=handlers, force=True)
+    handlers = log_handlers(name, settings.log_dir / f"{name}.log", sys.stderr)
+    logging.basicConfig(level=level, handlers=handlers, force=True)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
@@ -64,6 +67,13 @@ def setup_logging(settings: Settings, name: str, level: str = "INFO") -> None:
 
 def _on_term(*_: Any) -> None:
     raise KeyboardInterrupt
+
+
+def _heartbeat(settings: Settings, role: str, **detail: Any) -> Heartbeat:
+    """This role's row in ``node_heartbeats`` (core/heartbeat.py), for ``rdc status`` on
+    every node; ``stop()`` it on the way out."""
+    return Heartbeat(get_database(settings.database_url), settings.node, role,
+                     {k: v for k, v in detail.items() if v is not None}).start()
 
 
 def _stop_within(stop: Callable[[], None], log_file: Path, deadline_s: float = 20.0) -> None:
@@ -103,12 +113,16 @@ def orthanc() -> None:
         raise fail(e) from e
     console.print(f"orthanc: HTTP http://127.0.0.1:{s.orthanc_http_port} (loopback, "
                   f"authenticated), DICOM AE {s.orthanc_aet} port {s.orthanc_dicom_port}")
+    beat = _heartbeat(s, "orthanc", http_port=s.orthanc_http_port,
+                      dicom_port=s.orthanc_dicom_port)
     try:
         code = proc.wait()
         err.print(f"[red]Orthanc exited with code {code}[/red]; see {s.log_dir / 'orthanc.log'}")
         raise typer.Exit(1)
     except KeyboardInterrupt:
         stop_process(proc)
+    finally:
+        beat.stop()
 
 
 @app.command()
@@ -132,16 +146,21 @@ def gateway(
         gw.stop()
         err.print(f"[red]error:[/red] cannot listen on port {s.gateway_port}: {e.strerror}")
         raise typer.Exit(1) from e
+    beat = None
     if not listener:
         tls_port = s.gateway_tls_listen_port
         console.print(f"gateway: DICOM AE {s.gateway_ae} on {s.gateway_host}:{s.gateway_port} "
                       f"({s.gateway_process_count} processes)"
                       + (f", mutual TLS on port {tls_port}" if tls_port else ""))
+        beat = _heartbeat(s, "gateway", port=s.gateway_port, tls_port=tls_port,
+                          processes=s.gateway_process_count)
     try:
         gw.wait()
     except KeyboardInterrupt:
         pass
     finally:
+        if beat is not None:
+            beat.stop()
         _stop_within(gw.stop, s.log_dir / ("gateway-listener.log" if listener
                                            else "gateway.log"))
 
@@ -173,21 +192,31 @@ def worker(
         os.environ["RDC_AI_THREADS"] = str(max(1, cpu_threads() // concurrency))
         get_settings.cache_clear()
 
+    from core.metrics import serve_role, worker_collectors
+
+    # Before the pool forks: its processes write to the role's metrics directory.
+    serve_role("worker", s, collectors=worker_collectors(s))
     console.print(f"worker: queues {queues} on {s.public_summary()['broker_url']}")
-    celery_app.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "--loglevel=INFO",
-                            "-n", f"rdc-{s.gateway_port}@%h", "--without-gossip",
-                            "--without-mingle"])
+    beat = _heartbeat(s, "worker", queues=queues, concurrency=concurrency)
+    try:
+        celery_app.worker_main(["worker", "-Q", queues, "-c", str(concurrency),
+                                "--loglevel=INFO", "-n", f"rdc-{s.gateway_port}@%h",
+                                "--without-gossip", "--without-mingle"])
+    finally:
+        beat.stop()
 
 
 @app.command()
 def scheduler() -> None:
     """Run the center's periodic tasks (stale-job recovery, due delivery retries) in the
     foreground.  One runs per center: a second one waits in standby (core/scheduler.py)."""
+    from core.metrics import serve_role
     from core.scheduler import periodic_tasks, run_scheduler
     from rdc.domains import load_domains
 
     s = _settings()
     setup_logging(s, "scheduler")
+    serve_role("scheduler", s)
     load_domains()  # every listed domain declares its periodic tasks (rdc/domains.py)
     stop = threading.Event()
 
@@ -198,7 +227,11 @@ def scheduler() -> None:
     signal.signal(signal.SIGINT, on_term)
     names = ", ".join(t.name for t in periodic_tasks())
     console.print(f"scheduler: {names}")
-    run_scheduler(s, stop)
+    beat = _heartbeat(s, "scheduler")
+    try:
+        run_scheduler(s, stop)
+    finally:
+        beat.stop()
 
 
 @app.command()
@@ -240,7 +273,11 @@ def web() -> None:
     token = _ensure_api_token(s)  # before the workers start: they all read this one
     console.print(f"web: http://{s.web_host}:{s.web_port}, {web_workers(s)} worker(s) "
                   f"(API docs at /docs for admins; operator token in {token})")
-    serve(s)  # rdc/web_server.py: each worker loads the domains and logs on its own
+    beat = _heartbeat(s, "web", port=s.web_port, workers=web_workers(s))
+    try:
+        serve(s)  # rdc/web_server.py: each worker loads the domains and logs on its own
+    finally:
+        beat.stop()
 
 
 @app.command()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from rich.console import Console
 from rich.table import Table
 
-from core.db import get_database
+from core.db import Database, get_database
+from core.heartbeat import node_states
 from core.orthanc_client import OrthancClient
 from core.settings import Settings
 from core.stats import failed_instances, job_counts, site_status, spool_counts
@@ -16,6 +19,7 @@ def print_status(settings: Settings, console: Console) -> None:
     # First, and from a file: it still answers when the database does not.
     print_processes(settings, console)
     db = get_database(settings.database_url)
+    print_nodes(db, console)
     with db.session() as s:
         rows = site_status(s)
         jobs = job_counts(s)
@@ -53,3 +57,21 @@ def print_status(settings: Settings, console: Console) -> None:
                           f"{st.get('TotalDiskSizeMB')} MB")
         else:
             console.print(f"[yellow]Orthanc: not reachable at {settings.orthanc_url}[/yellow]")
+
+
+def print_nodes(db: Database, console: Console) -> None:
+    """Every role of every node that reported to the center's database (core/heartbeat.py):
+    on a multi-node center, the one place that shows all of them."""
+    states = node_states(db)
+    if not states:
+        return
+    now = datetime.now(UTC)
+    table = Table("node", "role", "host", "pid", "state", "since", "detail", title="Nodes")
+    colour = {"up": "green", "stopped": "yellow", "silent": "red"}
+    for n in states:
+        ago = int((now - n.since).total_seconds())
+        since = f"{n.since:%Y-%m-%d %H:%M:%S} ({ago} s ago)"
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(n.detail.items()))
+        table.add_row(n.node, n.role, n.host, str(n.pid),
+                      f"[{colour[n.state]}]{n.state}[/{colour[n.state]}]", since, detail)
+    console.print(table)

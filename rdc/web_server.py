@@ -15,7 +15,12 @@ Why each:
   worker learns on its own.
 * **No access log**: uvicorn's line per request cost a measurable share of a tile; the
   center audits what matters (views, signatures, deliveries) in its own audit log, and
-  errors still go to the log.
+  errors still go to the log.  Request counts and latencies are metrics instead
+  (``rdc_http_request_duration_seconds``, :mod:`viewer.request_metrics`), which every
+  worker writes to the web role's metrics directory and ``rdc web`` serves on the
+  role's metrics port (core/metrics.py).
+* **uvicorn's own lines go through the center's logging** (no ``log_config`` of its
+  own): JSON lines like every other line of the role (core/log_format.py).
 
 Each worker is a fresh process, so :func:`create_worker_app` does per process what
 ``rdc web`` did once before uvicorn started: logging and the domains' registrations.
@@ -57,7 +62,10 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from core.db import migrate
+    from core.metrics import serve_role
 
+    # Before the workers start: they inherit the role's metrics directory.
+    serve_role("web", settings)
     workers = web_workers(settings)
     if workers > 1:
         # The schema is brought to head here, once, before the worker processes start:
@@ -69,4 +77,5 @@ def serve(settings: Settings) -> None:
     # uvicorn's own handling would believe any X-Forwarded-For from 127.0.0.1.
     uvicorn.run("rdc.web_server:create_worker_app", factory=True, host=settings.web_host,
                 port=settings.web_port, workers=workers, http="httptools",
-                loop="uvloop", access_log=False, log_level="info", proxy_headers=False)
+                loop="uvloop", access_log=False, log_level="info", proxy_headers=False,
+                log_config=None)

@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fuzz.runner import run_target
-from fuzz.targets import TARGETS, corpus
+from fuzz.targets import TARGETS, corpus, harness
 from viewer.dicomweb_paths import BadPath, Resource, Target, parse
 
 SECONDS = int(os.environ.get("RDC_FUZZ_SECONDS", "30"))
@@ -48,8 +48,10 @@ def test_fuzz_target_bounded_run_finds_nothing(target: str, tmp_path: Path) -> N
     assert run.executions >= max(MIN_EXECUTIONS, 2 * len(seeds)), (
         f"{target}: only {run.executions} executions in {run.seconds:.0f} s\n"
         f"{run.output_tail}")
-    # Coverage guidance worked: the instrumented parser reported its branches.
-    assert run.coverage > 50, f"{target}: coverage {run.coverage}\n{run.output_tail}"
+    # Coverage guidance worked: the instrumented parser reported its branches (a small
+    # parser, such as the PROXY header's, says how many it has in MIN_COVERAGE).
+    minimum = getattr(harness(target), "MIN_COVERAGE", 50)
+    assert run.coverage > minimum, f"{target}: coverage {run.coverage}\n{run.output_tail}"
 
 
 # --------------------------------------------------------------- DICOMweb grammar

@@ -288,6 +288,7 @@ _FIXED_FILES = {
     "orthanc/index/index", "orthanc/index/index-wal", "orthanc/index/index-shm",
     "orthanc/index/index-journal",
     "audit/checkpoints.jsonl", "audit/checkpoints.lock", "audit/atna.cursor", "audit/atna.lock",
+    "spool/NODE", "spool/LOCK",
 }
 #: Folders whose files have names the center chose (keys and certificates).
 _FIXED_DIRS = {"secrets", "secrets/ca", "secrets/tls", "secrets/tls-ca", "run"}

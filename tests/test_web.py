@@ -37,9 +37,19 @@ def client(center: Center, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClie
     get_settings.cache_clear()
 
 
-def test_health_is_open_but_says_nothing(client: TestClient) -> None:
+def test_health_is_open_and_says_only_what_the_web_role_depends_on(
+        client: TestClient) -> None:
     r = client.get("/healthz")
-    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    body = r.json()
+    assert r.status_code == 200 and body["status"] == "ok" and body["role"] == "web"
+    deps = body["dependencies"]
+    assert set(deps) == {"database", "broker", "orthanc"}
+    assert deps["database"]["status"] == "ok" and deps["broker"]["status"] == "ok"
+    # No Orthanc runs here: still 200 (liveness), not ready, and no error message (the
+    # probe is public; the message is in the log).
+    assert deps["orthanc"]["status"] == "down" and deps["orthanc"]["error"]
+    assert body["ready"] is False
+    assert set(deps["orthanc"]) == {"status", "latency_ms", "error"}
 
 
 def test_api_requires_the_operator_token(client: TestClient) -> None:

@@ -6,11 +6,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from core.errors import RDCError
+from core.health import web_dependencies
 from core.settings import get_settings
 from viewer.api import auth, dicomweb, ecg, front_door, lab, ops, pathology, reports, worklist
 from viewer.deployment import check_production, trust_proxy_headers
 from viewer.frontend_routes import DEFAULT_STATIC_DIR, mount_docs, mount_frontend
 from viewer.headers import PatientDataHeaders
+from viewer.request_metrics import RequestMetrics
 
 
 def create_app() -> FastAPI:
@@ -22,6 +24,8 @@ def create_app() -> FastAPI:
                   description="Regional imaging and diagnostic center API.",
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(PatientDataHeaders)
+    app.add_middleware(RequestMetrics)  # outside the headers: it times them too
+    app.state.health = web_dependencies(settings)  # what /healthz reports
     trust_proxy_headers(app, settings)  # added last: it runs first, so all see the client
 
     @app.exception_handler(RDCError)

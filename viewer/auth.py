@@ -26,6 +26,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from core import metrics
 from core.db import get_database
 from core.settings import Settings, get_settings
 from viewer.accounts import ROLES, user_site_ids
@@ -127,6 +128,7 @@ def _check_bearer(creds: HTTPAuthorizationCredentials) -> UserContext:
     # Constant-time comparison: the token must not leak a character at a time.
     if not hmac.compare_digest(creds.credentials.encode(),
                                api_token(get_settings()).encode()):
+        metrics.SIGNIN_FAILURES.labels(reason="invalid_token").inc()
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid token", headers=_CHALLENGE)
     return _operator_context()
 

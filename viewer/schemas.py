@@ -22,8 +22,23 @@ from reports.templates import get_template
 # Operations ------------------------------------------------------------------------
 
 
+class DependencyOut(BaseModel):
+    """One dependency's state (:class:`core.health.DependencyStatus`)."""
+
+    status: Literal["ok", "down", "timeout"]
+    latency_ms: float | None = None
+    #: The exception's type when down; details are in the web app's log.
+    error: str | None = None
+
+
 class HealthOut(BaseModel):
+    """``status`` is ``ok`` while the process answers (liveness); ``ready`` says whether
+    every dependency answered too."""
+
     status: str
+    role: str = "web"
+    ready: bool = True
+    dependencies: dict[str, DependencyOut] = Field(default_factory=dict)
 
 
 class SiteCountsOut(BaseModel):
@@ -173,6 +188,8 @@ class WorklistOut(BaseModel):
     page: int
     page_size: int
     items: list[WorkItemOut]
+    #: The next page's ``cursor`` (keyset paging); None on the last page.
+    next_cursor: str | None = None
 
 
 class SiteOut(BaseModel):

@@ -29,6 +29,7 @@ from core.models.lab import (
     LabShipment,
     LabSpecimen,
 )
+from core.models.node import NodeHeartbeat
 from core.models.pathology import (
     PathologyCase,
     PathologyConsult,
@@ -62,6 +63,7 @@ __all__ = [
     "LabShipment",
     "LabSpecimen",
     "LoginThrottle",
+    "NodeHeartbeat",
     "OutboundMessage",
     "PathologyCase",
     "PathologyConsult",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -11,13 +11,20 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
+    event,
+    exists,
+    inspect,
+    update,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, UOWTransaction, mapped_column
+from sqlalchemy.orm.attributes import set_committed_value
 
 from core.db import UTCDateTime
 from core.models.base import Base, utcnow
+from core.models.study import Study
 
 
 class ReaderKey(Base):
@@ -98,3 +105,47 @@ class ReportVersion(Base):
     pdf_series_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
     hl7_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     fhir_report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+# studies.report_signed -----------------------------------------------------------------------
+#: Report states that take a study off the open worklist (core.states.ReportState).
+SIGNED_STATES = ("final", "amended")
+_MIRRORED = ("state", "study_id", "subject_type")
+
+
+@event.listens_for(Session, "after_flush")
+def _mirror_report_signed(session: Session, _flush: UOWTransaction) -> None:
+    """Set ``studies.report_signed`` of the studies whose report this flush created,
+    changed (state, study or subject) or deleted: whether the study has a ``study``
+    report in a signed state now, in the same transaction.
+
+    Every report write of the center goes through the ORM (signing, drafts, addenda,
+    the tests), so the flag cannot lag behind; a write that bypasses it (SQL by hand,
+    a Core ``insert(Report)``) must set the flag itself.  A Study already loaded in the
+    session gets the new value without a reload.
+    """
+    study_ids: set[int] = set()
+    for obj in (*session.new, *session.dirty, *session.deleted):
+        if not isinstance(obj, Report):
+            continue
+        attrs = inspect(obj).attrs
+        if obj not in session.new and obj not in session.deleted and not any(
+                attrs[name].history.has_changes() for name in _MIRRORED):
+            continue  # a draft's text or timestamps: the signed state did not move
+        history = attrs["study_id"].history
+        study_ids.update(v for v in (*history.added, *history.unchanged, *history.deleted)
+                         if v is not None)
+    if not study_ids:
+        return
+    studies = cast(Table, Study.__table__)
+    signed = exists().where(Report.study_id == studies.c.id, Report.subject_type == "study",
+                            Report.state.in_(SIGNED_STATES))
+    flipped = session.connection().execute(
+        update(studies).where(studies.c.id.in_(sorted(study_ids)),
+                              studies.c.report_signed != signed)
+        .values(report_signed=signed).returning(studies.c.id, studies.c.report_signed))
+    for study_id, value in flipped:
+        loaded = session.identity_map.get(session.identity_key(Study, study_id))
+        if loaded is not None and "report_signed" in loaded.__dict__:
+            set_committed_value(loaded, "report_signed", bool(value))
+

@@ -8,14 +8,21 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    ColumnElement,
     ForeignKey,
     Index,
     Integer,
     String,
     Text,
     UniqueConstraint,
+    bindparam,
+    false,
+    func,
+    literal_column,
+    not_,
 )
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.elements import Grouping
 
 from core.db import UTCDateTime
 from core.models.base import Base, utcnow
@@ -68,6 +75,59 @@ class Study(Base):
     first_received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: The study's report is signed (final or amended): it has left the open worklist.
+    #: A mirror of ``reports.state`` kept by :mod:`core.models.report` on every flush
+    #: that changes a study report's state, so that the open worklist is a partial index
+    #: of the studies table instead of an anti-join with every report of the year.
+    report_signed: Mapped[bool] = mapped_column(Boolean, default=False,
+                                                server_default=false())
+
+
+# The reading worklist's order (viewer.worklist) and its indexes -----------------------------
+#: Priority from which a study is STAT (C-STORE priority HIGH, pacs_gateway.receipts).
+WORKLIST_STAT_PRIORITY = 9
+#: Study states on the reading worklist.
+WORKLIST_STATES = ("complete", "reopened")
+
+
+def worklist_ready() -> ColumnElement[bool]:
+    """``state IN ('complete', 'reopened')`` with the states written into the SQL (not
+    bound), so that even a generic (prepared) plan matches the partial indexes below."""
+    return Study.state.in_(bindparam("worklist_states", list(WORKLIST_STATES),
+                                     expanding=True, literal_execute=True))
+
+
+def worklist_order() -> tuple[ColumnElement[bool], ColumnElement[bool],
+                              ColumnElement[datetime], ColumnElement[int]]:
+    """The worklist's sort key, ascending: not STAT, not AI-critical (false sorts first),
+    the due time (completion, else first receipt, when a study has none), the id.
+
+    These are the expressions the ``ix_studies_worklist_*`` indexes are built on, with
+    constants inline: PostgreSQL and SQLite use an expression index only for a query
+    that spells the same expression.  Every part is NOT NULL, so the key is a total
+    order and a row comparison with the last row of a page (keyset paging) is exact.
+    """
+    not_stat: ColumnElement[bool] = Grouping(
+        Study.priority < literal_column(str(WORKLIST_STAT_PRIORITY), Integer))
+    not_critical: ColumnElement[bool] = Grouping(not_(Study.ai_critical))
+    due: ColumnElement[datetime] = func.coalesce(Study.due_at, Study.completed_at,
+                                                 Study.first_received_at)
+    return not_stat, not_critical, due, Study.id.expression
+
+
+def _worklist_index(name: str, *, by_site: bool, open_only: bool) -> Index:
+    where = worklist_ready() if not open_only else worklist_ready() & not_(Study.report_signed)
+    columns = (Study.site_id.expression, *worklist_order()) if by_site else worklist_order()
+    return Index(name, *columns, postgresql_where=where, sqlite_where=where)
+
+
+# The whole year's list (status=all) and the open list, for every site and for one site:
+# the first page is the index's first entries and a keyset page starts where the cursor
+# points, whatever the depth; the open ones hold only unsigned studies (a few thousand).
+_worklist_index("ix_studies_worklist_all", by_site=False, open_only=False)
+_worklist_index("ix_studies_worklist_all_site", by_site=True, open_only=False)
+_worklist_index("ix_studies_worklist_open", by_site=False, open_only=True)
+_worklist_index("ix_studies_worklist_open_site", by_site=True, open_only=True)
 
 
 class Instance(Base):

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
-from core import audit
+from core import audit, metrics
 from core.errors import RDCError
 from viewer import accounts
 from viewer.auth import (
@@ -74,6 +74,7 @@ def login(body: LoginIn, request: Request, response: Response, s: SessionDep,
                                      body.totp, client)
     except accounts.AuthenticationFailed as e:
         # authenticate committed the failure count and its audit record already.
+        metrics.SIGNIN_FAILURES.labels(reason=_signin_failure_reason(e)).inc()
         raise HTTPException(e.http_status, str(e)) from None
     if previous:
         # A fresh token at every sign-in (no session fixation); the old one ends.
@@ -86,6 +87,18 @@ def login(body: LoginIn, request: Request, response: Response, s: SessionDep,
     set_session_cookie(response, token, settings)
     response.headers.update(_NO_STORE)
     return LoginOut(user=me, csrf_token=csrf)
+
+
+def _signin_failure_reason(e: accounts.AuthenticationFailed) -> str:
+    """The metrics' reason for a refused sign-in; a wrong password, code or username are
+    one reason there as they are one message to the caller."""
+    if isinstance(e, accounts.AccountLocked):
+        return "locked"
+    if isinstance(e, accounts.AccountDisabled):
+        return "disabled"
+    if isinstance(e, accounts.CodeReplayed):
+        return "replayed_code"
+    return "bad_credentials"
 
 
 @router.post("/auth/logout", status_code=status.HTTP_204_NO_CONTENT,

@@ -36,18 +36,25 @@ from viewer.schemas import (
 router = APIRouter(tags=["worklist"])
 
 
-@router.get("/api/worklist", response_model=WorklistOut)
-def get_worklist(s: SessionDep, user: Reader, site: str | None = None,
+@router.get("/api/worklist", response_model=WorklistOut,
+            responses={400: {"description": "a malformed, altered or foreign cursor"}})
+def get_worklist(s: SessionDep, user: Reader, settings: SettingsDep, site: str | None = None,
                  modality: str | None = None, status: str = "open", mine: bool = False,
                  page: Annotated[int, Query(ge=1)] = 1,
-                 page_size: Annotated[int, Query(ge=1, le=200)] = 50) -> object:
+                 page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+                 cursor: str | None = None) -> object:
     """The prioritised worklist, one page: STAT, AI-critical, then time left.
-    ``status`` is one of open (not signed), all, unread, claimed, reported, signed."""
-    total, items = worklist.query_worklist(s, user, site=site, modality=modality,
-                                           status=status, mine=mine, page=page,
-                                           page_size=page_size)
-    return {"total": total, "page": page, "page_size": page_size,
-            "items": [i.as_dict() for i in items]}
+    ``status`` is one of open (not signed), all, unread, claimed, reported, signed.
+
+    Paging: ``page`` (offset), or ``cursor``: the ``next_cursor`` of the previous answer
+    with the same filters, for the rows after it (keyset: as fast at any depth; ``page``
+    is then only echoed).  A cursor that was altered or made for other filters is 400."""
+    result = worklist.worklist_page(s, user, site=site, modality=modality, status=status,
+                                    mine=mine, page=page, page_size=page_size,
+                                    cursor=cursor or None,
+                                    secret=worklist.cursor_secret(settings))
+    return {"total": result.total, "page": page, "page_size": page_size,
+            "items": [i.as_dict() for i in result.items], "next_cursor": result.next_cursor}
 
 
 @router.get("/api/sites", response_model=SitesOut)
