@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from core.db import Database
+from core.db import Database, get_database
 from core.models import NodeHeartbeat
 
 log = logging.getLogger(__name__)
@@ -56,16 +56,15 @@ def beat(db: Database, node: str, role: str, *, detail: dict[str, Any] | None = 
 class Heartbeat:
     """The beating thread of one role (``start()`` at start-up, ``stop()`` at the end)."""
 
-    def __init__(self, db: Database, node: str, role: str, detail: dict[str, Any],
+    def __init__(self, database_url: str, node: str, role: str, detail: dict[str, Any],
                  interval_s: float = INTERVAL_S) -> None:
-        self.db, self.node, self.role, self.detail = db, node, role, detail
+        self.database_url, self.node, self.role, self.detail = database_url, node, role, detail
         self.interval_s = interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = datetime.now(UTC)
 
     def start(self) -> Heartbeat:
-        self._beat(first=True)
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{self.role}",
                                         daemon=True)
         self._thread.start()
@@ -73,13 +72,18 @@ class Heartbeat:
 
     def _beat(self, *, first: bool = False, stopped: bool = False) -> None:
         try:
-            beat(self.db, self.node, self.role, detail=self.detail,
+            # Opened here, not at start-up: a role starts while the database is down
+            # (and migrates it on first use), and beats once it is back.
+            db = get_database(self.database_url)
+            beat(db, self.node, self.role, detail=self.detail,
                  started=self._started if first else None, stopped=stopped)
         except Exception:
             log.warning("heartbeat.failed node=%s role=%s", self.node, self.role,
                         exc_info=True)
 
     def _run(self) -> None:
+        # The first beat too: a database that is down must not hold up the role's start.
+        self._beat(first=True)
         while not self._stop.wait(self.interval_s):
             self._beat()
 

@@ -72,7 +72,7 @@ def _on_term(*_: Any) -> None:
 def _heartbeat(settings: Settings, role: str, **detail: Any) -> Heartbeat:
     """This role's row in ``node_heartbeats`` (core/heartbeat.py), for ``rdc status`` on
     every node; ``stop()`` it on the way out."""
-    return Heartbeat(get_database(settings.database_url), settings.node, role,
+    return Heartbeat(settings.database_url, settings.node, role,
                      {k: v for k, v in detail.items() if v is not None}).start()
 
 
@@ -274,8 +274,13 @@ def web() -> None:
     console.print(f"web: http://{s.web_host}:{s.web_port}, {web_workers(s)} worker(s) "
                   f"(API docs at /docs for admins; operator token in {token})")
     beat = _heartbeat(s, "web", port=s.web_port, workers=web_workers(s))
+    # Uvicorn stops on SIGTERM and then raises the signal again for the handler that was
+    # there before it: this one, so that the heartbeat still says "stopped".
+    signal.signal(signal.SIGTERM, _on_term)
     try:
         serve(s)  # rdc/web_server.py: each worker loads the domains and logs on its own
+    except KeyboardInterrupt:
+        pass
     finally:
         beat.stop()
 

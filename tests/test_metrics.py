@@ -347,7 +347,12 @@ def test_the_scheduler_counts_its_runs_and_requeued_jobs(env_center: Center) -> 
 
         def counted() -> Samples | None:
             samples = scrape(f"http://127.0.0.1:{port}/metrics")
-            done = value(samples, "rdc_jobs_requeued_stale_total", kind="route") >= 1
+            # The run's own count comes when the run ends, after the jobs it re-queued.
+            done = value(samples, "rdc_jobs_requeued_stale_total", kind="route") >= 1 and \
+                value(samples, "rdc_scheduler_runs_total", task="jobs.recover_stale",
+                      outcome="ok") >= 1 and \
+                value(samples, "rdc_scheduler_runs_total", task="delivery.requeue_due",
+                      outcome="ok") >= 1
             return samples if done else None
 
         samples = wait_until(counted, 60, f"the stale job requeued\n{c.logs()}")

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import struct
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import insert, select, text
 
-from conftest import Center, _create_pg_database, _drop_pg_database, signed_in_client
+from conftest import REPO, Center, _create_pg_database, _drop_pg_database, signed_in_client
 from core.db import Database, get_database
 from core.models import Report, Study
 from core.settings import get_settings
@@ -379,6 +380,8 @@ def test_http_cursor_pages_and_refuses_bad_cursors_with_400(app_center: Center) 
 
 # The scale benchmark, small (its timings are not judged here) -------------------------------
 def test_scale_benchmark_small_run_is_well_formed(pg_admin: str) -> None:
+    if str(REPO) not in sys.path:  # CI's pytest has no working directory on sys.path
+        sys.path.insert(0, str(REPO))
     from benchmarks.scale_worklist import DEEP_PAGE, ScaleResults, run
 
     name, url = _create_pg_database(pg_admin)
