@@ -15,8 +15,9 @@ import psycopg
 import pytest
 import redis
 
-from core.db import get_database
+from core.db import Database, get_database
 from core.settings import get_settings
+from core.sites import SiteSpec, add_site
 from devkit.center import REPO, SENDER_AE, Center
 from devkit.ports import free_port, wait_port, wait_until
 from rdc.domains import load_domains
@@ -82,6 +83,35 @@ def _create_pg_database(admin_url: str) -> tuple[str, str]:
 def _drop_pg_database(admin_url: str, name: str) -> None:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+#: The two county sites of the tests that need sites but no running center.
+TWO_SITES = ("county-a", "county-b")
+
+
+def database_with_sites(backend: str, sqlite_path: Path, pg_admin_url: str | None,
+                        sites: tuple[str, ...] = TWO_SITES) -> Iterator[Database]:
+    """A migrated database (``backend``: "sqlite" at ``sqlite_path``, or "postgres", a
+    database of its own dropped afterwards) with ``sites`` registered and no users."""
+    name = None
+    if backend == "sqlite":
+        database = get_database(f"sqlite:///{sqlite_path}")
+    else:
+        assert pg_admin_url is not None, "PostgreSQL needs the pg_admin fixture"
+        name, url = _create_pg_database(pg_admin_url)
+        database = get_database(url)
+    try:
+        with database.session() as s:
+            for site in sites:
+                add_site(s, SiteSpec(id=site, name=f"{site} hospital", ae_title=site.upper(),
+                                     host="127.0.0.1", port=104,
+                                     allowed_addresses=("127.0.0.1",)), actor="test")
+        yield database
+    finally:
+        database.dispose()
+        get_database.cache_clear()
+        if name is not None and pg_admin_url is not None:
+            _drop_pg_database(pg_admin_url, name)
 
 
 @pytest.fixture(scope="session", autouse=True)

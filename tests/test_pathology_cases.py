@@ -20,8 +20,8 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from conftest import Center, _create_pg_database, _drop_pg_database
-from core.db import Database, get_database
+from conftest import Center, database_with_sites
+from core.db import Database
 from core.errors import Conflict, Forbidden, InvalidInput, InvalidTransition
 from core.models import (
     AIResult,
@@ -35,7 +35,6 @@ from core.models import (
     User,
     UserSite,
 )
-from core.sites import SiteSpec, add_site
 from pathology import cases
 from reports import service
 from reports.keys import ca_certificate_pem, issue_key
@@ -48,22 +47,7 @@ SITES = ("county-a", "county-b")
 @pytest.fixture(params=["sqlite", "postgres"])
 def db(request: pytest.FixtureRequest, tmp_path: Path, pg_admin: str) -> Iterator[Database]:
     """A migrated database with two sites and no users."""
-    if request.param == "sqlite":
-        database = get_database(f"sqlite:///{tmp_path / 'p.sqlite3'}")
-        name = None
-    else:
-        name, url = _create_pg_database(pg_admin)
-        database = get_database(url)
-    with database.session() as s:
-        for site in SITES:
-            add_site(s, SiteSpec(id=site, name=f"{site} hospital", ae_title=site.upper(),
-                                 host="127.0.0.1", port=104, allowed_addresses=("127.0.0.1",)),
-                     actor="test")
-    yield database
-    database.dispose()
-    get_database.cache_clear()
-    if name is not None:
-        _drop_pg_database(pg_admin, name)
+    yield from database_with_sites(request.param, tmp_path / "p.sqlite3", pg_admin, SITES)
 
 
 def add_user(db: Database, username: str, *, roles: tuple[str, ...] = ("pathologist",),

@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 from sqlalchemy import insert, select, text
 
-from conftest import REPO, Center, _create_pg_database, _drop_pg_database, signed_in_client
+from conftest import (
+    REPO,
+    Center,
+    _create_pg_database,
+    _drop_pg_database,
+    database_with_sites,
+    signed_in_client,
+)
 from core.db import Database, get_database
 from core.models import Report, Study
 from core.settings import get_settings
@@ -34,22 +41,7 @@ SITES = ("county-a", "county-b")
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def db(request: pytest.FixtureRequest, tmp_path: Path, pg_admin: str) -> Iterator[Database]:
-    name = None
-    if request.param == "sqlite":
-        database = get_database(f"sqlite:///{tmp_path / 'k.sqlite3'}")
-    else:
-        name, url = _create_pg_database(pg_admin)
-        database = get_database(url)
-    with database.session() as s:
-        for site in SITES:
-            add_site(s, SiteSpec(id=site, name=f"{site} hospital", ae_title=site.upper(),
-                                 host="127.0.0.1", port=104, allowed_addresses=("127.0.0.1",)),
-                     actor="test")
-    yield database
-    database.dispose()
-    get_database.cache_clear()
-    if name is not None:
-        _drop_pg_database(pg_admin, name)
+    yield from database_with_sites(request.param, tmp_path / "k.sqlite3", pg_admin, SITES)
 
 
 def ctx(sites: set[str] | None) -> UserContext:
