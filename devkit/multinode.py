@@ -96,11 +96,11 @@ web_port = {p['web']}
 orthanc_http_port = {p['orthanc_http']}
 orthanc_dicom_port = {p['orthanc_dicom']}
 metrics_port = {p['metrics']}
+gateway_tls_port = {p['gateway_tls']}
 worker_queues = "routing,inference,delivery"
 worker_concurrency = {worker_concurrency}
 
 [node.settings]
-gateway_tls_port = 0
 commitment_port = 0
 lab_mllp_port = 0
 lab_astm_port = 0
@@ -127,6 +127,7 @@ secrets_dir = "{tmp / 'shared' / 'secrets'}"
 address = "127.0.0.1"
 bind = "127.0.0.1"
 dicom_port = {ports['balancer']['dicom']}
+dicom_tls_port = {ports['balancer']['dicom_tls']}
 web_port = {ports['balancer']['web']}
 orthanc_port = {ports['balancer']['orthanc']}
 stats_port = {ports['balancer']['stats']}
@@ -187,8 +188,9 @@ class Cluster:
 
 def allocate_ports() -> dict[str, dict[str, int]]:
     taken: set[int] = set()
-    ports = {n: {k: free_port(taken) for k in ("gateway", "web", "orthanc_http",
-                                               "orthanc_dicom")} for n in NODES}
+    ports = {n: {k: free_port(taken) for k in ("gateway", "gateway_tls", "web",
+                                               "orthanc_http", "orthanc_dicom")}
+             for n in NODES}
     for n in NODES:
         # four consecutive ports for the metrics (gateway, worker, web, scheduler)
         while True:
@@ -197,7 +199,8 @@ def allocate_ports() -> dict[str, dict[str, int]]:
                 taken.update(range(base, base + 4))
                 ports[n]["metrics"] = base
                 break
-    ports["balancer"] = {k: free_port(taken) for k in ("dicom", "web", "orthanc", "stats")}
+    ports["balancer"] = {k: free_port(taken)
+                         for k in ("dicom", "dicom_tls", "web", "orthanc", "stats")}
     return ports
 
 

@@ -48,7 +48,8 @@ _DERIVED = {"home", "node_name", "database_url", "broker_url", "orthanc_index_ur
             "orthanc_storage_dir", "orthanc_endpoint", "orthanc_password",
             "gateway_proxy_protocol_from", "trusted_proxies", "gateway_port", "web_port",
             "orthanc_http_port", "orthanc_dicom_port", "metrics_port", "web_host",
-            "metrics_host", "orthanc_remote_access", "secrets_path"}
+            "metrics_host", "orthanc_remote_access", "secrets_path", "gateway_tls_port",
+            "gateway_tls_names"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class Balancer:
     address: str
     bind: str
     dicom_port: int
+    #: The DICOM TLS port sites send to (passed through, TLS ends at the gateways); 0: off.
+    dicom_tls_port: int
     web_port: int
     orthanc_port: int
     #: HAProxy's own Prometheus exporter and stats page; 0: off.
@@ -75,6 +78,8 @@ class Node:
     home: PurePosixPath
     roles: tuple[str, ...]
     gateway_port: int
+    #: The gateway's mutual-TLS port (0: off); the balancer's TLS front end sends here.
+    gateway_tls_port: int
     web_port: int
     orthanc_http_port: int
     orthanc_dicom_port: int
@@ -147,6 +152,7 @@ def parse(data: dict[str, Any], source: str = "nodes.toml") -> Topology:
         address=_str(bal, "address", "[balancer]"),
         bind=_str(bal, "bind", "[balancer]", "0.0.0.0"),
         dicom_port=_int(bal, "dicom_port", 104, "[balancer]"),
+        dicom_tls_port=_int(bal, "dicom_tls_port", 2762, "[balancer]"),
         web_port=_int(bal, "web_port", 80, "[balancer]"),
         orthanc_port=_int(bal, "orthanc_port", 8042, "[balancer]"),
         stats_port=_int(bal, "stats_port", 8404, "[balancer]"),
@@ -186,6 +192,7 @@ def parse(data: dict[str, Any], source: str = "nodes.toml") -> Topology:
             name=name, address=_str(raw, "address", where), home=home,
             roles=tuple(dict.fromkeys(roles)),
             gateway_port=_int(raw, "gateway_port", 11112, where),
+            gateway_tls_port=_int(raw, "gateway_tls_port", 2762, where),
             web_port=_int(raw, "web_port", 8000, where),
             orthanc_http_port=_int(raw, "orthanc_http_port", 8043, where),
             orthanc_dicom_port=_int(raw, "orthanc_dicom_port", 4243, where),
@@ -253,7 +260,8 @@ def check(topo: Topology, source: str = "nodes.toml") -> None:
         seen[key] = gw.name
     used: dict[tuple[str, int], str] = {}
     for n in topo.nodes:
-        ports = {"gateway": [n.gateway_port, n.gateway_port + 2] if n.has("gateway") else [],
+        ports = {"gateway": [p for p in (n.gateway_port, n.gateway_port + 2, n.gateway_tls_port)
+                             if p] if n.has("gateway") else [],
                  "web": [n.web_port] if n.has("web") else [],
                  "orthanc": [n.orthanc_http_port, n.orthanc_dicom_port]
                  if n.has("orthanc") else []}
@@ -285,6 +293,10 @@ def node_settings(topo: Topology, node: Node) -> dict[str, Any]:
         "orthanc_endpoint": f"http://{b.address}:{b.orthanc_port}",
         "gateway_host": "0.0.0.0",
         "gateway_port": node.gateway_port,
+        # TLS passes the balancer untouched (with the PROXY header in front), so the
+        # gateways' certificate must name the address sites connect to.
+        "gateway_tls_port": node.gateway_tls_port if b.dicom_tls_port else 0,
+        "gateway_tls_names": b.address,
         "gateway_proxy_protocol_from": b.address,
         "web_host": "0.0.0.0" if node.address not in ("127.0.0.1", "::1") else node.address,
         "web_port": node.web_port,
@@ -419,6 +431,24 @@ backend gateways
 """]
     for n in topo.with_role("gateway"):
         out.append(f"    server {n.name} {n.address}:{n.gateway_port}\n")
+    tls_gateways = [n for n in topo.with_role("gateway") if n.gateway_tls_port]
+    if b.dicom_tls_port and tls_gateways:
+        out.append(f"""
+# DICOM over mutual TLS (BCP 195): passed through as TCP, TLS ends at the gateways, which
+# check the site's certificate; the PROXY header goes before the TLS handshake.
+frontend dicom_tls
+    bind {b.bind}:{b.dicom_tls_port}
+    mode tcp
+    option tcplog
+    default_backend gateways_tls
+
+backend gateways_tls
+    mode tcp
+    balance leastconn
+    default-server send-proxy-v2 check check-send-proxy inter 2s fall 2 rise 2
+""")
+        for n in tls_gateways:
+            out.append(f"    server {n.name} {n.address}:{n.gateway_tls_port}\n")
     tls = f" ssl crt {b.web_tls_cert}" if b.web_tls_cert else ""
     proto = ("http-request set-header X-Forwarded-Proto https" if b.web_tls_cert
              else "http-request set-header X-Forwarded-Proto http")

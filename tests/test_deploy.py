@@ -89,6 +89,11 @@ def test_files_for_every_node_and_the_balancer(tmp_path: Path) -> None:
     assert "server gw1 10.0.0.11:11112" in cfg and "server gw2 10.0.0.12:11112" in cfg
     assert "server web1 10.0.0.14:8000" in cfg
     assert "send-proxy-v2" in cfg
+    # DICOM over TLS passes through to each gateway's TLS port, PROXY header first.
+    assert "frontend dicom_tls" in cfg and "bind 0.0.0.0:2762" in cfg
+    assert "server gw1 10.0.0.11:2762" in cfg
+    assert s.gateway_tls_listen_port == 2762
+    assert s.gateway_tls_name_list == ["10.0.0.10"]
 
 
 def test_haproxy_accepts_the_configuration(tmp_path: Path) -> None:
@@ -126,6 +131,9 @@ def test_two_gateways_sharing_a_home_on_one_host_are_refused_but_not_on_two() ->
     data = _with(node1__address="10.0.0.11", node1__home="/var/lib/rdc-2",
                  node1__gateway_port=11113, node1__orthanc_http_port=8045,
                  node1__orthanc_dicom_port=4245, node1__metrics_port=9420)
+    with pytest.raises(ConfigurationError, match="port 2762 on 10.0.0.11 is taken twice"):
+        parse(data)  # both gateways' TLS ports
+    data["node"][1]["gateway_tls_port"] = 2763
     parse(data)  # one host, two homes: two spools
 
 

@@ -165,6 +165,41 @@ def _radiographs(c: Cluster, name: str, n: int, seed: int) -> list[Any]:
             for i in range(n)]
 
 
+def test_dicom_tls_through_the_balancer(cluster: Cluster) -> None:
+    """A site that sends over mutual TLS: HAProxy passes TLS through (PROXY header
+    first), each gateway checks the site's certificate, and the site's own address
+    reaches deny-by-default."""
+    c = cluster
+    out = c.tmp / "county-t-tls"
+    c.rdc("n1", "sites", "add", "county-t", "--name", "County T", "--ae-title", "COUNTY_T",
+          "--host", "127.0.0.6", "--port", "11199", "--allow", "127.0.0.6", "--tls",
+          "--tls-out", str(out))
+    ctx = ssl.create_default_context(cafile=str(out / "ca-cert.pem"))
+    ctx.load_cert_chain(str(out / "county-t-cert.pem"), str(out / "county-t-key.pem"))
+    tls_port = int(c.topo.out_dir.joinpath("balancer", "haproxy.cfg").read_text()
+                   .split("frontend dicom_tls\n    bind 127.0.0.1:", 1)[1].split("\n", 1)[0])
+    study = write_ct_series(c.tmp / "tls-study", slices=4, size=32, seed=900)
+    before = c.backend_sessions("gateways_tls")
+    ae = AE(ae_title="COUNTY_T")
+    ae.requested_contexts = StoragePresentationContexts[:]
+    for _ in range(2):  # leastconn over both gateways' TLS ports
+        assoc = ae.associate("127.0.0.1", tls_port, ae_title=CENTER_AE,
+                             bind_address=("127.0.0.6", 0), tls_args=(ctx, "127.0.0.1"))
+        assert assoc.is_established
+        for p in study.paths:
+            assert assoc.send_c_store(pydicom.dcmread(p)).Status == 0
+        assoc.release()
+    after = c.backend_sessions("gateways_tls")
+    assert sum(after.values()) - sum(before.values()) == 2
+    uids = [str(pydicom.dcmread(p).SOPInstanceUID) for p in study.paths]
+    wait_until(lambda: c.stored_uids(uids) == set(uids), 60, "stored over TLS")
+    # Without the site's certificate the TLS port refuses, balancer or not.
+    plain = ssl.create_default_context(cafile=str(out / "ca-cert.pem"))
+    assoc = ae.associate("127.0.0.1", tls_port, ae_title=CENTER_AE,
+                         bind_address=("127.0.0.6", 0), tls_args=(plain, "127.0.0.1"))
+    assert not assoc.is_established
+
+
 def test_gateway_killed_mid_send(cluster: Cluster) -> None:
     """kill -9 of one gateway node while 4 sites send: nothing acknowledged is lost,
     the other node keeps taking studies, and the killed node resumes its spool."""
