@@ -45,7 +45,10 @@ from rdc.backup.sealing import BackupKeys, KdfParams, check_strength
 SECRETS_FILE = "secrets.enc"
 ROUTING_FILE = "config/routing_rules.toml"
 #: Spool folders worth keeping: ``tmp`` holds only unacknowledged partial writes.
-SPOOL_SKIP = ("tmp",)
+#: Not copied from the spool: partial receptions (never acknowledged), and the running
+#: gateway's claim on it (pacs_gateway/spool_owner.py): a restore is a node taking over
+#: this spool, and its gateway claims the restored spool as its own.
+SPOOL_SKIP = ("tmp", "LOCK", "NODE")
 
 
 def rdc_version() -> str:
