@@ -10,6 +10,13 @@ three intervals belongs to a node that is down, hung or cut off: ``rdc status`` 
 
 A failed write is logged and retried on the next beat: the heartbeat must never take
 a role down (a gateway keeps taking studies while the database recovers).
+
+The Celery worker forks its pool processes while this thread runs.  A fork in the
+middle of a beat would copy locks the thread holds (SQLAlchemy's mapper configuration
+lock, a connection pool's) into the child, held forever there: the child hung on its
+first query.  So a beat holds a lock that ``os.register_at_fork`` takes before every
+fork, and the beat has an engine of its own, disposed after each beat, never the
+process's cached one that the children use.
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import configure_mappers
 
-from core.db import Database, get_database
+from core.db import Database
 from core.models import NodeHeartbeat
 
 log = logging.getLogger(__name__)
@@ -60,26 +68,38 @@ class Heartbeat:
                  interval_s: float = INTERVAL_S) -> None:
         self.database_url, self.node, self.role, self.detail = database_url, node, role, detail
         self.interval_s = interval_s
+        #: Held for a whole beat, and by every fork of this process (see the module).
+        self._beat_lock = threading.Lock()
+        self._db: Database | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = datetime.now(UTC)
 
     def start(self) -> Heartbeat:
+        configure_mappers()  # once, here: never inside a beat that a fork could copy
+        os.register_at_fork(before=self._beat_lock.acquire,
+                            after_in_parent=self._beat_lock.release,
+                            after_in_child=self._beat_lock.release)
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{self.role}",
                                         daemon=True)
         self._thread.start()
         return self
 
     def _beat(self, *, first: bool = False, stopped: bool = False) -> None:
-        try:
-            # Opened here, not at start-up: a role starts while the database is down
-            # (and migrates it on first use), and beats once it is back.
-            db = get_database(self.database_url)
-            beat(db, self.node, self.role, detail=self.detail,
-                 started=self._started if first else None, stopped=stopped)
-        except Exception:
-            log.warning("heartbeat.failed node=%s role=%s", self.node, self.role,
-                        exc_info=True)
+        with self._beat_lock:
+            try:
+                # Opened here, not at start-up: a role starts while the database is down,
+                # and beats once it is back (the role itself migrates it).
+                if self._db is None:
+                    self._db = Database(self.database_url)
+                beat(self._db, self.node, self.role, detail=self.detail,
+                     started=self._started if first else None, stopped=stopped)
+            except Exception:
+                log.warning("heartbeat.failed node=%s role=%s", self.node, self.role,
+                            exc_info=True)
+            finally:
+                if self._db is not None:
+                    self._db.dispose()  # no connection outlives the beat
 
     def _run(self) -> None:
         # The first beat too: a database that is down must not hold up the role's start.
