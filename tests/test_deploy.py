@@ -131,7 +131,7 @@ def test_two_gateways_sharing_a_home_on_one_host_are_refused_but_not_on_two() ->
     data = _with(node1__address="10.0.0.11", node1__home="/var/lib/rdc-2",
                  node1__gateway_port=11113, node1__orthanc_http_port=8045,
                  node1__orthanc_dicom_port=4245, node1__metrics_port=9420)
-    with pytest.raises(ConfigurationError, match="port 2762 on 10.0.0.11 is taken twice"):
+    with pytest.raises(ConfigurationError, match=r"port 2762 on 10\.0\.0\.11 is taken twice"):
         parse(data)  # both gateways' TLS ports
     data["node"][1]["gateway_tls_port"] = 2763
     parse(data)  # one host, two homes: two spools
