@@ -42,8 +42,6 @@ SITE_ADDRESS = "127.0.0.5"  # the county site, as the balancer sees it
 SITE_AE = "COUNTY_A"
 CENTER_AE = "RDC_CENTER"
 NODES = ("n1", "n2")
-#: Offsets of each role's metrics port from the node's base (core/metrics.py).
-METRICS_OFFSETS = METRICS_ROLE_OFFSETS
 #: The tests' short timers (a benchmark keeps the center's defaults but these few).
 QUICK_SETTINGS: dict[str, Any] = {
     "study_inactivity_s": 3.0, "monitor_interval_s": 0.5, "upload_retry_max_s": 2.0,
@@ -143,6 +141,7 @@ class Cluster:
     db: Database
     broker: PrivateRabbitMQ
     dicom_port: int
+    dicom_tls_port: int
     web_port: int
     orthanc_port: int
     stats_port: int
@@ -178,7 +177,7 @@ class Cluster:
         return r.stdout
 
     def metrics_port(self, node: str, role: str) -> int:
-        return self.metrics[node] + METRICS_OFFSETS[role]
+        return self.metrics[node] + METRICS_ROLE_OFFSETS[role]
 
     def stored_uids(self, uids: list[str]) -> set[str]:
         with self.db.session() as s:
@@ -226,9 +225,9 @@ def start_cluster(tmp: Path, db_url: str, index_url: str, *,
         raise RuntimeError(f"rdc deploy systemd failed: {gen.stdout}{gen.stderr}")
     topo = Topology.from_deploy(out, tmp / "logs")
     topo.install_configs()
-    c = Cluster(topo, Database(db_url), broker, ports["balancer"]["dicom"],
-                ports["balancer"]["web"], ports["balancer"]["orthanc"],
-                ports["balancer"]["stats"], {n: ports[n]["metrics"] for n in NODES}, tmp)
+    bal = ports["balancer"]
+    c = Cluster(topo, Database(db_url), broker, bal["dicom"], bal["dicom_tls"], bal["web"],
+                bal["orthanc"], bal["stats"], {n: ports[n]["metrics"] for n in NODES}, tmp)
     try:
         topo.start_balancer()
         # One Orthanc at a time: the first creates the index's tables.

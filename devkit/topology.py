@@ -25,7 +25,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devkit.ports import free_port, wait_port
+from devkit.ports import free_port
 
 
 def parse_unit(path: Path) -> tuple[list[str], dict[str, str]]:
@@ -276,6 +276,3 @@ def _amqp_answers(port: int) -> bool:
     except OSError:
         return False
 
-
-def wait_service_port(svc: Service, port: int, timeout: float = 90.0) -> None:
-    wait_port(port, timeout, svc.proc, what=svc.name)

@@ -226,7 +226,7 @@ class Uploader:
                                        error=f"Orthanc refused the instance: {e}", final=True))
             failed_dir = self.spool.root / "failed"
             failed_dir.mkdir(exist_ok=True)
-            self.spool.path(rid).replace(failed_dir / f"{rid}.dcm")
+            path.replace(failed_dir / f"{rid}.dcm")
             return True
         except (OrthancUnavailable, OrthancError) as e:
             metrics.GATEWAY_UPLOADS.labels(outcome="retry").inc()

@@ -40,8 +40,6 @@ from core.errors import ConfigurationError
 from core.settings import METRICS_ROLE_OFFSETS
 
 ROLES = ("orthanc", "gateway", "worker", "web", "scheduler")
-#: Offsets from a node's metrics base port (core/metrics.py).
-METRICS_OFFSETS = METRICS_ROLE_OFFSETS
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 #: Settings the generator derives itself; a node list may not set them by hand.
 _DERIVED = {"home", "node_name", "database_url", "broker_url", "orthanc_index_url",
@@ -266,8 +264,8 @@ def check(topo: Topology, source: str = "nodes.toml") -> None:
                  "orthanc": [n.orthanc_http_port, n.orthanc_dicom_port]
                  if n.has("orthanc") else []}
         if n.metrics_port:
-            ports["metrics"] = [n.metrics_port + METRICS_OFFSETS[r]
-                                for r in n.roles if r in METRICS_OFFSETS]
+            ports["metrics"] = [n.metrics_port + METRICS_ROLE_OFFSETS[r]
+                                for r in n.roles if r in METRICS_ROLE_OFFSETS]
         for what, numbers in ports.items():
             for port in numbers:
                 other = used.get((n.address, port))
@@ -506,7 +504,7 @@ frontend stats
 def prometheus_targets(topo: Topology) -> dict[str, list[dict[str, Any]]]:
     """file_sd target groups per role (Prometheus ``file_sd_configs``)."""
     out: dict[str, list[dict[str, Any]]] = {}
-    for role, offset in METRICS_OFFSETS.items():
+    for role, offset in METRICS_ROLE_OFFSETS.items():
         groups = [{"targets": [f"{n.address}:{n.metrics_port + offset}"],
                    "labels": {"node": n.name, "role": role}}
                   for n in topo.with_role(role) if n.metrics_port]

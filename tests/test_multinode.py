@@ -66,14 +66,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, pg_admin: str) -> Iterator
         _drop_pg_database(pg_admin, index_name)
 
 
-def _rdc(c: Cluster, node: str, *args: str) -> str:
-    return c.rdc(node, *args)
-
-
-def stored_uids(c: Cluster, uids: list[str]) -> set[str]:
-    return c.stored_uids(uids)
-
-
 def in_orthanc(c: Cluster, uid: str) -> bool:
     cfg = c.svc("n1", "orthanc").settings_file()
     r = httpx.post(f"http://127.0.0.1:{c.orthanc_port}/tools/lookup", content=uid,
@@ -125,7 +117,7 @@ def test_two_gateways_share_the_sites(cluster: Cluster) -> None:
     assert len(acked) == 48
     sessions = c.backend_sessions("gateways")
     assert all(sessions[n] > sessions0.get(n, 0) for n in ("n1", "n2")), sessions
-    wait_until(lambda: stored_uids(c, acked) == set(acked), 120, "every instance stored")
+    wait_until(lambda: c.stored_uids(acked) == set(acked), 120, "every instance stored")
     assert all(in_orthanc(c, u) for u in acked[::7])
     for st in studies:
         row = wait_until(lambda st=st: (r := study_row(c, st.study_uid)) and
@@ -176,8 +168,7 @@ def test_dicom_tls_through_the_balancer(cluster: Cluster) -> None:
           "--tls-out", str(out))
     ctx = ssl.create_default_context(cafile=str(out / "ca-cert.pem"))
     ctx.load_cert_chain(str(out / "county-t-cert.pem"), str(out / "county-t-key.pem"))
-    tls_port = int(c.topo.out_dir.joinpath("balancer", "haproxy.cfg").read_text()
-                   .split("frontend dicom_tls\n    bind 127.0.0.1:", 1)[1].split("\n", 1)[0])
+    tls_port = c.dicom_tls_port
     study = write_ct_series(c.tmp / "tls-study", slices=4, size=32, seed=900)
     before = c.backend_sessions("gateways_tls")
     ae = AE(ae_title="COUNTY_T")
@@ -225,7 +216,7 @@ def test_gateway_killed_mid_send(cluster: Cluster) -> None:
     spooled_on_victim = list((victim.home / "spool" / "ready").iterdir())
     victim.start()
     wait_port(int(victim.settings_file()["gateway_port"]), 90, victim.proc, what=victim.name)
-    wait_until(lambda: stored_uids(c, acked) == set(acked), 120,
+    wait_until(lambda: c.stored_uids(acked) == set(acked), 120,
                f"every acknowledged instance stored ({len(spooled_on_victim)} were in the "
                "killed node's spool)")
     wait_until(lambda: not list((victim.home / "spool" / "ready").iterdir()), 60,
@@ -238,8 +229,8 @@ def test_worker_killed_mid_batch(cluster: Cluster) -> None:
     """kill -9 of a worker while it runs a batch of pre-reads: the other worker finishes
     every job, each exactly once."""
     c = cluster
-    _rdc(c, "n1", "models", "list")  # registers the shipped models (disabled in production)
-    _rdc(c, "n1", "models", "enable", "cxr-triage")
+    c.rdc("n1", "models", "list")  # registers the shipped models (disabled in production)
+    c.rdc("n1", "models", "enable", "cxr-triage")
     w1, w2 = c.svc("n1", "worker"), c.svc("n2", "worker")
     w2.stop()  # the batch must be w1's
     studies = _radiographs(c, "kill-worker", 12, 400)
@@ -276,7 +267,7 @@ def test_orthanc_stopped(cluster: Cluster) -> None:
     try:
         study = write_ct_series(c.tmp / "orthanc-down", slices=6, size=32, seed=500)
         res = send(c, study.paths)
-        wait_until(lambda: stored_uids(c, res.acked) == set(res.acked), 60,
+        wait_until(lambda: c.stored_uids(res.acked) == set(res.acked), 60,
                    "stored through the remaining Orthanc")
         assert in_orthanc(c, res.acked[0])
         web = _web_client(c, "orthanc-reader")
@@ -298,7 +289,7 @@ def test_broker_restarted(cluster: Cluster) -> None:
     try:
         study = write_ct_series(c.tmp / "broker-down", slices=4, size=32, seed=600)
         res = send(c, study.paths)
-        wait_until(lambda: stored_uids(c, res.acked) == set(res.acked), 60, "stored")
+        wait_until(lambda: c.stored_uids(res.acked) == set(res.acked), 60, "stored")
         row = wait_until(lambda: (r := study_row(c, study.study_uid)) and r.state != "received"
                          and r, 60, "complete while the broker is down")
     finally:
@@ -389,24 +380,23 @@ def test_every_role_exports_metrics(cluster: Cluster) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
     c = cluster
-    offsets = METRICS_ROLE_OFFSETS
     for svc in c.topo.services:
-        if svc.role not in offsets:
+        if svc.role not in METRICS_ROLE_OFFSETS:
             continue
-        port = c.metrics[svc.node] + offsets[svc.role]
+        port = c.metrics_port(svc.node, svc.role)
         r = wait_until(lambda port=port: _scrape(port), 30, f"metrics of {svc.name}")
         names = {f.name for f in text_string_to_metric_families(r)}
         assert any(n.startswith("rdc_") for n in names), (svc.name, sorted(names)[:20])
     # What the cases above did shows on both gateways and on the web nodes.
     for node in ("n1", "n2"):
-        gw = _samples(_scrape(c.metrics[node]) or "")
+        gw = _samples(_scrape(c.metrics_port(node, "gateway")) or "")
         stored = [v for name, labels, v in gw if name == "rdc_gateway_cstore_total"
                   and labels.get("site") == "county-a" and labels.get("status") == "0x0000"]
         assert stored and sum(stored) > 0, (node, gw[:20])
-        web = _samples(_scrape(c.metrics[node] + offsets["web"]) or "")
+        web = _samples(_scrape(c.metrics_port(node, "web")) or "")
         assert any(name == "rdc_http_request_duration_seconds_count"
                    and labels.get("route") == "/api/auth/me" for name, labels, _ in web), node
-    sched = _samples(_scrape(c.metrics["n1"] + offsets["scheduler"]) or "")
+    sched = _samples(_scrape(c.metrics_port("n1", "scheduler")) or "")
     assert any(name == "rdc_scheduler_runs_total" for name, _, _ in sched)
 
 
